@@ -1,0 +1,45 @@
+"""The small contract every fastrnn layer follows.
+
+A layer owns ``params`` and ``grads``: dicts of numpy arrays with the same keys and shapes.
+``forward`` caches what ``backward`` needs; ``backward`` returns the input gradient and
+*accumulates* into ``grads`` (like PyTorch), so ``zero_grad()`` must be called between steps.
+"""
+import numpy as np
+
+
+class Layer:
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.training = True
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        """Copies of the parameters, keyed by PyTorch-style names."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays (anything ``np.asarray`` takes) into the parameters, checking names and shapes."""
+        state = dict(state)
+        missing = [k for k in self.params if k not in state]
+        unexpected = [k for k in state if k not in self.params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+        for k, p in self.params.items():
+            if k not in state:
+                continue
+            v = np.asarray(state[k])
+            if v.shape != p.shape:
+                raise ValueError(f"state_dict[{k!r}] must have shape {p.shape}, got {v.shape}")
+            p[...] = v
+        return self
