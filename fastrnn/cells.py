@@ -1,0 +1,59 @@
+"""Cell specifications: gate counts, PyTorch parameter names and shapes, initialisers.
+
+Equations (PyTorch's, gate order as in its weight layout):
+
+RNN    h' = act(W_ih x + b_ih + W_hh h + b_hh),  act = tanh or relu
+GRU    r  = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+       z  = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+       n  = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+       h' = (1 - z) * n + z * h
+LSTM   i, f, o = sigmoid(.), g = tanh(.)   of  W_ih x + b_ih + W_hh h + b_hh  split in (i, f, g, o)
+       c' = f * c + i * g
+       h' = o * tanh(c')
+
+The gate math itself lives once, in fastrnn/_cpu/recurrent.pyx (cell_forward_row /
+cell_backward_row); this module only describes the cells.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    name: str            # "rnn_tanh", "rnn_relu", "gru", "lstm"
+    kind: int            # the kernel's cell id (see recurrent.pyx)
+    gates: int           # G: weight_ih has shape (G * hidden, input)
+    has_cell_state: bool  # LSTM carries (h, c); the others h only
+
+
+CELLS = {
+    "rnn_tanh": CellSpec("rnn_tanh", 0, 1, False),
+    "rnn_relu": CellSpec("rnn_relu", 1, 1, False),
+    "gru": CellSpec("gru", 2, 3, False),
+    "lstm": CellSpec("lstm", 3, 4, True),
+}
+
+
+def get_cell(name):
+    """Look up a cell by name, raising ValueError with the valid names otherwise."""
+    try:
+        return CELLS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"cell must be one of {sorted(CELLS)}, got {name!r}") from None
+
+
+def param_names(layer, reverse, bias=True):
+    """PyTorch's parameter names for one layer and direction, e.g. ``weight_ih_l1_reverse``."""
+    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    names = [f"weight_ih{suffix}", f"weight_hh{suffix}"]
+    if bias:
+        names += [f"bias_ih{suffix}", f"bias_hh{suffix}"]
+    return names
+
+
+def param_shapes(cell, input_size, hidden_size, bias=True):
+    """Shapes of (weight_ih, weight_hh[, bias_ih, bias_hh]) for one layer and direction."""
+    gh = cell.gates * hidden_size
+    shapes = [(gh, input_size), (gh, hidden_size)]
+    if bias:
+        shapes += [(gh,), (gh,)]
+    return shapes

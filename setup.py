@@ -1,0 +1,76 @@
+"""Build the compiled kernels.
+
+OpenMP is used when the compiler supports it and skipped otherwise (the kernels then run
+serially; see fastrnn/_cpu/_openmp.pxd). Flags are -O3 and portable: the hot GEMMs are in
+BLAS, which picks the best code for the CPU at run time. Set FASTRNN_NATIVE=1 to add
+-march=native for a local, non-portable build.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _compiler_accepts(flags):
+    """True if the C compiler builds and links a tiny OpenMP program with ``flags``."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()
+    src = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+    tmp = tempfile.mkdtemp()
+    try:
+        path = os.path.join(tmp, "t.c")
+        with open(path, "w") as f:
+            f.write(src)
+        cmd = cc + flags + [path, "-o", os.path.join(tmp, "t")]
+        return subprocess.run(cmd, capture_output=True).returncode == 0
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_flags():
+    compile_args = ["-O3"]
+    link_args = []
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
+    if sys.platform != "win32" and os.environ.get("FASTRNN_DISABLE_OPENMP") != "1" \
+            and _compiler_accepts(["-fopenmp"]):
+        compile_args.append("-fopenmp")
+        link_args.append("-fopenmp")
+        macros.append(("FASTRNN_HAVE_OPENMP", "1"))
+    else:
+        print("fastrnn: building without OpenMP (kernels will run on one thread)")
+    if os.environ.get("FASTRNN_NATIVE") == "1":
+        compile_args.append("-march=native")
+    return compile_args, link_args, macros
+
+
+compile_args, link_args, macros = _build_flags()
+
+
+def _extension(name, source):
+    return Extension(
+        name,
+        [source],
+        include_dirs=[os.path.join(HERE, "csrc"), np.get_include()],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=macros,
+    )
+
+
+extensions = [
+    _extension("fastrnn._cpu.recurrent", "fastrnn/_cpu/recurrent.pyx"),
+]
+
+setup(
+    ext_modules=cythonize(extensions, language_level=3,
+                          compiler_directives={"embedsignature": True}),
+)
