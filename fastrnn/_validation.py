@@ -41,6 +41,16 @@ def check_array(x, name, ndim=None, dtype=None, shape=None, contiguous=True):
     return arr
 
 
+def check_int(value, name, minimum):
+    """Return ``value`` as an int if it is an integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+
 def check_token_ids(ids, name, vocab_size):
     """Validate an integer array of token ids in ``[0, vocab_size)``; return it as int64."""
     arr = np.asarray(ids)

@@ -24,20 +24,8 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm
+from ._cells cimport K_GRU, K_LSTM, cell_backward_row, cell_forward_row, gate_count
 from ._openmp cimport fr_openmp_enabled, fr_omp_max_threads
-
-cdef extern from "activations.h" nogil:
-    float fr_sigmoidf(float x)
-    double fr_sigmoid(double x)
-    float fr_tanhf(float x)
-    double fr_tanh(double x)
-
-# Cell kinds; fastrnn/cells.py uses the same numbers.
-cdef enum:
-    K_RNN_TANH = 0
-    K_RNN_RELU = 1
-    K_GRU = 2
-    K_LSTM = 3
 
 
 def openmp_enabled():
@@ -48,131 +36,6 @@ def openmp_enabled():
 def omp_max_threads():
     """OpenMP's default thread count (honours OMP_NUM_THREADS); 1 without OpenMP."""
     return fr_omp_max_threads()
-
-
-# ---------------------------------------------------------------------------------------------
-# Gate math: one definition per cell, shared by the forward and backward loops.
-# ---------------------------------------------------------------------------------------------
-
-cdef inline floating sigmoid(floating x) noexcept nogil:
-    if floating is float:
-        return fr_sigmoidf(x)
-    else:
-        return fr_sigmoid(x)
-
-
-cdef inline floating tanh_(floating x) noexcept nogil:
-    if floating is float:
-        return fr_tanhf(x)
-    else:
-        return fr_tanh(x)
-
-
-cdef inline void cell_forward_row(int kind, int H, floating* g, const floating* gh,
-                                  const floating* b_hh, floating* h, floating* c,
-                                  floating* hn) noexcept nogil:
-    """Fused gate forward for one batch row at one step.
-
-    g     (G*H)  in: x W_ih^T + b_ih.  out: the activations backward needs
-                 (LSTM i,f,g,o; GRU r,z,n; RNN h).
-    gh    (G*H)  h_prev W_hh^T, without bias; b_hh (G*H) is added here.
-    h     (H)    in: h_prev, out: h_t.       c (H): LSTM cell state, in c_prev, out c_t.
-    hn    (H)    GRU only, out: W_hn h_prev + b_hn (the reset gate multiplies it).
-    """
-    cdef int j
-    cdef floating gi, gf, gg, go, r, z, n, a
-    if kind == K_LSTM:
-        for j in range(H):
-            gi = sigmoid(g[j] + gh[j] + b_hh[j])
-            gf = sigmoid(g[H + j] + gh[H + j] + b_hh[H + j])
-            gg = tanh_(g[2 * H + j] + gh[2 * H + j] + b_hh[2 * H + j])
-            go = sigmoid(g[3 * H + j] + gh[3 * H + j] + b_hh[3 * H + j])
-            c[j] = gf * c[j] + gi * gg
-            h[j] = go * tanh_(c[j])
-            g[j] = gi
-            g[H + j] = gf
-            g[2 * H + j] = gg
-            g[3 * H + j] = go
-    elif kind == K_GRU:
-        for j in range(H):
-            r = sigmoid(g[j] + gh[j] + b_hh[j])
-            z = sigmoid(g[H + j] + gh[H + j] + b_hh[H + j])
-            hn[j] = gh[2 * H + j] + b_hh[2 * H + j]
-            n = tanh_(g[2 * H + j] + r * hn[j])
-            h[j] = (1 - z) * n + z * h[j]
-            g[j] = r
-            g[H + j] = z
-            g[2 * H + j] = n
-    else:
-        for j in range(H):
-            a = g[j] + gh[j] + b_hh[j]
-            if kind == K_RNN_TANH:
-                a = tanh_(a)
-            elif a < 0:
-                a = 0
-            g[j] = a
-            h[j] = a
-
-
-cdef inline void cell_backward_row(int kind, int H, floating* g, floating* hn,
-                                   const floating* c_t, const floating* c_prev,
-                                   const floating* h_prev, floating* dh, floating* dc,
-                                   floating* dgh) noexcept nogil:
-    """Fused gate backward for one batch row at one step.
-
-    g     (G*H)  in: activations saved by forward. out: dL/d(recurrent pre-activations), dGh.
-    hn    (H)    GRU only. in: W_hn h_prev + b_hn. out: dL/d(x-side n pre-activation), which
-                 differs from the recurrent one by the reset gate factor.
-    c_t, c_prev (H)  LSTM cell states at this step and the one before.
-    h_prev (H)   GRU: the previous hidden state.
-    dh    (H)    in: dL/dh_t. out: the part of dL/dh_{t-1} that bypasses W_hh (GRU: dh*z; else 0).
-    dc    (H)    LSTM. in: dL/dc_t from later steps. out: dL/dc_{t-1}.
-    dgh   (G*H)  out: a copy of dGh, contiguous per batch for the per-step GEMM.
-    """
-    cdef int j
-    cdef floating gi, gf, gg, go, tc, dct, r, z, n, dn, a
-    if kind == K_LSTM:
-        for j in range(H):
-            gi = g[j]
-            gf = g[H + j]
-            gg = g[2 * H + j]
-            go = g[3 * H + j]
-            tc = tanh_(c_t[j])
-            dct = dc[j] + dh[j] * go * (1 - tc * tc)
-            g[j] = dct * gg * gi * (1 - gi)
-            g[H + j] = dct * c_prev[j] * gf * (1 - gf)
-            g[2 * H + j] = dct * gi * (1 - gg * gg)
-            g[3 * H + j] = dh[j] * tc * go * (1 - go)
-            dc[j] = dct * gf
-            dh[j] = 0
-    elif kind == K_GRU:
-        for j in range(H):
-            r = g[j]
-            z = g[H + j]
-            n = g[2 * H + j]
-            dn = dh[j] * (1 - z) * (1 - n * n)
-            g[j] = dn * hn[j] * r * (1 - r)
-            g[H + j] = dh[j] * (h_prev[j] - n) * z * (1 - z)
-            g[2 * H + j] = dn * r
-            hn[j] = dn
-            dh[j] = dh[j] * z
-    else:
-        for j in range(H):
-            a = g[j]
-            if kind == K_RNN_TANH:
-                g[j] = dh[j] * (1 - a * a)
-            else:
-                g[j] = dh[j] if a > 0 else 0
-            dh[j] = 0
-    memcpy(dgh, g, _gate_count(kind) * H * sizeof(floating))
-
-
-cdef inline int _gate_count(int kind) noexcept nogil:
-    if kind == K_LSTM:
-        return 4
-    if kind == K_GRU:
-        return 3
-    return 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +66,7 @@ cdef void _forward_slice(int kind, int T, int B, int H, int b0, int b1, bint rev
                          floating* chist, floating* y, int ldy,
                          const floating* w_hh, const floating* b_hh,
                          floating* h, floating* c, floating* gh) noexcept nogil:
-    cdef int GH = _gate_count(kind) * H
+    cdef int GH = gate_count(kind) * H
     cdef int s, b, t, row, length
     cdef int steps = _slice_steps(lengths, b0, b1, T)
     # Outputs past a sequence's end are zero (PyTorch's packed-sequence semantics).
@@ -232,7 +95,7 @@ cdef void _backward_slice(int kind, int T, int B, int H, int b0, int b1, bint re
                           const floating* dy, int lddy,
                           const floating* w_hh, const floating* h0, const floating* c0,
                           floating* dh, floating* dc, floating* dgh) noexcept nogil:
-    cdef int GH = _gate_count(kind) * H
+    cdef int GH = gate_count(kind) * H
     cdef int s, b, t, j, row, prev_row, length
     cdef int steps = _slice_steps(lengths, b0, b1, T)
     cdef const floating* h_prev
@@ -295,14 +158,15 @@ def forward_loop(int kind, bint reverse, int T, int B,
                  const floating[:, ::1] w_hh, const floating[::1] b_hh,
                  floating[:, ::1] h, floating[:, ::1] c, const int64_t[::1] lengths,
                  floating[:, ::1] gates, floating[:, ::1] hn, floating[:, ::1] chist,
-                 floating[:, ::1] y, floating[:, ::1] gh, int num_threads):
+                 floating[:, :] y, floating[:, ::1] gh, int num_threads):
     """Run the recurrence over all steps.
 
     h, c   (B, H)     in: initial state, out: final state (c: LSTM only, else None).
     gates  (T*B, G*H) in: projected inputs, out: saved activations.
     hn     (T*B, H)   GRU only (else None), out: W_hn h_prev + b_hn per step.
     chist  (T*B, H)   LSTM only (else None), out: c_t per step.
-    y      (T*B, H)   out: h_t per step (zero past each length); rows may be strided.
+    y      (T*B, H)   out: h_t per step (zero past each length); rows may be strided, the
+                      last axis must be contiguous (checked by the caller).
     gh     (B, G*H)   scratch.
     """
     cdef int H = h.shape[1], ldy = y.strides[0] // sizeof(floating)
@@ -324,7 +188,7 @@ def backward_loop(int kind, bint reverse, int T, int B,
                   const floating[:, ::1] w_hh, const floating[:, ::1] h0,
                   const floating[:, ::1] c0, const int64_t[::1] lengths,
                   floating[:, ::1] gates, floating[:, ::1] hn, const floating[:, ::1] chist,
-                  const floating[:, ::1] y, const floating[:, ::1] dy,
+                  const floating[:, :] y, const floating[:, :] dy,
                   floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dgh,
                   int num_threads):
     """Backpropagate through all steps, consuming the forward workspace.
@@ -363,7 +227,7 @@ cdef void _add_column_sums(int rows, int cols, const floating* a, int lda,
 
 def weight_grads(int kind, bint reverse, int T, int B,
                  const floating[:, ::1] x, const floating[:, ::1] w_ih,
-                 const floating[:, ::1] h0, const floating[:, ::1] y,
+                 const floating[:, ::1] h0, const floating[:, :] y,
                  const floating[:, ::1] gates, const floating[:, ::1] hn,
                  const floating[:, ::1] dgh_first,
                  floating[:, ::1] dw_ih, floating[:, ::1] dw_hh,

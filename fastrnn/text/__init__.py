@@ -1,0 +1,12 @@
+"""Text for language models: vocabularies, corpora and batchers, and a synthetic language."""
+from .corpus import SentenceBatcher, StreamBatcher, load_text, split_sentences, train_val_split
+from .synthetic import END, NONSENSE_GRAMMAR, Grammar, State, SyntheticLanguage
+from .vocab import (END_OF_SENTENCE, CharVocab, Vocab, WordVocab, load_vocab, tokenize_words,
+                    vocab_from_dict)
+
+__all__ = [
+    "CharVocab", "WordVocab", "Vocab", "vocab_from_dict", "load_vocab", "tokenize_words",
+    "END_OF_SENTENCE",
+    "load_text", "train_val_split", "split_sentences", "StreamBatcher", "SentenceBatcher",
+    "SyntheticLanguage", "Grammar", "State", "END", "NONSENSE_GRAMMAR",
+]

@@ -1,0 +1,47 @@
+"""Shared test utilities: tolerances against a reference, finite differences, data paths."""
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def relative_error(actual, expected):
+    """max |actual - expected| over the reference's scale (at least 1)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    return float(np.abs(actual - expected).max(initial=0.0)) / scale
+
+
+def assert_close(actual, expected, rtol, name=""):
+    err = relative_error(actual, expected)
+    assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.0e}"
+    return err
+
+
+def numerical_gradient(loss_fn, array, indices, eps=1e-6):
+    """Central differences of the scalar ``loss_fn()`` w.r.t. ``array`` at flat ``indices``."""
+    flat = array.reshape(-1)
+    grads = np.empty(len(indices))
+    for n, i in enumerate(indices):
+        saved = flat[i]
+        flat[i] = saved + eps
+        up = loss_fn()
+        flat[i] = saved - eps
+        down = loss_fn()
+        flat[i] = saved
+        grads[n] = (up - down) / (2 * eps)
+    return grads
+
+
+def gradient_check_error(loss_fn, array, analytic, rng, samples=12, eps=1e-6):
+    """Norm-wise relative error between ``analytic`` and central differences at a random
+    sample of entries of ``array`` (modified in place and restored)."""
+    size = array.size
+    indices = rng.choice(size, size=min(samples, size), replace=False)
+    numeric = numerical_gradient(loss_fn, array, indices, eps)
+    exact = np.asarray(analytic).reshape(-1)[indices]
+    denom = np.linalg.norm(numeric) + np.linalg.norm(exact)
+    return 0.0 if denom == 0 else float(np.linalg.norm(numeric - exact) / denom)

@@ -1,0 +1,203 @@
+"""The functional kernels: API, thread-count independence, argument errors."""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import functional as F
+from helpers import gradient_check_error
+
+T, B, I, H = 7, 5, 4, 6
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+
+
+def weights(cell, rng, dtype=np.float64):
+    G = GATES[cell]
+    return [rng.normal(scale=0.5, size=s).astype(dtype)
+            for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+def test_named_functions_match_generic_and_finite_differences(cell, rng):
+    forward = getattr(F, f"{cell}_forward")
+    backward = getattr(F, f"{cell}_backward")
+    w = weights(cell, rng)
+    x = rng.normal(size=(T, B, I))
+    dy = rng.normal(size=(T, B, H))
+    y, state, ws = forward(x, *w, reverse=True, lengths=[7, 1, 3, 2, 5])
+    y2, _, _ = F.recurrent_forward(cell, x, *w, reverse=True, lengths=[7, 1, 3, 2, 5])
+    np.testing.assert_array_equal(y, y2)
+    dx, dstate0, grads = backward(ws, dy)
+    assert set(grads) == {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}
+    assert (dstate0[0] if cell == "lstm" else dstate0).shape == (B, H)
+
+    def loss():
+        return np.sum(forward(x, *w, reverse=True, lengths=[7, 1, 3, 2, 5])[0] * dy)
+
+    assert gradient_check_error(loss, x, dx, rng) < 1e-6
+    for k, name in enumerate(["weight_ih", "weight_hh", "bias_ih", "bias_hh"]):
+        assert gradient_check_error(loss, w[k], grads[name], rng) < 1e-6
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+def test_results_do_not_depend_on_thread_count(cell, rng):
+    layer_cls = {"gru": fastrnn.GRU, "lstm": fastrnn.LSTM}.get(cell)
+    kwargs = dict(num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
+    make = (lambda: layer_cls(I, H, **kwargs)) if layer_cls else \
+        (lambda: fastrnn.RNN(I, H, nonlinearity=cell[4:], **kwargs))
+    x = rng.normal(size=(T, 9, I))
+    dy = rng.normal(size=(T, 9, 2 * H))
+    lengths = rng.integers(1, T + 1, size=9)
+    results = []
+    try:
+        for n in (1, 2):
+            fastrnn.set_num_threads(n)
+            layer = make()
+            y, _ = layer.forward(x, lengths=lengths)
+            dx, _ = layer.backward(dy)
+            results.append((y, dx, layer.grads))
+    finally:
+        fastrnn.set_num_threads(None)
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(dx1, dx2)
+    for name in g1:
+        np.testing.assert_array_equal(g1[name], g2[name])
+
+
+def test_non_contiguous_input_gives_the_same_result(rng):
+    layer = fastrnn.GRU(I, H, dtype=np.float64, seed=0)
+    x = rng.normal(size=(T, B, 2 * I))
+    y_strided, h_strided = layer.forward(x[:, :, ::2])
+    y_copy, h_copy = layer.forward(np.ascontiguousarray(x[:, :, ::2]))
+    np.testing.assert_array_equal(y_strided, y_copy)
+    np.testing.assert_array_equal(h_strided, h_copy)
+
+
+def test_float32_default_and_dtype_mismatch():
+    layer = fastrnn.LSTM(I, H)
+    assert layer.params["weight_ih_l0"].dtype == np.float32
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        layer.forward(np.zeros((T, B, I)))
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        fastrnn.LSTM(I, H, dtype=np.int32)
+
+
+def test_shape_errors_name_the_argument():
+    layer = fastrnn.LSTM(I, H, num_layers=2, dtype=np.float64)
+    with pytest.raises(ValueError, match=r"x must be 3-D \(T, B, input_size\)"):
+        layer.forward(np.zeros((T, I)))
+    with pytest.raises(ValueError, match="input_size"):
+        layer.forward(np.zeros((T, B, I + 1)))
+    with pytest.raises(ValueError, match=r"state h must have shape \(2, 5, 6\)"):
+        layer.forward(np.zeros((T, B, I)), state=(np.zeros((1, B, H)), np.zeros((2, B, H))))
+    with pytest.raises(ValueError, match="tuple"):
+        layer.forward(np.zeros((T, B, I)), state=np.zeros((2, B, H)))
+    with pytest.raises(ValueError, match=r"lengths must be in \[1, 7\]"):
+        layer.forward(np.zeros((T, B, I)), lengths=[1, 2, 3, 4, 8])
+    with pytest.raises(ValueError, match=r"lengths must be in \[1, 7\]"):
+        layer.forward(np.zeros((T, B, I)), lengths=[0, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match=r"lengths must have shape \(5,\)"):
+        layer.forward(np.zeros((T, B, I)), lengths=[1, 2])
+    with pytest.raises(TypeError, match="lengths must hold integers"):
+        layer.forward(np.zeros((T, B, I)), lengths=np.ones(B))
+    layer.forward(np.zeros((T, B, I)))
+    with pytest.raises(ValueError, match=r"dy must have shape \(7, 5, 6\)"):
+        layer.backward(np.zeros((T, B, H + 1)))
+
+
+def test_backward_without_forward_and_twice():
+    layer = fastrnn.GRU(I, H, dtype=np.float64)
+    with pytest.raises(ValueError, match="without a preceding forward"):
+        layer.backward(np.zeros((T, B, H)))
+    y, _ = layer.forward(np.zeros((T, B, I)))
+    layer.backward(np.ones_like(y))
+    with pytest.raises(ValueError, match="without a preceding forward"):
+        layer.backward(np.ones_like(y))
+    _, _, ws = F.gru_forward(np.zeros((T, B, I)), *weights("gru", np.random.default_rng(0)))
+    F.gru_backward(ws, np.zeros((T, B, H)))
+    with pytest.raises(ValueError, match="already consumed"):
+        F.gru_backward(ws, np.zeros((T, B, H)))
+    with pytest.raises(ValueError, match="from a gru forward"):
+        F.lstm_backward(ws)
+
+
+def test_functional_weight_errors(rng):
+    w = weights("lstm", rng)
+    x = rng.normal(size=(T, B, I))
+    with pytest.raises(ValueError, match=r"w_hh must have shape \(4 \* H, H\)"):
+        F.lstm_forward(x, w[0], w[1][:-1])
+    with pytest.raises(ValueError, match=r"w_ih must have shape \(24, 4\)"):
+        F.lstm_forward(x, w[0][:, :-1], w[1])
+    with pytest.raises(TypeError, match="w_hh must have dtype float64"):
+        F.lstm_forward(x, w[0], w[1].astype(np.float32))
+    with pytest.raises(ValueError, match="cell must be one of"):
+        F.recurrent_forward("lstmx", x, *w)
+    with pytest.raises(ValueError, match="at least one step"):
+        F.lstm_forward(x[:0], *w)
+
+
+def test_gradients_accumulate_and_zero_grad(rng):
+    layer = fastrnn.RNN(I, H, dtype=np.float64, seed=0)
+    x = rng.normal(size=(T, B, I))
+    dy = rng.normal(size=(T, B, H))
+    layer.forward(x)
+    layer.backward(dy)
+    once = {k: v.copy() for k, v in layer.grads.items()}
+    layer.forward(x)
+    layer.backward(dy)
+    for k in once:
+        np.testing.assert_allclose(layer.grads[k], 2 * once[k], rtol=1e-12)
+    layer.zero_grad()
+    assert all(np.all(g == 0) for g in layer.grads.values())
+
+
+def test_initialisers(rng):
+    lstm = fastrnn.LSTM(I, H, forget_bias=1.0, dtype=np.float64, seed=0)
+    b = lstm.params["bias_ih_l0"] + lstm.params["bias_hh_l0"]
+    np.testing.assert_array_equal(b[H:2 * H], 1.0)
+    default = fastrnn.LSTM(I, H, seed=0)
+    assert np.abs(default.params["weight_hh_l0"]).max() <= 1 / np.sqrt(H)
+    assert np.abs(default.params["weight_hh_l0"]).max() > 0.8 / np.sqrt(H)
+    irnn = fastrnn.RNN(I, H, nonlinearity="relu", recurrent_init="identity", seed=0)
+    np.testing.assert_array_equal(irnn.params["weight_hh_l0"], np.eye(H))
+    assert np.all(irnn.params["bias_hh_l0"] == 0)
+    # Same seed, same model; another seed, another model.
+    np.testing.assert_array_equal(fastrnn.GRU(I, H, seed=4).params["weight_ih_l0"],
+                                  fastrnn.GRU(I, H, seed=4).params["weight_ih_l0"])
+    assert not np.array_equal(fastrnn.GRU(I, H, seed=4).params["weight_ih_l0"],
+                              fastrnn.GRU(I, H, seed=5).params["weight_ih_l0"])
+    with pytest.raises(ValueError, match="forget_bias applies to LSTM only"):
+        fastrnn.GRU(I, H, forget_bias=1.0)
+
+
+def test_dropout_is_reproducible_and_off_in_eval(rng):
+    x = rng.normal(size=(T, B, I)).astype(np.float32)
+    a = fastrnn.LSTM(I, H, num_layers=2, dropout=0.5, seed=3)
+    b = fastrnn.LSTM(I, H, num_layers=2, dropout=0.5, seed=3)
+    ya, _ = a.forward(x)
+    yb, _ = b.forward(x)
+    np.testing.assert_array_equal(ya, yb)
+    ya2, _ = a.forward(x)
+    assert not np.array_equal(ya, ya2)     # a fresh mask each call
+    a.eval()
+    e1, _ = a.forward(x)
+    e2, _ = a.forward(x)
+    np.testing.assert_array_equal(e1, e2)
+
+
+def test_stateful_chunks_equal_one_long_sequence(rng):
+    layer = fastrnn.LSTM(I, H, num_layers=2, dtype=np.float64, seed=2)
+    x = rng.normal(size=(2 * T, B, I))
+    y_full, (h_full, c_full) = layer.forward(x)
+    y1, state = layer.forward(x[:T])
+    y2, (h2, c2) = layer.forward(x[T:], state)
+    np.testing.assert_allclose(np.concatenate([y1, y2]), y_full, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(h2, h_full, rtol=1e-13, atol=1e-15)
+
+
+def test_show_config_reports_threads_and_blas(capsys):
+    fastrnn.show_config()
+    out = capsys.readouterr().out
+    assert "OpenMP" in out and "threads" in out and "BLAS" in out
+    with pytest.raises(ValueError, match="positive int"):
+        fastrnn.set_num_threads(0)

@@ -1,0 +1,89 @@
+"""Every cell's BPTT against central finite differences, in float64."""
+import itertools
+
+import numpy as np
+import pytest
+
+import fastrnn
+from helpers import gradient_check_error
+
+LAYERS = {"rnn_tanh": lambda **k: fastrnn.RNN(nonlinearity="tanh", **k),
+          "rnn_relu": lambda **k: fastrnn.RNN(nonlinearity="relu", **k),
+          "gru": lambda **k: fastrnn.GRU(**k),
+          "lstm": lambda **k: fastrnn.LSTM(**k)}
+T, B, I, H = 5, 3, 3, 4
+LENGTHS = np.array([3, 5, 1])
+
+
+def _random_state(layer, rng):
+    shape = (layer.num_layers * layer.num_directions, B, H)
+    if layer.cell.has_cell_state:
+        return rng.normal(size=shape), rng.normal(size=shape)
+    return rng.normal(size=shape)
+
+
+def _state_arrays(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+@pytest.mark.parametrize("cell", list(LAYERS))
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (2, False), (2, True)])
+@pytest.mark.parametrize("with_lengths,with_state,with_dstate",
+                         [c for c in itertools.product([False, True], repeat=3)])
+def test_gradients_match_finite_differences(cell, num_layers, bidirectional, with_lengths,
+                                            with_state, with_dstate):
+    rng = np.random.default_rng(7)
+    layer = LAYERS[cell](input_size=I, hidden_size=H, num_layers=num_layers,
+                         bidirectional=bidirectional, dtype=np.float64, seed=3)
+    x = rng.normal(size=(T, B, I))
+    lengths = LENGTHS if with_lengths else None
+    state = _random_state(layer, rng) if with_state else None
+    dy = rng.normal(size=(T, B, layer.num_directions * H))
+    dstate = _random_state(layer, rng) if with_dstate else None
+
+    def loss():
+        y, final = layer.forward(x, state, lengths)
+        total = np.sum(y * dy)
+        if dstate is not None:
+            total += sum(np.sum(f * d) for f, d in zip(_state_arrays(final), _state_arrays(dstate)))
+        return total
+
+    layer.zero_grad()
+    loss()
+    dx, dstate0 = layer.backward(dy, dstate)
+    errors = {"x": gradient_check_error(loss, x, dx, rng)}
+    for name in layer.params:
+        errors[name] = gradient_check_error(loss, layer.params[name], layer.grads[name], rng)
+    if state is not None:
+        for k, (s, ds) in enumerate(zip(_state_arrays(state), _state_arrays(dstate0))):
+            errors[f"state{k}"] = gradient_check_error(loss, s, ds, rng)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 1e-6, f"{worst}: relative error {errors[worst]:.2e}"
+    # Padded outputs carry no gradient into the inputs past each length.
+    if with_lengths:
+        for b, n in enumerate(LENGTHS):
+            assert np.all(dx[n:, b] == 0)
+
+
+@pytest.mark.parametrize("cell", list(LAYERS))
+def test_dropout_gradients_match_finite_differences(cell):
+    rng = np.random.default_rng(11)
+    layer = LAYERS[cell](input_size=I, hidden_size=H, num_layers=3, dropout=0.4,
+                         dtype=np.float64, seed=5)
+    x = rng.normal(size=(T, B, I))
+    dy = rng.normal(size=(T, B, H))
+    rng_state = layer.rng_state()
+
+    def loss():
+        layer.set_rng_state(rng_state)   # the same dropout masks on every evaluation
+        y, _ = layer.forward(x)
+        return np.sum(y * dy)
+
+    loss()
+    dx, _ = layer.backward(dy)
+    assert gradient_check_error(loss, x, dx, rng, samples=20) < 1e-6
+    name = "weight_ih_l1"
+    layer.zero_grad()
+    loss()
+    layer.backward(dy)
+    assert gradient_check_error(loss, layer.params[name], layer.grads[name], rng) < 1e-6
