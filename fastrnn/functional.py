@@ -35,12 +35,16 @@ class RecurrentWorkspace:
 
 
 def _rows(a, name):
-    """View a (T, B, F) array as (T*B, F) rows without copying (rows may be strided)."""
+    """View a (T, B, F) array as (T*B, F) rows without copying (rows may be strided, the
+    last axis must be contiguous: the kernels read each row as one block)."""
     try:
-        return np.reshape(a, (a.shape[0] * a.shape[1], a.shape[2]), copy=False)
+        rows = np.reshape(a, (a.shape[0] * a.shape[1], a.shape[2]), copy=False)
     except ValueError:
+        rows = None
+    if rows is None or rows.strides[1] != a.itemsize:
         raise ValueError(f"{name} must be a (T, B, F) array whose (T, B) axes can be merged "
-                         f"without a copy") from None
+                         f"without a copy and whose last axis is contiguous")
+    return rows
 
 
 def _check_lengths(lengths, T, B):
@@ -155,11 +159,9 @@ def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
     dy_rows = None
     if dy is not None:
         dy = check_array(dy, "dy", ndim=3, shape=(T, B, H), dtype=dtype, contiguous=False)
-        if dy.strides[2] != dtype.itemsize:
-            dy = np.ascontiguousarray(dy)
         try:
             dy_rows = _rows(dy, "dy")
-        except ValueError:
+        except ValueError:   # a layout the kernels cannot walk: copy once
             dy_rows = _rows(np.ascontiguousarray(dy), "dy")
     dh0, dc0 = _split_state(spec, dstate, "dstate")
     dh = _state_array(dh0, "dstate h", B, H, dtype)
