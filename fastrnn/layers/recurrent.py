@@ -7,7 +7,7 @@ arrange arrays; every step of every sequence runs in the compiled kernels of
 import numpy as np
 
 from .. import functional as F
-from .._validation import as_float_dtype, check_array
+from .._validation import as_float_dtype, check_array, check_int
 from ..cells import get_cell, param_names, param_shapes
 from .base import Layer
 
@@ -31,17 +31,15 @@ class RecurrentLayer(Layer):
                  seed=None, recurrent_init="uniform", forget_bias=None):
         super().__init__()
         self.cell = get_cell(cell)
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if recurrent_init not in ("uniform", "identity"):
             raise ValueError(f"recurrent_init must be 'uniform' or 'identity', got {recurrent_init!r}")
         if forget_bias is not None and self.cell.name != "lstm":
             raise ValueError("forget_bias applies to LSTM only")
-        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.input_size = check_int(input_size, "input_size", 1)
+        self.hidden_size = check_int(hidden_size, "hidden_size", 1)
+        self.num_layers = check_int(num_layers, "num_layers", 1)
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1

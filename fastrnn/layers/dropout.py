@@ -1,0 +1,54 @@
+"""Inverted dropout with a private, checkpointable random stream."""
+import copy
+
+import numpy as np
+
+from .._validation import as_float_dtype
+from .base import Layer
+
+
+class Dropout(Layer):
+    """Zeroes each element with probability ``p`` in training mode and scales survivors by
+    ``1 / (1 - p)`` so the expected activation is unchanged; identity in eval mode.
+
+    Works on any shape. The masks come from the layer's own ``np.random.default_rng(seed)``, so
+    a run is reproducible from the seed, and ``rng_state()`` / ``set_rng_state()`` let a
+    resumed run draw exactly the masks the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+        self._rng = np.random.default_rng(seed)
+        self._scaled_mask = None
+
+    def forward(self, x):
+        """x: float32/float64 array of any shape. Returns an array of the same shape and dtype."""
+        x = np.asarray(x)
+        as_float_dtype(x.dtype, "x's dtype")
+        if not self.training or self.p == 0.0:
+            self._scaled_mask = None
+            return x
+        keep = self._rng.random(x.shape, dtype=x.dtype) >= self.p
+        self._scaled_mask = keep.astype(x.dtype)
+        self._scaled_mask *= 1.0 / (1.0 - self.p)
+        return x * self._scaled_mask
+
+    def backward(self, dy):
+        """dy: same shape as the last forward's input. Returns dx (dy through the same mask)."""
+        dy = np.asarray(dy)
+        if self._scaled_mask is None:
+            return dy
+        if dy.shape != self._scaled_mask.shape:
+            raise ValueError(f"dy must have shape {self._scaled_mask.shape}, got {dy.shape}")
+        return dy * self._scaled_mask
+
+    def rng_state(self):
+        """A copy of the mask generator's state (a plain dict, safe to pickle)."""
+        return copy.deepcopy(self._rng.bit_generator.state)
+
+    def set_rng_state(self, state):
+        """Restore a state returned by :meth:`rng_state`."""
+        self._rng.bit_generator.state = copy.deepcopy(state)

@@ -1,0 +1,94 @@
+"""Token embedding: a lookup table of learned vectors, one row per vocabulary entry."""
+import numbers
+
+import numpy as np
+import scipy.sparse
+
+from .._validation import as_float_dtype, check_array, check_int, check_token_ids
+from .base import Layer
+
+
+def scatter_add_rows(target, indices, rows):
+    """``target[indices[i]] += rows[i]`` for every ``i``, summing rows that share an index.
+
+    target: (V, D) array, updated in place. indices: (N,) int64 in ``[0, V)``. rows: (N, D).
+
+    Why a sparse product: sort the indices so that equal ones are adjacent, then a (U, N)
+    CSR matrix whose row ``u`` selects the positions of the ``u``-th distinct index sums each
+    group in one compiled pass over ``rows``. Measured for N=2048, V=10000, float32, it is
+    5-15x faster than ``np.add.at(target, indices, rows)`` and 2-5x faster than gathering
+    ``rows`` in sorted order for ``np.add.reduceat`` (see the Embedding class docstring).
+    """
+    n = indices.size
+    if n == 0:
+        return
+    order = np.argsort(indices, kind="stable")
+    sorted_indices = indices[order]
+    starts_group = np.empty(n, dtype=bool)
+    starts_group[0] = True
+    np.not_equal(sorted_indices[1:], sorted_indices[:-1], out=starts_group[1:])
+    group_starts = np.flatnonzero(starts_group)
+    selector = scipy.sparse.csr_matrix(
+        (np.ones(n, dtype=rows.dtype), order, np.append(group_starts, n)),
+        shape=(group_starts.size, n))
+    target[sorted_indices[group_starts]] += selector @ rows
+
+
+class Embedding(Layer):
+    """Maps integer token ids of any shape ``S`` to vectors, giving shape ``S + (D,)``.
+
+    Parameters (PyTorch names): ``weight`` (V, D), initialised N(0, 1) like ``torch.nn.Embedding``.
+    With ``padding_idx`` set, that row starts at zero and never receives gradient, so it stays
+    whatever the user puts there (PyTorch semantics).
+
+    ``backward`` scatter-adds the output gradient into ``grads["weight"]`` with
+    :func:`scatter_add_rows`. Timings for 2048 ids, V=10000, float32 (µs per call, uniform /
+    Zipf-distributed ids): D=64: ``np.add.at`` 1410/1390, sort + ``reduceat`` 996/434, sparse
+    product 292/180; D=200: 4256/4197, 2794/1021, 504/272.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None, padding_idx=None):
+        super().__init__()
+        self.num_embeddings = check_int(num_embeddings, "num_embeddings", 1)
+        self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
+        self.dtype = as_float_dtype(dtype)
+        self.padding_idx = self._normalise_padding_idx(padding_idx)
+
+        rng = np.random.default_rng(seed)
+        weight = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
+        if self.padding_idx is not None:
+            weight[self.padding_idx] = 0
+        self.params["weight"] = weight
+        self.grads["weight"] = np.zeros_like(weight)
+        self._ids = None
+
+    def _normalise_padding_idx(self, padding_idx):
+        if padding_idx is None:
+            return None
+        in_range = isinstance(padding_idx, numbers.Integral) and (
+            -self.num_embeddings <= padding_idx < self.num_embeddings)
+        if not in_range:
+            raise ValueError(
+                f"padding_idx must be an integer in [-{self.num_embeddings}, {self.num_embeddings}), "
+                f"got {padding_idx!r}")
+        return int(padding_idx) % self.num_embeddings
+
+    def forward(self, ids):
+        """ids: int array of any shape S, values in [0, V). Returns (*S, D) in the layer dtype."""
+        ids = check_token_ids(ids, "ids", self.num_embeddings)
+        self._ids = ids
+        return np.take(self.params["weight"], ids, axis=0)
+
+    def backward(self, dy):
+        """dy: (*S, D) gradient of the output. Accumulates into grads["weight"]; returns None
+        because integer ids have no gradient."""
+        if self._ids is None:
+            raise RuntimeError("Embedding.backward called before forward")
+        dy = check_array(dy, "dy", dtype=self.dtype, shape=self._ids.shape + (self.embedding_dim,))
+        ids = self._ids.reshape(-1)
+        rows = dy.reshape(-1, self.embedding_dim)
+        if self.padding_idx is not None:
+            keep = ids != self.padding_idx
+            ids, rows = ids[keep], rows[keep]
+        scatter_add_rows(self.grads["weight"], ids, rows)
+        return None

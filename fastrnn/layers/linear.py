@@ -1,0 +1,94 @@
+"""Affine map over the last axis, optionally sharing its weight with an Embedding."""
+
+import numpy as np
+
+from .._validation import as_float_dtype, check_array, check_int
+from .base import Layer
+
+
+class Linear(Layer):
+    """``y = x @ weight.T + bias``: (..., in_features) -> (..., out_features).
+
+    Parameters (PyTorch names and init): ``weight`` (out_features, in_features) and ``bias``
+    (out_features,), both U(-1/sqrt(in_features), 1/sqrt(in_features)).
+
+    Tied weights (an output projection reusing the input embedding, as in Press & Wolf 2017):
+    ``Linear.tied_to(embedding)`` or ``Linear(D, V, weight_owner=embedding)``. The layer then
+    reads ``embedding.params["weight"]`` (V, D) and accumulates into ``embedding.grads["weight"]``
+    (the very same arrays, available here as ``self.weight`` / ``self.weight_grad``), so the
+    gradient from both uses adds up in one place. The shared weight is deliberately *not*
+    listed in this layer's ``params``/``grads``: only ``bias`` is, so an optimizer built from
+    every layer's params updates the shared matrix exactly once, ``zero_grad`` on the embedding
+    clears it, and it is saved once, under the embedding's state_dict.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None,
+                 weight_owner=None):
+        super().__init__()
+        self.in_features = check_int(in_features, "in_features", 1)
+        self.out_features = check_int(out_features, "out_features", 1)
+        self.dtype = as_float_dtype(dtype)
+
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.in_features)
+        if weight_owner is None:
+            self.weight = self._uniform(rng, bound, (self.out_features, self.in_features))
+            self.weight_grad = np.zeros_like(self.weight)
+            self.params["weight"] = self.weight
+            self.grads["weight"] = self.weight_grad
+        else:
+            self.weight, self.weight_grad = self._borrow_weight(weight_owner)
+        self.bias = self._uniform(rng, bound, (self.out_features,)) if bias else None
+        if self.bias is not None:
+            self.params["bias"] = self.bias
+            self.grads["bias"] = np.zeros_like(self.bias)
+        self._x2d = None
+        self._leading_shape = None
+
+    @classmethod
+    def tied_to(cls, embedding, bias=True, seed=None):
+        """Output projection (..., D) -> (..., V) sharing ``embedding``'s (V, D) weight and grad."""
+        num_embeddings, embedding_dim = embedding.params["weight"].shape
+        return cls(embedding_dim, num_embeddings, bias=bias, dtype=embedding.params["weight"].dtype,
+                   seed=seed, weight_owner=embedding)
+
+    def _uniform(self, rng, bound, shape):
+        return rng.uniform(-bound, bound, shape).astype(self.dtype)
+
+    def _borrow_weight(self, owner):
+        weight, grad = owner.params.get("weight"), owner.grads.get("weight")
+        expected = (self.out_features, self.in_features)
+        if weight is None or grad is None:
+            raise ValueError("weight_owner must be a layer with params['weight'] and grads['weight']")
+        if weight.shape != expected or grad.shape != expected:
+            raise ValueError(
+                f"weight_owner's weight must have shape (out_features, in_features) = {expected}, "
+                f"got {weight.shape}")
+        if weight.dtype != self.dtype:
+            raise TypeError(f"weight_owner's weight must have dtype {self.dtype}, got {weight.dtype}")
+        return weight, grad
+
+    def forward(self, x):
+        """x: (..., in_features) in the layer dtype. Returns (..., out_features)."""
+        x = check_array(x, "x", dtype=self.dtype)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape (..., {self.in_features}), got {x.shape}")
+        self._leading_shape = x.shape[:-1]
+        # One GEMM over all leading positions (e.g. every time step of every sequence).
+        self._x2d = x.reshape(-1, self.in_features)
+        y = self._x2d @ self.weight.T
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(self._leading_shape + (self.out_features,))
+
+    def backward(self, dy):
+        """dy: (..., out_features). Accumulates dW = dy^T x and db = sum(dy); returns dx (..., in)."""
+        if self._x2d is None:
+            raise RuntimeError("Linear.backward called before forward")
+        dy = check_array(dy, "dy", dtype=self.dtype, shape=self._leading_shape + (self.out_features,))
+        dy2d = dy.reshape(-1, self.out_features)
+        self.weight_grad += dy2d.T @ self._x2d
+        if self.bias is not None:
+            self.grads["bias"] += dy2d.sum(axis=0)
+        dx = dy2d @ self.weight
+        return dx.reshape(self._leading_shape + (self.in_features,))

@@ -1,0 +1,99 @@
+"""Fused softmax + cross-entropy over the last axis, with an optional token mask."""
+import numpy as np
+
+from .._validation import as_float_dtype, check_token_ids
+
+REDUCTIONS = ("mean", "sum")
+
+
+class SoftmaxCrossEntropy:
+    """Cross-entropy (nats) of integer targets under ``softmax(logits)``.
+
+    ``forward(logits (..., V), targets (...), mask (...) or None) -> float`` and
+    ``backward(scale) -> dlogits (..., V)``. Typical shapes: (N, V) or (T, B, V).
+
+    Numerically stable (max subtraction, log-sum-exp) and fused: no one-hot matrix and no
+    log-softmax matrix are built; the only (N, V) buffer is the softmax itself, which
+    ``backward`` turns into the gradient in place. Masked positions (mask 0/False) contribute
+    nothing to the loss or to ``n_tokens`` and get exactly zero gradient; with every position
+    masked the loss is 0 and the gradient is zero (no 0/0). Every target must be a valid id,
+    masked ones included.
+
+    ``reduction="mean"`` divides by the number of unmasked tokens, ``"sum"`` does not.
+    """
+
+    def __init__(self, reduction="mean"):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+        self.n_tokens = 0
+        self._probs = None
+        self._targets = None
+        self._weights = None
+        self._logits_shape = None
+
+    def forward(self, logits, targets, mask=None):
+        """Return the loss as a Python float; ``self.n_tokens`` is the number of unmasked tokens."""
+        logits = np.asarray(logits)
+        as_float_dtype(logits.dtype, "logits' dtype")
+        if logits.ndim < 2:
+            raise ValueError(f"logits must have shape (..., V) with at least 2 dims, got {logits.shape}")
+        leading_shape, vocab_size = logits.shape[:-1], logits.shape[-1]
+        targets = np.asarray(targets)
+        if targets.shape != leading_shape:
+            raise ValueError(
+                f"targets must have shape {leading_shape} (logits without V), got {targets.shape}")
+        targets = check_token_ids(targets, "targets", vocab_size).reshape(-1)
+        weights = None if mask is None else self._mask_weights(mask, leading_shape, logits.dtype)
+
+        shifted = logits.reshape(-1, vocab_size) - logits.max(axis=-1).reshape(-1, 1)
+        # Read the target logits before exp overwrites ``shifted`` in place.
+        target_shifted = shifted[np.arange(targets.size), targets]
+        probs = np.exp(shifted, out=shifted)
+        sum_exp = probs.sum(axis=1)
+        probs /= sum_exp[:, None]
+        # -log softmax[target] = log(sum exp(shifted)) - shifted[target]
+        token_loss = np.log(sum_exp) - target_shifted
+
+        if weights is None:
+            self.n_tokens = targets.size
+            total = token_loss.sum()
+        else:
+            self.n_tokens = int(np.count_nonzero(weights))
+            total = token_loss @ weights
+        self._probs, self._targets, self._weights = probs, targets, weights
+        self._logits_shape = logits.shape
+        return float(total) / self._denominator()
+
+    def backward(self, scale=1.0):
+        """d(scale * loss)/d logits, shape of the last forward's logits:
+        (softmax - onehot(targets)) * mask / n_tokens * scale (without the division for "sum").
+
+        Consumes the cached softmax buffer (it becomes the returned gradient), so call once per
+        forward.
+        """
+        if self._probs is None:
+            raise RuntimeError("SoftmaxCrossEntropy.backward needs a forward first (once per forward)")
+        grad = self._probs
+        self._probs = None
+        grad[np.arange(self._targets.size), self._targets] -= 1
+        coefficient = scale / self._denominator()
+        if self._weights is None:
+            grad *= coefficient
+        else:
+            grad *= (self._weights * coefficient)[:, None]
+        return grad.reshape(self._logits_shape)
+
+    def _denominator(self):
+        # max(.., 1): an all-masked batch has loss 0 and gradient 0 rather than 0/0.
+        return max(self.n_tokens, 1) if self.reduction == "mean" else 1
+
+    @staticmethod
+    def _mask_weights(mask, leading_shape, dtype):
+        """mask (...) bool or 0/1 -> flat 0/1 weights in the logits dtype."""
+        mask = np.asarray(mask)
+        if mask.shape != leading_shape:
+            raise ValueError(f"mask must have shape {leading_shape} (logits without V), got {mask.shape}")
+        if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+            raise ValueError("mask must be boolean or hold only 0 and 1")
+        return mask.reshape(-1).astype(dtype)

@@ -1,0 +1,427 @@
+"""Optimizers, global gradient clipping and learning-rate schedules for numpy parameters.
+
+Every optimizer updates ``params`` in place from ``grads`` (two dicts with the same keys, as
+exposed by each layer) and follows the update formula of its ``torch.optim`` namesake, so given
+the same gradients it produces the same parameters up to rounding. ``state_dict`` holds the lr,
+the step count and every per-parameter buffer, so a run restored from it continues bit-exactly.
+
+Typical use::
+
+    params = {f"{i}.{k}": v for i, layer in enumerate(layers) for k, v in layer.params.items()}
+    grads = {f"{i}.{k}": v for i, layer in enumerate(layers) for k, v in layer.grads.items()}
+    opt = Adam(params, grads, lr=1e-3)
+    ...; clip_grad_norm(grads, 0.25); opt.step(); opt.zero_grad()
+"""
+import math
+import numbers
+
+import numpy as np
+
+from ._validation import as_float_dtype
+
+
+def _check_real(value, name, low=0.0, high=math.inf, include_high=True):
+    """Return ``value`` as a float in ``[low, high]`` (``[low, high)`` without include_high)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not (low <= value and (value <= high if include_high else value < high)):
+        closing = "]" if include_high else ")"
+        expected = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}{closing}"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def _check_count(value, name, minimum):
+    """Return ``value`` as an int ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_params_and_grads(params, grads):
+    """Both dicts must pair each name with distinct float arrays of equal shape and dtype."""
+    params, grads = dict(params), dict(grads)
+    if params.keys() != grads.keys():
+        missing = [k for k in params if k not in grads]
+        unexpected = [k for k in grads if k not in params]
+        raise ValueError(
+            f"grads must have the same keys as params: missing {missing}, unexpected {unexpected}")
+    seen = {}
+    for name, param in params.items():
+        grad = grads[name]
+        if not isinstance(param, np.ndarray) or not isinstance(grad, np.ndarray):
+            raise TypeError(f"params[{name!r}] and grads[{name!r}] must be numpy arrays (updated in place)")
+        as_float_dtype(param.dtype, f"params[{name!r}]'s dtype")
+        if grad.shape != param.shape:
+            raise ValueError(f"grads[{name!r}] must have shape {param.shape}, got {grad.shape}")
+        if grad.dtype != param.dtype:
+            raise TypeError(f"grads[{name!r}] must have dtype {param.dtype}, got {grad.dtype}")
+        if id(param) in seen:
+            # A tied weight listed under two names would be updated twice per step.
+            raise ValueError(f"params[{name!r}] is the same array as params[{seen[id(param)]!r}]; "
+                             "pass a shared (tied) weight once")
+        seen[id(param)] = name
+    return params, grads
+
+
+def _ema_(average, value, decay, work):
+    """``average <- decay * average + (1 - decay) * value`` in place; ``work`` is scratch
+    (it may be ``value`` itself)."""
+    average *= decay
+    np.multiply(value, 1.0 - decay, out=work)
+    average += work
+
+
+class Optimizer:
+    """Shared machinery: parameter bookkeeping, ``step``, ``zero_grad``, ``lr``, state dicts.
+
+    A subclass sets its hyper-parameters, then calls ``super().__init__`` and defines
+    ``_new_state(param) -> dict`` (zero-initialised buffers for one parameter) and
+    ``_update(param, grad, state, work)``: one in-place step for one parameter, where ``work``
+    is a scratch array shaped like ``param`` and ``self.step_count`` is already the 1-based
+    number of the step being taken. ``grad`` must never be modified (it is the layer's buffer).
+    """
+
+    def __init__(self, params, grads, lr, weight_decay=0.0):
+        self.params, self.grads = _check_params_and_grads(params, grads)
+        self.lr = lr
+        self.weight_decay = _check_real(weight_decay, "weight_decay")
+        self.step_count = 0
+        self.state = {name: self._new_state(param) for name, param in self.params.items()}
+        self._work = {name: np.empty_like(param) for name, param in self.params.items()}
+
+    @property
+    def lr(self):
+        """Learning rate; schedules assign to it between steps."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _check_real(value, "lr")
+
+    def step(self):
+        self.step_count += 1
+        for name, param in self.params.items():
+            self._update(param, self.grads[name], self.state[name], self._work[name])
+
+    def zero_grad(self):
+        for grad in self.grads.values():
+            grad[...] = 0
+
+    def _new_state(self, param):
+        raise NotImplementedError
+
+    def _update(self, param, grad, state, work):
+        raise NotImplementedError
+
+    def _with_l2_penalty(self, param, grad):
+        """``grad + weight_decay * param`` (torch's coupled weight decay), as a new array so the
+        layer's gradient buffer is left untouched; ``grad`` itself when there is no decay."""
+        if self.weight_decay == 0.0:
+            return grad
+        penalised = np.multiply(param, self.weight_decay)
+        penalised += grad
+        return penalised
+
+    def state_dict(self):
+        """Copies of lr, step count and every per-parameter buffer."""
+        return {
+            "lr": self.lr,
+            "step_count": self.step_count,
+            "state": {name: {key: buf.copy() for key, buf in buffers.items()}
+                      for name, buffers in self.state.items()},
+        }
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned, copying into the existing buffers."""
+        saved = state["state"]
+        if saved.keys() != self.state.keys():
+            raise KeyError(f"state_dict parameters {sorted(saved)} do not match {sorted(self.state)}")
+        for name, buffers in self.state.items():
+            if saved[name].keys() != buffers.keys():
+                raise KeyError(f"state_dict buffers for {name!r} are {sorted(saved[name])}, "
+                               f"expected {sorted(buffers)}")
+            for key, buf in buffers.items():
+                value = np.asarray(saved[name][key])
+                if value.shape != buf.shape:
+                    raise ValueError(f"state_dict buffer {name!r}/{key!r} must have shape {buf.shape}, "
+                                     f"got {value.shape}")
+                buf[...] = value
+        self.lr = state["lr"]
+        self.step_count = _check_count(state["step_count"], "step_count", 0)
+        return self
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, like ``torch.optim.SGD``."""
+
+    def __init__(self, params, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
+        self.momentum = _check_real(momentum, "momentum")
+        self.dampening = _check_real(dampening, "dampening", high=1.0)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum == 0.0 or self.dampening != 0.0):
+            raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
+        super().__init__(params, grads, lr, weight_decay)
+
+    def _new_state(self, param):
+        return {"momentum_buffer": np.zeros_like(param)} if self.momentum else {}
+
+    def _update(self, param, grad, state, work):
+        grad = self._with_l2_penalty(param, grad)
+        if self.momentum:
+            buf = state["momentum_buffer"]
+            if self.step_count == 1:
+                buf[...] = grad  # torch starts the buffer at the first gradient, undamped
+            else:
+                buf *= self.momentum
+                np.multiply(grad, 1.0 - self.dampening, out=work)
+                buf += work
+            if self.nesterov:
+                np.multiply(buf, self.momentum, out=work)
+                work += grad
+                grad = work
+            else:
+                grad = buf
+        np.multiply(grad, self.lr, out=work)
+        param -= work
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; ``weight_decay`` is an L2 term added to the gradient, like
+    ``torch.optim.Adam`` (see :class:`AdamW` for decoupled decay)."""
+
+    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_check_real(betas[0], "betas[0]", high=1.0, include_high=False),
+                      _check_real(betas[1], "betas[1]", high=1.0, include_high=False))
+        self.eps = _check_real(eps, "eps")
+        super().__init__(params, grads, lr, weight_decay)
+
+    def _new_state(self, param):
+        return {"exp_avg": np.zeros_like(param), "exp_avg_sq": np.zeros_like(param)}
+
+    def _update(self, param, grad, state, work):
+        self._adam_step(param, self._with_l2_penalty(param, grad), state, work)
+
+    def _adam_step(self, param, grad, state, work):
+        beta1, beta2 = self.betas
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        _ema_(exp_avg, grad, beta1, work)
+        np.square(grad, out=work)
+        _ema_(exp_avg_sq, work, beta2, work)
+        bias_correction1 = 1.0 - beta1 ** self.step_count
+        bias_correction2 = 1.0 - beta2 ** self.step_count
+        # param -= lr / bc1 * exp_avg / (sqrt(exp_avg_sq) / sqrt(bc2) + eps), as torch orders it
+        np.sqrt(exp_avg_sq, out=work)
+        work /= math.sqrt(bias_correction2)
+        work += self.eps
+        np.divide(exp_avg, work, out=work)
+        work *= self.lr / bias_correction1
+        param -= work
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``param *= 1 - lr * weight_decay`` before the Adam
+    step, gradient untouched), like ``torch.optim.AdamW``."""
+
+    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, grads, lr, betas, eps, weight_decay)
+
+    def _update(self, param, grad, state, work):
+        param *= 1.0 - self.lr * self.weight_decay
+        self._adam_step(param, grad, state, work)
+
+
+class Adagrad(Optimizer):
+    """Adagrad (per-element lr scaled by the root of the summed squared gradients), like
+    ``torch.optim.Adagrad`` without lr decay."""
+
+    def __init__(self, params, grads, lr=1e-2, eps=1e-10, initial_accumulator_value=0.0, weight_decay=0.0):
+        self.eps = _check_real(eps, "eps")
+        self.initial_accumulator_value = _check_real(initial_accumulator_value, "initial_accumulator_value")
+        super().__init__(params, grads, lr, weight_decay)
+
+    def _new_state(self, param):
+        return {"sum": np.full_like(param, self.initial_accumulator_value)}
+
+    def _update(self, param, grad, state, work):
+        grad = self._with_l2_penalty(param, grad)
+        np.square(grad, out=work)
+        state["sum"] += work
+        np.sqrt(state["sum"], out=work)
+        work += self.eps
+        np.divide(grad, work, out=work)
+        work *= self.lr
+        param -= work
+
+
+class Adadelta(Optimizer):
+    """Adadelta (step sizes from running averages of squared gradients and squared updates),
+    like ``torch.optim.Adadelta``."""
+
+    def __init__(self, params, grads, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+        self.rho = _check_real(rho, "rho", high=1.0)
+        self.eps = _check_real(eps, "eps")
+        super().__init__(params, grads, lr, weight_decay)
+
+    def _new_state(self, param):
+        return {"square_avg": np.zeros_like(param), "acc_delta": np.zeros_like(param)}
+
+    def _update(self, param, grad, state, work):
+        grad = self._with_l2_penalty(param, grad)
+        square_avg, acc_delta = state["square_avg"], state["acc_delta"]
+        np.square(grad, out=work)
+        _ema_(square_avg, work, self.rho, work)
+        # delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * grad; one extra buffer
+        # (std, reused below for delta**2) because delta and std are both alive at once.
+        std = np.add(square_avg, self.eps)
+        np.sqrt(std, out=std)
+        np.add(acc_delta, self.eps, out=work)
+        np.sqrt(work, out=work)
+        work /= std
+        work *= grad
+        np.square(work, out=std)
+        _ema_(acc_delta, std, self.rho, std)
+        work *= self.lr
+        param -= work
+
+
+class RMSprop(Optimizer):
+    """RMSprop with optional momentum and centring, like ``torch.optim.RMSprop``."""
+
+    def __init__(self, params, grads, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
+                 weight_decay=0.0):
+        self.alpha = _check_real(alpha, "alpha", high=1.0)
+        self.eps = _check_real(eps, "eps")
+        self.momentum = _check_real(momentum, "momentum")
+        self.centered = bool(centered)
+        super().__init__(params, grads, lr, weight_decay)
+
+    def _new_state(self, param):
+        state = {"square_avg": np.zeros_like(param)}
+        if self.momentum:
+            state["momentum_buffer"] = np.zeros_like(param)
+        if self.centered:
+            state["grad_avg"] = np.zeros_like(param)
+        return state
+
+    def _update(self, param, grad, state, work):
+        grad = self._with_l2_penalty(param, grad)
+        square_avg = state["square_avg"]
+        np.square(grad, out=work)
+        _ema_(square_avg, work, self.alpha, work)
+        if self.centered:
+            # Variance instead of raw second moment: square_avg - grad_avg**2.
+            grad_avg = state["grad_avg"]
+            _ema_(grad_avg, grad, self.alpha, work)
+            np.square(grad_avg, out=work)
+            np.subtract(square_avg, work, out=work)
+            np.sqrt(work, out=work)
+        else:
+            np.sqrt(square_avg, out=work)
+        work += self.eps
+        np.divide(grad, work, out=work)
+        if self.momentum:
+            buf = state["momentum_buffer"]
+            buf *= self.momentum
+            buf += work
+            np.multiply(buf, self.lr, out=work)
+        else:
+            work *= self.lr
+        param -= work
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale gradients in place so their global L2 norm is at most ``max_norm``.
+
+    grads: dict of arrays or iterable of arrays (an array listed twice, e.g. a tied weight's
+    gradient, counts once). Like ``torch.nn.utils.clip_grad_norm_``, the scale is
+    ``max_norm / (norm + 1e-6)`` and applied only when below 1. Returns the norm before
+    clipping, as a float.
+    """
+    max_norm = _check_real(max_norm, "max_norm")
+    if max_norm == 0.0:
+        raise ValueError("max_norm must be > 0, got 0.0")
+    arrays = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    distinct = list({id(grad): grad for grad in arrays}.values())
+    for grad in distinct:
+        if not isinstance(grad, np.ndarray):
+            raise TypeError(f"grads must hold numpy arrays (scaled in place), got {type(grad).__name__}")
+        as_float_dtype(grad.dtype, "grads' dtype")
+    total_norm = math.sqrt(sum(float(np.vdot(grad, grad)) for grad in distinct))
+    scale = max_norm / (total_norm + 1e-6)
+    if scale < 1.0:
+        for grad in distinct:
+            grad *= scale
+    return total_norm
+
+
+class _Schedule:
+    """A learning-rate schedule driving ``optimizer.lr``; its state is the attributes named in
+    ``_state_keys``."""
+
+    _state_keys = ()
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def state_dict(self):
+        return {key: getattr(self, key) for key in self._state_keys}
+
+    def load_state_dict(self, state):
+        for key in self._state_keys:
+            setattr(self, key, state[key])
+        return self
+
+
+class StepLR(_Schedule):
+    """Multiply ``optimizer.lr`` by ``gamma`` every ``step_size`` epochs; call :meth:`step` once
+    at the end of each epoch (like ``torch.optim.lr_scheduler.StepLR``)."""
+
+    _state_keys = ("epoch",)
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        super().__init__(optimizer)
+        self.step_size = _check_count(step_size, "step_size", 1)
+        self.gamma = _check_real(gamma, "gamma")
+        self.epoch = 0
+
+    def step(self):
+        self.epoch += 1
+        if self.epoch % self.step_size == 0:
+            self.optimizer.lr *= self.gamma
+
+
+class HalveOnPlateau(_Schedule):
+    """Multiply ``optimizer.lr`` by ``factor`` (floored at ``min_lr``) once the validation loss
+    has failed to improve on its best for more than ``patience`` consecutive calls; the classic
+    word-level language-model annealing. A NaN loss counts as no improvement."""
+
+    _state_keys = ("best", "bad_epochs")
+
+    def __init__(self, optimizer, factor=0.5, patience=0, min_lr=0.0):
+        super().__init__(optimizer)
+        self.factor = _check_real(factor, "factor", high=1.0, include_high=False)
+        self.patience = _check_count(patience, "patience", 0)
+        self.min_lr = _check_real(min_lr, "min_lr")
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def step(self, val_loss):
+        """Record one validation loss; return True when this call lowered the lr."""
+        val_loss = float(val_loss)
+        if val_loss < self.best:
+            self.best = val_loss
+            self.bad_epochs = 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs <= self.patience:
+            return False
+        self.bad_epochs = 0
+        old_lr = self.optimizer.lr
+        self.optimizer.lr = max(old_lr * self.factor, self.min_lr)
+        return self.optimizer.lr < old_lr
