@@ -2,6 +2,7 @@
 __version__ = "0.1.0"
 
 from . import functional, optim
+from ._gpu import gpu_available
 from .layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, SoftmaxCrossEntropy
 from .text import (CharVocab, SentenceBatcher, StreamBatcher, SyntheticLanguage, WordVocab,
                    load_text, load_vocab, train_val_split)
@@ -10,4 +11,4 @@ from .threads import get_num_threads, set_num_threads, show_config
 __all__ = ["RNN", "GRU", "LSTM", "Embedding", "Linear", "Dropout", "SoftmaxCrossEntropy",
            "CharVocab", "WordVocab", "load_vocab", "load_text", "train_val_split",
            "StreamBatcher", "SentenceBatcher", "SyntheticLanguage", "functional", "optim",
-           "get_num_threads", "set_num_threads", "show_config", "__version__"]
+           "get_num_threads", "set_num_threads", "show_config", "gpu_available", "__version__"]

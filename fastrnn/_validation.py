@@ -5,6 +5,8 @@ into compiled code to find out what was wrong.
 """
 import numpy as np
 
+from ._device import array_module_of
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -20,7 +22,7 @@ def as_float_dtype(dtype, name="dtype"):
 
 
 def check_array(x, name, ndim=None, dtype=None, shape=None, contiguous=True):
-    """Validate ``x`` and return it as a numpy array.
+    """Validate ``x`` and return it as a numpy array (a CuPy array stays a CuPy array).
 
     ``shape`` may hold ``None`` for any size. With ``dtype`` given, the array must already have
     that dtype (we never cast silently: a float64 batch into a float32 model is a user error).
@@ -28,7 +30,8 @@ def check_array(x, name, ndim=None, dtype=None, shape=None, contiguous=True):
     """
     if x is None:
         raise ValueError(f"{name} is required, got None")
-    arr = np.asarray(x)
+    xp = array_module_of(x)
+    arr = xp.asarray(x)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D{_shape_hint(shape)}, got shape {arr.shape}")
     if shape is not None:
@@ -37,7 +40,7 @@ def check_array(x, name, ndim=None, dtype=None, shape=None, contiguous=True):
     if dtype is not None and arr.dtype != np.dtype(dtype):
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {arr.dtype}")
     if contiguous:
-        arr = np.ascontiguousarray(arr)
+        arr = xp.ascontiguousarray(arr)
     return arr
 
 
@@ -52,15 +55,17 @@ def check_int(value, name, minimum):
 
 
 def check_token_ids(ids, name, vocab_size):
-    """Validate an integer array of token ids in ``[0, vocab_size)``; return it as int64."""
-    arr = np.asarray(ids)
+    """Validate an integer array of token ids in ``[0, vocab_size)``; return it as int64
+    (a CuPy array stays a CuPy array)."""
+    xp = array_module_of(ids)
+    arr = xp.asarray(ids)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
         raise ValueError(
             f"{name} must hold token ids in [0, {vocab_size}), got values in "
             f"[{arr.min()}, {arr.max()}]")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return xp.ascontiguousarray(arr, dtype=np.int64)
 
 
 def _fmt_shape(shape):

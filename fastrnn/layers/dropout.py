@@ -3,6 +3,7 @@ import copy
 
 import numpy as np
 
+from .._device import array_module_of, to_device
 from .._validation import as_float_dtype
 from .base import Layer
 
@@ -14,6 +15,9 @@ class Dropout(Layer):
     Works on any shape. The masks come from the layer's own ``np.random.default_rng(seed)``, so
     a run is reproducible from the seed, and ``rng_state()`` / ``set_rng_state()`` let a
     resumed run draw exactly the masks the uninterrupted run would have drawn.
+
+    CuPy (GPU) inputs work too: the mask is drawn by the same host generator (so a GPU run
+    uses exactly the masks of a CPU run with the same seed) and copied to the device.
     """
 
     def __init__(self, p=0.5, seed=None):
@@ -26,7 +30,8 @@ class Dropout(Layer):
 
     def forward(self, x):
         """x: float32/float64 array of any shape. Returns an array of the same shape and dtype."""
-        x = np.asarray(x)
+        xp = array_module_of(x)
+        x = xp.asarray(x)
         as_float_dtype(x.dtype, "x's dtype")
         if not self.training or self.p == 0.0:
             self._scaled_mask = None
@@ -34,11 +39,13 @@ class Dropout(Layer):
         keep = self._rng.random(x.shape, dtype=x.dtype) >= self.p
         self._scaled_mask = keep.astype(x.dtype)
         self._scaled_mask *= 1.0 / (1.0 - self.p)
+        if xp is not np:
+            self._scaled_mask = to_device(self._scaled_mask, "cuda")
         return x * self._scaled_mask
 
     def backward(self, dy):
         """dy: same shape as the last forward's input. Returns dx (dy through the same mask)."""
-        dy = np.asarray(dy)
+        dy = array_module_of(dy).asarray(dy)
         if self._scaled_mask is None:
             return dy
         if dy.shape != self._scaled_mask.shape:

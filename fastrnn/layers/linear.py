@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .._device import to_device
 from .._validation import as_float_dtype, check_array, check_int
 from .base import Layer
 
@@ -20,10 +21,13 @@ class Linear(Layer):
     listed in this layer's ``params``/``grads``: only ``bias`` is, so an optimizer built from
     every layer's params updates the shared matrix exactly once, ``zero_grad`` on the embedding
     clears it, and it is saved once, under the embedding's state_dict.
+
+    ``device="cuda"`` (or ``.to("cuda")``) keeps the arrays on the GPU (CuPy). A tied layer
+    reads the owner's arrays wherever they are: move the owner too.
     """
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None,
-                 weight_owner=None):
+                 weight_owner=None, device="cpu"):
         super().__init__()
         self.in_features = check_int(in_features, "in_features", 1)
         self.out_features = check_int(out_features, "out_features", 1)
@@ -32,25 +36,41 @@ class Linear(Layer):
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(self.in_features)
         if weight_owner is None:
-            self.weight = self._uniform(rng, bound, (self.out_features, self.in_features))
-            self.weight_grad = np.zeros_like(self.weight)
-            self.params["weight"] = self.weight
-            self.grads["weight"] = self.weight_grad
+            weight = self._uniform(rng, bound, (self.out_features, self.in_features))
+            self.params["weight"] = weight
+            self.grads["weight"] = np.zeros_like(weight)
+            self._weight_owner = self
         else:
-            self.weight, self.weight_grad = self._borrow_weight(weight_owner)
-        self.bias = self._uniform(rng, bound, (self.out_features,)) if bias else None
-        if self.bias is not None:
-            self.params["bias"] = self.bias
-            self.grads["bias"] = np.zeros_like(self.bias)
+            self._borrow_weight(weight_owner)
+            self._weight_owner = weight_owner
+        if bias:
+            self.params["bias"] = self._uniform(rng, bound, (self.out_features,))
+            self.grads["bias"] = np.zeros_like(self.params["bias"])
         self._x2d = None
         self._leading_shape = None
+        if device != "cpu":
+            self.to(device)
+
+    # The arrays are looked up on each use, so they follow ``to(device)`` (here or, for a
+    # tied weight, on the owner).
+    @property
+    def weight(self):
+        return self._weight_owner.params["weight"]
+
+    @property
+    def weight_grad(self):
+        return self._weight_owner.grads["weight"]
+
+    @property
+    def bias(self):
+        return self.params.get("bias")
 
     @classmethod
     def tied_to(cls, embedding, bias=True, seed=None):
         """Output projection (..., D) -> (..., V) sharing ``embedding``'s (V, D) weight and grad."""
         num_embeddings, embedding_dim = embedding.params["weight"].shape
         return cls(embedding_dim, num_embeddings, bias=bias, dtype=embedding.params["weight"].dtype,
-                   seed=seed, weight_owner=embedding)
+                   seed=seed, weight_owner=embedding, device=getattr(embedding, "device", "cpu"))
 
     def _uniform(self, rng, bound, shape):
         return rng.uniform(-bound, bound, shape).astype(self.dtype)
@@ -70,6 +90,8 @@ class Linear(Layer):
 
     def forward(self, x):
         """x: (..., in_features) in the layer dtype. Returns (..., out_features)."""
+        if self.device != "cpu":
+            x = to_device(x, self.device)
         x = check_array(x, "x", dtype=self.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., {self.in_features}), got {x.shape}")
@@ -85,9 +107,12 @@ class Linear(Layer):
         """dy: (..., out_features). Accumulates dW = dy^T x and db = sum(dy); returns dx (..., in)."""
         if self._x2d is None:
             raise RuntimeError("Linear.backward called before forward")
+        if self.device != "cpu":
+            dy = to_device(dy, self.device)
         dy = check_array(dy, "dy", dtype=self.dtype, shape=self._leading_shape + (self.out_features,))
         dy2d = dy.reshape(-1, self.out_features)
-        self.weight_grad += dy2d.T @ self._x2d
+        weight_grad = self.weight_grad
+        weight_grad += dy2d.T @ self._x2d
         if self.bias is not None:
             self.grads["bias"] += dy2d.sum(axis=0)
         dx = dy2d @ self.weight

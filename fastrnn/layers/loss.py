@@ -1,6 +1,7 @@
 """Fused softmax + cross-entropy over the last axis, with an optional token mask."""
 import numpy as np
 
+from .._device import array_module_of
 from .._validation import as_float_dtype, check_token_ids
 
 REDUCTIONS = ("mean", "sum")
@@ -20,6 +21,8 @@ class SoftmaxCrossEntropy:
     masked ones included.
 
     ``reduction="mean"`` divides by the number of unmasked tokens, ``"sum"`` does not.
+
+    Works on CuPy (GPU) logits too; targets and mask are then moved to the GPU.
     """
 
     def __init__(self, reduction="mean"):
@@ -34,32 +37,34 @@ class SoftmaxCrossEntropy:
 
     def forward(self, logits, targets, mask=None):
         """Return the loss as a Python float; ``self.n_tokens`` is the number of unmasked tokens."""
-        logits = np.asarray(logits)
+        xp = array_module_of(logits)
+        logits = xp.asarray(logits)
         as_float_dtype(logits.dtype, "logits' dtype")
         if logits.ndim < 2:
             raise ValueError(f"logits must have shape (..., V) with at least 2 dims, got {logits.shape}")
         leading_shape, vocab_size = logits.shape[:-1], logits.shape[-1]
-        targets = np.asarray(targets)
+        targets = _asarray_on(xp, targets)
         if targets.shape != leading_shape:
             raise ValueError(
                 f"targets must have shape {leading_shape} (logits without V), got {targets.shape}")
         targets = check_token_ids(targets, "targets", vocab_size).reshape(-1)
-        weights = None if mask is None else self._mask_weights(mask, leading_shape, logits.dtype)
+        weights = None if mask is None else self._mask_weights(_asarray_on(xp, mask), leading_shape,
+                                                               logits.dtype)
 
         shifted = logits.reshape(-1, vocab_size) - logits.max(axis=-1).reshape(-1, 1)
         # Read the target logits before exp overwrites ``shifted`` in place.
-        target_shifted = shifted[np.arange(targets.size), targets]
-        probs = np.exp(shifted, out=shifted)
+        target_shifted = shifted[xp.arange(targets.size), targets]
+        probs = xp.exp(shifted, out=shifted)
         sum_exp = probs.sum(axis=1)
         probs /= sum_exp[:, None]
         # -log softmax[target] = log(sum exp(shifted)) - shifted[target]
-        token_loss = np.log(sum_exp) - target_shifted
+        token_loss = xp.log(sum_exp) - target_shifted
 
         if weights is None:
             self.n_tokens = targets.size
             total = token_loss.sum()
         else:
-            self.n_tokens = int(np.count_nonzero(weights))
+            self.n_tokens = int(xp.count_nonzero(weights))
             total = token_loss @ weights
         self._probs, self._targets, self._weights = probs, targets, weights
         self._logits_shape = logits.shape
@@ -76,7 +81,7 @@ class SoftmaxCrossEntropy:
             raise RuntimeError("SoftmaxCrossEntropy.backward needs a forward first (once per forward)")
         grad = self._probs
         self._probs = None
-        grad[np.arange(self._targets.size), self._targets] -= 1
+        grad[array_module_of(grad).arange(self._targets.size), self._targets] -= 1
         coefficient = scale / self._denominator()
         if self._weights is None:
             grad *= coefficient
@@ -91,9 +96,19 @@ class SoftmaxCrossEntropy:
     @staticmethod
     def _mask_weights(mask, leading_shape, dtype):
         """mask (...) bool or 0/1 -> flat 0/1 weights in the logits dtype."""
-        mask = np.asarray(mask)
+        xp = array_module_of(mask)
+        mask = xp.asarray(mask)
         if mask.shape != leading_shape:
             raise ValueError(f"mask must have shape {leading_shape} (logits without V), got {mask.shape}")
-        if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+        if mask.dtype != bool and not (np.isin(mask, (0, 1)).all() if xp is np
+                                       else ((mask == 0) | (mask == 1)).all()):
             raise ValueError("mask must be boolean or hold only 0 and 1")
         return mask.reshape(-1).astype(dtype)
+
+
+def _asarray_on(xp, a):
+    """``a`` as an array of module ``xp`` (numpy: ``np.asarray``, as before)."""
+    if xp is np:
+        return np.asarray(a)
+    from .._device import to_device
+    return to_device(a, "cuda")

@@ -2,11 +2,13 @@
 
 Multi-layer, bidirectional, variable lengths, dropout between layers. The layers only
 arrange arrays; every step of every sequence runs in the compiled kernels of
-:mod:`fastrnn.functional`.
+:mod:`fastrnn.functional`, or, for ``device="cuda"``, in the CuPy backend
+:mod:`fastrnn._gpu.backend` (same functions, same semantics).
 """
 import numpy as np
 
 from .. import functional as F
+from .._device import to_device
 from .._validation import as_float_dtype, check_array, check_int
 from ..cells import get_cell, param_names, param_shapes
 from .base import Layer
@@ -24,11 +26,15 @@ class RecurrentLayer(Layer):
         bidirectional. state: h (L*D, B, H), or (h, c) for the LSTM; None means zeros.
     backward(dy, dstate=None) -> (dx, dstate0)
         Backpropagates through the last forward and accumulates into ``grads``.
+
+    ``device="cuda"`` (or ``.to("cuda")``) runs on the GPU with CuPy arrays (inputs given as
+    numpy arrays are copied over); parameters are initialised on the host first, so a seed
+    gives the same model on either device.
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32,
-                 seed=None, recurrent_init="uniform", forget_bias=None):
+                 seed=None, recurrent_init="uniform", forget_bias=None, device="cpu"):
         super().__init__()
         self.cell = get_cell(cell)
         if not 0.0 <= dropout < 1.0:
@@ -48,6 +54,8 @@ class RecurrentLayer(Layer):
         self._dropout_rng = np.random.default_rng(dropout_seed)
         self._init_params(np.random.default_rng(init_seed), recurrent_init, forget_bias)
         self._cache = None
+        if device != "cpu":
+            self.to(device)
 
     # ---- parameters -----------------------------------------------------------------------
 
@@ -115,14 +123,32 @@ class RecurrentLayer(Layer):
         return [h[i] for i in range(shape[0])]
 
     def _stack_states(self, states):
+        xp = self.xp
         if self.cell.has_cell_state:
-            return np.stack([s[0] for s in states]), np.stack([s[1] for s in states])
-        return np.stack(states)
+            return xp.stack([s[0] for s in states]), xp.stack([s[1] for s in states])
+        return xp.stack(states)
+
+    def _backend(self):
+        """The functional kernels for the layer's device: fastrnn.functional or the GPU's."""
+        if self.device == "cpu":
+            return F
+        from .._gpu import backend
+        return backend
+
+    def _on_device(self, a):
+        """Arrays (and (h, c) tuples) moved to the layer's device; numpy as before on the CPU."""
+        if self.device == "cpu":
+            return np.asarray(a)
+        if a is None:
+            return None
+        if isinstance(a, (tuple, list)):
+            return type(a)(to_device(v, self.device) for v in a)
+        return to_device(a, self.device)
 
     # ---- forward / backward ---------------------------------------------------------------
 
     def forward(self, x, state=None, lengths=None):
-        x = np.asarray(x)
+        x = self._on_device(x)
         if x.ndim != 3:
             layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
             raise ValueError(f"x must be 3-D {layout}, got shape {x.shape}")
@@ -132,17 +158,20 @@ class RecurrentLayer(Layer):
             x = x.transpose(1, 0, 2)
         if x.shape[2] != self.input_size:
             raise ValueError(f"x must have {self.input_size} features (input_size), got {x.shape[2]}")
-        x = np.ascontiguousarray(x)
+        xp, backend = self.xp, self._backend()
+        x = xp.ascontiguousarray(x)
         T, B, _ = x.shape
+        if self.device != "cpu" and state is not None:
+            state = self._on_device(state)
         states = self._check_state(state, B, "state")
         H, D = self.hidden_size, self.num_directions
 
         workspaces, masks, final = [], [], []
         layer_input = x
         for layer in range(self.num_layers):
-            out = np.empty((T, B, D * H), self.dtype)
+            out = xp.empty((T, B, D * H), self.dtype)
             for d in range(D):
-                _, st, ws = F.recurrent_forward(
+                _, st, ws = backend.recurrent_forward(
                     self.cell.name, layer_input, *self._weights(layer, d),
                     state=states[layer * D + d], lengths=lengths, reverse=d == 1,
                     out=out[:, :, d * H:(d + 1) * H])
@@ -152,6 +181,8 @@ class RecurrentLayer(Layer):
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = 1.0 - self.dropout
                 mask = (self._dropout_rng.random(out.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+                if self.device != "cpu":   # drawn on the host: the same masks as on the CPU
+                    mask = to_device(mask, self.device)
                 out = out * mask   # a new array: the kernels' workspace still needs the raw output
             masks.append(mask)
             layer_input = out
@@ -164,22 +195,25 @@ class RecurrentLayer(Layer):
             raise ValueError("backward called without a preceding forward (or twice for one forward)")
         workspaces, masks, T, B = self._cache
         H, D = self.hidden_size, self.num_directions
+        xp, backend = self.xp, self._backend()
         if dy is not None:
-            dy = np.asarray(dy)
+            dy = self._on_device(dy)
             expected = (B, T, D * H) if self.batch_first else (T, B, D * H)
             dy = check_array(dy, "dy", shape=expected, dtype=self.dtype, contiguous=False)
             if self.batch_first:
-                dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+                dy = xp.ascontiguousarray(dy.transpose(1, 0, 2))
+        if self.device != "cpu" and dstate is not None:
+            dstate = self._on_device(dstate)
         dstates = self._check_state(dstate, B, "dstate")
         self._cache = None
 
         dstate0 = [None] * (self.num_layers * D)
         for layer in reversed(range(self.num_layers)):
             in_size = self.input_size if layer == 0 else D * H
-            dx = np.zeros((T, B, in_size), self.dtype)
+            dx = xp.zeros((T, B, in_size), self.dtype)
             for d in range(D):
                 idx = layer * D + d
-                _, dstate0[idx], _ = F.recurrent_backward(
+                _, dstate0[idx], _ = backend.recurrent_backward(
                     workspaces[idx], None if dy is None else dy[:, :, d * H:(d + 1) * H],
                     dstates[idx], grads=self._grads_of(layer, d), dx_out=dx)
             if layer > 0 and masks[layer - 1] is not None:
@@ -190,6 +224,8 @@ class RecurrentLayer(Layer):
 
     def __repr__(self):
         extra = ", bidirectional=True" if self.bidirectional else ""
+        if self.device != "cpu":
+            extra += f", device={self.device!r}"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}{extra}, dtype={self.dtype})")
 

@@ -1,0 +1,41 @@
+"""Optional CuPy GPU backend (``pip install 'fastrnn[gpu]'``).
+
+Importing this package does not import CuPy; :func:`require_gpu` does, on first use.
+The kernels live in :mod:`fastrnn._gpu.backend` (import it only after ``require_gpu()``).
+"""
+
+CUPY_MISSING = "CuPy is not installed: pip install 'fastrnn[gpu]'"
+NO_DEVICE = "no CUDA device found"
+
+
+def _import_cupy():
+    import cupy
+    return cupy
+
+
+def require_gpu():
+    """Return the cupy module, or raise RuntimeError saying what is missing: CuPy itself, or
+    a CUDA device."""
+    try:
+        cupy = _import_cupy()
+    except ImportError as exc:
+        raise RuntimeError(CUPY_MISSING) from exc
+    except Exception as exc:   # a broken install (e.g. missing CUDA libraries)
+        raise RuntimeError(f"CuPy failed to import ({type(exc).__name__}: {exc}); "
+                           f"check the install: pip install 'fastrnn[gpu]'") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:   # no driver, or the driver finds no device
+        raise RuntimeError(f"{NO_DEVICE} ({type(exc).__name__}: {exc})") from exc
+    if count < 1:
+        raise RuntimeError(NO_DEVICE)
+    return cupy
+
+
+def gpu_available():
+    """True if CuPy imports and a CUDA device is present. Never raises."""
+    try:
+        require_gpu()
+        return True
+    except Exception:
+        return False
