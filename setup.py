@@ -68,6 +68,7 @@ def _extension(name, source):
 
 extensions = [
     _extension("fastrnn._cpu.recurrent", "fastrnn/_cpu/recurrent.pyx"),
+    _extension("fastrnn._cpu.generate", "fastrnn/_cpu/generate.pyx"),
 ]
 
 setup(

@@ -24,3 +24,23 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
         sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
     else:
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+from scipy.linalg.cython_blas cimport sgemv, dgemv
+
+
+cdef inline void gemv(bint trans_a, int m, int n, floating alpha, const floating* a, int lda,
+                      const floating* x, floating beta, floating* y) noexcept nogil:
+    """y = alpha * op(A) @ x + beta * y with A (m, n) row-major (lda its row stride).
+
+    op(A) = A (y has m entries, x n) or A^T (y has n, x m). Unit strides for x and y.
+    """
+    # Row-major A (m, n) is column-major A^T (n, m): A @ x is a transposed product there.
+    cdef char t = b'N' if trans_a else b'T'
+    cdef int one = 1
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        sgemv(&t, &n, &m, &alpha, <float*>a, &lda, <float*>x, &one, &beta, y, &one)
+    else:
+        dgemv(&t, &n, &m, &alpha, <double*>a, &lda, <double*>x, &one, &beta, y, &one)

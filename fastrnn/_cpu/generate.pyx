@@ -1,0 +1,491 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled autoregressive generation: the whole per-token loop without the GIL.
+
+Per network step, for every layer: input gates (layer 0 from a precomputed (V, G*H) table
+``embedding @ W_ih^T + b_ih`` or a per-token projection of the gathered embeddings; layers
+above from the layer below), recurrent product h @ W_hh^T, the shared fused gate math
+(_cells.pxd); then the output layer, a float64 softmax with temperature, banned ids, top-k
+(partial selection), top-p (sorted nucleus), one draw from a pre-drawn uniform, and the
+drawn token is fed back.
+
+Steps: the prime's P tokens, then the generated tokens except the last (which is emitted but
+not consumed), so a call makes P + n_tokens - 1 network steps and n_tokens draws. A row that
+draws the stop token is finished: its state stays the state after its last consumed token.
+
+Two ways to use the threads (chosen by the caller):
+
+  split rows   every thread owns a block of hidden units (and of output-layer rows) for the
+               whole batch: G small products per layer on its slice of the weights, which
+               then stays in that core's cache. Barriers after each layer, after the logits
+               and after the draws. Best at small batch.
+  split batch  every thread owns a slice of the batch for the whole run, no synchronisation
+               (as in recurrent.pyx). Best at large batch.
+
+Draws use uniforms drawn up front, so tokens do not depend on the thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport exp, INFINITY
+from libc.stdint cimport int64_t, uint8_t
+from libc.stdlib cimport malloc, free, qsort
+from libc.string cimport memcpy
+
+import numpy as np
+
+from ._blas cimport gemm, gemv
+from ._cells cimport cell_forward_row, gate_count
+from ._openmp cimport fr_openmp_enabled
+
+
+cdef extern from *:
+    """
+    static void fr_omp_barrier(void) {
+    #ifdef FASTRNN_HAVE_OPENMP
+        #pragma omp barrier
+    #endif
+    }
+    """
+    void fr_omp_barrier() noexcept nogil
+
+cdef extern from *:
+    """
+    static int fr_omp_team_size(void) {
+    #ifdef FASTRNN_HAVE_OPENMP
+        return omp_get_num_threads();
+    #else
+        return 1;
+    #endif
+    }
+    """
+    int fr_omp_team_size() noexcept nogil
+
+
+ctypedef struct Pair:
+    double p
+    int64_t i
+
+
+ctypedef struct Ctx:
+    int kind, L, H, G, E, V, B, P, n_tokens, nt
+    bint split_rows, greedy
+    int top_k
+    double temperature, top_p
+    int64_t stop_id
+    const int64_t* prime        # (B, P)
+    const double* uniforms      # (n_tokens, B), NULL when greedy
+    const uint8_t* banned       # (V,)
+    void** w_ih                 # L pointers: (G*H, in_l)
+    void** w_hh                 # L pointers: (G*H, H)
+    void** b_ih                 # L pointers: (G*H,)
+    void** b_hh                 # L pointers: (G*H,)
+    void* table                 # (V, G*H) or NULL
+    void* emb                   # (V, E)
+    void* out_b                 # (V,)
+    void* hbuf                  # (2, L, B, H): previous / new hidden states, by parity
+    void* c                     # (L, B, H) LSTM cell state, in place; NULL otherwise
+    void* xbuf                  # (B, E) gathered embeddings (no table)
+    void* logits                # (B, V)
+    void* scratch               # (nt, S) per-thread gate buffers and local biases
+    int scratch_stride
+    Pair* pairs                 # (nt, V)
+    int64_t* tokens             # (B, n_tokens)
+    int64_t* lengths            # (B,)
+    int64_t* cur                # (B,) the token each row consumes at the current step
+    uint8_t* done               # (B,)
+    uint8_t* par_of             # (B,) hbuf parity holding each finished row's final h
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling from one row of logits.
+# ---------------------------------------------------------------------------------------------
+
+cdef inline bint _before(const Pair* a, const Pair* b) noexcept nogil:
+    """Total order for selection: larger probability first, then smaller id."""
+    return a.p > b.p or (a.p == b.p and a.i < b.i)
+
+
+cdef int _cmp_pairs(const void* a, const void* b) noexcept nogil:
+    if _before(<const Pair*>a, <const Pair*>b):
+        return -1
+    if _before(<const Pair*>b, <const Pair*>a):
+        return 1
+    return 0
+
+
+cdef inline void _swap(Pair* a, Pair* b) noexcept nogil:
+    cdef Pair t = a[0]
+    a[0] = b[0]
+    b[0] = t
+
+
+cdef void _select_top(Pair* a, int n, int k) noexcept nogil:
+    """Partial selection: afterwards a[:k] holds the k first pairs in _before order (unsorted)."""
+    cdef int lo = 0, hi = n - 1, mid, i, store
+    cdef Pair pivot
+    while hi > lo:
+        mid = lo + (hi - lo) // 2
+        # median of three to the end as the pivot
+        if _before(&a[mid], &a[lo]):
+            _swap(&a[mid], &a[lo])
+        if _before(&a[hi], &a[lo]):
+            _swap(&a[hi], &a[lo])
+        if _before(&a[mid], &a[hi]):
+            _swap(&a[mid], &a[hi])
+        pivot = a[hi]
+        store = lo
+        for i in range(lo, hi):
+            if _before(&a[i], &pivot):
+                _swap(&a[i], &a[store])
+                store += 1
+        _swap(&a[store], &a[hi])
+        if store == k - 1 or store == k:
+            return
+        if store < k:
+            lo = store + 1
+        else:
+            hi = store - 1
+
+
+cdef int64_t _sample_row(const floating* logits, int V, const uint8_t* banned, bint greedy,
+                         double temperature, int top_k, double top_p, double u,
+                         Pair* pairs) noexcept nogil:
+    cdef int v, n = 0, i
+    cdef int64_t best = -1
+    cdef double m = -INFINITY, z, total, cum, target
+    if greedy:
+        for v in range(V):
+            if banned[v]:
+                continue
+            if best < 0 or logits[v] > logits[best]:
+                best = v
+        return best
+    for v in range(V):
+        if not banned[v]:
+            z = <double>logits[v] / temperature
+            if z > m:
+                m = z
+    for v in range(V):
+        if not banned[v]:
+            pairs[n].p = exp(<double>logits[v] / temperature - m)
+            pairs[n].i = v
+            n += 1
+    if 0 < top_k < n:
+        _select_top(pairs, n, top_k)
+        n = top_k
+    if top_p < 1.0 and n > 1:
+        qsort(pairs, n, sizeof(Pair), _cmp_pairs)
+        total = 0
+        for i in range(n):
+            total += pairs[i].p
+        target = top_p * total
+        cum = 0
+        for i in range(n):
+            cum += pairs[i].p
+            if cum >= target:
+                n = i + 1
+                break
+    total = 0
+    for i in range(n):
+        total += pairs[i].p
+    target = u * total
+    cum = 0
+    for i in range(n):
+        cum += pairs[i].p
+        if target < cum:
+            return pairs[i].i
+    # u * total rounded up to the total: the last candidate with a nonzero probability
+    for i in range(n - 1, -1, -1):
+        if pairs[i].p > 0:
+            return pairs[i].i
+    return pairs[0].i
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop, one thread's share of it.
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void _rows_times_wt(int nb, int n_out, int k, const floating* x, int ldx,
+                                const floating* w, int ldw, floating beta, floating* out,
+                                int ldo) noexcept nogil:
+    """out[nb, n_out] = x[nb, k] @ w[n_out, k]^T + beta * out (gemv for one row)."""
+    if nb == 1:
+        gemv(False, n_out, k, <floating>1, w, ldw, x, beta, out)
+    else:
+        gemm(False, True, nb, n_out, k, <floating>1, x, ldx, w, ldw, beta, out, ldo)
+
+
+cdef inline int _unit_split(int H, int nt, int t) noexcept nogil:
+    """Start of thread t's block of hidden units; blocks are multiples of 16 where possible."""
+    cdef int q = (H + 15) // 16
+    cdef int s = (t * q // nt) * 16
+    return s if s < H else H
+
+
+cdef void _feed(Ctx* ctx, const floating* emb, int b, int64_t tok) noexcept nogil:
+    """Row b consumes ``tok`` at the next step."""
+    ctx.cur[b] = tok
+    if ctx.table == NULL:
+        memcpy(<floating*>ctx.xbuf + b * ctx.E, emb + tok * ctx.E, ctx.E * sizeof(floating))
+
+
+cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
+    cdef int L = ctx.L, H = ctx.H, G = ctx.G, E = ctx.E, V = ctx.V, B = ctx.B, P = ctx.P
+    cdef int GH = G * H, nt = ctx.nt, kind = ctx.kind
+    cdef bint sync = ctx.split_rows and nt > 1
+    cdef int j0, j1, v0, v1, b0, b1, s0, s1, nj, nv, GL
+    cdef int s, t, l, k, b, lo, hi, nb, par = 0, in_dim, ldx
+    cdef int n_steps = P + ctx.n_tokens - 1
+    cdef int64_t tok
+    if ctx.split_rows:
+        j0 = _unit_split(H, nt, tid)
+        j1 = _unit_split(H, nt, tid + 1)
+        v0 = tid * V // nt
+        v1 = (tid + 1) * V // nt
+        b0 = 0
+        b1 = B
+        s0 = tid * B // nt
+        s1 = (tid + 1) * B // nt
+    else:
+        j0 = 0
+        j1 = H
+        v0 = 0
+        v1 = V
+        b0 = tid * B // nt
+        b1 = (tid + 1) * B // nt
+        s0 = b0
+        s1 = b1
+    nj = j1 - j0
+    nv = v1 - v0
+    GL = G * nj
+    # Thread scratch: gates (B, GL), recurrent gates (B, GL), GRU hn (B, nj), then the
+    # biases of this thread's units in block layout (k * nj + jj), per layer.
+    cdef floating* g = <floating*>ctx.scratch + tid * ctx.scratch_stride
+    cdef floating* gh = g + B * GL
+    cdef floating* hn = gh + B * GL
+    cdef floating* bih = hn + B * nj
+    cdef floating* bhh = bih + L * GL
+    cdef floating* hbuf = <floating*>ctx.hbuf
+    cdef floating* cst = <floating*>ctx.c
+    cdef floating* logits = <floating*>ctx.logits
+    cdef floating* hp
+    cdef floating* hw
+    cdef const floating* xin
+    cdef const floating* w
+    cdef const floating* table = <const floating*>ctx.table
+    cdef const floating* emb = <const floating*>ctx.emb
+    cdef const floating* out_b = <const floating*>ctx.out_b
+    cdef Pair* pairs = ctx.pairs + tid * V
+    for l in range(L):
+        for k in range(G):
+            memcpy(bih + l * GL + k * nj, <floating*>ctx.b_ih[l] + k * H + j0, nj * sizeof(floating))
+            memcpy(bhh + l * GL + k * nj, <floating*>ctx.b_hh[l] + k * H + j0, nj * sizeof(floating))
+
+    for s in range(n_steps):
+        # Rows still running: the window [lo, hi) of this thread's rows (same for all threads
+        # when splitting rows, since every thread reads the same flags after a barrier).
+        lo = b0
+        while lo < b1 and ctx.done[lo]:
+            lo += 1
+        if lo == b1:
+            break
+        hi = b1
+        while ctx.done[hi - 1]:
+            hi -= 1
+        nb = hi - lo
+        if nj > 0:
+            for l in range(L):
+                hp = hbuf + (par * L + l) * B * H
+                hw = hbuf + ((1 - par) * L + l) * B * H
+                if l == 0 and table != NULL:
+                    for b in range(lo, hi):
+                        if not ctx.done[b]:
+                            for k in range(G):
+                                memcpy(g + b * GL + k * nj, table + ctx.cur[b] * GH + k * H + j0,
+                                       nj * sizeof(floating))
+                else:
+                    if l == 0:
+                        xin = <const floating*>ctx.xbuf
+                        in_dim = E
+                    else:
+                        xin = hbuf + ((1 - par) * L + l - 1) * B * H
+                        in_dim = H
+                    w = <const floating*>ctx.w_ih[l]
+                    for b in range(lo, hi):
+                        memcpy(g + b * GL, bih + l * GL, GL * sizeof(floating))
+                    for k in range(G):
+                        _rows_times_wt(nb, nj, in_dim, xin + lo * in_dim, in_dim,
+                                       w + (k * H + j0) * in_dim, in_dim, <floating>1,
+                                       g + lo * GL + k * nj, GL)
+                w = <const floating*>ctx.w_hh[l]
+                for k in range(G):
+                    _rows_times_wt(nb, nj, H, hp + lo * H, H, w + (k * H + j0) * H, H,
+                                   <floating>0, gh + lo * GL + k * nj, GL)
+                for b in range(lo, hi):
+                    if ctx.done[b]:
+                        continue
+                    memcpy(hw + b * H + j0, hp + b * H + j0, nj * sizeof(floating))
+                    cell_forward_row(kind, nj, g + b * GL, gh + b * GL, bhh + l * GL,
+                                     hw + b * H + j0,
+                                     cst + (l * B + b) * H + j0 if cst != NULL else NULL,
+                                     hn + b * nj)
+                if sync:
+                    fr_omp_barrier()
+        elif sync:
+            for l in range(L):
+                fr_omp_barrier()
+        par = 1 - par
+        if s < P - 1:
+            for b in range(s0, s1):
+                _feed(ctx, emb, b, ctx.prime[b * P + s + 1])
+            if sync:
+                fr_omp_barrier()
+            continue
+        # Output layer on the newest top-layer state.
+        if nv > 0:
+            hp = hbuf + (par * L + L - 1) * B * H
+            for b in range(lo, hi):
+                memcpy(logits + b * V + v0, out_b + v0, nv * sizeof(floating))
+            _rows_times_wt(nb, nv, H, hp + lo * H, H, out_w + v0 * H, H, <floating>1,
+                           logits + lo * V + v0, V)
+        if sync:
+            fr_omp_barrier()
+        t = s - P + 1
+        for b in range(s0, s1):
+            if ctx.done[b]:
+                continue
+            tok = _sample_row(logits + b * V, V, ctx.banned, ctx.greedy, ctx.temperature,
+                              ctx.top_k, ctx.top_p,
+                              ctx.uniforms[t * B + b] if ctx.uniforms != NULL else 0.0, pairs)
+            ctx.tokens[b * ctx.n_tokens + t] = tok
+            ctx.lengths[b] = t + 1
+            if tok == ctx.stop_id:
+                ctx.done[b] = 1
+                ctx.par_of[b] = par
+            else:
+                _feed(ctx, emb, b, tok)
+        if sync:
+            fr_omp_barrier()
+    # Rows that ran to the end hold their final state at the last parity.
+    for b in range(s0, s1):
+        if not ctx.done[b]:
+            ctx.par_of[b] = par
+
+
+cdef void _team_worker(Ctx* ctx, const floating* out_w, int tid, int* team_ok) noexcept nogil:
+    if fr_omp_team_size() == ctx.nt:
+        _worker(ctx, out_w, tid)
+    elif tid == 0:
+        team_ok[0] = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point. Arguments are validated by fastrnn.generation.
+# ---------------------------------------------------------------------------------------------
+
+def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih, list w_hh,
+                  list b_ih, list b_hh, const floating[:, ::1] table,
+                  const floating[:, ::1] out_w, const floating[::1] out_b,
+                  const int64_t[:, ::1] prime, int n_tokens, const double[:, ::1] uniforms,
+                  floating[:, :, ::1] h, floating[:, :, ::1] c,
+                  double temperature, int top_k, double top_p, bint greedy, int64_t stop_id,
+                  const uint8_t[::1] banned, int num_threads, bint split_rows):
+    """Generate ``n_tokens`` tokens per row.
+
+    h (L, B, H) in: the state before the prime; out: each row's final state. c likewise
+    (LSTM; None otherwise). w_ih, w_hh, b_ih, b_hh: lists over layers of C-contiguous arrays
+    (biases never None). table: (V, G*H) layer-0 input gates or None. uniforms (n_tokens, B)
+    in [0, 1), None when greedy. stop_id < 0: no stop token. banned (V,) uint8.
+    Returns (tokens (B, n_tokens) int64, -1 after a stop; lengths (B,) int64).
+    """
+    cdef int L = h.shape[0], B = h.shape[1], H = h.shape[2], V = out_w.shape[0]
+    cdef int E = embedding.shape[1], P = prime.shape[1], G = gate_count(kind)
+    cdef int nt = num_threads if num_threads > 0 and fr_openmp_enabled() else 1, l, b, tid
+    cdef int team_ok = 1
+    if split_rows:
+        if nt > (H + 15) // 16:
+            nt = max(1, (H + 15) // 16)
+    elif nt > B:
+        nt = B
+    dtype = np.float32 if floating is float else np.float64
+    tokens = np.full((B, n_tokens), -1, dtype=np.int64)
+    lengths = np.zeros(B, dtype=np.int64)
+    cur = np.ascontiguousarray(prime[:, 0], dtype=np.int64)
+    done = np.zeros(B, dtype=np.uint8)
+    par_of = np.zeros(B, dtype=np.uint8)
+    hbuf = np.empty((2, L, B, H), dtype=dtype)
+    hbuf[0] = h
+    hbuf[1] = h
+    xbuf = np.empty((B, E), dtype=dtype)
+    if table is None:
+        xbuf[...] = np.asarray(embedding)[cur]
+    logits = np.empty((B, V), dtype=dtype)
+    cdef int GH = G * H
+    cdef int stride = 2 * B * GH + B * H + 2 * L * GH + 16
+    scratch = np.empty(nt * stride, dtype=dtype)
+    pairs_arr = np.empty(nt * V * sizeof(Pair) + 16, dtype=np.uint8)
+
+    cdef const floating[:, ::1] mv2
+    cdef const floating[::1] mv1
+    cdef int64_t[:, ::1] tok_mv = tokens
+    cdef int64_t[::1] len_mv = lengths, cur_mv = cur
+    cdef uint8_t[::1] done_mv = done, par_mv = par_of, pairs_mv = pairs_arr
+    cdef floating[:, :, :, ::1] hbuf_mv = hbuf
+    cdef floating[:, ::1] xbuf_mv = xbuf, logits_mv = logits
+    cdef floating[::1] scratch_mv = scratch
+    cdef Ctx ctx
+    ctx.w_ih = <void**>malloc(4 * L * sizeof(void*))
+    if ctx.w_ih == NULL:
+        raise MemoryError()
+    ctx.w_hh = ctx.w_ih + L
+    ctx.b_ih = ctx.w_ih + 2 * L
+    ctx.b_hh = ctx.w_ih + 3 * L
+    try:
+        for l in range(L):
+            mv2 = w_ih[l]
+            ctx.w_ih[l] = <void*>&mv2[0, 0]
+            mv2 = w_hh[l]
+            ctx.w_hh[l] = <void*>&mv2[0, 0]
+            mv1 = b_ih[l]
+            ctx.b_ih[l] = <void*>&mv1[0]
+            mv1 = b_hh[l]
+            ctx.b_hh[l] = <void*>&mv1[0]
+        ctx.kind, ctx.L, ctx.H, ctx.G, ctx.E, ctx.V, ctx.B, ctx.P = kind, L, H, G, E, V, B, P
+        ctx.n_tokens, ctx.nt, ctx.split_rows, ctx.greedy = n_tokens, nt, split_rows, greedy
+        ctx.top_k, ctx.temperature, ctx.top_p, ctx.stop_id = top_k, temperature, top_p, stop_id
+        ctx.prime = &prime[0, 0]
+        ctx.uniforms = &uniforms[0, 0] if uniforms is not None else NULL
+        ctx.banned = &banned[0]
+        ctx.table = <void*>&table[0, 0] if table is not None else NULL
+        ctx.emb = <void*>&embedding[0, 0]
+        ctx.out_b = <void*>&out_b[0]
+        ctx.hbuf = <void*>&hbuf_mv[0, 0, 0, 0]
+        ctx.c = <void*>&c[0, 0, 0] if c is not None else NULL
+        ctx.xbuf = <void*>&xbuf_mv[0, 0]
+        ctx.logits = <void*>&logits_mv[0, 0]
+        ctx.scratch = <void*>&scratch_mv[0]
+        ctx.scratch_stride = stride
+        ctx.pairs = <Pair*>&pairs_mv[0]
+        ctx.tokens = &tok_mv[0, 0]
+        ctx.lengths = &len_mv[0]
+        ctx.cur = &cur_mv[0]
+        ctx.done = &done_mv[0]
+        ctx.par_of = &par_mv[0]
+        with nogil:
+            if nt == 1:
+                _worker(&ctx, &out_w[0, 0], 0)
+            elif split_rows:
+                # The barriers need exactly nt threads; with fewer (a thread limit), no
+                # thread starts and the loop runs on one thread below.
+                with parallel(num_threads=nt):
+                    _team_worker(&ctx, &out_w[0, 0], threadid(), &team_ok)
+                if not team_ok:
+                    ctx.nt = 1
+                    _worker(&ctx, &out_w[0, 0], 0)
+            else:
+                for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
+                    _worker(&ctx, &out_w[0, 0], tid)
+    finally:
+        free(ctx.w_ih)
+    # Final states: each row's h from the parity that holds it (c is updated in place).
+    np.asarray(h)[...] = hbuf[par_of.astype(np.intp), :, np.arange(B), :].transpose(1, 0, 2)
+    return tokens, lengths

@@ -1,0 +1,213 @@
+"""Autoregressive text generation with a compiled per-token loop.
+
+    tokens, lengths, state = generate_tokens("lstm", layers, embedding, out_weight, out_bias,
+                                             prime, n_tokens=200, temperature=0.8, top_k=20,
+                                             seed=0)
+
+Everything per token (embedding lookup, every layer's cell, output layer, softmax with
+temperature, banned ids, top-k / top-p, the draw, feeding the token back) runs in
+fastrnn/_cpu/generate.pyx without the GIL. This module checks the arguments and picks how
+the kernel uses the threads.
+"""
+import numbers
+
+import numpy as np
+
+from . import threads
+from ._cpu import generate as _kernel
+from ._validation import as_float_dtype, check_array, check_int, check_token_ids
+from .cells import get_cell
+
+# Layer 0's input gates come from a precomputed (V, G*H) table when it is at most this big and
+# the call consumes enough tokens to pay for building it; otherwise they are projected per token.
+TABLE_MAX_BYTES = 32 << 20
+# Up to this many batch rows per thread the threads split the hidden units (each keeps its
+# slice of the weights in cache); above it they split the batch.
+ROW_SPLIT_MAX_ROWS_PER_THREAD = 4
+
+
+def generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tokens, state=None,
+                    temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_id=None,
+                    banned_ids=(), seed=None, *, _layer0_table=None, _split=None):
+    """Generate ``n_tokens`` tokens for every row of ``prime`` with a stacked unidirectional RNN.
+
+    cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+    layers: list over layers of ``(w_ih (G*H, in), w_hh (G*H, H), b_ih (G*H,) or None,
+    b_hh (G*H,) or None)`` in PyTorch's layout; ``in`` is E for layer 0 and H above.
+    embedding (V, E); out_weight (V, H); out_bias (V,) or None. One float dtype for all
+    (float32 or float64).
+    prime: int array (B, P), P >= 1, ids in [0, V). Each row is fed token by token; the
+    distribution after its last token gives the first generated token.
+    state: None (zeros), h (L, B, H), or (h, c) for the LSTM: the state before the prime.
+
+    Returns ``(tokens, lengths, final_state)``: tokens (B, n_tokens) int64, lengths (B,)
+    int64. A row stops at ``stop_id`` (included in its tokens and counted in its length);
+    later positions hold -1. final_state (shaped like ``state``) is the state after each
+    row's last consumed token: the prime and the generated tokens except the last one
+    (the stop token, or the n_tokens-th), so ``generate_tokens(..., prime=last_tokens,
+    state=final_state)`` continues exactly where this call ended.
+
+    Sampling: logits / temperature (> 0); banned_ids get probability zero; top_k > 0 keeps
+    the k most likely; top_p < 1 keeps the smallest most-likely set whose probability
+    reaches top_p (after top-k); then one draw. greedy=True takes the argmax of the allowed
+    logits instead (temperature, top_k, top_p and seed then have no effect). The draws use
+    ``np.random.default_rng(seed).random((n_tokens, B))``, so a seed gives the same tokens
+    whatever the thread count.
+
+    ``_layer0_table`` (True/False) and ``_split`` ("rows"/"batch") override the automatic
+    choices; they exist for tests and benchmarks.
+    """
+    spec = get_cell(cell)
+    G = spec.gates
+    embedding = np.asarray(embedding) if embedding is not None else None
+    if embedding is None:
+        raise ValueError("embedding is required, got None")
+    dtype = as_float_dtype(embedding.dtype, "embedding.dtype")
+    embedding = check_array(embedding, "embedding", ndim=2, dtype=dtype)
+    V, E = embedding.shape
+    if V < 1 or E < 1:
+        raise ValueError(f"embedding must have shape (V, E) with V, E >= 1, got {embedding.shape}")
+
+    if not isinstance(layers, (list, tuple)) or len(layers) == 0:
+        raise ValueError("layers must be a non-empty list of (w_ih, w_hh, b_ih, b_hh) tuples")
+    w_ih_list, w_hh_list, b_ih_list, b_hh_list = [], [], [], []
+    H = None
+    for l, layer in enumerate(layers):
+        if not isinstance(layer, (list, tuple)) or len(layer) != 4:
+            raise ValueError(f"layers[{l}] must be a tuple (w_ih, w_hh, b_ih, b_hh)")
+        w_ih, w_hh, b_ih, b_hh = layer
+        w_hh = check_array(w_hh, f"layers[{l}] w_hh", ndim=2, dtype=dtype)
+        if H is None:
+            H = w_hh.shape[1]
+            if H < 1:
+                raise ValueError(f"layers[0] w_hh must have H >= 1 columns, got {w_hh.shape}")
+        if w_hh.shape != (G * H, H):
+            raise ValueError(f"layers[{l}] w_hh must have shape ({G * H}, {H}) for a {spec.name} "
+                             f"cell with hidden size {H}, got {w_hh.shape}")
+        in_dim = E if l == 0 else H
+        w_ih = check_array(w_ih, f"layers[{l}] w_ih", ndim=2, shape=(G * H, in_dim), dtype=dtype)
+        b_ih = (np.zeros(G * H, dtype) if b_ih is None else
+                check_array(b_ih, f"layers[{l}] b_ih", ndim=1, shape=(G * H,), dtype=dtype))
+        b_hh = (np.zeros(G * H, dtype) if b_hh is None else
+                check_array(b_hh, f"layers[{l}] b_hh", ndim=1, shape=(G * H,), dtype=dtype))
+        w_ih_list.append(w_ih)
+        w_hh_list.append(w_hh)
+        b_ih_list.append(b_ih)
+        b_hh_list.append(b_hh)
+    L = len(layers)
+
+    out_weight = check_array(out_weight, "out_weight", ndim=2, shape=(V, H), dtype=dtype)
+    out_bias = (np.zeros(V, dtype) if out_bias is None else
+                check_array(out_bias, "out_bias", ndim=1, shape=(V,), dtype=dtype))
+
+    if prime is None:
+        raise ValueError("prime is required, got None")
+    prime_arr = np.asarray(prime)
+    if prime_arr.ndim != 2 or prime_arr.shape[0] < 1 or prime_arr.shape[1] < 1:
+        raise ValueError(f"prime must be a 2-D (B, P) array of token ids with B, P >= 1, "
+                         f"got shape {prime_arr.shape}")
+    prime_arr = check_token_ids(prime_arr, "prime", V)
+    B, P = prime_arr.shape
+    n_tokens = check_int(n_tokens, "n_tokens", 1)
+
+    h, c = _initial_state(spec, state, L, B, H, dtype)
+
+    if not isinstance(greedy, (bool, np.bool_)):
+        raise TypeError(f"greedy must be a bool, got {type(greedy).__name__}")
+    greedy = bool(greedy)
+    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+            or not np.isfinite(temperature) or temperature <= 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    top_k = check_int(top_k, "top_k", 0)
+    if (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
+            or not (0 < top_p <= 1)):
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    if stop_id is None:
+        stop = -1
+    else:
+        if isinstance(stop_id, bool) or not isinstance(stop_id, (int, np.integer)):
+            raise TypeError(f"stop_id must be an integer token id or None, got "
+                            f"{type(stop_id).__name__}")
+        if not 0 <= stop_id < V:
+            raise ValueError(f"stop_id must be a token id in [0, {V}), got {stop_id}")
+        stop = int(stop_id)
+    banned = _banned_mask(banned_ids, V)
+
+    if greedy:
+        uniforms = None
+    else:
+        try:
+            rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"seed must be None, an int or a numpy Generator/SeedSequence, "
+                            f"got {seed!r}") from exc
+        uniforms = rng.random((n_tokens, B))
+
+    if _layer0_table is None:
+        consumed = B * (P + n_tokens - 1)
+        use_table = (V * G * H * dtype.itemsize <= TABLE_MAX_BYTES and V <= 4 * consumed)
+    else:
+        use_table = bool(_layer0_table)
+    table = None
+    if use_table:
+        table = embedding @ w_ih_list[0].T
+        table += b_ih_list[0]
+        table = np.ascontiguousarray(table, dtype=dtype)
+
+    nt = threads.get_num_threads()
+    if _split is None:
+        split_rows = B <= ROW_SPLIT_MAX_ROWS_PER_THREAD * nt
+    elif _split in ("rows", "batch"):
+        split_rows = _split == "rows"
+    else:
+        raise ValueError(f"_split must be None, 'rows' or 'batch', got {_split!r}")
+
+    with threads.blas_single_threaded():
+        tokens, lengths = _kernel.generate_loop(
+            spec.kind, embedding, w_ih_list, w_hh_list, b_ih_list, b_hh_list, table,
+            out_weight, out_bias, prime_arr, n_tokens, uniforms, h, c, float(temperature),
+            top_k, float(top_p), greedy, stop, banned, nt, split_rows)
+    final_state = (h, c) if spec.has_cell_state else h
+    return tokens, lengths, final_state
+
+
+def _initial_state(spec, state, L, B, H, dtype):
+    """Fresh (L, B, H) arrays for h (and c): the kernel updates them in place."""
+    shape = (L, B, H)
+    if spec.has_cell_state:
+        if state is None:
+            return np.zeros(shape, dtype), np.zeros(shape, dtype)
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError(f"state must be None or a tuple (h, c) for an LSTM, got "
+                             f"{type(state).__name__}")
+        h = check_array(state[0], "state h", ndim=3, shape=shape, dtype=dtype, contiguous=False)
+        c = check_array(state[1], "state c", ndim=3, shape=shape, dtype=dtype, contiguous=False)
+        return np.array(h, dtype=dtype, order="C"), np.array(c, dtype=dtype, order="C")
+    if state is None:
+        return np.zeros(shape, dtype), None
+    if isinstance(state, (tuple, list)):
+        raise ValueError(f"state must be None or a single array h for a {spec.name} cell, "
+                         f"not a tuple")
+    h = check_array(state, "state", ndim=3, shape=shape, dtype=dtype, contiguous=False)
+    return np.array(h, dtype=dtype, order="C"), None
+
+
+def _banned_mask(banned_ids, V):
+    if banned_ids is None:
+        banned_ids = ()
+    if isinstance(banned_ids, (int, np.integer)) and not isinstance(banned_ids, bool):
+        banned_ids = (banned_ids,)
+    try:
+        ids = np.asarray(list(banned_ids) if not isinstance(banned_ids, np.ndarray) else banned_ids)
+    except TypeError:
+        raise TypeError(f"banned_ids must be a sequence of token ids, got "
+                        f"{type(banned_ids).__name__}") from None
+    ids = ids.reshape(-1)
+    if ids.size == 0:
+        ids = ids.astype(np.int64)
+    ids = check_token_ids(ids, "banned_ids", V)
+    mask = np.zeros(V, dtype=np.uint8)
+    mask[ids] = 1
+    if mask.all():
+        raise ValueError(f"banned_ids must leave at least one token allowed; all {V} are banned")
+    return mask
