@@ -1,0 +1,314 @@
+"""A recurrent language model: embedding -> dropout -> RNN -> dropout -> linear -> softmax.
+
+The model is a thin composition of the layers in :mod:`fastrnn.layers`; every time step runs
+in the compiled kernels, and sampling runs in the compiled loop of :mod:`fastrnn.generation`.
+"""
+import numpy as np
+
+from . import checkpoint
+from ._validation import as_float_dtype, check_int, check_token_ids
+from .cells import get_cell
+from .layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from .layers.recurrent import RecurrentLayer
+from .text.corpus import SentenceBatcher
+from .text.vocab import Vocab, vocab_from_dict
+
+MODEL_KIND = "language-model"
+
+
+class LanguageModel:
+    """Next-token model over a vocabulary of ``vocab_size`` ids.
+
+    Args:
+        vocab_size: V, or pass ``vocab`` (a CharVocab/WordVocab) and V is taken from it; the
+            vocabulary is then saved with the model so sampling needs no corpus.
+        embed_size: E, the embedding width.
+        hidden_size: H, units per recurrent layer.
+        num_layers: stacked recurrent layers.
+        cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+        dropout: probability applied to the embeddings, between recurrent layers and to the
+            last layer's output (training mode only).
+        tie_weights: share the embedding matrix with the output layer (needs E == H).
+        seed: seeds initialisation and dropout masks.
+        dtype: float32 (default) or float64.
+
+    Parameters are exposed in one flat dict, ``params`` (and ``grads``), with the layer as a
+    prefix: ``embedding.weight``, ``rnn.weight_ih_l0``, ..., ``output.weight``, ``output.bias``.
+    """
+
+    def __init__(self, vocab_size=None, embed_size=64, hidden_size=256, num_layers=2, cell="lstm",
+                 dropout=0.0, tie_weights=False, seed=0, dtype=np.float32, vocab=None):
+        if vocab is not None:
+            if not isinstance(vocab, Vocab):
+                raise TypeError(f"vocab must be a CharVocab or WordVocab, got {type(vocab).__name__}")
+            if vocab_size is not None and vocab_size != len(vocab):
+                raise ValueError(f"vocab_size ({vocab_size}) must equal len(vocab) ({len(vocab)})")
+            vocab_size = len(vocab)
+        if vocab_size is None:
+            raise ValueError("give vocab_size or vocab")
+        self.vocab = vocab
+        self.vocab_size = check_int(vocab_size, "vocab_size", 1)
+        self.embed_size = check_int(embed_size, "embed_size", 1)
+        self.hidden_size = check_int(hidden_size, "hidden_size", 1)
+        self.num_layers = check_int(num_layers, "num_layers", 1)
+        self.cell = get_cell(cell).name
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.tie_weights = bool(tie_weights)
+        if self.tie_weights and self.embed_size != self.hidden_size:
+            raise ValueError(f"tie_weights needs embed_size == hidden_size, got {self.embed_size} "
+                             f"and {self.hidden_size}")
+        self.seed = check_int(seed, "seed", 0)
+        self.dtype = as_float_dtype(dtype)
+
+        seeds = [int(s) for s in np.random.SeedSequence(self.seed).generate_state(5)]
+        self.embedding = Embedding(self.vocab_size, self.embed_size, dtype=self.dtype, seed=seeds[0])
+        self.input_dropout = Dropout(self.dropout, seed=seeds[1])
+        self.rnn = RecurrentLayer(self.cell, self.embed_size, self.hidden_size, self.num_layers,
+                                  dropout=self.dropout, dtype=self.dtype, seed=seeds[2])
+        self.output_dropout = Dropout(self.dropout, seed=seeds[3])
+        if self.tie_weights:
+            self.output = Linear.tied_to(self.embedding, seed=seeds[4])
+        else:
+            self.output = Linear(self.hidden_size, self.vocab_size, dtype=self.dtype, seed=seeds[4])
+        self.loss = SoftmaxCrossEntropy()
+        self._named_layers = {"embedding": self.embedding, "rnn": self.rnn, "output": self.output}
+        self.params = {f"{n}.{k}": v for n, layer in self._named_layers.items()
+                       for k, v in layer.params.items()}
+        self.grads = {f"{n}.{k}": v for n, layer in self._named_layers.items()
+                      for k, v in layer.grads.items()}
+        self.training = True
+
+    # ---- modes and parameters -------------------------------------------------------------
+
+    def config(self):
+        """The constructor arguments (without the vocabulary), JSON-serialisable."""
+        return {"vocab_size": self.vocab_size, "embed_size": self.embed_size,
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers, "cell": self.cell,
+                "dropout": self.dropout, "tie_weights": self.tie_weights, "seed": self.seed,
+                "dtype": self.dtype.name}
+
+    def _dropout_layers(self):
+        return {"input": self.input_dropout, "rnn": self.rnn, "output": self.output_dropout}
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for layer in (self.embedding, self.input_dropout, self.rnn, self.output_dropout, self.output):
+            layer.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for grad in self.grads.values():
+            grad[...] = 0
+
+    def num_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    def state_dict(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state):
+        state = dict(state)
+        missing = sorted(set(self.params) - set(state))
+        unexpected = sorted(set(state) - set(self.params))
+        if missing or unexpected:
+            raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+        for k, p in self.params.items():
+            v = np.asarray(state[k])
+            if v.shape != p.shape:
+                raise ValueError(f"state_dict[{k!r}] must have shape {p.shape}, got {v.shape}")
+            p[...] = v
+        return self
+
+    def rng_state(self):
+        """States of the dropout generators (for exactly resumable training)."""
+        return {name: layer.rng_state() for name, layer in self._dropout_layers().items()}
+
+    def set_rng_state(self, state):
+        for name, layer in self._dropout_layers().items():
+            layer.set_rng_state(state[name])
+
+    def initial_state(self, batch_size):
+        """Zero recurrent state for ``batch_size`` streams: h, or (h, c) for an LSTM."""
+        shape = (self.num_layers, check_int(batch_size, "batch_size", 1), self.hidden_size)
+        h = np.zeros(shape, self.dtype)
+        return (h, h.copy()) if self.cell == "lstm" else h
+
+    # ---- forward / backward ---------------------------------------------------------------
+
+    def logits(self, x, state=None, lengths=None):
+        """x: int ids (T, B). Returns (logits (T, B, V), final state)."""
+        x = self._check_ids(x, "x")
+        h = self.input_dropout.forward(self.embedding.forward(x))
+        h, state = self.rnn.forward(h, state, lengths)
+        h = self.output_dropout.forward(h)
+        return self.output.forward(h), state
+
+    def forward(self, x, y, state=None, lengths=None):
+        """Mean cross-entropy (nats per token) of targets ``y`` given inputs ``x``.
+
+        x, y: int ids (T, B), ``y`` usually ``x`` shifted by one step. state: carried recurrent
+        state or None (zeros). lengths: (B,) real lengths of padded sequences; padded steps
+        are masked out of the loss. Returns ``(loss, final_state)``; ``self.loss.n_tokens``
+        is the number of tokens counted.
+        """
+        logits, state = self.logits(x, state, lengths)
+        y = self._check_ids(y, "y")
+        if y.shape != logits.shape[:2]:
+            raise ValueError(f"y must have the shape of x {logits.shape[:2]}, got {y.shape}")
+        mask = None if lengths is None else SentenceBatcher.mask(lengths, y.shape[0])
+        return self.loss.forward(logits, y, mask), state
+
+    def backward(self):
+        """Backpropagate the last ``forward``'s loss (truncated at its initial state) and
+        accumulate into ``grads``."""
+        d = self.loss.backward()
+        d = self.output_dropout.backward(self.output.backward(d))
+        d, _ = self.rnn.backward(d)
+        self.embedding.backward(self.input_dropout.backward(d))
+
+    def _check_ids(self, ids, name):
+        ids = check_token_ids(ids, name, self.vocab_size)
+        if ids.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (T, B) token ids, got shape {ids.shape}")
+        return ids
+
+    # ---- evaluation -----------------------------------------------------------------------
+
+    def evaluate(self, ids, batch_size=16, seq_len=256):
+        """Average nats per token of the id stream ``ids`` (1-D), predicting each token from
+        the ones before it.
+
+        The stream is cut into ``batch_size`` contiguous parts scored in parallel with state
+        carried across windows of ``seq_len`` steps (the first token of each part has no
+        context). Runs in eval mode (no dropout) and restores the previous mode.
+        """
+        ids = check_token_ids(ids, "ids", self.vocab_size)
+        if ids.ndim != 1 or ids.size < 2:
+            raise ValueError(f"ids must be a 1-D stream of at least 2 tokens, got shape {ids.shape}")
+        batch_size = max(1, min(check_int(batch_size, "batch_size", 1), (ids.size - 1) // 2))
+        seq_len = check_int(seq_len, "seq_len", 1)
+        stream_len = ids.size // batch_size
+        streams = ids[:stream_len * batch_size].reshape(batch_size, stream_len).T
+        was_training = self.training
+        self.eval()
+        total, count, state = 0.0, 0, None
+        try:
+            for start in range(0, stream_len - 1, seq_len):
+                stop = min(start + seq_len, stream_len - 1)
+                loss, state = self.forward(streams[start:stop], streams[start + 1:stop + 1], state)
+                total += loss * self.loss.n_tokens
+                count += self.loss.n_tokens
+        finally:
+            self.train(was_training)
+        return total / count
+
+    # ---- generation -----------------------------------------------------------------------
+
+    def generate_ids(self, prime_ids, n_tokens, num_samples=1, temperature=1.0, top_k=0,
+                     top_p=1.0, greedy=False, stop_id=None, banned_ids=(), seed=None):
+        """Sample continuations of ``prime_ids`` (1-D, at least one id) in compiled code.
+
+        Returns ``(tokens (num_samples, n_tokens) int64, lengths (num_samples,))``; a row that
+        drew ``stop_id`` ends there (included), later positions hold -1.
+        """
+        from .generation import generate_tokens
+
+        prime_ids = check_token_ids(prime_ids, "prime_ids", self.vocab_size)
+        if prime_ids.ndim != 1 or prime_ids.size == 0:
+            raise ValueError(f"prime_ids must be a non-empty 1-D id array, got shape {prime_ids.shape}")
+        num_samples = check_int(num_samples, "num_samples", 1)
+        layers = [tuple(self.rnn._weights(layer, 0)) for layer in range(self.num_layers)]
+        prime = np.broadcast_to(prime_ids, (num_samples, prime_ids.size))
+        tokens, lengths, _ = generate_tokens(
+            self.cell, layers, self.embedding.params["weight"], self.output.weight,
+            self.output.bias, np.ascontiguousarray(prime), n_tokens, temperature=temperature,
+            top_k=top_k, top_p=top_p, greedy=greedy, stop_id=stop_id, banned_ids=banned_ids,
+            seed=seed)
+        return tokens, lengths
+
+    def generate(self, n_tokens=200, prime=None, num_samples=1, temperature=1.0, top_k=0,
+                 top_p=1.0, greedy=False, stop=None, allow_unknown=False, seed=None):
+        """Sample ``num_samples`` texts of up to ``n_tokens`` tokens (needs ``vocab``).
+
+        prime: text to continue (every token must be in the vocabulary); None starts from the
+        end-of-sentence token if the vocabulary has one, else a newline, else token 0.
+        stop: a token (e.g. "\\n" or "</s>") that ends a sample. allow_unknown=False never
+        emits the unknown token. Returns a list of str, the generated text without the prime.
+        """
+        vocab = self._require_vocab()
+        prime_ids = self._prime_ids(prime)
+        stop_id = None
+        if stop is not None:
+            if not vocab.has(stop):
+                raise ValueError(f"stop token {stop!r} is not in the vocabulary")
+            stop_id = vocab.token_to_id(stop)
+        banned = () if allow_unknown or vocab.unk is None or not vocab.has(vocab.unk) \
+            else (vocab.unk_id,)
+        tokens, lengths = self.generate_ids(prime_ids, n_tokens, num_samples, temperature, top_k,
+                                            top_p, greedy, stop_id, banned, seed)
+        return [vocab.decode(row[:n]) for row, n in zip(tokens, lengths)]
+
+    def _require_vocab(self):
+        if self.vocab is None:
+            raise ValueError("this model has no vocabulary: build it with vocab=..., or use generate_ids")
+        return self.vocab
+
+    def _prime_ids(self, prime):
+        vocab = self._require_vocab()
+        if prime is None or prime == "":
+            for token in (vocab.eos, "\n"):
+                if token is not None and vocab.has(token):
+                    return np.array([vocab.token_to_id(token)], dtype=np.int64)
+            return np.zeros(1, dtype=np.int64)
+        unknown = vocab.unknown_tokens(prime)
+        if unknown:
+            listed = ", ".join(repr(t) for t in sorted(unknown)[:10])
+            raise ValueError(f"prime has tokens that are not in the model's vocabulary: {listed}")
+        ids = vocab.encode(prime)
+        if ids.size == 0:
+            return self._prime_ids(None)
+        return ids
+
+    # ---- files ----------------------------------------------------------------------------
+
+    def save(self, path, extra=None):
+        """Write the model (config, vocabulary, parameters) to ``path`` atomically.
+
+        ``extra``: optional nested dict (e.g. a trainer's state) stored alongside; arrays in it
+        are kept exactly. Read it back with ``LanguageModel.load(path, with_extra=True)``.
+        """
+        extra_tree, extra_arrays = checkpoint.split_tree(extra, "extra")
+        header = {"config": self.config(),
+                  "vocab": None if self.vocab is None else self.vocab.to_dict(),
+                  "extra": extra_tree}
+        arrays = {f"params/{k}": v for k, v in self.params.items()}
+        checkpoint.save(path, MODEL_KIND, header, {**arrays, **extra_arrays})
+
+    @classmethod
+    def load(cls, path, with_extra=False):
+        """Read a model written by :meth:`save`. Raises FileNotFoundError or
+        :class:`fastrnn.checkpoint.CheckpointError` (a ValueError) with the reason."""
+        header, arrays = checkpoint.load(path, MODEL_KIND)
+        try:
+            config = dict(header["config"])
+            vocab = None if header.get("vocab") is None else vocab_from_dict(header["vocab"])
+            model = cls(vocab=vocab, **config) if vocab is not None else cls(**config)
+            model.load_state_dict({k[len("params/"):]: v for k, v in arrays.items()
+                                   if k.startswith("params/")})
+            extra = checkpoint.join_tree(header.get("extra"), arrays)
+        except checkpoint.CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise checkpoint.CheckpointError(f"{path} is a damaged model file: {exc}") from exc
+        return (model, extra) if with_extra else model
+
+    def __repr__(self):
+        return (f"LanguageModel(vocab_size={self.vocab_size}, embed_size={self.embed_size}, "
+                f"hidden_size={self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
+                f"dropout={self.dropout}, tie_weights={self.tie_weights}, "
+                f"params={self.num_params():,})")

@@ -1,0 +1,263 @@
+"""Training loop for :class:`fastrnn.LanguageModel`: truncated BPTT, validation, checkpoints.
+
+Two ways to batch a corpus:
+
+* stream (``train_data`` is a 1-D id array): the batch is ``batch_size`` parallel streams of
+  the corpus; the recurrent state is carried from one window of ``seq_len`` steps to the next
+  and cut for the gradient (stateful truncated BPTT). The state is reset at each epoch.
+* sentences (``train_data`` is a list of 1-D id arrays): padded batches of whole sentences
+  with their lengths, each starting from a zero state; padding costs no loss or gradient.
+
+Everything that decides the next step (parameters, optimizer buffers, schedule, batch
+position, dropout generators, the carried state) is saved in checkpoints, so a resumed run
+produces bit-for-bit the same parameters as one that was never interrupted.
+"""
+import math
+import time
+
+import numpy as np
+
+from . import optim
+from ._validation import check_int
+from .lm import LanguageModel
+from .text.corpus import SentenceBatcher, StreamBatcher
+
+OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
+              "adagrad": optim.Adagrad, "adadelta": optim.Adadelta, "rmsprop": optim.RMSprop}
+SCHEDULES = (None, "plateau", "step")
+
+
+class Trainer:
+    """Fits a :class:`LanguageModel`.
+
+    Args:
+        model: the LanguageModel to train (updated in place).
+        train_data: 1-D int ids (stream mode) or a list of 1-D id arrays (sentence mode).
+        val_ids: 1-D int ids scored by ``model.evaluate`` (nats per token), or None.
+        batch_size, seq_len: B streams x T steps per window (stream mode); sentence mode uses
+            ``batch_size`` sentences per batch.
+        optimizer: one of ``OPTIMIZERS``; ``lr``, ``weight_decay`` and ``momentum`` (SGD,
+            RMSprop) go to it.
+        clip: global gradient-norm limit, or None.
+        schedule: None, "plateau" (multiply lr by ``lr_decay`` when validation loss does not
+            improve) or "step" (multiply by ``lr_decay`` every ``lr_step_epochs`` epochs).
+        eval_every: validate every this many steps (default: once per epoch) and at the end.
+        patience: stop after this many validations without a new best (early stopping).
+        max_steps, max_epochs, time_limit (seconds of training): whichever comes first ends
+            ``fit``; at least one must be given.
+        checkpoint_path, checkpoint_every: save model + trainer state every this many steps
+            and at the end (atomically); resume with :meth:`load_checkpoint`.
+        progress: show a tqdm progress bar with loss and tokens/s.
+        log: optional callable receiving each validation record (a dict).
+        seed: seeds the sentence shuffling.
+    """
+
+    def __init__(self, model, train_data, val_ids=None, *, batch_size=32, seq_len=64,
+                 optimizer="adam", lr=2e-3, weight_decay=0.0, momentum=0.0, clip=5.0,
+                 schedule=None, lr_decay=0.5, lr_step_epochs=1, eval_every=None,
+                 eval_batch_size=16, patience=None, max_steps=None, max_epochs=None,
+                 time_limit=None, checkpoint_path=None, checkpoint_every=None, progress=True,
+                 log=None, seed=0):
+        if not isinstance(model, LanguageModel):
+            raise TypeError(f"model must be a LanguageModel, got {type(model).__name__}")
+        self.model = model
+        self.batch_size = check_int(batch_size, "batch_size", 1)
+        self.seq_len = check_int(seq_len, "seq_len", 1)
+        if isinstance(train_data, (list, tuple)):
+            self.mode = "sentences"
+            eos = 0 if model.vocab is None or model.vocab.eos is None else model.vocab.eos_id
+            self.batcher = SentenceBatcher(list(train_data), self.batch_size, seed=seed, pad_id=eos)
+        else:
+            self.mode = "stream"
+            self.batcher = StreamBatcher(train_data, self.batch_size, self.seq_len)
+        self.val_ids = None if val_ids is None else np.asarray(val_ids)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        self.optimizer = self._make_optimizer(optimizer, lr, weight_decay, momentum)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        self.schedule_name = schedule
+        if schedule == "plateau":
+            self.schedule = optim.HalveOnPlateau(self.optimizer, factor=lr_decay)
+        elif schedule == "step":
+            self.schedule = optim.StepLR(self.optimizer, lr_step_epochs, gamma=lr_decay)
+        else:
+            self.schedule = None
+        self.clip = None if clip is None else float(clip)
+        self.eval_every = len(self.batcher) if eval_every is None else check_int(eval_every, "eval_every", 1)
+        self.eval_batch_size = check_int(eval_batch_size, "eval_batch_size", 1)
+        self.patience = None if patience is None else check_int(patience, "patience", 1)
+        self.max_steps = None if max_steps is None else check_int(max_steps, "max_steps", 1)
+        self.max_epochs = None if max_epochs is None else check_int(max_epochs, "max_epochs", 1)
+        self.time_limit = None if time_limit is None else float(time_limit)
+        if self.max_steps is None and self.max_epochs is None and self.time_limit is None:
+            raise ValueError("give at least one of max_steps, max_epochs or time_limit")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = None if checkpoint_every is None else \
+            check_int(checkpoint_every, "checkpoint_every", 1)
+        self.progress, self.log = bool(progress), log
+        self.settings = {}   # free-form, JSON-serialisable; saved with checkpoints (the CLI's options)
+        # Progress of the run: all saved in checkpoints.
+        self.step = 0
+        self.tokens = 0
+        self.train_seconds = 0.0
+        self.carry = None
+        self.history = []
+        self.best_val = math.inf
+        self.evals_without_improvement = 0
+        self.stopped_early = False
+
+    def _make_optimizer(self, name, lr, weight_decay, momentum):
+        kwargs = {"lr": lr, "weight_decay": weight_decay}
+        if name in ("sgd", "rmsprop"):
+            kwargs["momentum"] = momentum
+        return OPTIMIZERS[name](self.model.params, self.model.grads, **kwargs)
+
+    # ---- one step -------------------------------------------------------------------------
+
+    def train_step(self, batch):
+        """Forward, backward, clip and update on one batch; returns the mean loss (nats)."""
+        model = self.model
+        if self.mode == "stream":
+            x, y = batch
+            lengths = None
+        else:
+            x, y, lengths = batch
+        loss, state = model.forward(x, y, self.carry, lengths)
+        model.zero_grad()
+        model.backward()
+        if self.clip is not None:
+            optim.clip_grad_norm(model.grads, self.clip)
+        self.optimizer.step()
+        self.carry = state if self.mode == "stream" else None
+        self.step += 1
+        self.tokens += int(model.loss.n_tokens)
+        return loss
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def fit(self):
+        """Train until a stopping condition; returns ``history`` (list of validation records)."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress,
+                   unit="step", dynamic_ncols=True, mininterval=0.5)
+        self.model.train()
+        recent = []
+        try:
+            while not self._should_stop():
+                epoch = self.batcher.epoch
+                if self.batcher.position == 0:
+                    self.carry = None   # each epoch starts the streams from a zero state
+                batch = next(iter(self.batcher))
+                started = time.perf_counter()
+                loss = self.train_step(batch)
+                self.train_seconds += time.perf_counter() - started
+                recent = (recent + [loss])[-50:]
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(recent):.3f}",
+                                tok_s=f"{self.tokens / max(self.train_seconds, 1e-9):,.0f}",
+                                refresh=False)
+                if self.batcher.epoch != epoch and self.schedule_name == "step":
+                    self.schedule.step()
+                if self.step % self.eval_every == 0:
+                    self._validate(float(np.mean(recent)))
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if not self.history or self.history[-1]["step"] != self.step:
+                self._validate(float(np.mean(recent)) if recent else math.nan)
+            if self.checkpoint_path is not None:
+                self.save_checkpoint()
+        finally:
+            bar.close()
+        return self.history
+
+    def _should_stop(self):
+        if self.stopped_early:
+            return True
+        if self.max_steps is not None and self.step >= self.max_steps:
+            return True
+        if self.max_epochs is not None and self.batcher.epoch >= self.max_epochs:
+            return True
+        return self.time_limit is not None and self.train_seconds >= self.time_limit
+
+    def _validate(self, train_loss):
+        record = {"step": self.step, "epoch": self.batcher.epoch, "tokens": self.tokens,
+                  "train_seconds": round(self.train_seconds, 3),
+                  "tokens_per_second": self.tokens / max(self.train_seconds, 1e-9),
+                  "train_loss": train_loss, "lr": self.optimizer.lr}
+        if self.val_ids is not None:
+            val = self.model.evaluate(self.val_ids, batch_size=self.eval_batch_size)
+            self.model.train()
+            record.update(val_loss=val, val_perplexity=math.exp(min(val, 700.0)),
+                          val_bits_per_token=val / math.log(2))
+            if val < self.best_val:
+                self.best_val, self.evals_without_improvement = val, 0
+            else:
+                self.evals_without_improvement += 1
+                if self.patience is not None and self.evals_without_improvement >= self.patience:
+                    self.stopped_early = True
+            if self.schedule_name == "plateau":
+                self.schedule.step(val)
+        self.history.append(record)
+        if self.log is not None:
+            self.log(record)
+        return record
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self):
+        """Everything besides the parameters that decides the rest of the run."""
+        carry = self.carry
+        if isinstance(carry, tuple):
+            carry = list(carry)
+        return {"step": self.step, "tokens": self.tokens, "train_seconds": self.train_seconds,
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": None if self.schedule is None else self.schedule.state_dict(),
+                "batcher": self.batcher.state_dict(), "rng": self.model.rng_state(),
+                "carry": carry, "history": self.history, "best_val": self.best_val,
+                "evals_without_improvement": self.evals_without_improvement,
+                "stopped_early": self.stopped_early, "mode": self.mode,
+                "settings": self.settings}
+
+    def load_state_dict(self, state):
+        if state.get("mode") != self.mode:
+            raise ValueError(f"checkpoint was trained in {state.get('mode')!r} mode, this trainer "
+                             f"uses {self.mode!r}")
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.train_seconds = float(state["train_seconds"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None and state["schedule"] is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        self.batcher.load_state_dict(state["batcher"])
+        self.model.set_rng_state(state["rng"])
+        carry = state["carry"]
+        self.carry = tuple(carry) if isinstance(carry, list) else carry
+        self.history = list(state["history"])
+        self.best_val = float(state["best_val"])
+        self.evals_without_improvement = int(state["evals_without_improvement"])
+        self.stopped_early = bool(state["stopped_early"])
+        self.settings = dict(state.get("settings") or {})
+        return self
+
+    def save_checkpoint(self, path=None):
+        """Model + trainer state to ``path`` (default ``checkpoint_path``), atomically."""
+        path = self.checkpoint_path if path is None else path
+        if path is None:
+            raise ValueError("no checkpoint path: pass path or set checkpoint_path")
+        self.model.save(path, extra={"trainer": self.state_dict()})
+
+    def load_checkpoint(self, path):
+        """Restore the parameters and trainer state saved by :meth:`save_checkpoint`."""
+        saved, extra = LanguageModel.load(path, with_extra=True)
+        # The seed only decides initialisation and dropout streams, both restored below.
+        architecture = [{k: v for k, v in m.config().items() if k != "seed"} for m in (saved, self.model)]
+        if architecture[0] != architecture[1]:
+            raise ValueError(f"checkpoint {path} holds a different model: {architecture[0]} vs "
+                             f"{architecture[1]}")
+        if not extra or "trainer" not in extra:
+            raise ValueError(f"{path} holds a model but no training state to resume from")
+        self.model.load_state_dict(saved.params)
+        return self.load_state_dict(extra["trainer"])
