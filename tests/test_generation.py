@@ -432,3 +432,21 @@ def test_valid_edge_arguments_accepted():
                                                 banned_ids=5, seed=np.random.default_rng(0)))
     assert tokens.shape == (2, 1) and (lengths == 1).all() and h.shape == (2, 2, 20)
     assert (tokens != 5).all()
+
+
+def test_read_only_inputs_are_accepted():
+    """Arrays loaded from files or broadcast views are read-only; generation must not write them."""
+    rng = np.random.default_rng(5)
+    V, E, H = 7, 3, 4
+    layers = [(rng.normal(size=(4 * H, E)), rng.normal(size=(4 * H, H)),
+               rng.normal(size=4 * H), rng.normal(size=4 * H))]
+    emb, w_out, b_out = rng.normal(size=(V, E)), rng.normal(size=(V, H)), rng.normal(size=V)
+    prime = np.broadcast_to(np.array([1, 2, 3]), (1, 3))
+    for array in [emb, w_out, b_out, *layers[0]]:
+        array.setflags(write=False)
+    tokens, lengths, _ = generate_tokens("lstm", layers, emb, w_out, b_out, prime, 5, greedy=True)
+    writable = [np.array(a) for a in (emb, w_out, b_out)]
+    again, _, _ = generate_tokens("lstm", [tuple(np.array(a) for a in layers[0])], *writable,
+                                  np.array(prime), 5, greedy=True)
+    np.testing.assert_array_equal(tokens, again)
+    assert lengths.tolist() == [5]

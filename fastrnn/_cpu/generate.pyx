@@ -409,7 +409,7 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih, list w_
     dtype = np.float32 if floating is float else np.float64
     tokens = np.full((B, n_tokens), -1, dtype=np.int64)
     lengths = np.zeros(B, dtype=np.int64)
-    cur = np.ascontiguousarray(prime[:, 0], dtype=np.int64)
+    cur = np.array(prime[:, 0], dtype=np.int64)   # a writable copy: prime may be read-only
     done = np.zeros(B, dtype=np.uint8)
     par_of = np.zeros(B, dtype=np.uint8)
     hbuf = np.empty((2, L, B, H), dtype=dtype)
