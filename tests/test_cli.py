@@ -150,3 +150,13 @@ def test_python_dash_m_reports_errors_without_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"fastrnn: error: model file not found: {tmp_path / 'x.npz'}"
     assert main(["--version"]) == 0
+
+
+def test_demo_trains_reports_the_entropy_gap_and_samples(capsys):
+    assert main(["demo", "--time-limit", "1", "--sentences", "300", "--eval-every", "5",
+                 "--hidden", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "true entropy is 1.7743 nats/token" in out
+    assert "gap" in out and "Samples" in out
+    samples = out.split("Samples (temperature 1):\n")[1].rstrip("\n").splitlines()
+    assert len(samples) == 5 and all(s.startswith("  ") for s in samples)
