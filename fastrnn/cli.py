@@ -1,7 +1,8 @@
 """The ``fastrnn`` command: demo, train, sample, eval, info, bench.
 
 Mistakes a user can make (missing or unreadable files, bad options, foreign or corrupt model
-files, a prime the vocabulary cannot encode) end with one line on stderr and exit code 2.
+files, a prime the vocabulary cannot encode, ``--device cuda`` without CuPy or a GPU) end with
+one line on stderr and exit code 2.
 Set FASTRNN_DEBUG=1 to see the traceback instead.
 """
 import argparse
@@ -12,9 +13,14 @@ import time
 
 import numpy as np
 
+from ._gpu import GPUUnavailableError   # does not import CuPy
+
 EXIT_USER_ERROR = 2
-# Errors the library raises for bad input, with messages meant for the user.
-USER_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError)
+# Errors the library raises for bad input, with messages meant for the user. Of the
+# RuntimeErrors, only the "no CuPy / no GPU" one is the user's to fix: others are bugs and
+# keep their traceback.
+USER_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError,
+               GPUUnavailableError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +56,13 @@ def _fraction(text):
 
 
 # ---- shared helpers -----------------------------------------------------------------------
+
+def _check_device(args):
+    """Fail fast, before any file is read, when --device cuda cannot be served."""
+    if args.device != "cpu":
+        from ._gpu import require_gpu
+        require_gpu()
+
 
 def _set_threads(args):
     if getattr(args, "threads", None):
@@ -98,6 +111,7 @@ def cmd_demo(args):
     from .text import SyntheticLanguage, WordVocab
     from .train import Trainer
 
+    _check_device(args)
     _set_threads(args)
     language = SyntheticLanguage(seed=args.seed)
     entropy = language.entropy_per_token()
@@ -106,7 +120,7 @@ def cmd_demo(args):
     vocab = WordVocab.build(train_text)
     train_ids, val_ids = vocab.encode(train_text), vocab.encode(val_text)
     model = LanguageModel(vocab=vocab, embed_size=32, hidden_size=args.hidden, num_layers=1,
-                          cell=args.cell, seed=args.seed)
+                          cell=args.cell, seed=args.seed, device=args.device)
     print(f"fastrnn demo: a {len(vocab)}-word synthetic language ({len(train_ids):,} training "
           f"tokens, {len(val_ids):,} validation tokens).")
     print(f"Its true entropy is {entropy:.4f} nats/token: no model can score lower.")
@@ -131,11 +145,13 @@ def cmd_train(args):
     from .text import load_text
     from .train import Trainer
 
+    _check_device(args)
     _set_threads(args)
     text = load_text(args.file)
     resume_state = None
     if args.resume:
-        model, extra = LanguageModel.load(args.resume, with_extra=True)
+        # The device is not a saved setting: a run may resume on another device.
+        model, extra = LanguageModel.load(args.resume, with_extra=True, device=args.device)
         if not extra or "trainer" not in extra:
             raise ValueError(f"{args.resume} holds a model but no training state to resume from")
         resume_state = extra["trainer"]
@@ -150,7 +166,8 @@ def cmd_train(args):
         model = LanguageModel(vocab=vocab, embed_size=args.embed, hidden_size=args.hidden,
                               num_layers=args.layers, cell=args.cell, dropout=args.dropout,
                               tie_weights=args.tie_weights, seed=args.seed,
-                              dtype=np.float64 if args.dtype == "float64" else np.float32)
+                              dtype=np.float64 if args.dtype == "float64" else np.float32,
+                              device=args.device)
     train_ids = vocab.encode(train_text)
     val_ids = None if val_text is None else vocab.encode(val_text)
     unit = "char" if args.level == "char" else "word"
@@ -188,8 +205,10 @@ TRAIN_SETTINGS = ("level", "batch", "seq_len", "optimizer", "lr", "clip", "sched
 def cmd_sample(args):
     from .lm import LanguageModel
 
+    _check_device(args)
     _set_threads(args)
-    model = LanguageModel.load(args.model)
+    # A GPU model samples with the CPU loop from host copies (see LanguageModel.generate_ids).
+    model = LanguageModel.load(args.model, device=args.device)
     samples = model.generate(args.length, prime=args.prime, num_samples=args.num_samples,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              greedy=args.greedy, stop=args.stop, seed=args.seed)
@@ -204,8 +223,9 @@ def cmd_eval(args):
     from .lm import LanguageModel
     from .text import load_text
 
+    _check_device(args)
     _set_threads(args)
-    model = LanguageModel.load(args.model)
+    model = LanguageModel.load(args.model, device=args.device)
     text = load_text(args.file)
     vocab = model._require_vocab()
     unknown = vocab.unknown_tokens(text)
@@ -246,8 +266,14 @@ def cmd_bench(args):
 
 # ---- parser -------------------------------------------------------------------------------
 
+def _add_device(parser):
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where to run (cuda needs CuPy and a GPU: pip install 'fastrnn[gpu]')")
+
+
 def build_parser():
-    parser = _Parser(prog="fastrnn", description="Fast RNN language models on the CPU.")
+    parser = _Parser(prog="fastrnn",
+                     description="Fast RNN language models on the CPU (or a CUDA GPU).")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -261,6 +287,7 @@ def build_parser():
     demo.add_argument("--lr", type=_positive_float, default=1e-2)
     demo.add_argument("--eval-every", type=_positive_int, default=100)
     demo.add_argument("--threads", type=_positive_int)
+    _add_device(demo)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
 
@@ -295,6 +322,7 @@ def build_parser():
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--threads", type=_positive_int)
+    _add_device(train)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=cmd_train)
 
@@ -309,6 +337,7 @@ def build_parser():
     sample.add_argument("--num-samples", type=_positive_int, default=1)
     sample.add_argument("--stop", default=None, help="token that ends a sample")
     sample.add_argument("--threads", type=_positive_int)
+    _add_device(sample)
     sample.add_argument("--seed", type=int, default=None)
     sample.set_defaults(func=cmd_sample)
 
@@ -316,6 +345,7 @@ def build_parser():
     ev.add_argument("model")
     ev.add_argument("file")
     ev.add_argument("--threads", type=_positive_int)
+    _add_device(ev)
     ev.set_defaults(func=cmd_eval)
 
     info = sub.add_parser("info", help="describe a model file")

@@ -1,11 +1,13 @@
 """A recurrent language model: embedding -> dropout -> RNN -> dropout -> linear -> softmax.
 
 The model is a thin composition of the layers in :mod:`fastrnn.layers`; every time step runs
-in the compiled kernels, and sampling runs in the compiled loop of :mod:`fastrnn.generation`.
+in the compiled kernels (or, with ``device="cuda"``, in the CuPy GPU backend), and sampling
+runs in the compiled loop of :mod:`fastrnn.generation`.
 """
 import numpy as np
 
 from . import checkpoint
+from ._device import get_array_module, normalize_device, to_device
 from ._validation import as_float_dtype, check_int, check_token_ids
 from .cells import get_cell
 from .layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
@@ -31,13 +33,18 @@ class LanguageModel:
         tie_weights: share the embedding matrix with the output layer (needs E == H).
         seed: seeds initialisation and dropout masks.
         dtype: float32 (default) or float64.
+        device: "cpu" (default) or "cuda" (CuPy arrays on the GPU; ``pip install 'fastrnn[gpu]'``).
+            The parameters are initialised on the host first, so a seed gives the same model on
+            either device; ``to(device)`` moves it later.
 
     Parameters are exposed in one flat dict, ``params`` (and ``grads``), with the layer as a
     prefix: ``embedding.weight``, ``rnn.weight_ih_l0``, ..., ``output.weight``, ``output.bias``.
+    They are the layers' own arrays, so build an optimizer from them after moving the model.
     """
 
     def __init__(self, vocab_size=None, embed_size=64, hidden_size=256, num_layers=2, cell="lstm",
-                 dropout=0.0, tie_weights=False, seed=0, dtype=np.float32, vocab=None):
+                 dropout=0.0, tie_weights=False, seed=0, dtype=np.float32, vocab=None,
+                 device="cpu"):
         if vocab is not None:
             if not isinstance(vocab, Vocab):
                 raise TypeError(f"vocab must be a CharVocab or WordVocab, got {type(vocab).__name__}")
@@ -74,16 +81,40 @@ class LanguageModel:
             self.output = Linear(self.hidden_size, self.vocab_size, dtype=self.dtype, seed=seeds[4])
         self.loss = SoftmaxCrossEntropy()
         self._named_layers = {"embedding": self.embedding, "rnn": self.rnn, "output": self.output}
+        self._collect_arrays()
+        self.training = True
+        self.device = "cpu"
+        if normalize_device(device) != "cpu":
+            self.to(device)
+
+    def _collect_arrays(self):
+        """(Re)build the flat ``params``/``grads`` dicts from the layers' arrays."""
         self.params = {f"{n}.{k}": v for n, layer in self._named_layers.items()
                        for k, v in layer.params.items()}
         self.grads = {f"{n}.{k}": v for n, layer in self._named_layers.items()
                       for k, v in layer.grads.items()}
-        self.training = True
+
+    def to(self, device):
+        """Move every layer to ``device`` ("cpu" or "cuda"); returns self.
+
+        ``params``/``grads`` then hold the new arrays: an optimizer built before the move
+        still holds the old ones, so build it after (as :class:`fastrnn.Trainer` does).
+        """
+        device = normalize_device(device)
+        get_array_module(device)   # a clear RuntimeError before anything moves
+        # The tied output Linear reads the Embedding's arrays: move the Embedding first.
+        for layer in (self.embedding, self.input_dropout, self.rnn, self.output_dropout,
+                      self.output):
+            layer.to(device)
+        self._collect_arrays()
+        self.device = device
+        return self
 
     # ---- modes and parameters -------------------------------------------------------------
 
     def config(self):
-        """The constructor arguments (without the vocabulary), JSON-serialisable."""
+        """The constructor arguments (without the vocabulary and the device, so that a saved
+        model loads on any machine), JSON-serialisable."""
         return {"vocab_size": self.vocab_size, "embed_size": self.embed_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "cell": self.cell,
                 "dropout": self.dropout, "tie_weights": self.tie_weights, "seed": self.seed,
@@ -109,6 +140,7 @@ class LanguageModel:
         return int(sum(p.size for p in self.params.values()))
 
     def state_dict(self):
+        """Copies of the parameters, on the model's device."""
         return {k: v.copy() for k, v in self.params.items()}
 
     def load_state_dict(self, state):
@@ -118,7 +150,7 @@ class LanguageModel:
         if missing or unexpected:
             raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
         for k, p in self.params.items():
-            v = np.asarray(state[k])
+            v = to_device(state[k], self.device)   # np.asarray on the CPU, as always
             if v.shape != p.shape:
                 raise ValueError(f"state_dict[{k!r}] must have shape {p.shape}, got {v.shape}")
             p[...] = v
@@ -133,15 +165,17 @@ class LanguageModel:
             layer.set_rng_state(state[name])
 
     def initial_state(self, batch_size):
-        """Zero recurrent state for ``batch_size`` streams: h, or (h, c) for an LSTM."""
+        """Zero recurrent state for ``batch_size`` streams: h, or (h, c) for an LSTM (on the
+        model's device)."""
         shape = (self.num_layers, check_int(batch_size, "batch_size", 1), self.hidden_size)
-        h = np.zeros(shape, self.dtype)
+        h = get_array_module(self.device).zeros(shape, self.dtype)
         return (h, h.copy()) if self.cell == "lstm" else h
 
     # ---- forward / backward ---------------------------------------------------------------
 
     def logits(self, x, state=None, lengths=None):
-        """x: int ids (T, B). Returns (logits (T, B, V), final state)."""
+        """x: int ids (T, B), NumPy or CuPy (moved to the model's device). Returns
+        (logits (T, B, V), final state), on the model's device."""
         x = self._check_ids(x, "x")
         h = self.input_dropout.forward(self.embedding.forward(x))
         h, state = self.rnn.forward(h, state, lengths)
@@ -153,8 +187,9 @@ class LanguageModel:
 
         x, y: int ids (T, B), ``y`` usually ``x`` shifted by one step. state: carried recurrent
         state or None (zeros). lengths: (B,) real lengths of padded sequences; padded steps
-        are masked out of the loss. Returns ``(loss, final_state)``; ``self.loss.n_tokens``
-        is the number of tokens counted.
+        are masked out of the loss. Returns ``(loss, final_state)``, the loss a Python float
+        and the state on the model's device; ``self.loss.n_tokens`` is the number of tokens
+        counted. Ids may be NumPy or CuPy arrays: they are moved to the model's device.
         """
         logits, state = self.logits(x, state, lengths)
         y = self._check_ids(y, "y")
@@ -175,7 +210,8 @@ class LanguageModel:
         ids = check_token_ids(ids, name, self.vocab_size)
         if ids.ndim != 2:
             raise ValueError(f"{name} must be 2-D (T, B) token ids, got shape {ids.shape}")
-        return ids
+        # Checked where they are (host batches: no device sync), then moved to the model.
+        return ids if self.device == "cpu" else to_device(ids, self.device)
 
     # ---- evaluation -----------------------------------------------------------------------
 
@@ -185,7 +221,8 @@ class LanguageModel:
 
         The stream is cut into ``batch_size`` contiguous parts scored in parallel with state
         carried across windows of ``seq_len`` steps (the first token of each part has no
-        context). Runs in eval mode (no dropout) and restores the previous mode.
+        context). Runs in eval mode (no dropout) and restores the previous mode. Works on
+        either device; ``ids`` may be NumPy or CuPy.
         """
         ids = check_token_ids(ids, "ids", self.vocab_size)
         if ids.ndim != 1 or ids.size < 2:
@@ -215,6 +252,11 @@ class LanguageModel:
 
         Returns ``(tokens (num_samples, n_tokens) int64, lengths (num_samples,))``; a row that
         drew ``stop_id`` ends there (included), later positions hold -1.
+
+        A model on the GPU samples on the CPU too, from host copies of its weights: sampling
+        is one token at a time for a few sequences, so it is bound by latency, and at these
+        model sizes the compiled CPU loop beats one round of GPU kernel launches per token.
+        (A persistent GPU sampling kernel would be future work.)
         """
         from .generation import generate_tokens
 
@@ -222,11 +264,17 @@ class LanguageModel:
         if prime_ids.ndim != 1 or prime_ids.size == 0:
             raise ValueError(f"prime_ids must be a non-empty 1-D id array, got shape {prime_ids.shape}")
         num_samples = check_int(num_samples, "num_samples", 1)
-        layers = [tuple(self.rnn._weights(layer, 0)) for layer in range(self.num_layers)]
+        prime_ids = to_device(prime_ids, "cpu")
+
+        def host(a):   # no copy on the CPU
+            return None if a is None else to_device(a, "cpu")
+
+        layers = [tuple(host(w) for w in self.rnn._weights(layer, 0))
+                  for layer in range(self.num_layers)]
         prime = np.broadcast_to(prime_ids, (num_samples, prime_ids.size))
         tokens, lengths, _ = generate_tokens(
-            self.cell, layers, self.embedding.params["weight"], self.output.weight,
-            self.output.bias, np.ascontiguousarray(prime), n_tokens, temperature=temperature,
+            self.cell, layers, host(self.embedding.params["weight"]), host(self.output.weight),
+            host(self.output.bias), np.ascontiguousarray(prime), n_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, greedy=greedy, stop_id=stop_id, banned_ids=banned_ids,
             seed=seed)
         return tokens, lengths
@@ -280,19 +328,23 @@ class LanguageModel:
         """Write the model (config, vocabulary, parameters) to ``path`` atomically.
 
         ``extra``: optional nested dict (e.g. a trainer's state) stored alongside; arrays in it
-        are kept exactly. Read it back with ``LanguageModel.load(path, with_extra=True)``.
+        are kept exactly (they must be NumPy arrays). Read it back with
+        ``LanguageModel.load(path, with_extra=True)``. A GPU model writes host copies of its
+        parameters, so the file loads anywhere.
         """
         extra_tree, extra_arrays = checkpoint.split_tree(extra, "extra")
         header = {"config": self.config(),
                   "vocab": None if self.vocab is None else self.vocab.to_dict(),
                   "extra": extra_tree}
-        arrays = {f"params/{k}": v for k, v in self.params.items()}
+        arrays = {f"params/{k}": to_device(v, "cpu") for k, v in self.params.items()}
         checkpoint.save(path, MODEL_KIND, header, {**arrays, **extra_arrays})
 
     @classmethod
-    def load(cls, path, with_extra=False):
-        """Read a model written by :meth:`save`. Raises FileNotFoundError or
-        :class:`fastrnn.checkpoint.CheckpointError` (a ValueError) with the reason."""
+    def load(cls, path, with_extra=False, device="cpu"):
+        """Read a model written by :meth:`save` and place it on ``device``. Raises
+        FileNotFoundError or :class:`fastrnn.checkpoint.CheckpointError` (a ValueError) with
+        the reason (and RuntimeError from ``require_gpu`` for an unusable "cuda")."""
+        device = normalize_device(device)
         header, arrays = checkpoint.load(path, MODEL_KIND)
         try:
             config = dict(header["config"])
@@ -305,10 +357,13 @@ class LanguageModel:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise checkpoint.CheckpointError(f"{path} is a damaged model file: {exc}") from exc
+        if device != "cpu":
+            model.to(device)
         return (model, extra) if with_extra else model
 
     def __repr__(self):
         return (f"LanguageModel(vocab_size={self.vocab_size}, embed_size={self.embed_size}, "
                 f"hidden_size={self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
                 f"dropout={self.dropout}, tie_weights={self.tie_weights}, "
-                f"params={self.num_params():,})")
+                f"params={self.num_params():,}"
+                + ("" if self.device == "cpu" else f", device={self.device!r}") + ")")

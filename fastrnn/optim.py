@@ -1,4 +1,5 @@
-"""Optimizers, global gradient clipping and learning-rate schedules for numpy parameters.
+"""Optimizers, global gradient clipping and learning-rate schedules for numpy parameters
+(or CuPy parameters of a model on the GPU).
 
 Every optimizer updates ``params`` in place from ``grads`` (two dicts with the same keys, as
 exposed by each layer) and follows the update formula of its ``torch.optim`` namesake, so given
@@ -11,12 +12,19 @@ Typical use::
     grads = {f"{i}.{k}": v for i, layer in enumerate(layers) for k, v in layer.grads.items()}
     opt = Adam(params, grads, lr=1e-3)
     ...; clip_grad_norm(grads, 0.25); opt.step(); opt.zero_grad()
+
+On the GPU the arrays are CuPy arrays (all on the device); every update runs there with the
+array module of the parameters (``xp``), whose functions mirror NumPy's one for one, so the
+NumPy path is exactly the code it always was. Optimizer buffers live on the parameters'
+device; ``state_dict`` returns them where they are (copy them to the host to save them).
+Build the optimizer after moving the model: it holds the parameter arrays themselves.
 """
 import math
 import numbers
 
 import numpy as np
 
+from ._device import array_module_of, device_of, is_device_array, to_device
 from ._validation import as_float_dtype
 
 
@@ -52,8 +60,11 @@ def _check_params_and_grads(params, grads):
     seen = {}
     for name, param in params.items():
         grad = grads[name]
-        if not isinstance(param, np.ndarray) or not isinstance(grad, np.ndarray):
-            raise TypeError(f"params[{name!r}] and grads[{name!r}] must be numpy arrays (updated in place)")
+        if not _is_array(param) or not _is_array(grad):
+            raise TypeError(f"params[{name!r}] and grads[{name!r}] must be numpy (or CuPy) arrays "
+                            "(updated in place)")
+        if is_device_array(param) != is_device_array(grad):
+            raise TypeError(f"params[{name!r}] and grads[{name!r}] must be on the same device")
         as_float_dtype(param.dtype, f"params[{name!r}]'s dtype")
         if grad.shape != param.shape:
             raise ValueError(f"grads[{name!r}] must have shape {param.shape}, got {grad.shape}")
@@ -67,11 +78,16 @@ def _check_params_and_grads(params, grads):
     return params, grads
 
 
+def _is_array(a):
+    """A numpy array, or a CuPy array (recognised without importing CuPy)."""
+    return isinstance(a, np.ndarray) or is_device_array(a)
+
+
 def _ema_(average, value, decay, work):
     """``average <- decay * average + (1 - decay) * value`` in place; ``work`` is scratch
     (it may be ``value`` itself)."""
     average *= decay
-    np.multiply(value, 1.0 - decay, out=work)
+    array_module_of(work).multiply(value, 1.0 - decay, out=work)
     average += work
 
 
@@ -91,7 +107,8 @@ class Optimizer:
         self.weight_decay = _check_real(weight_decay, "weight_decay")
         self.step_count = 0
         self.state = {name: self._new_state(param) for name, param in self.params.items()}
-        self._work = {name: np.empty_like(param) for name, param in self.params.items()}
+        self._work = {name: array_module_of(param).empty_like(param)
+                      for name, param in self.params.items()}
 
     @property
     def lr(self):
@@ -122,7 +139,8 @@ class Optimizer:
         layer's gradient buffer is left untouched; ``grad`` itself when there is no decay."""
         if self.weight_decay == 0.0:
             return grad
-        penalised = np.multiply(param, self.weight_decay)
+        xp = array_module_of(param)
+        penalised = xp.multiply(param, self.weight_decay)
         penalised += grad
         return penalised
 
@@ -145,7 +163,8 @@ class Optimizer:
                 raise KeyError(f"state_dict buffers for {name!r} are {sorted(saved[name])}, "
                                f"expected {sorted(buffers)}")
             for key, buf in buffers.items():
-                value = np.asarray(saved[name][key])
+                # Saved buffers may be host copies (a checkpoint): put them on buf's device.
+                value = to_device(saved[name][key], device_of(buf))
                 if value.shape != buf.shape:
                     raise ValueError(f"state_dict buffer {name!r}/{key!r} must have shape {buf.shape}, "
                                      f"got {value.shape}")
@@ -167,9 +186,11 @@ class SGD(Optimizer):
         super().__init__(params, grads, lr, weight_decay)
 
     def _new_state(self, param):
-        return {"momentum_buffer": np.zeros_like(param)} if self.momentum else {}
+        xp = array_module_of(param)
+        return {"momentum_buffer": xp.zeros_like(param)} if self.momentum else {}
 
     def _update(self, param, grad, state, work):
+        xp = array_module_of(param)
         grad = self._with_l2_penalty(param, grad)
         if self.momentum:
             buf = state["momentum_buffer"]
@@ -177,15 +198,15 @@ class SGD(Optimizer):
                 buf[...] = grad  # torch starts the buffer at the first gradient, undamped
             else:
                 buf *= self.momentum
-                np.multiply(grad, 1.0 - self.dampening, out=work)
+                xp.multiply(grad, 1.0 - self.dampening, out=work)
                 buf += work
             if self.nesterov:
-                np.multiply(buf, self.momentum, out=work)
+                xp.multiply(buf, self.momentum, out=work)
                 work += grad
                 grad = work
             else:
                 grad = buf
-        np.multiply(grad, self.lr, out=work)
+        xp.multiply(grad, self.lr, out=work)
         param -= work
 
 
@@ -202,24 +223,26 @@ class Adam(Optimizer):
         super().__init__(params, grads, lr, weight_decay)
 
     def _new_state(self, param):
-        return {"exp_avg": np.zeros_like(param), "exp_avg_sq": np.zeros_like(param)}
+        xp = array_module_of(param)
+        return {"exp_avg": xp.zeros_like(param), "exp_avg_sq": xp.zeros_like(param)}
 
     def _update(self, param, grad, state, work):
         self._adam_step(param, self._with_l2_penalty(param, grad), state, work)
 
     def _adam_step(self, param, grad, state, work):
+        xp = array_module_of(param)
         beta1, beta2 = self.betas
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         _ema_(exp_avg, grad, beta1, work)
-        np.square(grad, out=work)
+        xp.square(grad, out=work)
         _ema_(exp_avg_sq, work, beta2, work)
         bias_correction1 = 1.0 - beta1 ** self.step_count
         bias_correction2 = 1.0 - beta2 ** self.step_count
         # param -= lr / bc1 * exp_avg / (sqrt(exp_avg_sq) / sqrt(bc2) + eps), as torch orders it
-        np.sqrt(exp_avg_sq, out=work)
+        xp.sqrt(exp_avg_sq, out=work)
         work /= math.sqrt(bias_correction2)
         work += self.eps
-        np.divide(exp_avg, work, out=work)
+        xp.divide(exp_avg, work, out=work)
         work *= self.lr / bias_correction1
         param -= work
 
@@ -246,15 +269,17 @@ class Adagrad(Optimizer):
         super().__init__(params, grads, lr, weight_decay)
 
     def _new_state(self, param):
-        return {"sum": np.full_like(param, self.initial_accumulator_value)}
+        xp = array_module_of(param)
+        return {"sum": xp.full_like(param, self.initial_accumulator_value)}
 
     def _update(self, param, grad, state, work):
+        xp = array_module_of(param)
         grad = self._with_l2_penalty(param, grad)
-        np.square(grad, out=work)
+        xp.square(grad, out=work)
         state["sum"] += work
-        np.sqrt(state["sum"], out=work)
+        xp.sqrt(state["sum"], out=work)
         work += self.eps
-        np.divide(grad, work, out=work)
+        xp.divide(grad, work, out=work)
         work *= self.lr
         param -= work
 
@@ -269,22 +294,24 @@ class Adadelta(Optimizer):
         super().__init__(params, grads, lr, weight_decay)
 
     def _new_state(self, param):
-        return {"square_avg": np.zeros_like(param), "acc_delta": np.zeros_like(param)}
+        xp = array_module_of(param)
+        return {"square_avg": xp.zeros_like(param), "acc_delta": xp.zeros_like(param)}
 
     def _update(self, param, grad, state, work):
+        xp = array_module_of(param)
         grad = self._with_l2_penalty(param, grad)
         square_avg, acc_delta = state["square_avg"], state["acc_delta"]
-        np.square(grad, out=work)
+        xp.square(grad, out=work)
         _ema_(square_avg, work, self.rho, work)
         # delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * grad; one extra buffer
         # (std, reused below for delta**2) because delta and std are both alive at once.
-        std = np.add(square_avg, self.eps)
-        np.sqrt(std, out=std)
-        np.add(acc_delta, self.eps, out=work)
-        np.sqrt(work, out=work)
+        std = xp.add(square_avg, self.eps)
+        xp.sqrt(std, out=std)
+        xp.add(acc_delta, self.eps, out=work)
+        xp.sqrt(work, out=work)
         work /= std
         work *= grad
-        np.square(work, out=std)
+        xp.square(work, out=std)
         _ema_(acc_delta, std, self.rho, std)
         work *= self.lr
         param -= work
@@ -302,34 +329,36 @@ class RMSprop(Optimizer):
         super().__init__(params, grads, lr, weight_decay)
 
     def _new_state(self, param):
-        state = {"square_avg": np.zeros_like(param)}
+        xp = array_module_of(param)
+        state = {"square_avg": xp.zeros_like(param)}
         if self.momentum:
-            state["momentum_buffer"] = np.zeros_like(param)
+            state["momentum_buffer"] = xp.zeros_like(param)
         if self.centered:
-            state["grad_avg"] = np.zeros_like(param)
+            state["grad_avg"] = xp.zeros_like(param)
         return state
 
     def _update(self, param, grad, state, work):
+        xp = array_module_of(param)
         grad = self._with_l2_penalty(param, grad)
         square_avg = state["square_avg"]
-        np.square(grad, out=work)
+        xp.square(grad, out=work)
         _ema_(square_avg, work, self.alpha, work)
         if self.centered:
             # Variance instead of raw second moment: square_avg - grad_avg**2.
             grad_avg = state["grad_avg"]
             _ema_(grad_avg, grad, self.alpha, work)
-            np.square(grad_avg, out=work)
-            np.subtract(square_avg, work, out=work)
-            np.sqrt(work, out=work)
+            xp.square(grad_avg, out=work)
+            xp.subtract(square_avg, work, out=work)
+            xp.sqrt(work, out=work)
         else:
-            np.sqrt(square_avg, out=work)
+            xp.sqrt(square_avg, out=work)
         work += self.eps
-        np.divide(grad, work, out=work)
+        xp.divide(grad, work, out=work)
         if self.momentum:
             buf = state["momentum_buffer"]
             buf *= self.momentum
             buf += work
-            np.multiply(buf, self.lr, out=work)
+            xp.multiply(buf, self.lr, out=work)
         else:
             work *= self.lr
         param -= work
@@ -341,18 +370,29 @@ def clip_grad_norm(grads, max_norm):
     grads: dict of arrays or iterable of arrays (an array listed twice, e.g. a tied weight's
     gradient, counts once). Like ``torch.nn.utils.clip_grad_norm_``, the scale is
     ``max_norm / (norm + 1e-6)`` and applied only when below 1. Returns the norm before
-    clipping, as a float.
+    clipping, as a float. CuPy gradients are scaled on the device.
     """
     max_norm = _check_real(max_norm, "max_norm")
     if max_norm == 0.0:
         raise ValueError("max_norm must be > 0, got 0.0")
     arrays = list(grads.values()) if isinstance(grads, dict) else list(grads)
     distinct = list({id(grad): grad for grad in arrays}.values())
+    on_device = bool(distinct) and is_device_array(distinct[0])
     for grad in distinct:
-        if not isinstance(grad, np.ndarray):
-            raise TypeError(f"grads must hold numpy arrays (scaled in place), got {type(grad).__name__}")
+        if not _is_array(grad):
+            raise TypeError(f"grads must hold numpy arrays (or CuPy arrays; scaled in place), "
+                            f"got {type(grad).__name__}")
+        if is_device_array(grad) != on_device:
+            raise TypeError("grads must all be on the same device")
         as_float_dtype(grad.dtype, "grads' dtype")
-    total_norm = math.sqrt(sum(float(np.vdot(grad, grad)) for grad in distinct))
+    if on_device:
+        # Sum the squares on the device, in float64 and in the CPU path's order, and read
+        # the total back once: one host sync per call instead of one per array.
+        xp = array_module_of(distinct[0])
+        squares = sum(xp.vdot(grad, grad).astype(np.float64) for grad in distinct)
+        total_norm = math.sqrt(float(squares))
+    else:
+        total_norm = math.sqrt(sum(float(np.vdot(grad, grad)) for grad in distinct))
     scale = max_norm / (total_norm + 1e-6)
     if scale < 1.0:
         for grad in distinct:

@@ -11,6 +11,11 @@ Two ways to batch a corpus:
 Everything that decides the next step (parameters, optimizer buffers, schedule, batch
 position, dropout generators, the carried state) is saved in checkpoints, so a resumed run
 produces bit-for-bit the same parameters as one that was never interrupted.
+
+A model on the GPU (``LanguageModel(..., device="cuda")``, moved before the Trainer is built)
+trains there: batches are cut on the host and copied over by the model, the carried state
+stays on the device, and checkpoints hold host copies of it and of the optimizer buffers,
+restored to the model's device on resume (so a checkpoint loads on either device).
 """
 import math
 import time
@@ -18,6 +23,7 @@ import time
 import numpy as np
 
 from . import optim
+from ._device import to_device
 from ._validation import check_int
 from .lm import LanguageModel
 from .text.corpus import SentenceBatcher, StreamBatcher
@@ -31,7 +37,8 @@ class Trainer:
     """Fits a :class:`LanguageModel`.
 
     Args:
-        model: the LanguageModel to train (updated in place).
+        model: the LanguageModel to train (updated in place), on its final device: the
+            optimizer holds its parameter arrays.
         train_data: 1-D int ids (stream mode) or a list of 1-D id arrays (sentence mode).
         val_ids: 1-D int ids scored by ``model.evaluate`` (nats per token), or None.
         batch_size, seq_len: B streams x T steps per window (stream mode); sentence mode uses
@@ -70,7 +77,7 @@ class Trainer:
         else:
             self.mode = "stream"
             self.batcher = StreamBatcher(train_data, self.batch_size, self.seq_len)
-        self.val_ids = None if val_ids is None else np.asarray(val_ids)
+        self.val_ids = None if val_ids is None else to_device(val_ids, "cpu")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         self.optimizer = self._make_optimizer(optimizer, lr, weight_decay, momentum)
@@ -209,12 +216,18 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------
 
     def state_dict(self):
-        """Everything besides the parameters that decides the rest of the run."""
+        """Everything besides the parameters that decides the rest of the run; arrays are
+        host (NumPy) copies, whatever the model's device, so that checkpoints can hold them."""
         carry = self.carry
         if isinstance(carry, tuple):
-            carry = list(carry)
+            carry = [to_device(c, "cpu") for c in carry]
+        elif carry is not None:
+            carry = to_device(carry, "cpu")
+        optimizer = self.optimizer.state_dict()
+        optimizer["state"] = {name: {key: to_device(buf, "cpu") for key, buf in buffers.items()}
+                              for name, buffers in optimizer["state"].items()}
         return {"step": self.step, "tokens": self.tokens, "train_seconds": self.train_seconds,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "schedule": None if self.schedule is None else self.schedule.state_dict(),
                 "batcher": self.batcher.state_dict(), "rng": self.model.rng_state(),
                 "carry": carry, "history": self.history, "best_val": self.best_val,
@@ -228,13 +241,16 @@ class Trainer:
                              f"uses {self.mode!r}")
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.train_seconds = float(state["train_seconds"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])   # buffers go to their device
         if self.schedule is not None and state["schedule"] is not None:
             self.schedule.load_state_dict(state["schedule"])
         self.batcher.load_state_dict(state["batcher"])
         self.model.set_rng_state(state["rng"])
-        carry = state["carry"]
-        self.carry = tuple(carry) if isinstance(carry, list) else carry
+        carry, device = state["carry"], self.model.device
+        if isinstance(carry, list):
+            self.carry = tuple(to_device(c, device) for c in carry)
+        else:
+            self.carry = None if carry is None else to_device(carry, device)
         self.history = list(state["history"])
         self.best_val = float(state["best_val"])
         self.evals_without_improvement = int(state["evals_without_improvement"])
@@ -259,5 +275,5 @@ class Trainer:
                              f"{architecture[1]}")
         if not extra or "trainer" not in extra:
             raise ValueError(f"{path} holds a model but no training state to resume from")
-        self.model.load_state_dict(saved.params)
+        self.model.load_state_dict(saved.params)   # host arrays, copied to the model's device
         return self.load_state_dict(extra["trainer"])

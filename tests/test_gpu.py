@@ -196,3 +196,69 @@ def test_small_model_on_gpu_matches_cpu(rng):
 
 def test_gpu_available():
     assert fastrnn.gpu_available() is True
+
+
+# ---- the training stack on the GPU -------------------------------------------------------
+
+def _train(device, mode, optimizer, steps=12, **model_kwargs):
+    settings = dict(embed_size=16, hidden_size=16, num_layers=2, cell="lstm", dropout=0.2,
+                    seed=1, dtype=np.float64, device=device)
+    settings.update(model_kwargs)
+    model = fastrnn.LanguageModel(23, **settings)
+    ids = np.random.default_rng(0).integers(0, 23, 1500)
+    data = ids[:1200] if mode == "stream" else [ids[i:i + 6 + i % 5] for i in range(0, 1200, 11)]
+    trainer = fastrnn.Trainer(model, data, ids[1200:], batch_size=4, seq_len=12, lr=1e-2,
+                              optimizer=optimizer, clip=0.5, eval_every=4, max_steps=steps,
+                              progress=False)
+    return model, trainer, trainer.fit()
+
+
+@pytest.mark.parametrize("cell,tie,optimizer,mode", [
+    ("lstm", False, "adam", "stream"), ("gru", True, "sgd", "sentences"),
+    ("rnn_relu", False, "rmsprop", "stream")])
+def test_language_model_training_on_gpu_matches_cpu(cell, tie, optimizer, mode):
+    cpu, _, h_cpu = _train("cpu", mode, optimizer, cell=cell, tie_weights=tie)
+    gpu, trainer, h_gpu = _train("cuda", mode, optimizer, cell=cell, tie_weights=tie)
+    for name, p in cpu.params.items():
+        assert isinstance(gpu.params[name], cp.ndarray), name
+        assert_close(_host(gpu.params[name]), p, 1e-9, name)
+    for a, b in zip(h_cpu, h_gpu):
+        assert abs(a["val_loss"] - b["val_loss"]) <= 1e-9 * max(1.0, a["val_loss"])
+    if mode == "stream":
+        assert isinstance(trainer.carry[0] if cell == "lstm" else trainer.carry, cp.ndarray)
+    # Generation on a GPU model (CPU loop on host copies) gives the CPU model's tokens.
+    t_cpu, _ = cpu.generate_ids(np.array([1, 2]), 20, num_samples=2, seed=3)
+    t_gpu, _ = gpu.generate_ids(np.array([1, 2]), 20, num_samples=2, seed=3)
+    np.testing.assert_array_equal(t_gpu, t_cpu)
+
+
+def test_gpu_checkpoint_resumes_on_either_device(tmp_path):
+    straight, _, _ = _train("cpu", "stream", "adam", steps=10)
+    path = tmp_path / "ckpt.npz"
+    model, trainer, _ = _train("cuda", "stream", "adam", steps=5)
+    trainer.save_checkpoint(path)
+    for device in ("cuda", "cpu"):
+        resumed, trainer, _ = _train(device, "stream", "adam", steps=1, seed=7)
+        trainer.max_steps = 10
+        trainer.load_checkpoint(path)
+        trainer.fit()
+        for name, p in straight.params.items():
+            assert_close(_host(resumed.params[name]), p, 1e-9, name)
+
+
+def test_cli_train_sample_eval_on_gpu(tmp_path):
+    from fastrnn.cli import main
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat.\nthe dog sat on the log.\n" * 30, encoding="utf-8")
+    out = tmp_path / "model.npz"
+    tiny = ["--embed", "8", "--hidden", "16", "--layers", "1", "--batch", "4", "--seq-len",
+            "16", "--no-progress", "--max-steps", "20", "--eval-every", "10", "--dtype",
+            "float64", "--out", str(out)]
+    assert main(["train", str(corpus), "--device", "cuda", *tiny]) == 0
+    on_gpu = fastrnn.LanguageModel.load(out)
+    assert main(["train", str(corpus), *tiny]) == 0
+    on_cpu = fastrnn.LanguageModel.load(out)
+    for name, p in on_cpu.params.items():
+        assert_close(on_gpu.params[name], p, 1e-9, name)
+    assert main(["sample", str(out), "--device", "cuda", "--length", "20", "--seed", "1"]) == 0
+    assert main(["eval", str(out), str(corpus), "--device", "cuda"]) == 0

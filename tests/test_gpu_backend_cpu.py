@@ -176,8 +176,9 @@ def test_cuda_without_cupy_raises_a_clear_error(monkeypatch):
     _no_cupy(monkeypatch)
     assert fastrnn.gpu_available() is False
     message = "CuPy is not installed: pip install 'fastrnn\\[gpu\\]'"
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(_gpu.GPUUnavailableError, match=message):
         _gpu.require_gpu()
+    assert issubclass(_gpu.GPUUnavailableError, RuntimeError)
     with pytest.raises(RuntimeError, match=message):
         fastrnn.LSTM(3, 4, device="cuda")
     for layer in (fastrnn.GRU(3, 4), fastrnn.Linear(3, 4), fastrnn.Embedding(5, 3),
@@ -202,7 +203,7 @@ def test_cuda_without_device_raises_a_clear_error(monkeypatch):
 
     fake.cuda.runtime.getDeviceCount = failing
     assert fastrnn.gpu_available() is False
-    with pytest.raises(RuntimeError, match="no CUDA device found"):
+    with pytest.raises(_gpu.GPUUnavailableError, match="no CUDA device found"):
         _gpu.require_gpu()
 
 
@@ -212,7 +213,7 @@ def test_gpu_available_never_raises(monkeypatch):
 
     monkeypatch.setattr(_gpu, "_import_cupy", broken)
     assert fastrnn.gpu_available() is False
-    with pytest.raises(RuntimeError, match="CuPy failed to import"):
+    with pytest.raises(_gpu.GPUUnavailableError, match="CuPy failed to import"):
         _gpu.require_gpu()
 
 
