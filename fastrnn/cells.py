@@ -11,8 +11,9 @@ LSTM   i, f, o = sigmoid(.), g = tanh(.)   of  W_ih x + b_ih + W_hh h + b_hh  sp
        c' = f * c + i * g
        h' = o * tanh(c')
 
-The gate math itself lives once, in fastrnn/_cpu/recurrent.pyx (cell_forward_row /
-cell_backward_row); this module only describes the cells.
+The gate math itself lives once, in csrc/cells_impl.h (reached from Cython through
+fastrnn/_cpu/_cells.pxd: cell_forward_row / cell_backward_row); this module only describes
+the cells.
 """
 from dataclasses import dataclass
 

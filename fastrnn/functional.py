@@ -128,8 +128,10 @@ def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, len
     ws.y = _rows(out, "out")
 
     nt = threads.get_num_threads()
-    _kernels.project_inputs(ws.x, w_ih, b_ih, ws.gates)
-    with threads.blas_single_threaded(min(nt, B) > 1):
+    # Every GEMM is split over fastrnn's own OpenMP threads, with BLAS on one thread (see
+    # threads.py).
+    with threads.blas_single_threaded():
+        _kernels.project_inputs(ws.x, w_ih, b_ih, ws.gates, nt)
         _kernels.forward_loop(spec.kind, ws.reverse, T, B, w_hh, b_hh, h, c, lens, ws.gates,
                               ws.hn, ws.chist, ws.y, np.empty((B, GH), dtype), nt)
     return out, ((h, c) if spec.has_cell_state else h), ws
@@ -167,25 +169,29 @@ def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
     dh = _state_array(dh0, "dstate h", B, H, dtype)
     dc = _state_array(dc0, "dstate c", B, H, dtype) if spec.has_cell_state else None
 
-    if grads is None:
-        grads = {"weight_ih": np.zeros_like(ws.w_ih), "weight_hh": np.zeros_like(ws.w_hh)}
-        if ws.has_bias:
-            grads["bias_ih"] = np.zeros(GH, dtype)
-            grads["bias_hh"] = np.zeros(GH, dtype)
-    if dx_out is None:
-        dx_out = np.zeros((T, B, I), dtype=dtype)
-    elif dx_out.shape != (T, B, I) or dx_out.dtype != dtype or not dx_out.flags.c_contiguous:
+    if dx_out is not None and (dx_out.shape != (T, B, I) or dx_out.dtype != dtype
+                               or not dx_out.flags.c_contiguous):
         raise ValueError(f"dx_out must be a C-contiguous ({T}, {B}, {I}) {dtype} array")
 
     ws.consumed = True
     dgh_first = np.empty((B, GH), dtype)
     nt = threads.get_num_threads()
-    with threads.blas_single_threaded(min(nt, B) > 1):
+    with threads.blas_single_threaded():
         _kernels.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0, ws.lengths,
                                ws.gates, ws.hn, ws.chist, ws.y, dy_rows, dh, dc, dgh_first, nt)
-    _kernels.weight_grads(spec.kind, ws.reverse, T, B, ws.x, ws.w_ih, ws.h0, ws.y, ws.gates,
-                          ws.hn, dgh_first, grads["weight_ih"], grads["weight_hh"],
-                          grads.get("bias_ih"), grads.get("bias_hh"), dx_out.reshape(T * B, I))
+        # Outputs are allocated only now, after the loop has freed its packed copy of W_hh,
+        # so that the two never coexist (peak memory).
+        if grads is None:
+            grads = {"weight_ih": np.zeros_like(ws.w_ih), "weight_hh": np.zeros_like(ws.w_hh)}
+            if ws.has_bias:
+                grads["bias_ih"] = np.zeros(GH, dtype)
+                grads["bias_hh"] = np.zeros(GH, dtype)
+        if dx_out is None:
+            dx_out = np.zeros((T, B, I), dtype=dtype)
+        _kernels.weight_grads(spec.kind, ws.reverse, T, B, ws.x, ws.w_ih, ws.h0, ws.y, ws.gates,
+                              ws.hn, dgh_first, grads["weight_ih"], grads["weight_hh"],
+                              grads.get("bias_ih"), grads.get("bias_hh"),
+                              dx_out.reshape(T * B, I), nt)
     # The saved activations are now gradients; drop the big buffers early.
     ws.gates = ws.hn = ws.chist = None
     return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads

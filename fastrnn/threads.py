@@ -1,9 +1,10 @@
 """Thread settings: OpenMP threads for the kernels, and keeping BLAS out of their way.
 
-Inside the OpenMP time loop every thread calls BLAS on its own slice of the batch; if BLAS
-also spawned threads the two pools would oversubscribe the cores. So BLAS is limited to one
-thread around that loop only (one cached threadpoolctl controller), and the large GEMMs
-before and after the loop use BLAS's own threads.
+The kernels split every GEMM across their own OpenMP threads and call BLAS single-threaded
+on each share, so BLAS is limited to one thread for the duration of each forward and
+backward call (one cached threadpoolctl controller): two thread pools would oversubscribe
+the cores, and idle BLAS workers spin. set_num_threads therefore sets every thread fastrnn
+uses.
 """
 import contextlib
 import os

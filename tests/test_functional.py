@@ -201,3 +201,104 @@ def test_show_config_reports_threads_and_blas(capsys):
     assert "OpenMP" in out and "threads" in out and "BLAS" in out
     with pytest.raises(ValueError, match="positive int"):
         fastrnn.set_num_threads(0)
+
+
+def _forward_backward(cell, x, w, dy, lengths, reverse, dtype):
+    y, state, ws = F.recurrent_forward(cell, x, *w, lengths=lengths, reverse=reverse)
+    dx, dstate0, grads = F.recurrent_backward(ws, dy)
+    return y, dx, grads
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("B", [1, 3, 8, 11])
+def test_both_time_loop_splits_are_thread_count_independent(cell, B, rng):
+    """B <= 8 takes the small-batch path (threads split the hidden units, one barrier per
+    step), larger B the batch-slice path (threads split the batch, packed-weight GEMM).
+    H = 70 gives the small-batch path two threads and a unit range that is not a whole
+    number of vector blocks."""
+    Hs, Is, Ts = 70, 5, 6
+    w = [rng.normal(scale=0.3, size=s) for s in
+         ((GATES[cell] * Hs, Is), (GATES[cell] * Hs, Hs), (GATES[cell] * Hs,), (GATES[cell] * Hs,))]
+    x = rng.normal(size=(Ts, B, Is))
+    dy = rng.normal(size=(Ts, B, Hs))
+    lengths = rng.integers(1, Ts + 1, size=B)
+    for reverse in (False, True):
+        results = []
+        try:
+            for n in (1, 2):
+                fastrnn.set_num_threads(n)
+                results.append(_forward_backward(cell, x, w, dy, lengths, reverse, np.float64))
+        finally:
+            fastrnn.set_num_threads(None)
+        (y1, dx1, g1), (y2, dx2, g2) = results
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(dx1, dx2)
+        for name in g1:
+            np.testing.assert_array_equal(g1[name], g2[name])
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+def test_small_batch_path_matches_batch_path(cell, rng):
+    """The same 3 sequences alone (small-batch path) and inside a batch of 12 (batch path)."""
+    Hs, Is, Ts = 40, 5, 6
+    G = GATES[cell]
+    w = [rng.normal(scale=0.3, size=s) for s in ((G * Hs, Is), (G * Hs, Hs), (G * Hs,), (G * Hs,))]
+    x = rng.normal(size=(Ts, 12, Is))
+    dy = rng.normal(size=(Ts, 12, Hs))
+    lengths = rng.integers(1, Ts + 1, size=12)
+    for reverse in (False, True):
+        y_all, dx_all, _ = _forward_backward(cell, x, w, dy, lengths, reverse, np.float64)
+        y3, dx3, _ = _forward_backward(cell, x[:, :3], w, dy[:, :3], lengths[:3], reverse,
+                                       np.float64)
+        np.testing.assert_allclose(y3, y_all[:, :3], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(dx3, dx_all[:, :3], rtol=1e-12, atol=1e-13)
+
+
+def test_float32_activations_match_float64():
+    """The float32 sigmoid/tanh are polynomial approximations (csrc/activations.h): check
+    them through an RNN step against float64 libm over a wide range of pre-activations."""
+    a = np.linspace(-30, 30, 200001)
+    for cell in ("rnn_tanh", "gru"):
+        G = GATES[cell]
+        # One step, input size 1, hidden 1: the pre-activations are x * w_ih.
+        x = a.reshape(1, -1, 1)
+        w = [np.ones((G, 1)), np.zeros((G, 1)), np.zeros(G), np.zeros(G)]
+        y64 = F.recurrent_forward(cell, x, *w)[0]
+        y32 = F.recurrent_forward(cell, x.astype(np.float32),
+                                  *[v.astype(np.float32) for v in w])[0]
+        np.testing.assert_allclose(y32, y64, rtol=2e-6, atol=2e-7)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+def test_long_sequences_split_weight_gradients_along_time(cell, rng):
+    """With many more time-space rows than gate columns, weight_grads sums dW over parts of
+    the rows (a K split); check it against PyTorch and across thread counts."""
+    torch = pytest.importorskip("torch")
+    Tl, Bl, Il, Hl = 40, 12, 4, 5          # T*B = 480 >= 16 * max(G*H, H, I)
+    G = GATES[cell]
+    w = [rng.normal(scale=0.5, size=s) for s in ((G * Hl, Il), (G * Hl, Hl), (G * Hl,), (G * Hl,))]
+    x = rng.normal(size=(Tl, Bl, Il))
+    dy = rng.normal(size=(Tl, Bl, Hl))
+    results = []
+    try:
+        for n in (1, 2):
+            fastrnn.set_num_threads(n)
+            results.append(_forward_backward(cell, x, w, dy, None, False, np.float64))
+    finally:
+        fastrnn.set_num_threads(None)
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    for name in g1:
+        np.testing.assert_array_equal(g1[name], g2[name])
+    module = (torch.nn.RNN(Il, Hl, nonlinearity=cell[4:]) if cell.startswith("rnn")
+              else {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](Il, Hl)).double()
+    with torch.no_grad():
+        for p, v in zip((module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
+                         module.bias_hh_l0), w):
+            p.copy_(torch.from_numpy(v))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt, _ = module(xt)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(dx1, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in (("weight_ih", module.weight_ih_l0), ("weight_hh", module.weight_hh_l0),
+                    ("bias_ih", module.bias_ih_l0), ("bias_hh", module.bias_hh_l0)):
+        np.testing.assert_allclose(g1[name], p.grad.numpy(), rtol=1e-10, atol=1e-11)

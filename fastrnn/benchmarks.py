@@ -1,0 +1,343 @@
+"""Benchmarks against PyTorch: the kernel cases (one recurrent layer, forward and
+forward+backward), timed in the same run as PyTorch and as the machine's large-GEMM rate.
+
+    rows = run_kernel_benchmarks(threads=2)
+    print(format_table(rows))
+
+or ``fastrnn bench [--quick] [--threads N] [--cases kernels]`` (:func:`main`). The same cases
+drive the pytest-benchmark suite in ``bench/``.
+
+A case is a :class:`Case`: a name, a group (fastrnn and torch rows of one case share it), a
+factory that prepares inputs and returns the zero-argument callable to time for fastrnn,
+the same for torch (None where a case has no torch counterpart), and the GEMM flop count of
+one call. New kinds of cases (training steps, generation) only need a function returning
+more Cases and an entry in :data:`CASE_SETS`.
+"""
+import argparse
+import contextlib
+import gc
+import statistics
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import functional as F
+from . import threads as _threads
+from .cells import get_cell
+
+# (batch, steps, input, hidden)
+KERNEL_SIZES = [(32, 64, 128, 256), (64, 100, 512, 512), (256, 50, 256, 256), (1, 100, 512, 512)]
+KERNEL_CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
+KERNEL_MODES = ["forward", "forward+backward"]
+TORCH_MISSING = "n/a (torch not installed)"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case. The factories do all setup (inputs, weights, modules) and return
+    the callable to time; they are called once per run, outside the timed region."""
+    name: str
+    group: str
+    make_fastrnn: Callable[[], Callable[[], object]]
+    make_torch: Optional[Callable[[], Callable[[], object]]]
+    flops: float
+    params: dict = field(default_factory=dict)
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---- kernel cases ---------------------------------------------------------------------------
+
+def kernel_flops(cell, mode, B, T, I, H):
+    """GEMM flops of one call: forward 2*T*B*G*H*(I+H) (input projection and recurrence);
+    backward twice that (dx and dW_ih, dh and dW_hh)."""
+    fwd = 2.0 * T * B * get_cell(cell).gates * H * (I + H)
+    return fwd if mode == "forward" else 3.0 * fwd
+
+
+def _kernel_inputs(cell, B, T, I, H, dtype, seed=0):
+    """Inputs, weights (PyTorch's default init range) and an output gradient, as numpy."""
+    rng = np.random.default_rng(seed)
+    GH = get_cell(cell).gates * H
+    bound = 1.0 / np.sqrt(H)
+    weights = [rng.uniform(-bound, bound, shape).astype(dtype)
+               for shape in ((GH, I), (GH, H), (GH,), (GH,))]
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    return x, weights, dy
+
+
+def _fastrnn_kernel(cell, mode, B, T, I, H, dtype):
+    def factory():
+        x, (w_ih, w_hh, b_ih, b_hh), dy = _kernel_inputs(cell, B, T, I, H, dtype)
+        if mode == "forward":
+            return lambda: F.recurrent_forward(cell, x, w_ih, w_hh, b_ih, b_hh)
+
+        def step():
+            _, _, ws = F.recurrent_forward(cell, x, w_ih, w_hh, b_ih, b_hh)
+            return F.recurrent_backward(ws, dy)
+        return step
+    return factory
+
+
+def _torch_kernel(cell, mode, B, T, I, H, dtype):
+    def factory():
+        import torch
+        x, weights, dy = _kernel_inputs(cell, B, T, I, H, dtype)
+        tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+        if cell.startswith("rnn_"):
+            module = torch.nn.RNN(I, H, nonlinearity=cell[4:])
+        else:
+            module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H)
+        module = module.to(tdtype)
+        with torch.no_grad():
+            for p, w in zip((module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
+                             module.bias_hh_l0), weights):
+                p.copy_(torch.from_numpy(w))
+        # x requires grad in both modes: fastrnn's forward always records what backward
+        # needs, so torch's forward is timed as a training forward too, and backward
+        # computes dx as fastrnn's does.
+        xt = torch.from_numpy(x).requires_grad_(True)
+        dyt = torch.from_numpy(dy)
+        if mode == "forward":
+            return lambda: module(xt)
+
+        def step():
+            module.zero_grad(set_to_none=True)
+            xt.grad = None
+            y, _ = module(xt)
+            y.backward(dyt)
+        return step
+    return factory
+
+
+def kernel_cases(cells=None, sizes=None, modes=None, dtype=np.float32):
+    """The kernel cases: every cell x size x mode."""
+    cases = []
+    for cell in cells or KERNEL_CELLS:
+        get_cell(cell)
+        for (B, T, I, H) in sizes or KERNEL_SIZES:
+            for mode in modes or KERNEL_MODES:
+                group = f"{cell}-{mode}-B{B}T{T}I{I}H{H}"
+                cases.append(Case(
+                    name=group, group=group,
+                    make_fastrnn=_fastrnn_kernel(cell, mode, B, T, I, H, dtype),
+                    make_torch=_torch_kernel(cell, mode, B, T, I, H, dtype),
+                    flops=kernel_flops(cell, mode, B, T, I, H),
+                    params=dict(kind="kernel", cell=cell, mode=mode, B=B, T=T, I=I, H=H,
+                                dtype=np.dtype(dtype).name)))
+    return cases
+
+
+# Named case sets for --cases; later sets (training step, generation) go here too.
+CASE_SETS = {"kernels": kernel_cases}
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def thread_settings(threads):
+    """fastrnn, BLAS and torch all on ``threads`` threads inside the block."""
+    from threadpoolctl import threadpool_limits
+    saved_fastrnn = _threads._num_threads
+    saved_torch = None
+    if torch_available():
+        import torch
+        saved_torch = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    _threads.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            yield
+    finally:
+        _threads._num_threads = saved_fastrnn
+        if saved_torch is not None:
+            import torch
+            torch.set_num_threads(saved_torch)
+
+
+def gemm_rate(n=2048, dtype=np.float32, repeat=3):
+    """The machine's large-GEMM rate in GFLOP/s: the best of ``repeat`` n x n x n products
+    through numpy (its BLAS, with whatever thread limit is in force)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    out = np.empty((n, n), dtype)
+    np.dot(a, b, out=out)
+    best = min(_timed(lambda: np.dot(a, b, out=out)) for _ in range(max(1, repeat)))
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _fastrnn_peak_bytes(fn):
+    """Peak of numpy allocations made during one call (tracemalloc sees numpy's buffers)."""
+    gc.collect()
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = fn()
+        peak = tracemalloc.get_traced_memory()[1] - base
+        del result
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+    return peak
+
+
+def _torch_peak_bytes(fn):
+    """Peak of torch's CPU allocations during one call, from the profiler's memory records
+    (allocations and frees in time order); None where the profiler cannot say."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = fn()
+            del result
+        records = sorted((e.start_ns(), e.nbytes())
+                         for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    except Exception:   # profiler API differences between torch versions
+        return None
+    running = peak = 0
+    for _, nbytes in records:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+def run_case(case, repeat=5, memory=True, with_torch=True):
+    """Time one case: fastrnn and torch alternately, ``repeat`` times each after a warm-up
+    call, keeping the best (the least disturbed by other load) and the median."""
+    fr = case.make_fastrnn()
+    tc = None
+    torch_note = None
+    if with_torch and case.make_torch is not None:
+        if torch_available():
+            tc = case.make_torch()
+        else:
+            torch_note = TORCH_MISSING
+    elif case.make_torch is None:
+        torch_note = "n/a"
+    else:
+        torch_note = "n/a (skipped)"
+    fr()
+    if tc is not None:
+        tc()
+    fr_times, tc_times = [], []
+    for _ in range(max(1, repeat)):
+        fr_times.append(_timed(fr))
+        if tc is not None:
+            tc_times.append(_timed(tc))
+    row = dict(case=case.name, group=case.group, **case.params, flops=case.flops,
+               fastrnn_s=min(fr_times), fastrnn_median_s=statistics.median(fr_times),
+               torch_s=min(tc_times) if tc_times else None,
+               torch_median_s=statistics.median(tc_times) if tc_times else None,
+               torch_note=torch_note)
+    row["ratio"] = row["torch_s"] / row["fastrnn_s"] if row["torch_s"] else None
+    row["gflops"] = case.flops / row["fastrnn_s"] / 1e9
+    row["fastrnn_peak_bytes"] = _fastrnn_peak_bytes(fr) if memory else None
+    row["torch_peak_bytes"] = _torch_peak_bytes(tc) if (memory and tc is not None) else None
+    return row
+
+
+def run_kernel_benchmarks(cases=None, threads=2, repeat=5, quick=False, memory=True,
+                          with_torch=True, progress=None):
+    """Run benchmark cases (default: all kernel cases) and return one dict per case.
+
+    Each row has: case, group, the case's params, flops, fastrnn_s / torch_s (best of
+    ``repeat``; torch_s None with torch_note saying why), ratio (torch_s / fastrnn_s: > 1
+    means fastrnn is faster), gflops (achieved GEMM GFLOP/s of fastrnn), gemm_gflops (the
+    machine's large-GEMM rate measured in the same run), gemm_share (gflops over it),
+    threads, and fastrnn_peak_bytes / torch_peak_bytes (None where not measured).
+    ``quick`` times each case twice and measures the GEMM rate once, for smoke tests.
+    """
+    if cases is None:
+        cases = kernel_cases()
+    if quick:
+        repeat = min(repeat, 2)
+    rows = []
+    with thread_settings(threads):
+        rate = gemm_rate(repeat=1 if quick else 3)
+        for i, case in enumerate(cases):
+            if progress:
+                progress(f"[{i + 1}/{len(cases)}] {case.name}")
+            row = run_case(case, repeat=repeat, memory=memory, with_torch=with_torch)
+            row.update(threads=threads, gemm_gflops=rate, gemm_share=row["gflops"] / rate)
+            rows.append(row)
+    return rows
+
+
+# ---- reporting ------------------------------------------------------------------------------
+
+COLUMNS = ["case", "fastrnn ms", "torch ms", "ratio", "GFLOP/s", "GEMM share",
+           "fastrnn MiB", "torch MiB"]
+
+
+def _mib(nbytes):
+    return "n/a" if nbytes is None else f"{nbytes / 2 ** 20:.1f}"
+
+
+def format_table(rows):
+    """A plain-text table of benchmark rows (ratio = torch time / fastrnn time)."""
+    body = []
+    for r in rows:
+        torch_ms = f"{r['torch_s'] * 1e3:.2f}" if r["torch_s"] is not None else (r["torch_note"] or "n/a")
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "n/a"
+        body.append([r["case"], f"{r['fastrnn_s'] * 1e3:.2f}", torch_ms, ratio,
+                     f"{r['gflops']:.1f}", f"{100 * r['gemm_share']:.0f}%",
+                     _mib(r["fastrnn_peak_bytes"]), _mib(r["torch_peak_bytes"])])
+    widths = [max(len(c), *(len(line[i]) for line in body)) if body else len(c)
+              for i, c in enumerate(COLUMNS)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)   # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    lines = [fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(line) for line in body]
+    if rows:
+        r = rows[0]
+        lines.append(f"threads {r['threads']}; large-GEMM rate (numpy sgemm 2048^3) "
+                     f"{r['gemm_gflops']:.1f} GFLOP/s; ratio = torch / fastrnn (> 1: fastrnn faster); "
+                     f"times are the best of the repeats")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """``fastrnn bench [--quick] [--threads N] [--cases kernels] [--repeat R]``."""
+    parser = argparse.ArgumentParser(prog="fastrnn bench",
+                                     description="Benchmark fastrnn against PyTorch.")
+    parser.add_argument("--quick", action="store_true",
+                        help="time each case twice (a smoke test, not a measurement)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for fastrnn, BLAS and torch")
+    parser.add_argument("--cases", default="kernels",
+                        help=f"comma-separated case sets: {', '.join(CASE_SETS)}")
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls per case (best is kept)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    args = parser.parse_args(argv)
+    cases = []
+    for name in args.cases.split(","):
+        if name not in CASE_SETS:
+            parser.error(f"unknown case set {name!r}; choose from {', '.join(CASE_SETS)}")
+        cases += CASE_SETS[name]()
+    rows = run_kernel_benchmarks(cases, threads=args.threads, repeat=args.repeat,
+                                 quick=args.quick, memory=not args.no_memory,
+                                 progress=lambda msg: print(msg, flush=True))
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

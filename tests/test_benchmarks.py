@@ -1,0 +1,68 @@
+"""fastrnn.benchmarks: the rows and the table (no timing assertions)."""
+import contextlib
+
+import numpy as np
+import pytest
+
+from fastrnn import benchmarks
+
+
+@pytest.fixture
+def tiny_case():
+    return benchmarks.kernel_cases(cells=["lstm"], sizes=[(2, 3, 4, 5)],
+                                   modes=["forward+backward"])
+
+
+def test_kernel_cases_cover_cells_sizes_and_modes():
+    cases = benchmarks.kernel_cases()
+    assert len(cases) == len(benchmarks.KERNEL_CELLS) * len(benchmarks.KERNEL_SIZES) * 2
+    assert len({c.group for c in cases}) == len(cases)
+    lstm = [c for c in cases if c.params["cell"] == "lstm" and c.params["B"] == 32]
+    fwd = 2 * 64 * 32 * 4 * 256 * (128 + 256)
+    assert sorted(c.flops for c in lstm) == [fwd, 3 * fwd]
+
+
+def test_run_kernel_benchmarks_rows_and_table(tiny_case):
+    rows = benchmarks.run_kernel_benchmarks(tiny_case, threads=1, quick=True)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["case"] == "lstm-forward+backward-B2T3I4H5" and row["threads"] == 1
+    assert row["fastrnn_s"] > 0 and row["gflops"] > 0 and row["gemm_gflops"] > 0
+    assert row["gemm_share"] == pytest.approx(row["gflops"] / row["gemm_gflops"])
+    assert row["fastrnn_peak_bytes"] > 0
+    if benchmarks.torch_available():
+        assert row["torch_s"] > 0
+        assert row["ratio"] == pytest.approx(row["torch_s"] / row["fastrnn_s"])
+    else:
+        assert row["torch_s"] is None and row["torch_note"] == benchmarks.TORCH_MISSING
+    table = benchmarks.format_table(rows).splitlines()
+    assert table[0].split() == ["case", "fastrnn", "ms", "torch", "ms", "ratio", "GFLOP/s",
+                                "GEMM", "share", "fastrnn", "MiB", "torch", "MiB"]
+    assert table[2].split()[0] == "lstm-forward+backward-B2T3I4H5"
+    assert table[2].split()[5].endswith("%")   # GEMM share
+
+
+def test_torch_missing_is_reported(tiny_case, monkeypatch):
+    monkeypatch.setattr(benchmarks, "torch_available", lambda: False)
+    monkeypatch.setattr(benchmarks, "thread_settings", _no_thread_settings)
+    rows = benchmarks.run_kernel_benchmarks(tiny_case, threads=1, quick=True, memory=False)
+    assert rows[0]["torch_s"] is None and rows[0]["ratio"] is None
+    assert benchmarks.TORCH_MISSING in benchmarks.format_table(rows)
+
+
+def test_main_prints_the_table(capsys, monkeypatch, tiny_case):
+    monkeypatch.setitem(benchmarks.CASE_SETS, "kernels", lambda: tiny_case)
+    assert benchmarks.main(["--quick", "--threads", "1", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "lstm-forward+backward-B2T3I4H5" in out and "GEMM share" in out
+    with pytest.raises(SystemExit):
+        benchmarks.main(["--cases", "nope"])
+
+
+def test_gemm_rate_is_positive():
+    assert benchmarks.gemm_rate(n=64, dtype=np.float32, repeat=1) > 0
+
+
+@contextlib.contextmanager
+def _no_thread_settings(threads):
+    yield
