@@ -34,30 +34,9 @@ import numpy as np
 
 from ._blas cimport gemm, gemv
 from ._cells cimport cell_forward_row, gate_count
-from ._openmp cimport fr_openmp_enabled
+from ._openmp cimport fr_omp_barrier, fr_omp_team_size, fr_openmp_enabled
 
 
-cdef extern from *:
-    """
-    static void fr_omp_barrier(void) {
-    #ifdef FASTRNN_HAVE_OPENMP
-        #pragma omp barrier
-    #endif
-    }
-    """
-    void fr_omp_barrier() noexcept nogil
-
-cdef extern from *:
-    """
-    static int fr_omp_team_size(void) {
-    #ifdef FASTRNN_HAVE_OPENMP
-        return omp_get_num_threads();
-    #else
-        return 1;
-    #endif
-    }
-    """
-    int fr_omp_team_size() noexcept nogil
 
 
 ctypedef struct Pair:
@@ -258,12 +237,14 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
     nv = v1 - v0
     GL = G * nj
     # Thread scratch: gates (B, GL), recurrent gates (B, GL), GRU hn (B, nj), then the
-    # biases of this thread's units in block layout (k * nj + jj), per layer.
+    # biases of this thread's units in block layout (k * nj + jj), per layer, then a copy
+    # of one row's c_{t-1} (nj).
     cdef floating* g = <floating*>ctx.scratch + tid * ctx.scratch_stride
     cdef floating* gh = g + B * GL
     cdef floating* hn = gh + B * GL
     cdef floating* bih = hn + B * nj
     cdef floating* bhh = bih + L * GL
+    cdef floating* c_prev = bhh + L * GL
     cdef floating* hbuf = <floating*>ctx.hbuf
     cdef floating* cst = <floating*>ctx.c
     cdef floating* logits = <floating*>ctx.logits
@@ -323,9 +304,11 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
                 for b in range(lo, hi):
                     if ctx.done[b]:
                         continue
-                    memcpy(hw + b * H + j0, hp + b * H + j0, nj * sizeof(floating))
-                    cell_forward_row(kind, nj, g + b * GL, gh + b * GL, bhh + l * GL,
-                                     hw + b * H + j0,
+                    if cst != NULL:
+                        # The gate math takes c_{t-1} and c_t as distinct (restrict) arrays.
+                        memcpy(c_prev, cst + (l * B + b) * H + j0, nj * sizeof(floating))
+                    cell_forward_row(kind, nj, 0, nj, g + b * GL, gh + b * GL, bhh + l * GL,
+                                     hp + b * H + j0, hw + b * H + j0, c_prev,
                                      cst + (l * B + b) * H + j0 if cst != NULL else NULL,
                                      hn + b * nj)
                 if sync:
@@ -420,7 +403,7 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih, list w_
         xbuf[...] = np.asarray(embedding)[cur]
     logits = np.empty((B, V), dtype=dtype)
     cdef int GH = G * H
-    cdef int stride = 2 * B * GH + B * H + 2 * L * GH + 16
+    cdef int stride = 2 * B * GH + B * H + 2 * L * GH + H + 16
     scratch = np.empty(nt * stride, dtype=dtype)
     pairs_arr = np.empty(nt * V * sizeof(Pair) + 16, dtype=np.uint8)
 
