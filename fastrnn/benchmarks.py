@@ -139,7 +139,127 @@ def kernel_cases(cells=None, sizes=None, modes=None, dtype=np.float32):
 
 
 # Named case sets for --cases; later sets (training step, generation) go here too.
-CASE_SETS = {"kernels": kernel_cases}
+# ---- language-model cases -------------------------------------------------------------------
+
+# name: (vocab, embed, hidden, layers, batch, steps)
+LM_MODELS = {"char": (65, 64, 256, 2, 32, 64), "word": (10000, 200, 200, 2, 20, 35)}
+GENERATE_TOKENS = 500
+
+
+def _lm_flops(V, E, H, L, tokens):
+    """GEMM flops of forward+backward of embedding -> L-layer LSTM -> linear over ``tokens``."""
+    recurrent = sum(kernel_flops("lstm", "forward+backward", tokens, 1, E if l == 0 else H, H)
+                    for l in range(L))
+    return recurrent + 3 * 2.0 * tokens * H * V
+
+
+def _lm_batch(V, B, T, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+
+
+def _fastrnn_train_step(V, E, H, L, B, T):
+    def factory():
+        from .lm import LanguageModel
+        from .optim import Adam, clip_grad_norm
+        model = LanguageModel(V, E, H, L, seed=0)
+        opt = Adam(model.params, model.grads, lr=2e-3)
+        x, y = _lm_batch(V, B, T)
+
+        def step():
+            model.forward(x, y)
+            model.zero_grad()
+            model.backward()
+            clip_grad_norm(model.grads, 5.0)
+            opt.step()
+        return step
+    return factory
+
+
+def _torch_lm(V, E, H, L):
+    import torch
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(V, E)
+            self.rnn = torch.nn.LSTM(E, H, L)
+            self.output = torch.nn.Linear(H, V)
+
+        def forward(self, x, state=None):
+            y, state = self.rnn(self.embedding(x), state)
+            return self.output(y), state
+    return Model()
+
+
+def _torch_train_step(V, E, H, L, B, T):
+    def factory():
+        import torch
+        model = _torch_lm(V, E, H, L)
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+        x, y = (torch.from_numpy(a) for a in _lm_batch(V, B, T))
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            logits, _ = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+        return step
+    return factory
+
+
+def _fastrnn_generate(V, E, H, L, B):
+    def factory():
+        from .lm import LanguageModel
+        model = LanguageModel(V, E, H, L, seed=0)
+        prime = np.array([1])
+        return lambda: model.generate_ids(prime, GENERATE_TOKENS, num_samples=B, top_k=0, seed=0)
+    return factory
+
+
+def _torch_generate(V, E, H, L, B):
+    """The usual PyTorch sampling loop: one step of the model per token."""
+    def factory():
+        import torch
+        model = _torch_lm(V, E, H, L).eval()
+        generator = torch.Generator().manual_seed(0)
+
+        def run():
+            with torch.no_grad():
+                token = torch.ones((1, B), dtype=torch.long)
+                state = None
+                for _ in range(GENERATE_TOKENS):
+                    logits, state = model(token, state)
+                    probs = torch.softmax(logits[0], dim=-1)
+                    token = torch.multinomial(probs, 1, generator=generator).T
+        return run
+    return factory
+
+
+def lm_cases():
+    """One training step of the character and word models (Adam, clipping), and generation
+    of GENERATE_TOKENS tokens from the character model at batch 1 and 64."""
+    cases = []
+    for name, (V, E, H, L, B, T) in LM_MODELS.items():
+        group = f"train-step-{name}-V{V}E{E}H{H}L{L}-B{B}T{T}"
+        cases.append(Case(name=group, group=group,
+                          make_fastrnn=_fastrnn_train_step(V, E, H, L, B, T),
+                          make_torch=_torch_train_step(V, E, H, L, B, T),
+                          flops=_lm_flops(V, E, H, L, B * T),
+                          params=dict(kind="train-step", model=name, tokens=B * T)))
+    V, E, H, L, _, _ = LM_MODELS["char"]
+    for B in (1, 64):
+        group = f"generate-char-{GENERATE_TOKENS}-tokens-B{B}"
+        forward_flops = _lm_flops(V, E, H, L, B * GENERATE_TOKENS) / 3
+        cases.append(Case(name=group, group=group, make_fastrnn=_fastrnn_generate(V, E, H, L, B),
+                          make_torch=_torch_generate(V, E, H, L, B), flops=forward_flops,
+                          params=dict(kind="generate", model="char", tokens=B * GENERATE_TOKENS)))
+    return cases
+
+
+CASE_SETS = {"kernels": kernel_cases, "lm": lm_cases}
 
 
 # ---- measuring ------------------------------------------------------------------------------
@@ -315,13 +435,13 @@ def format_table(rows):
 
 
 def main(argv=None):
-    """``fastrnn bench [--quick] [--threads N] [--cases kernels] [--repeat R]``."""
+    """``fastrnn bench [--quick] [--threads N] [--cases kernels,lm] [--repeat R]``."""
     parser = argparse.ArgumentParser(prog="fastrnn bench",
                                      description="Benchmark fastrnn against PyTorch.")
     parser.add_argument("--quick", action="store_true",
                         help="time each case twice (a smoke test, not a measurement)")
     parser.add_argument("--threads", type=int, default=2, help="threads for fastrnn, BLAS and torch")
-    parser.add_argument("--cases", default="kernels",
+    parser.add_argument("--cases", default="kernels,lm",
                         help=f"comma-separated case sets: {', '.join(CASE_SETS)}")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per case (best is kept)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
@@ -341,3 +461,4 @@ def main(argv=None):
 if __name__ == "__main__":
     import sys
     sys.exit(main())
+

@@ -81,19 +81,14 @@ def _state_array(a, name, B, H, dtype):
     return np.array(a, dtype=dtype, order="C", copy=True)
 
 
-def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=None,
-                      reverse=False, out=None):
-    """Run one recurrent layer in one direction over a whole sequence.
+def check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh):
+    """Check the arguments of a one-layer forward (shared by the CPU and GPU engines).
 
-    cell: "rnn_tanh", "rnn_relu", "gru" or "lstm". x: (T, B, I) float32 or float64; weights
-    and state must have x's dtype. ``reverse=True`` walks each sequence from its own last
-    step. ``out`` is an optional (T, B, H) array to write y into (it may be a strided view,
-    such as one half of a bidirectional output).
-
-    Returns ``(y, state_T, workspace)``; state_T is h_T (B, H), or (h_T, c_T) for the LSTM.
+    ``xp`` is the array module (numpy or cupy). Returns ``(spec, x, w_ih, w_hh, b_ih, b_hh,
+    has_bias)`` with missing biases replaced by zeros.
     """
     spec = get_cell(cell)
-    x = np.asarray(x)
+    x = xp.asarray(x)
     dtype = as_float_dtype(x.dtype, "x.dtype")
     x = check_array(x, "x", ndim=3)
     T, B, I = x.shape
@@ -106,8 +101,26 @@ def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, len
                          f"got {w_hh.shape}")
     w_ih = check_array(w_ih, "w_ih", shape=(GH, I), dtype=dtype)
     has_bias = b_ih is not None or b_hh is not None
-    b_ih = np.zeros(GH, dtype) if b_ih is None else check_array(b_ih, "b_ih", shape=(GH,), dtype=dtype)
-    b_hh = np.zeros(GH, dtype) if b_hh is None else check_array(b_hh, "b_hh", shape=(GH,), dtype=dtype)
+    b_ih = xp.zeros(GH, dtype) if b_ih is None else check_array(b_ih, "b_ih", shape=(GH,), dtype=dtype)
+    b_hh = xp.zeros(GH, dtype) if b_hh is None else check_array(b_hh, "b_hh", shape=(GH,), dtype=dtype)
+    return spec, x, w_ih, w_hh, b_ih, b_hh, has_bias
+
+
+def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=None,
+                      reverse=False, out=None):
+    """Run one recurrent layer in one direction over a whole sequence.
+
+    cell: "rnn_tanh", "rnn_relu", "gru" or "lstm". x: (T, B, I) float32 or float64; weights
+    and state must have x's dtype. ``reverse=True`` walks each sequence from its own last
+    step. ``out`` is an optional (T, B, H) array to write y into (it may be a strided view,
+    such as one half of a bidirectional output).
+
+    Returns ``(y, state_T, workspace)``; state_T is h_T (B, H), or (h_T, c_T) for the LSTM.
+    """
+    spec, x, w_ih, w_hh, b_ih, b_hh, has_bias = check_layer_args(np, cell, x, w_ih, w_hh, b_ih, b_hh)
+    dtype = x.dtype
+    T, B, _ = x.shape
+    GH, H = w_hh.shape
     h0, c0 = _split_state(spec, state, "state")
     h = _state_array(h0, "state h", B, H, dtype)
     c = _state_array(c0, "state c", B, H, dtype) if spec.has_cell_state else None

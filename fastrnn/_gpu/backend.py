@@ -254,22 +254,11 @@ def _state_array(xp, a, name, B, H, dtype):
 
 def forward_impl(xp, ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None,
                  lengths=None, reverse=False, out=None):
-    spec = get_cell(cell)
-    x = xp.asarray(x)
-    dtype = as_float_dtype(x.dtype, "x.dtype")
-    x = check_array(x, "x", ndim=3)
+    spec, x, w_ih, w_hh, b_ih, b_hh, has_bias = _F.check_layer_args(xp, cell, x, w_ih, w_hh,
+                                                                     b_ih, b_hh)
+    dtype = x.dtype
     T, B, I = x.shape
-    if T < 1 or B < 1 or I < 1:
-        raise ValueError(f"x must have at least one step, sequence and feature, got shape {x.shape}")
-    w_hh = check_array(w_hh, "w_hh", ndim=2, dtype=dtype)
     GH, H = w_hh.shape
-    if GH != spec.gates * H:
-        raise ValueError(f"w_hh must have shape ({spec.gates} * H, H) for a {spec.name} cell, "
-                         f"got {w_hh.shape}")
-    w_ih = check_array(w_ih, "w_ih", shape=(GH, I), dtype=dtype)
-    has_bias = b_ih is not None or b_hh is not None
-    b_ih = xp.zeros(GH, dtype) if b_ih is None else check_array(b_ih, "b_ih", shape=(GH,), dtype=dtype)
-    b_hh = xp.zeros(GH, dtype) if b_hh is None else check_array(b_hh, "b_hh", shape=(GH,), dtype=dtype)
     h0, c0 = _F._split_state(spec, state, "state")
     h = _state_array(xp, h0, "state h", B, H, dtype)
     c = _state_array(xp, c0, "state c", B, H, dtype) if spec.has_cell_state else None

@@ -1,0 +1,37 @@
+"""Every benchmark case, fastrnn vs PyTorch in the same session.
+
+Cases come from fastrnn.benchmarks (the same lists `fastrnn bench` runs):
+* kernel cases: one recurrent layer, forward and forward+backward, every cell x
+  (B, T, I, H) in {(32, 64, 128, 256), (64, 100, 512, 512), (256, 50, 256, 256), (1, 100, 512, 512)};
+* language-model cases: a full training step (embedding, 2-layer LSTM, linear, softmax
+  cross-entropy, backward, clipping, Adam) of a character and a word model, and generation
+  of 500 tokens from the character model at batch 1 and 64.
+Same weights, dtype and thread count for both libraries; the two benchmarks of a case share
+a group, so --benchmark-group-by=group shows them side by side.
+"""
+import pytest
+
+from conftest import bench_threads, run_benchmark
+from fastrnn.benchmarks import kernel_cases, lm_cases, torch_available
+
+CASES = kernel_cases() + lm_cases()
+
+
+def _extra_info(benchmark, case, library):
+    benchmark.group = case.group
+    benchmark.extra_info.update(case.params, library=library, flops=case.flops,
+                                threads=bench_threads())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fastrnn(benchmark, case):
+    _extra_info(benchmark, case, "fastrnn")
+    run_benchmark(benchmark, case.make_fastrnn())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_torch(benchmark, case):
+    if not torch_available():
+        pytest.skip("torch is not installed")
+    _extra_info(benchmark, case, "torch")
+    run_benchmark(benchmark, case.make_torch())
