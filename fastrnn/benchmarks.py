@@ -161,18 +161,13 @@ def _lm_batch(V, B, T, seed=0):
 def _fastrnn_train_step(V, E, H, L, B, T):
     def factory():
         from .lm import LanguageModel
-        from .optim import Adam, clip_grad_norm
+        from .train import Trainer
         model = LanguageModel(V, E, H, L, seed=0)
-        opt = Adam(model.params, model.grads, lr=2e-3)
         x, y = _lm_batch(V, B, T)
-
-        def step():
-            model.forward(x, y)
-            model.zero_grad()
-            model.backward()
-            clip_grad_norm(model.grads, 5.0)
-            opt.step()
-        return step
+        # The Trainer's own step: forward, backward, clipping at 5, Adam.
+        trainer = Trainer(model, np.resize(x, B * (T + 1)), batch_size=B, seq_len=T,
+                          optimizer="adam", lr=2e-3, clip=5.0, max_steps=1, progress=False)
+        return lambda: trainer.train_step((x, y))
     return factory
 
 

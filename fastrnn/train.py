@@ -26,6 +26,7 @@ from . import optim
 from ._device import to_device
 from ._validation import check_int
 from .lm import LanguageModel
+from .threads import blas_single_threaded
 from .text.corpus import SentenceBatcher, StreamBatcher
 
 OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
@@ -132,12 +133,15 @@ class Trainer:
             lengths = None
         else:
             x, y, lengths = batch
-        loss, state = model.forward(x, y, self.carry, lengths)
-        model.zero_grad()
-        model.backward()
-        if self.clip is not None:
-            optim.clip_grad_norm(model.grads, self.clip)
-        self.optimizer.step()
+        # BLAS stays on one thread for the whole step: fastrnn's kernels bring their own
+        # threads, and idle BLAS workers would spin on the same cores (see fastrnn/_matmul.py).
+        with blas_single_threaded():
+            loss, state = model.forward(x, y, self.carry, lengths)
+            model.zero_grad()
+            model.backward()
+            if self.clip is not None:
+                optim.clip_grad_norm(model.grads, self.clip)
+            self.optimizer.step()
         self.carry = state if self.mode == "stream" else None
         self.step += 1
         self.tokens += int(model.loss.n_tokens)

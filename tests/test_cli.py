@@ -160,3 +160,11 @@ def test_demo_trains_reports_the_entropy_gap_and_samples(capsys):
     assert "gap" in out and "Samples" in out
     samples = out.split("Samples (temperature 1):\n")[1].rstrip("\n").splitlines()
     assert len(samples) == 5 and all(s.startswith("  ") for s in samples)
+
+
+def test_bench_options_are_handed_to_the_benchmark_runner(monkeypatch):
+    from fastrnn import benchmarks
+    received = []
+    monkeypatch.setattr(benchmarks, "main", lambda argv: received.append(argv) or 0)
+    assert main(["bench", "--repeat", "2", "--cases", "lm"]) == 0
+    assert received == [["--repeat", "2", "--cases", "lm"]]

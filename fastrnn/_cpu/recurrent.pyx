@@ -368,6 +368,28 @@ def project_inputs(const floating[:, ::1] x, const floating[:, ::1] w_ih, const 
                      <floating>1, &gates[r0, 0], GH)
 
 
+def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a,
+                  const floating[:, ::1] b, floating[:, ::1] c, floating beta,
+                  int num_threads=1):
+    """c (m, n) = op(a) @ op(b) + beta * c, the rows of c split into parts shared among the
+    OpenMP threads like project_inputs (the caller keeps BLAS single-threaded). Used for the
+    dense layers, so a training step never wakes BLAS's own thread pool."""
+    cdef int m = c.shape[0], n = c.shape[1], k = a.shape[0] if trans_a else a.shape[1]
+    cdef int lda = a.shape[1], ldb = b.shape[1], tid, nth, p, r0, r1
+    cdef int nt = max(1, num_threads), parts = max(GEMM_MIN_PARTS, nt)
+    cdef const floating* a_rows
+    with nogil, parallel(num_threads=nt):
+        tid, nth = threadid(), fr_omp_team_size()
+        for p in range(tid * parts // nth, (tid + 1) * parts // nth):
+            r0 = _split_at(m, p, parts)
+            r1 = _split_at(m, p + 1, parts)
+            if r1 > r0:
+                # Rows r0..r1 of op(a): rows of a, or columns of a when it is transposed.
+                a_rows = &a[0, r0] if trans_a else &a[r0, 0]
+                gemm(trans_a, trans_b, r1 - r0, n, k, <floating>1, a_rows, lda, &b[0, 0], ldb,
+                     beta, &c[r0, 0], n)
+
+
 def forward_loop(int kind, bint reverse, int T, int B,
                  const floating[:, ::1] w_hh, const floating[::1] b_hh,
                  floating[:, ::1] h, floating[:, ::1] c, const int64_t[::1] lengths,

@@ -3,6 +3,7 @@
 import numpy as np
 
 from .._device import to_device
+from .._matmul import matmul
 from .._validation import as_float_dtype, check_array, check_int
 from .base import Layer
 
@@ -98,7 +99,7 @@ class Linear(Layer):
         self._leading_shape = x.shape[:-1]
         # One GEMM over all leading positions (e.g. every time step of every sequence).
         self._x2d = x.reshape(-1, self.in_features)
-        y = self._x2d @ self.weight.T
+        y = matmul(self._x2d, self.weight, trans_b=True)
         if self.bias is not None:
             y += self.bias
         return y.reshape(self._leading_shape + (self.out_features,))
@@ -112,8 +113,8 @@ class Linear(Layer):
         dy = check_array(dy, "dy", dtype=self.dtype, shape=self._leading_shape + (self.out_features,))
         dy2d = dy.reshape(-1, self.out_features)
         weight_grad = self.weight_grad
-        weight_grad += dy2d.T @ self._x2d
+        matmul(dy2d, self._x2d, trans_a=True, out=weight_grad, beta=1.0)
         if self.bias is not None:
             self.grads["bias"] += dy2d.sum(axis=0)
-        dx = dy2d @ self.weight
+        dx = matmul(dy2d, self.weight)
         return dx.reshape(self._leading_shape + (self.in_features,))
