@@ -9,16 +9,8 @@ import pytest
 from fastrnn import LanguageModel, checkpoint
 from fastrnn.cli import main
 
-TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 40
 TINY = ["--embed", "8", "--hidden", "16", "--layers", "1", "--batch", "4", "--seq-len", "16",
         "--no-progress"]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
 
 
 @pytest.fixture

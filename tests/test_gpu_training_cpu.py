@@ -225,16 +225,8 @@ def test_language_model_to_cuda_without_cupy_leaves_the_model_on_the_cpu(monkeyp
 
 # ---- the command line -------------------------------------------------------------------
 
-TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 20
 TINY = ["--embed", "8", "--hidden", "8", "--layers", "1", "--batch", "4", "--seq-len", "8",
         "--no-progress"]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "eval", "demo"])
