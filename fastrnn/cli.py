@@ -261,7 +261,9 @@ def cmd_info(args):
 
 # ---- parser -------------------------------------------------------------------------------
 
-def _add_device(parser):
+def _add_runtime_options(parser):
+    """--threads and --device, shared by the commands that run a model."""
+    parser.add_argument("--threads", type=_positive_int, help="OpenMP threads (default: all cores)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where to run (cuda needs CuPy and a GPU: pip install 'fastrnn[gpu]')")
 
@@ -281,8 +283,7 @@ def build_parser():
     demo.add_argument("--seq-len", type=_positive_int, default=32)
     demo.add_argument("--lr", type=_positive_float, default=1e-2)
     demo.add_argument("--eval-every", type=_positive_int, default=100)
-    demo.add_argument("--threads", type=_positive_int)
-    _add_device(demo)
+    _add_runtime_options(demo)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
 
@@ -316,8 +317,7 @@ def build_parser():
     train.add_argument("--checkpoint-every", type=_positive_int)
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
     train.add_argument("--no-progress", action="store_true")
-    train.add_argument("--threads", type=_positive_int)
-    _add_device(train)
+    _add_runtime_options(train)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=cmd_train)
 
@@ -331,16 +331,14 @@ def build_parser():
     sample.add_argument("--greedy", action="store_true")
     sample.add_argument("--num-samples", type=_positive_int, default=1)
     sample.add_argument("--stop", default=None, help="token that ends a sample")
-    sample.add_argument("--threads", type=_positive_int)
-    _add_device(sample)
+    _add_runtime_options(sample)
     sample.add_argument("--seed", type=int, default=None)
     sample.set_defaults(func=cmd_sample)
 
     ev = sub.add_parser("eval", help="score a text file: nats/token, bits, perplexity")
     ev.add_argument("model")
     ev.add_argument("file")
-    ev.add_argument("--threads", type=_positive_int)
-    _add_device(ev)
+    _add_runtime_options(ev)
     ev.set_defaults(func=cmd_eval)
 
     info = sub.add_parser("info", help="describe a model file")

@@ -73,12 +73,23 @@ def _split_state(cell, state, name):
     return state, None
 
 
-def _state_array(a, name, B, H, dtype):
-    """A fresh contiguous (B, H) copy (the kernels update states in place), zeros for None."""
+def _state_array(a, name, B, H, dtype, xp=np):
+    """A fresh contiguous (B, H) copy (the kernels update states in place), zeros for None.
+    ``xp``: the array module (numpy, or cupy for the GPU engine)."""
     if a is None:
-        return np.zeros((B, H), dtype=dtype)
+        return xp.zeros((B, H), dtype=dtype)
     a = check_array(a, name, ndim=2, shape=(B, H), dtype=dtype, contiguous=False)
-    return np.array(a, dtype=dtype, order="C", copy=True)
+    return xp.array(a, dtype=dtype, order="C", copy=True)
+
+
+def new_weight_grads(ws, xp=np):
+    """Zeroed gradient arrays for the weights (and biases) of a forward's workspace."""
+    grads = {"weight_ih": xp.zeros_like(ws.w_ih), "weight_hh": xp.zeros_like(ws.w_hh)}
+    if ws.has_bias:
+        GH = ws.w_hh.shape[0]
+        grads["bias_ih"] = xp.zeros(GH, ws.w_hh.dtype)
+        grads["bias_hh"] = xp.zeros(GH, ws.w_hh.dtype)
+    return grads
 
 
 def check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh):
@@ -195,10 +206,7 @@ def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
         # Outputs are allocated only now, after the loop has freed its packed copy of W_hh,
         # so that the two never coexist (peak memory).
         if grads is None:
-            grads = {"weight_ih": np.zeros_like(ws.w_ih), "weight_hh": np.zeros_like(ws.w_hh)}
-            if ws.has_bias:
-                grads["bias_ih"] = np.zeros(GH, dtype)
-                grads["bias_hh"] = np.zeros(GH, dtype)
+            grads = new_weight_grads(ws)
         if dx_out is None:
             dx_out = np.zeros((T, B, I), dtype=dtype)
         _kernels.weight_grads(spec.kind, ws.reverse, T, B, ws.x, ws.w_ih, ws.h0, ws.y, ws.gates,

@@ -17,6 +17,7 @@ trains there: batches are cut on the host and copied over by the model, the carr
 stays on the device, and checkpoints hold host copies of it and of the optimizer buffers,
 restored to the model's device on resume (so a checkpoint loads on either device).
 """
+import collections
 import math
 import time
 
@@ -156,7 +157,7 @@ class Trainer:
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress,
                    unit="step", dynamic_ncols=True, mininterval=0.5)
         self.model.train()
-        recent = []
+        recent = collections.deque(maxlen=50)   # the last losses, for the progress bar
         try:
             while not self._should_stop():
                 epoch = self.batcher.epoch
@@ -166,7 +167,7 @@ class Trainer:
                 started = time.perf_counter()
                 loss = self.train_step(batch)
                 self.train_seconds += time.perf_counter() - started
-                recent = (recent + [loss])[-50:]
+                recent.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(recent):.3f}",
                                 tok_s=f"{self.tokens / max(self.train_seconds, 1e-9):,.0f}",

@@ -47,17 +47,14 @@ def test_results_do_not_depend_on_thread_count(cell, rng):
     x = rng.normal(size=(T, 9, I))
     dy = rng.normal(size=(T, 9, 2 * H))
     lengths = rng.integers(1, T + 1, size=9)
-    results = []
-    try:
-        for n in (1, 2):
-            fastrnn.set_num_threads(n)
-            layer = make()
-            y, _ = layer.forward(x, lengths=lengths)
-            dx, _ = layer.backward(dy)
-            results.append((y, dx, layer.grads))
-    finally:
-        fastrnn.set_num_threads(None)
-    (y1, dx1, g1), (y2, dx2, g2) = results
+
+    def run():
+        layer = make()
+        y, _ = layer.forward(x, lengths=lengths)
+        dx, _ = layer.backward(dy)
+        return y, dx, layer.grads
+
+    (y1, dx1, g1), (y2, dx2, g2) = _with_1_and_2_threads(run)
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(dx1, dx2)
     for name in g1:
@@ -203,6 +200,18 @@ def test_show_config_reports_threads_and_blas(capsys):
         fastrnn.set_num_threads(0)
 
 
+def _with_1_and_2_threads(run):
+    """[run() on 1 thread, run() on 2 threads], restoring the default afterwards."""
+    results = []
+    try:
+        for n in (1, 2):
+            fastrnn.set_num_threads(n)
+            results.append(run())
+    finally:
+        fastrnn.set_num_threads(None)
+    return results
+
+
 def _forward_backward(cell, x, w, dy, lengths, reverse, dtype):
     y, state, ws = F.recurrent_forward(cell, x, *w, lengths=lengths, reverse=reverse)
     dx, dstate0, grads = F.recurrent_backward(ws, dy)
@@ -223,14 +232,8 @@ def test_both_time_loop_splits_are_thread_count_independent(cell, B, rng):
     dy = rng.normal(size=(Ts, B, Hs))
     lengths = rng.integers(1, Ts + 1, size=B)
     for reverse in (False, True):
-        results = []
-        try:
-            for n in (1, 2):
-                fastrnn.set_num_threads(n)
-                results.append(_forward_backward(cell, x, w, dy, lengths, reverse, np.float64))
-        finally:
-            fastrnn.set_num_threads(None)
-        (y1, dx1, g1), (y2, dx2, g2) = results
+        (y1, dx1, g1), (y2, dx2, g2) = _with_1_and_2_threads(
+            lambda: _forward_backward(cell, x, w, dy, lengths, reverse, np.float64))
         np.testing.assert_array_equal(y1, y2)
         np.testing.assert_array_equal(dx1, dx2)
         for name in g1:
@@ -279,14 +282,8 @@ def test_long_sequences_split_weight_gradients_along_time(cell, rng):
     w = [rng.normal(scale=0.5, size=s) for s in ((G * Hl, Il), (G * Hl, Hl), (G * Hl,), (G * Hl,))]
     x = rng.normal(size=(Tl, Bl, Il))
     dy = rng.normal(size=(Tl, Bl, Hl))
-    results = []
-    try:
-        for n in (1, 2):
-            fastrnn.set_num_threads(n)
-            results.append(_forward_backward(cell, x, w, dy, None, False, np.float64))
-    finally:
-        fastrnn.set_num_threads(None)
-    (y1, dx1, g1), (y2, dx2, g2) = results
+    (y1, dx1, g1), (y2, dx2, g2) = _with_1_and_2_threads(
+        lambda: _forward_backward(cell, x, w, dy, None, False, np.float64))
     for name in g1:
         np.testing.assert_array_equal(g1[name], g2[name])
     module = (torch.nn.RNN(Il, Hl, nonlinearity=cell[4:]) if cell.startswith("rnn")

@@ -9,19 +9,12 @@ from fastrnn.layers.linear import Linear
 from fastrnn.layers.loss import SoftmaxCrossEntropy
 from fastrnn.optim import SGD
 
+import helpers
+
 
 def numerical_gradient(f, x, eps=1e-6):
-    """Central differences of the scalar ``f()`` w.r.t. every element of ``x`` (perturbed in place)."""
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        original = x[index]
-        x[index] = original + eps
-        plus = f()
-        x[index] = original - eps
-        minus = f()
-        x[index] = original
-        grad[index] = (plus - minus) / (2 * eps)
-    return grad
+    """Central differences of the scalar ``f()`` w.r.t. every element of ``x``."""
+    return helpers.numerical_gradient(f, x, range(x.size), eps).reshape(x.shape)
 
 
 def assert_gradients_match(analytic, numeric, tol=1e-6):

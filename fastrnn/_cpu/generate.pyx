@@ -162,10 +162,12 @@ cdef int64_t _sample_row(const floating* logits, int V, const uint8_t* banned, b
             cum += pairs[i].p
             if cum >= target:
                 n = i + 1
+                total = cum   # the nucleus's mass, summed in the same order as the draw below
                 break
-    total = 0
-    for i in range(n):
-        total += pairs[i].p
+    else:
+        total = 0
+        for i in range(n):
+            total += pairs[i].p
     target = u * total
     cum = 0
     for i in range(n):

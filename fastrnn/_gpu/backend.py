@@ -31,8 +31,7 @@ import numpy as np
 
 from .. import functional as _F
 from .._device import is_device_array
-from .._validation import as_float_dtype, check_array
-from ..cells import get_cell
+from .._validation import check_array
 from . import require_gpu
 
 KERNEL_SOURCE = Path(__file__).with_name("kernels.cu")
@@ -245,13 +244,6 @@ def _host_lengths(lengths, T, B):
     return _F._check_lengths(lengths, T, B)
 
 
-def _state_array(xp, a, name, B, H, dtype):
-    if a is None:
-        return xp.zeros((B, H), dtype=dtype)
-    a = check_array(a, name, ndim=2, shape=(B, H), dtype=dtype, contiguous=False)
-    return xp.array(a, dtype=dtype, order="C", copy=True)
-
-
 def forward_impl(xp, ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None,
                  lengths=None, reverse=False, out=None):
     spec, x, w_ih, w_hh, b_ih, b_hh, has_bias = _F.check_layer_args(xp, cell, x, w_ih, w_hh,
@@ -260,8 +252,8 @@ def forward_impl(xp, ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None,
     T, B, I = x.shape
     GH, H = w_hh.shape
     h0, c0 = _F._split_state(spec, state, "state")
-    h = _state_array(xp, h0, "state h", B, H, dtype)
-    c = _state_array(xp, c0, "state c", B, H, dtype) if spec.has_cell_state else None
+    h = _F._state_array(h0, "state h", B, H, dtype, xp)
+    c = _F._state_array(c0, "state c", B, H, dtype, xp) if spec.has_cell_state else None
     lens = _host_lengths(lengths, T, B)
     steps = T if lens is None else int(lens.max())
     if out is None:
@@ -324,14 +316,11 @@ def backward_impl(xp, ops, ws, dy=None, dstate=None, grads=None, dx_out=None):
         except ValueError:
             dy_rows = _rows(xp, xp.ascontiguousarray(dy), "dy")
     dh0, dc0 = _F._split_state(spec, dstate, "dstate")
-    dh = _state_array(xp, dh0, "dstate h", B, H, dtype)
-    dc = _state_array(xp, dc0, "dstate c", B, H, dtype) if spec.has_cell_state else None
+    dh = _F._state_array(dh0, "dstate h", B, H, dtype, xp)
+    dc = _F._state_array(dc0, "dstate c", B, H, dtype, xp) if spec.has_cell_state else None
 
     if grads is None:
-        grads = {"weight_ih": xp.zeros_like(ws.w_ih), "weight_hh": xp.zeros_like(ws.w_hh)}
-        if ws.has_bias:
-            grads["bias_ih"] = xp.zeros(GH, dtype)
-            grads["bias_hh"] = xp.zeros(GH, dtype)
+        grads = _F.new_weight_grads(ws, xp)
     if dx_out is None:
         dx_out = xp.zeros((T, B, I), dtype=dtype)
     elif dx_out.shape != (T, B, I) or dx_out.dtype != dtype or not dx_out.flags.c_contiguous \
