@@ -45,3 +45,20 @@ def gradient_check_error(loss_fn, array, analytic, rng, samples=12, eps=1e-6):
     exact = np.asarray(analytic).reshape(-1)[indices]
     denom = np.linalg.norm(numeric) + np.linalg.norm(exact)
     return 0.0 if denom == 0 else float(np.linalg.norm(numeric - exact) / denom)
+
+
+def run_python(args, cwd, **kwargs):
+    """Run ``python *args`` in a child process that imports the same fastrnn as this one.
+
+    ``cwd`` should be outside the source tree: ``python -m``/``-c`` put the working directory
+    first on sys.path, and a checkout's ``fastrnn/`` has no compiled extensions unless built
+    in place. PYTHONPATH names the directory this process imported fastrnn from.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import fastrnn
+
+    env = dict(os.environ, PYTHONPATH=str(Path(fastrnn.__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, **kwargs)

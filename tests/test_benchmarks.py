@@ -1,5 +1,6 @@
 """fastrnn.benchmarks: the rows and the table (no timing assertions)."""
 import contextlib
+import re
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def test_run_kernel_benchmarks_rows_and_table(tiny_case):
     assert table[0].split() == ["case", "fastrnn", "ms", "torch", "ms", "ratio", "GFLOP/s",
                                 "GEMM", "share", "fastrnn", "MiB", "torch", "MiB"]
     assert table[2].split()[0] == "lstm-forward+backward-B2T3I4H5"
-    assert table[2].split()[5].endswith("%")   # GEMM share
+    assert re.search(r"\s\d+%\s", table[2])   # GEMM share (the torch column may say "n/a (...)")
 
 
 def test_torch_missing_is_reported(tiny_case, monkeypatch):

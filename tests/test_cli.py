@@ -1,13 +1,12 @@
 """The ``fastrnn`` command line: a real (tiny) run end to end, and every user-error path."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from fastrnn import LanguageModel, checkpoint
 from fastrnn.cli import main
+from helpers import run_python
 
 TINY = ["--embed", "8", "--hidden", "16", "--layers", "1", "--batch", "4", "--seq-len", "16",
         "--no-progress"]
@@ -137,8 +136,8 @@ def test_resume_from_a_model_without_training_state(capsys, tmp_path, corpus):
 
 
 def test_python_dash_m_reports_errors_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fastrnn", "sample", str(tmp_path / "x.npz")],
-                            capture_output=True, text=True)
+    result = run_python(["-m", "fastrnn", "sample", str(tmp_path / "x.npz")], cwd=tmp_path,
+                        capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"fastrnn: error: model file not found: {tmp_path / 'x.npz'}"
     assert main(["--version"]) == 0

@@ -20,7 +20,7 @@ from fastrnn import _device, _gpu
 from fastrnn import functional as F
 from fastrnn._gpu import backend as GB
 from gpu_reference_ops import ReferenceOps
-from helpers import assert_close
+from helpers import assert_close, run_python
 
 T, B, I, H = 6, 5, 4, 3
 LENGTHS = [6, 1, 3, 2, 5]
@@ -217,10 +217,10 @@ def test_gpu_available_never_raises(monkeypatch):
         _gpu.require_gpu()
 
 
-def test_importing_fastrnn_does_not_import_cupy():
+def test_importing_fastrnn_does_not_import_cupy(tmp_path):
     code = ("import sys, fastrnn, fastrnn._gpu, fastrnn._gpu.backend; "
             "fastrnn.LSTM(3, 4).to('cpu'); assert 'cupy' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_python(["-c", code], cwd=tmp_path, check=True)
 
 
 def test_device_helpers():
