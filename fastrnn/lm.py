@@ -9,7 +9,7 @@ import numpy as np
 from . import checkpoint
 from ._device import get_array_module, normalize_device, to_device
 from ._validation import as_float_dtype, check_int, check_token_ids
-from .cells import get_cell
+from .cells import get_cell, param_names, param_shapes
 from .layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
 from .layers.recurrent import RecurrentLayer
 from .text.corpus import SentenceBatcher
@@ -328,10 +328,14 @@ class LanguageModel:
         """Write the model (config, vocabulary, parameters) to ``path`` atomically.
 
         ``extra``: optional nested dict (e.g. a trainer's state) stored alongside; arrays in it
-        are kept exactly (they must be NumPy arrays). Read it back with
+        are kept exactly (they must be NumPy arrays of a bool, integer or real float dtype:
+        anything else raises TypeError before the file is touched). Read it back with
         ``LanguageModel.load(path, with_extra=True)``. A GPU model writes host copies of its
-        parameters, so the file loads anywhere.
+        parameters, so the file loads anywhere. A model beyond the limits a model file may
+        declare (``MAX_VOCAB_SIZE``, ``MAX_WIDTH``, ``MAX_LAYERS``, ``MAX_PARAMETERS``) raises
+        ValueError, since it could not be loaded back.
         """
+        _check_config(self.config())
         extra_tree, extra_arrays = checkpoint.split_tree(extra, "extra")
         header = {"config": self.config(),
                   "vocab": None if self.vocab is None else self.vocab.to_dict(),
@@ -343,13 +347,18 @@ class LanguageModel:
     def load(cls, path, with_extra=False, device="cpu"):
         """Read a model written by :meth:`save` and place it on ``device``. Raises
         FileNotFoundError or :class:`fastrnn.checkpoint.CheckpointError` (a ValueError) with
-        the reason (and RuntimeError from ``require_gpu`` for an unusable "cuda")."""
+        the reason (and RuntimeError from ``require_gpu`` for an unusable "cuda").
+
+        The file is checked before anything is built: the header's config within the limits
+        a model file may declare (``MAX_VOCAB_SIZE``, ``MAX_WIDTH``, ``MAX_LAYERS``,
+        ``MAX_PARAMETERS``), and every parameter array present with exactly the shape and
+        dtype the config implies (see :func:`fastrnn.checkpoint.load` for the file checks).
+        """
         device = normalize_device(device)
-        header, arrays = checkpoint.load(path, MODEL_KIND)
+        header, arrays = checkpoint.load(path, MODEL_KIND, check=_check_model_file)
         try:
-            config = dict(header["config"])
             vocab = None if header.get("vocab") is None else vocab_from_dict(header["vocab"])
-            model = cls(vocab=vocab, **config) if vocab is not None else cls(**config)
+            model = cls(vocab=vocab, **header["config"])
             model.load_state_dict({k[len("params/"):]: v for k, v in arrays.items()
                                    if k.startswith("params/")})
             extra = checkpoint.join_tree(header.get("extra"), arrays)
@@ -367,3 +376,88 @@ class LanguageModel:
                 f"dropout={self.dropout}, tie_weights={self.tie_weights}, "
                 f"params={self.num_params():,}"
                 + ("" if self.device == "cpu" else f", device={self.device!r}") + ")")
+
+
+# ---- what a model file may declare ---------------------------------------------------------
+
+MAX_VOCAB_SIZE = 2**21
+"""Largest vocabulary a model file may declare (2,097,152 tokens)."""
+MAX_WIDTH = 2**16
+"""Largest ``embed_size`` / ``hidden_size`` a model file may declare (65,536)."""
+MAX_LAYERS = 256
+"""Most recurrent layers a model file may declare."""
+MAX_PARAMETERS = 2**32
+"""Most parameters a model file may declare (4,294,967,296: 16 GiB in float32)."""
+
+_CONFIG_KEYS = ("vocab_size", "embed_size", "hidden_size", "num_layers", "cell", "dropout",
+                "tie_weights", "seed", "dtype")
+
+
+def parameter_shapes(config):
+    """``{name: shape}`` of the parameters of a model with this ``config()``, computed without
+    building it (the names of ``LanguageModel.params``)."""
+    V, E, H = config["vocab_size"], config["embed_size"], config["hidden_size"]
+    cell = get_cell(config["cell"])
+    shapes = {"embedding.weight": (V, E)}
+    for layer in range(config["num_layers"]):
+        in_size = E if layer == 0 else H
+        for name, shape in zip(param_names(layer, False), param_shapes(cell, in_size, H)):
+            shapes[f"rnn.{name}"] = shape
+    if not config["tie_weights"]:
+        shapes["output.weight"] = (V, H)
+    shapes["output.bias"] = (V,)
+    return shapes
+
+
+def _check_config(config):
+    """Validate a model ``config()`` read from a file (types, ranges, the limits above)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict, got {type(config).__name__}")
+    if set(config) != set(_CONFIG_KEYS):
+        raise ValueError(f"config must have the keys {sorted(_CONFIG_KEYS)}, got {sorted(config)}")
+    for key, limit in (("vocab_size", MAX_VOCAB_SIZE), ("embed_size", MAX_WIDTH),
+                       ("hidden_size", MAX_WIDTH), ("num_layers", MAX_LAYERS)):
+        value = check_int(config[key], f"config {key}", 1)
+        if value > limit:
+            raise ValueError(f"config {key} is {value:,}, more than the {limit:,} a model file "
+                             "may declare")
+    get_cell(config["cell"])
+    dropout = config["dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"config dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(config["tie_weights"], bool):
+        raise ValueError(f"config tie_weights must be true or false, got {config['tie_weights']!r}")
+    if config["tie_weights"] and config["embed_size"] != config["hidden_size"]:
+        raise ValueError("config tie_weights needs embed_size == hidden_size")
+    check_int(config["seed"], "config seed", 0)
+    if config["dtype"] not in ("float32", "float64"):
+        raise ValueError(f"config dtype must be 'float32' or 'float64', got {config['dtype']!r}")
+    total = sum(int(np.prod(shape)) for shape in parameter_shapes(config).values())
+    if total > MAX_PARAMETERS:
+        raise ValueError(f"config declares {total:,} parameters, more than the "
+                         f"{MAX_PARAMETERS:,} a model file may hold")
+
+
+def _check_model_file(header, specs):
+    """``checkpoint.load`` check: the config and vocabulary in ``header`` are sane and
+    ``specs`` (name -> (shape, dtype)) holds exactly the parameters they imply."""
+    config = header.get("config")
+    _check_config(config)
+    vocab = header.get("vocab")
+    if vocab is not None:
+        tokens = vocab.get("tokens") if isinstance(vocab, dict) else None
+        if not isinstance(tokens, list) or len(tokens) != config["vocab_size"]:
+            raise ValueError(f"the vocabulary must list vocab_size={config['vocab_size']} tokens")
+    dtype = np.dtype(config["dtype"])
+    expected = {f"params/{k}": shape for k, shape in parameter_shapes(config).items()}
+    present = {k for k in specs if k.startswith("params/")}
+    missing, unexpected = sorted(set(expected) - present), sorted(present - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"parameter arrays do not match the config: missing {missing}, "
+                         f"unexpected {unexpected}")
+    for key, shape in expected.items():
+        got_shape, got_dtype = specs[key]
+        if got_dtype != dtype:
+            raise ValueError(f"{key} has dtype {got_dtype}, expected {dtype}")
+        if got_shape != shape:
+            raise ValueError(f"{key} has shape {got_shape}, expected {shape}")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import check_int, check_token_ids
+from ..checkpoint import atomic_write
 
 END_OF_SENTENCE = "</s>"
 """The token a line break becomes in word-level text (``WordVocab``'s default ``eos``)."""
@@ -55,12 +56,15 @@ class Vocab:
         tokens: the tokens in id order (unique, non-empty strings).
         unk: token that unknown tokens map to when encoding, or None to reject unknowns.
         bos, eos: optional begin/end-of-sentence tokens; like ``unk`` they must be in ``tokens``.
+        lowercase: lower-case text before tokenising (so "T" and "t", or "The" and "the",
+            share an id). Saved with the vocabulary, so every text it encodes later (a model's
+            evaluation text, a sampling prime) is lower-cased the same way.
     """
 
     kind = ""
     """Name stored in ``to_dict()["kind"]``; set by each subclass."""
 
-    def __init__(self, tokens, *, unk=None, bos=None, eos=None):
+    def __init__(self, tokens, *, unk=None, bos=None, eos=None, lowercase=False):
         if isinstance(tokens, str) or not hasattr(tokens, "__iter__"):
             raise TypeError(f"tokens must be a list of str, got {type(tokens).__name__}")
         tokens = list(tokens)
@@ -82,6 +86,9 @@ class Vocab:
         if len(set(given)) != len(given):
             raise ValueError(f"unk, bos and eos must be different tokens, got {named}")
         self.unk, self.bos, self.eos = unk, bos, eos
+        if not isinstance(lowercase, bool):
+            raise TypeError(f"lowercase must be a bool, got {type(lowercase).__name__}")
+        self.lowercase = lowercase
 
     # --- subclass hooks -------------------------------------------------------------------
 
@@ -94,8 +101,8 @@ class Vocab:
         raise NotImplementedError
 
     def _options(self):
-        """Subclass constructor keywords (beyond tokens and specials) to serialise."""
-        return {}
+        """Constructor keywords (beyond tokens and specials) to serialise."""
+        return {"lowercase": self.lowercase}
 
     # --- building -------------------------------------------------------------------------
 
@@ -221,8 +228,10 @@ class Vocab:
             raise ValueError(f"invalid {cls.kind!r} vocabulary description: {exc}") from exc
 
     def save(self, path):
-        """Write ``to_dict()`` as UTF-8 JSON to ``path``."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        """Write ``to_dict()`` as UTF-8 JSON to ``path``, atomically (encoded in full first, so
+        a failure leaves the previous file untouched)."""
+        data = json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+        atomic_write(path, lambda f: f.write(data))
 
     @classmethod
     def load(cls, path):
@@ -236,18 +245,21 @@ class CharVocab(Vocab):
     kind = "char"
 
     @classmethod
-    def build(cls, text, max_size=None, min_count=1, unk="\ufffd", specials=()):
+    def build(cls, text, max_size=None, min_count=1, unk="\ufffd", specials=(), lowercase=False):
         """Vocabulary of the characters of ``text`` (str).
 
         ``max_size`` (None = no cap) counts specials too. ``unk`` defaults to U+FFFD, the
         Unicode replacement character; pass None to make unknown characters an error.
+        ``lowercase=True`` counts (and later encodes) ``text.lower()``.
         """
-        counts = Counter(_check_text(text))
+        _check_text(text)
+        counts = Counter(text.lower() if lowercase else text)
         return cls._from_counts(counts, max_size=max_size, min_count=min_count, unk=unk,
-                                bos=None, eos=None, specials=specials)
+                                bos=None, eos=None, specials=specials, lowercase=lowercase)
 
     def tokenize(self, text):
-        return list(_check_text(text))
+        _check_text(text)
+        return list(text.lower() if self.lowercase else text)
 
     def _join(self, tokens):
         return "".join(tokens)
@@ -273,17 +285,10 @@ def tokenize_words(text, eos=END_OF_SENTENCE, lowercase=False):
 class WordVocab(Vocab):
     """Word-level vocabulary; tokenisation and the newline convention are in the module doc.
 
-    Args:
-        lowercase: lower-case text before tokenising (so "The" and "the" share an id).
+    ``lowercase`` is described in :class:`Vocab`.
     """
 
     kind = "word"
-
-    def __init__(self, tokens, *, unk=None, bos=None, eos=None, lowercase=False):
-        super().__init__(tokens, unk=unk, bos=bos, eos=eos)
-        if not isinstance(lowercase, bool):
-            raise TypeError(f"lowercase must be a bool, got {type(lowercase).__name__}")
-        self.lowercase = lowercase
 
     @classmethod
     def build(cls, text, max_size=10000, min_count=1, unk="<unk>", bos=None,
@@ -309,9 +314,6 @@ class WordVocab(Vocab):
                     pieces.append(" ")
                 pieces.append(token)
         return "".join(pieces)
-
-    def _options(self):
-        return {"lowercase": self.lowercase}
 
 
 _VOCAB_CLASSES = {cls.kind: cls for cls in (CharVocab, WordVocab)}
