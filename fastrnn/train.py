@@ -18,12 +18,14 @@ stays on the device, and checkpoints hold host copies of it and of the optimizer
 restored to the model's device on resume (so a checkpoint loads on either device).
 """
 import collections
+import copy
 import math
 import time
 
 import numpy as np
 
 from . import optim
+from .checkpoint import CheckpointError
 from ._device import to_device
 from ._validation import check_int
 from .lm import LanguageModel
@@ -241,27 +243,82 @@ class Trainer:
                 "settings": self.settings}
 
     def load_state_dict(self, state):
-        if state.get("mode") != self.mode:
-            raise ValueError(f"checkpoint was trained in {state.get('mode')!r} mode, this trainer "
-                             f"uses {self.mode!r}")
-        self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        self.train_seconds = float(state["train_seconds"])
+        """Restore a :meth:`state_dict` (e.g. from a checkpoint): all or nothing.
+
+        Everything is checked first (:func:`check_state`, then against this trainer: mode,
+        optimizer buffers' names, shapes and dtypes, schedule, batch position, generator
+        states, carried state); a malformed state raises ValueError and leaves the trainer
+        and its model untouched.
+        """
+        state = check_state(state)
+        self._check_fits(state)
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.train_seconds = state["train_seconds"]
         self.optimizer.load_state_dict(state["optimizer"])   # buffers go to their device
         if self.schedule is not None and state["schedule"] is not None:
             self.schedule.load_state_dict(state["schedule"])
         self.batcher.load_state_dict(state["batcher"])
-        self.model.set_rng_state(state["rng"])
+        self.model.set_rng_state(copy.deepcopy(state["rng"]))
         carry, device = state["carry"], self.model.device
         if isinstance(carry, list):
             self.carry = tuple(to_device(c, device) for c in carry)
         else:
             self.carry = None if carry is None else to_device(carry, device)
-        self.history = list(state["history"])
-        self.best_val = float(state["best_val"])
-        self.evals_without_improvement = int(state["evals_without_improvement"])
-        self.stopped_early = bool(state["stopped_early"])
-        self.settings = dict(state.get("settings") or {})
+        self.history = [dict(record) for record in state["history"]]
+        self.best_val = state["best_val"]
+        self.evals_without_improvement = state["evals_without_improvement"]
+        self.stopped_early = state["stopped_early"]
+        self.settings = dict(state["settings"])
         return self
+
+    def _check_fits(self, state):
+        """Raise ValueError unless ``state`` (already through :func:`check_state`) fits this
+        trainer and its model, so that applying it cannot fail half-way."""
+        if state["mode"] != self.mode:
+            raise ValueError(f"checkpoint was trained in {state['mode']!r} mode, this trainer "
+                             f"uses {self.mode!r}")
+        opt = state["optimizer"]
+        if not isinstance(opt["state"], dict) or opt["state"].keys() != self.optimizer.state.keys():
+            raise ValueError(f"trainer state optimizer buffers are for the parameters "
+                             f"{sorted(opt['state']) if isinstance(opt['state'], dict) else opt['state']!r}, "
+                             f"expected {sorted(self.optimizer.state)}")
+        for name, buffers in self.optimizer.state.items():
+            saved = opt["state"][name]
+            if not isinstance(saved, dict) or saved.keys() != buffers.keys():
+                raise ValueError(f"trainer state optimizer buffers for {name!r} must be "
+                                 f"{sorted(buffers)}")
+            for key, buf in buffers.items():
+                _check_saved_array(saved[key], f"optimizer buffer {name!r}/{key!r}", buf.shape,
+                                   np.dtype(buf.dtype))
+        if self.schedule is not None and state["schedule"] is not None:
+            schedule = state["schedule"]
+            keys = self.schedule._state_keys
+            if not isinstance(schedule, dict) or set(schedule) != set(keys) or not all(
+                    _is_real(schedule[k]) for k in keys):
+                raise ValueError(f"trainer state schedule must be a dict of numbers with keys "
+                                 f"{sorted(keys)}, got {schedule!r}")
+        # The batcher checks its own state; try it on a shallow copy (shares the data).
+        copy.copy(self.batcher).load_state_dict(state["batcher"])
+        current = self.model.rng_state()
+        rng = state["rng"]
+        if not isinstance(rng, dict) or rng.keys() != current.keys():
+            raise ValueError(f"trainer state rng must be a dict with keys {sorted(current)}")
+        for name, saved in rng.items():
+            _check_generator_state(saved, current[name], f"rng[{name!r}]")
+        self._check_carry(state["carry"])
+
+    def _check_carry(self, carry):
+        if carry is None:
+            return
+        if self.mode != "stream":
+            raise ValueError("trainer state carry must be null in sentence mode")
+        model = self.model
+        shape = (model.num_layers, self.batch_size, model.hidden_size)
+        parts = 2 if model.cell == "lstm" else 1
+        if parts == 2 and not (isinstance(carry, list) and len(carry) == 2):
+            raise ValueError("trainer state carry must be a list [h, c] for an LSTM")
+        for i, part in enumerate(carry if parts == 2 else [carry]):
+            _check_saved_array(part, f"carry[{i}]", shape, model.dtype)
 
     def save_checkpoint(self, path=None):
         """Model + trainer state to ``path`` (default ``checkpoint_path``), atomically."""
@@ -271,14 +328,110 @@ class Trainer:
         self.model.save(path, extra={"trainer": self.state_dict()})
 
     def load_checkpoint(self, path):
-        """Restore the parameters and trainer state saved by :meth:`save_checkpoint`."""
+        """Restore the parameters and trainer state saved by :meth:`save_checkpoint`.
+
+        All or nothing: the file, the model's config and the whole trainer state are checked
+        before the parameters are copied; any problem raises ValueError (a
+        :class:`fastrnn.checkpoint.CheckpointError` for the file) and changes nothing.
+        """
         saved, extra = LanguageModel.load(path, with_extra=True)
         # The seed only decides initialisation and dropout streams, both restored below.
         architecture = [{k: v for k, v in m.config().items() if k != "seed"} for m in (saved, self.model)]
         if architecture[0] != architecture[1]:
             raise ValueError(f"checkpoint {path} holds a different model: {architecture[0]} vs "
                              f"{architecture[1]}")
-        if not extra or "trainer" not in extra:
+        if not isinstance(extra, dict) or "trainer" not in extra:
             raise ValueError(f"{path} holds a model but no training state to resume from")
+        try:
+            state = check_state(extra["trainer"])
+            self._check_fits(state)
+        except ValueError as exc:
+            raise CheckpointError(f"{path} holds a malformed training state: {exc}") from exc
         self.model.load_state_dict(saved.params)   # host arrays, copied to the model's device
-        return self.load_state_dict(extra["trainer"])
+        return self.load_state_dict(state)
+
+
+# ---- checking saved trainer states ----------------------------------------------------------
+
+def _is_real(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_saved_array(value, name, shape, dtype):
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"trainer state {name} must be an array, got {type(value).__name__}")
+    if value.shape != tuple(shape) or value.dtype != dtype:
+        raise ValueError(f"trainer state {name} must have shape {tuple(shape)} and dtype {dtype}, "
+                         f"got {value.shape} and {value.dtype}")
+
+
+def _check_generator_state(saved, current, name):
+    """Check ``saved`` is a state the generator that produced ``current`` accepts, by
+    setting it on a fresh generator of the same kind."""
+    bit_generator = getattr(np.random, str(current.get("bit_generator")))
+    try:
+        bit_generator().state = copy.deepcopy(saved)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise ValueError(f"trainer state {name} is not a {current['bit_generator']} generator "
+                         f"state: {exc}") from None
+
+
+def check_state(state):
+    """Check the structure of a saved trainer state (what :meth:`Trainer.state_dict` returns,
+    as read back from a file) without a Trainer: the counters' types and ranges, the history
+    records, the nested dicts. Returns it with numbers as Python int/float/bool. Raises
+    ValueError naming the first bad entry (what :meth:`Trainer.load_state_dict` then checks
+    against the trainer is in ``_check_fits``)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"trainer state must be a dict, got {type(state).__name__}")
+    required = ("step", "tokens", "train_seconds", "optimizer", "schedule", "batcher", "rng",
+                "carry", "history", "best_val", "evals_without_improvement", "stopped_early",
+                "mode")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ValueError(f"trainer state is missing {missing}")
+    checked = dict(state)
+    for key in ("step", "tokens", "evals_without_improvement"):
+        if not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0:
+            raise ValueError(f"trainer state {key} must be a non-negative integer, "
+                             f"got {state[key]!r}")
+    seconds = state["train_seconds"]
+    if not _is_real(seconds) or not 0 <= seconds < math.inf:
+        raise ValueError(f"trainer state train_seconds must be a finite number >= 0, got {seconds!r}")
+    checked["train_seconds"] = float(seconds)
+    if not _is_real(state["best_val"]) or math.isnan(state["best_val"]):
+        raise ValueError(f"trainer state best_val must be a number, got {state['best_val']!r}")
+    checked["best_val"] = float(state["best_val"])
+    if not isinstance(state["stopped_early"], bool):
+        raise ValueError(f"trainer state stopped_early must be true or false, "
+                         f"got {state['stopped_early']!r}")
+    if state["mode"] not in ("stream", "sentences"):
+        raise ValueError(f"trainer state mode must be 'stream' or 'sentences', got {state['mode']!r}")
+    opt = state["optimizer"]
+    if not isinstance(opt, dict) or not {"lr", "step_count", "state"} <= set(opt):
+        raise ValueError("trainer state optimizer must be a dict with lr, step_count and state")
+    if not _is_real(opt["lr"]) or not 0 <= opt["lr"] < math.inf:
+        raise ValueError(f"trainer state optimizer lr must be a finite number >= 0, got {opt['lr']!r}")
+    if not isinstance(opt["step_count"], int) or isinstance(opt["step_count"], bool) \
+            or opt["step_count"] < 0:
+        raise ValueError(f"trainer state optimizer step_count must be a non-negative integer, "
+                         f"got {opt['step_count']!r}")
+    if not isinstance(opt["state"], dict):
+        raise ValueError("trainer state optimizer state must be a dict")
+    history = state["history"]
+    if not isinstance(history, list):
+        raise ValueError("trainer state history must be a list of records")
+    for i, record in enumerate(history):
+        if not isinstance(record, dict) or not all(
+                isinstance(k, str) and (v is None or isinstance(v, (int, float, str)))
+                for k, v in record.items()):
+            raise ValueError(f"trainer state history[{i}] must be a dict of numbers and strings")
+        if not isinstance(record.get("step"), int):
+            raise ValueError(f"trainer state history[{i}] must have an integer step")
+    settings = state.get("settings")
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"trainer state settings must be a dict, got {type(settings).__name__}")
+    checked["settings"] = settings
+    return checked
