@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from ._gpu import GPUUnavailableError   # does not import CuPy
+from .checkpoint import CheckpointError
 
 EXIT_USER_ERROR = 2
 # Errors the library raises for bad input, with messages meant for the user. Of the
@@ -21,6 +22,7 @@ EXIT_USER_ERROR = 2
 # keep their traceback.
 USER_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError,
                GPUUnavailableError)
+# Options too large for this machine (a model's size, --num-samples) run out of memory.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +47,13 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _nonnegative_float(text):
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
 
 
@@ -98,7 +107,7 @@ def _split_text(text, val_fraction):
 def _build_vocab(text, level, max_vocab, min_count, lowercase):
     from .text import CharVocab, WordVocab
     if level == "char":
-        return CharVocab.build(text, max_size=max_vocab, min_count=min_count)
+        return CharVocab.build(text, max_size=max_vocab, min_count=min_count, lowercase=lowercase)
     return WordVocab.build(text, max_size=max_vocab or 10000, min_count=min_count,
                            lowercase=lowercase)
 
@@ -147,59 +156,205 @@ def cmd_train(args):
 
     _check_device(args)
     _set_threads(args)
-    text = load_text(args.file)
     resume_state = None
     if args.resume:
         # The device is not a saved setting: a run may resume on another device.
         model, extra = LanguageModel.load(args.resume, with_extra=True, device=args.device)
-        if not extra or "trainer" not in extra:
-            raise ValueError(f"{args.resume} holds a model but no training state to resume from")
-        resume_state = extra["trainer"]
+        resume_state = _resume_state(args.resume, extra)
+        settings = _resumed_settings(args, model, resume_state)
+        _check_work_left(args.resume, resume_state, settings)
         vocab = model.vocab
-        settings = resume_state["settings"]
-        for key, value in settings.items():
-            setattr(args, key, value)
-        train_text, val_text = _split_text(text, args.val_fraction)
+        out = args.out or args.resume
     else:
-        train_text, val_text = _split_text(text, args.val_fraction)
-        vocab = _build_vocab(train_text, args.level, args.max_vocab, args.min_count, args.lowercase)
-        model = LanguageModel(vocab=vocab, embed_size=args.embed, hidden_size=args.hidden,
-                              num_layers=args.layers, cell=args.cell, dropout=args.dropout,
-                              tie_weights=args.tie_weights, seed=args.seed,
-                              dtype=np.float64 if args.dtype == "float64" else np.float32,
-                              device=args.device)
+        settings = {key: _given_or_default(args, key) for key in TRAIN_SETTINGS}
+        model = vocab = None
+        out = args.out or "model.npz"
+    text = load_text(args.file)
+    train_text, val_text = _split_text(text, settings["val_fraction"])
+    if model is None:
+        options = {key: _given_or_default(args, key) for key in MODEL_OPTIONS}
+        vocab = _build_vocab(train_text, settings["level"], settings["max_vocab"],
+                             settings["min_count"], settings["lowercase"])
+        model = LanguageModel(vocab=vocab, embed_size=options["embed"],
+                              hidden_size=options["hidden"], num_layers=options["layers"],
+                              cell=options["cell"], dropout=options["dropout"],
+                              tie_weights=options["tie_weights"], seed=settings["seed"],
+                              dtype=np.dtype(options["dtype"]), device=args.device)
     train_ids = vocab.encode(train_text)
     val_ids = None if val_text is None else vocab.encode(val_text)
-    unit = "char" if args.level == "char" else "word"
+    unit = "char" if settings["level"] == "char" else "word"
     print(f"{args.file}: {len(train_ids):,} training and "
           f"{0 if val_ids is None else len(val_ids):,} validation {unit}s, vocabulary {len(vocab):,}.")
     print(f"{model!r}", flush=True)
-    settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
-    trainer = Trainer(model, train_ids, val_ids, batch_size=args.batch, seq_len=args.seq_len,
-                      optimizer=args.optimizer, lr=args.lr, clip=args.clip or None,
-                      schedule=args.schedule, eval_every=args.eval_every, patience=args.patience,
-                      max_steps=args.max_steps, max_epochs=args.epochs,
-                      time_limit=args.time_limit, checkpoint_path=args.out,
-                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                      log=_print_record, seed=args.seed)
-    trainer.settings = settings
+    trainer = Trainer(model, train_ids, val_ids, batch_size=settings["batch"],
+                      seq_len=settings["seq_len"], optimizer=settings["optimizer"],
+                      lr=settings["lr"], clip=settings["clip"] or None,
+                      schedule=settings["schedule"], eval_every=settings["eval_every"],
+                      patience=settings["patience"], max_steps=settings["max_steps"],
+                      max_epochs=settings["epochs"], time_limit=settings["time_limit"],
+                      checkpoint_path=out, checkpoint_every=settings["checkpoint_every"],
+                      progress=not args.no_progress, log=_print_record, seed=settings["seed"])
     if resume_state is not None:
-        trainer.model.load_state_dict(model.params)
+        # The model already holds the checkpoint's parameters; this restores the rest.
         trainer.load_state_dict(resume_state)
+        if settings["patience"] is not None:
+            trainer.stopped_early = trainer.evals_without_improvement >= settings["patience"]
         print(f"resumed from {args.resume} at step {trainer.step}", flush=True)
+    trainer.settings = settings   # what the next --resume of this run starts from
     trainer.fit()
     last = trainer.history[-1]
     if "val_loss" in last:
         print(f"final validation loss {last['val_loss']:.4f} nats/{unit} "
               f"({last['val_bits_per_token']:.3f} bits, perplexity {last['val_perplexity']:.2f})")
-    print(f"saved {args.out}")
+    print(f"saved {out}")
     return 0
 
 
-# Training options saved in checkpoints so that --resume continues with the same settings.
-TRAIN_SETTINGS = ("level", "batch", "seq_len", "optimizer", "lr", "clip", "schedule",
-                  "eval_every", "patience", "max_steps", "epochs", "time_limit",
-                  "checkpoint_every", "val_fraction", "seed")
+# Training options saved in checkpoints so that --resume continues with the same settings,
+# with their defaults. The options' argparse defaults are None ("not given"), so that a resume
+# can tell the options given on its command line from the ones to take from the checkpoint.
+TRAIN_DEFAULTS = {"level": "char", "batch": 32, "seq_len": 64, "optimizer": "adam", "lr": 2e-3,
+                  "clip": 5.0, "schedule": None, "eval_every": 500, "patience": None,
+                  "max_steps": None, "epochs": None, "time_limit": None,
+                  "checkpoint_every": None, "val_fraction": 0.1, "seed": 0, "max_vocab": None,
+                  "min_count": 1, "lowercase": False}
+TRAIN_SETTINGS = tuple(TRAIN_DEFAULTS)
+# The settings a resumed run may change: when to stop, validate and checkpoint. The others
+# decide the data, the batches and the optimizer's path, so they must match the checkpoint
+# for the resumed run to continue the same run.
+RESUME_OVERRIDES = ("max_steps", "epochs", "time_limit", "eval_every", "checkpoint_every",
+                    "patience")
+# The model's shape, fixed by the checkpoint's model (LanguageModel.config() names).
+MODEL_DEFAULTS = {"cell": "lstm", "embed": 64, "hidden": 256, "layers": 2, "dropout": 0.0,
+                  "tie_weights": False, "dtype": "float32"}
+MODEL_OPTIONS = tuple(MODEL_DEFAULTS)
+_CONFIG_NAMES = {"cell": "cell", "embed": "embed_size", "hidden": "hidden_size",
+                 "layers": "num_layers", "dropout": "dropout", "tie_weights": "tie_weights",
+                 "dtype": "dtype"}
+_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta")
+
+
+def _given(args, key):
+    return getattr(args, key) is not None
+
+
+def _given_or_default(args, key):
+    value = getattr(args, key)
+    return value if value is not None else {**TRAIN_DEFAULTS, **MODEL_DEFAULTS}[key]
+
+
+def _option(key):
+    return "--" + key.replace("_", "-")
+
+
+def _check_saved_setting(key, value):
+    """Validate one training setting read from a checkpoint (never trusted: a crafted file
+    could hold anything) with the same rules as its command-line option."""
+    def fail(expected):
+        raise CheckpointError(f"checkpoint setting {key!r} must be {expected}, got {value!r}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_real(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    optional = key in ("schedule", "patience", "max_steps", "epochs", "time_limit",
+                       "checkpoint_every", "max_vocab")
+    if value is None and optional:
+        return None
+    if key in ("batch", "seq_len", "eval_every", "patience", "max_steps", "epochs",
+               "checkpoint_every", "max_vocab", "min_count"):
+        if not is_int(value) or value < 1:
+            fail("a positive integer")
+    elif key in ("lr", "time_limit"):
+        if not is_real(value) or value <= 0:
+            fail("a positive number")
+    elif key == "clip":
+        if not is_real(value) or value < 0:
+            fail("a number >= 0")
+    elif key == "val_fraction":
+        if not is_real(value) or not 0 <= value < 1:
+            fail("a number in [0, 1)")
+    elif key == "seed":
+        if not is_int(value) or value < 0:
+            fail("an integer >= 0")
+    elif key == "lowercase":
+        if not isinstance(value, bool):
+            fail("true or false")
+    else:
+        choices = {"level": ("char", "word"), "optimizer": _OPTIMIZERS,
+                   "schedule": ("plateau", "step")}[key]
+        if value not in choices:
+            fail(f"one of {choices}")
+    return value
+
+
+def _resume_state(path, extra):
+    """The trainer state of a checkpoint, checked for structure (see train.check_state)."""
+    from .train import check_state
+
+    if not isinstance(extra, dict) or "trainer" not in extra:
+        raise ValueError(f"{path} holds a model but no training state to resume from")
+    try:
+        return check_state(extra["trainer"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path} holds a malformed training state: {exc}") from None
+
+
+def _resumed_settings(args, model, state):
+    """The settings of a resumed run: the checkpoint's, validated, with the limits given on
+    the command line (RESUME_OVERRIDES) replacing them. Any other option given must match
+    the checkpoint: ValueError otherwise. Keys outside TRAIN_SETTINGS are ignored: nothing
+    read from a file decides a path."""
+    saved = state["settings"]
+    recorded = {key: _check_saved_setting(key, saved[key]) for key in TRAIN_SETTINGS
+                if key in saved}
+    # What the model and its vocabulary record themselves wins over the settings.
+    recorded["level"] = model.vocab.kind if model.vocab is not None else recorded.get("level")
+    if model.vocab is not None:
+        recorded["lowercase"] = model.vocab.lowercase
+    settings = {}
+    for key in TRAIN_SETTINGS:
+        if key in RESUME_OVERRIDES and _given(args, key):
+            settings[key] = getattr(args, key)
+            continue
+        if key not in recorded:
+            if key in RESUME_OVERRIDES or key in ("max_vocab", "min_count"):
+                recorded[key] = None   # older checkpoints do not record these
+            else:
+                raise CheckpointError(f"{args.resume}: the checkpoint's settings lack {key!r}")
+        if _given(args, key) and getattr(args, key) != recorded[key]:
+            raise ValueError(f"{_option(key)} {getattr(args, key)} does not match the checkpoint "
+                             f"({recorded[key]!r}); a resumed run keeps it (only "
+                             f"{', '.join(map(_option, RESUME_OVERRIDES))} may change)")
+        settings[key] = recorded[key]
+    config = model.config()
+    for key in MODEL_OPTIONS:
+        if _given(args, key) and getattr(args, key) != config[_CONFIG_NAMES[key]]:
+            raise ValueError(f"{_option(key)} {getattr(args, key)} does not match the "
+                             f"checkpoint's model ({config[_CONFIG_NAMES[key]]!r}): the model's "
+                             "shape cannot change on resume")
+    return settings
+
+
+def _check_work_left(path, state, settings):
+    """Refuse a resume that would train nothing, saying which limit to raise."""
+    limits = (("max_steps", state["step"], "steps"),
+              ("epochs", state["batcher"].get("epoch") if isinstance(state["batcher"], dict)
+               else None, "epochs"),
+              ("time_limit", state["train_seconds"], "seconds of training"))
+    for key, done, unit in limits:
+        limit = settings[key]
+        if limit is not None and isinstance(done, (int, float)) and done >= limit:
+            raise ValueError(f"{path} has already run {done:g} {unit}, reaching its "
+                             f"{_option(key)} {limit:g} (a total over the whole run): give a "
+                             f"larger {_option(key)} to train on")
+    patience = settings["patience"]
+    if state["stopped_early"] and (patience is None
+                                   or state["evals_without_improvement"] >= patience):
+        raise ValueError(f"{path} stopped early after {state['evals_without_improvement']} "
+                         "validations without improvement: give a larger --patience to train on")
 
 
 def cmd_sample(args):
@@ -239,27 +394,39 @@ def cmd_eval(args):
 
 
 def cmd_info(args):
-    from .checkpoint import load
+    from .checkpoint import read_header
     from .lm import MODEL_KIND, LanguageModel
 
     model, extra = LanguageModel.load(args.model, with_extra=True)
-    header, _ = load(args.model, MODEL_KIND)
-    print(f"{args.model}: written by fastrnn {header['fastrnn_version']}")
+    header = read_header(args.model, MODEL_KIND)
+    print(f"{args.model}: written by fastrnn {header.get('fastrnn_version', '?')}")
     print(f"model: {model!r}")
     vocab = model.vocab
     if vocab is not None:
         print(f"vocabulary: {vocab.kind}, {len(vocab):,} tokens (unk={vocab.unk!r}, eos={vocab.eos!r})")
-    trainer = (extra or {}).get("trainer")
+    trainer = _resume_state(args.model, extra) if isinstance(extra, dict) and "trainer" in extra \
+        else None
     if trainer:
         print(f"training: step {trainer['step']:,}, {trainer['tokens']:,} tokens, "
               f"{trainer['train_seconds']:.0f} s")
-        history = [r for r in trainer["history"] if "val_loss" in r]
+        history = [r for r in trainer["history"] if isinstance(r.get("val_loss"), (int, float))]
         if history:
             print(f"last validation loss: {history[-1]['val_loss']:.4f} nats/token")
     return 0
 
 
 # ---- parser -------------------------------------------------------------------------------
+
+_TRAIN_EPILOG = """\
+Resuming (--resume CHECKPOINT) continues the run saved in CHECKPOINT with its saved model,
+vocabulary and settings, and writes to CHECKPOINT unless --out is given. The options marked *
+(--max-steps, --epochs, --time-limit, --eval-every, --checkpoint-every, --patience) may be
+given anew and replace the saved ones; the limits count the whole run, steps before the
+resume included: --max-steps 2000 on a checkpoint at step 1500 trains 500 more steps. Every
+other option, if given, must equal the checkpoint's (they decide the model, the data and the
+optimizer's path): a different value is an error. Resuming a run that already reached its
+limits is an error that says which limit to raise.
+"""
 
 def _add_runtime_options(parser):
     """--threads and --device, shared by the commands that run a model."""
@@ -287,38 +454,52 @@ def build_parser():
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="train a language model on a UTF-8 text file")
+    train = sub.add_parser(
+        "train", help="train a language model on a UTF-8 text file",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_TRAIN_EPILOG)
+    # Options saved with a run default to None here ("not given") and get their defaults
+    # (TRAIN_DEFAULTS, MODEL_DEFAULTS) in cmd_train, so that --resume sees what was given.
     train.add_argument("file")
-    train.add_argument("--level", choices=["char", "word"], default="char")
-    train.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"], default="lstm")
-    train.add_argument("--embed", type=_positive_int, default=64)
-    train.add_argument("--hidden", type=_positive_int, default=256)
-    train.add_argument("--layers", type=_positive_int, default=2)
-    train.add_argument("--dropout", type=_fraction, default=0.0)
-    train.add_argument("--tie-weights", action="store_true")
-    train.add_argument("--seq-len", type=_positive_int, default=64)
-    train.add_argument("--batch", type=_positive_int, default=32)
-    train.add_argument("--optimizer", default="adam",
-                       choices=["adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta"])
-    train.add_argument("--lr", type=_positive_float, default=2e-3)
-    train.add_argument("--clip", type=float, default=5.0, help="gradient-norm limit (0: none)")
-    train.add_argument("--schedule", choices=["plateau", "step"], default=None)
-    train.add_argument("--time-limit", type=_positive_float, help="seconds of training")
-    train.add_argument("--max-steps", type=_positive_int)
-    train.add_argument("--epochs", type=_positive_int)
-    train.add_argument("--eval-every", type=_positive_int, default=500)
-    train.add_argument("--patience", type=_positive_int)
-    train.add_argument("--val-fraction", type=_fraction, default=0.1)
+    train.add_argument("--level", choices=["char", "word"], help="tokens (default: char)")
+    train.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"],
+                       help="default: lstm")
+    train.add_argument("--embed", type=_positive_int, help="embedding width (default: 64)")
+    train.add_argument("--hidden", type=_positive_int, help="units per layer (default: 256)")
+    train.add_argument("--layers", type=_positive_int, help="recurrent layers (default: 2)")
+    train.add_argument("--dropout", type=_fraction, help="default: 0")
+    train.add_argument("--tie-weights", action="store_true", default=None)
+    train.add_argument("--seq-len", type=_positive_int, help="BPTT steps per batch (default: 64)")
+    train.add_argument("--batch", type=_positive_int, help="parallel streams (default: 32)")
+    train.add_argument("--optimizer", choices=list(_OPTIMIZERS), help="default: adam")
+    train.add_argument("--lr", type=_positive_float, help="learning rate (default: 0.002)")
+    train.add_argument("--clip", type=_nonnegative_float,
+                       help="gradient-norm limit, 0: none (default: 5)")
+    train.add_argument("--schedule", choices=["plateau", "step"], default=None,
+                       help="learning-rate schedule (default: none)")
+    train.add_argument("--time-limit", type=_positive_float,
+                       help="stop after this many seconds of training in total *")
+    train.add_argument("--max-steps", type=_positive_int, help="stop at this total step count *")
+    train.add_argument("--epochs", type=_positive_int, help="stop after this many epochs in total *")
+    train.add_argument("--eval-every", type=_positive_int,
+                       help="validate every this many steps (default: 500) *")
+    train.add_argument("--patience", type=_positive_int,
+                       help="stop after this many validations without improvement *")
+    train.add_argument("--val-fraction", type=_fraction,
+                       help="share of the text held out for validation (default: 0.1)")
     train.add_argument("--max-vocab", type=_positive_int)
-    train.add_argument("--min-count", type=_positive_int, default=1)
-    train.add_argument("--lowercase", action="store_true", help="word level: lowercase the text")
-    train.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    train.add_argument("--out", default="model.npz", help="model/checkpoint file to write")
-    train.add_argument("--checkpoint-every", type=_positive_int)
+    train.add_argument("--min-count", type=_positive_int, help="default: 1")
+    train.add_argument("--lowercase", action="store_true", default=None,
+                       help="lowercase the text (char and word level); the model's vocabulary "
+                            "records it, so sample, eval and --prime lowercase too")
+    train.add_argument("--dtype", choices=["float32", "float64"], help="default: float32")
+    train.add_argument("--out", help="model/checkpoint file to write (default: model.npz, or "
+                                     "the --resume file)")
+    train.add_argument("--checkpoint-every", type=_positive_int,
+                       help="also save every this many steps *")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
     train.add_argument("--no-progress", action="store_true")
     _add_runtime_options(train)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, help="default: 0")
     train.set_defaults(func=cmd_train)
 
     sample = sub.add_parser("sample", help="generate text from a trained model")
@@ -377,6 +558,12 @@ def main(argv=None):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"fastrnn: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except MemoryError as exc:
+        if debug:
+            raise
+        print(f"fastrnn: error: not enough memory{f': {exc}' if str(exc) else ''} "
+              "(choose smaller sizes)", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("fastrnn: interrupted", file=sys.stderr)
