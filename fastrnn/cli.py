@@ -22,7 +22,6 @@ EXIT_USER_ERROR = 2
 # keep their traceback.
 USER_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError,
                GPUUnavailableError)
-# Options too large for this machine (a model's size, --num-samples) run out of memory.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -307,13 +306,15 @@ def _resumed_settings(args, model, state):
     the command line (RESUME_OVERRIDES) replacing them. Any other option given must match
     the checkpoint: ValueError otherwise. Keys outside TRAIN_SETTINGS are ignored: nothing
     read from a file decides a path."""
+    if model.vocab is None:
+        raise CheckpointError(f"{args.resume} holds a model without a vocabulary: the command "
+                              "line cannot resume it")
     saved = state["settings"]
     recorded = {key: _check_saved_setting(key, saved[key]) for key in TRAIN_SETTINGS
                 if key in saved}
-    # What the model and its vocabulary record themselves wins over the settings.
-    recorded["level"] = model.vocab.kind if model.vocab is not None else recorded.get("level")
-    if model.vocab is not None:
-        recorded["lowercase"] = model.vocab.lowercase
+    # What the vocabulary records itself wins over the settings.
+    recorded["level"] = model.vocab.kind
+    recorded["lowercase"] = model.vocab.lowercase
     settings = {}
     for key in TRAIN_SETTINGS:
         if key in RESUME_OVERRIDES and _given(args, key):

@@ -292,7 +292,7 @@ class Trainer:
                                    np.dtype(buf.dtype))
         if self.schedule is not None and state["schedule"] is not None:
             schedule = state["schedule"]
-            keys = self.schedule._state_keys
+            keys = self.schedule.state_dict().keys()
             if not isinstance(schedule, dict) or set(schedule) != set(keys) or not all(
                     _is_real(schedule[k]) for k in keys):
                 raise ValueError(f"trainer state schedule must be a dict of numbers with keys "

@@ -242,3 +242,12 @@ def test_memory_error_is_a_one_line_error(monkeypatch, capsys, model_file):
     monkeypatch.setattr(LanguageModel, "load", out_of_memory)
     line = run_error(capsys, ["sample", str(model_file)])
     assert "not enough memory" in line and "9.0 GiB" in line
+
+
+def test_resuming_a_checkpoint_without_vocabulary_is_a_one_line_error(tmp_path, corpus, capsys):
+    from fastrnn import Trainer
+    path = tmp_path / "api.npz"
+    Trainer(LanguageModel(7, 4, 5, 1), np.tile(np.arange(7), 30), batch_size=2, seq_len=4,
+            max_steps=2, progress=False, checkpoint_path=path).fit()
+    line = run_error(capsys, ["train", str(corpus), "--resume", str(path), "--max-steps", "4"])
+    assert "without a vocabulary" in line
