@@ -463,11 +463,11 @@ def project_inputs(const floating[:, ::1] x not None, const floating[:, ::1] w_i
     The rows are cut into max(GEMM_MIN_PARTS, num_threads) parts shared among the OpenMP threads, each calling BLAS
     on its parts: the caller keeps BLAS single-threaded, so that the process has one pool of
     threads (BLAS workers spinning next to the time loop's threads would steal its cores)."""
-    cdef Py_ssize_t rows = gates.shape[0], GH = gates.shape[1], I = x.shape[1], r, r0, r1
+    cdef Py_ssize_t rows = x.shape[0], GH = w_ih.shape[0], I = x.shape[1], r, r0, r1
     cdef int tid, nth, p
     cdef int nt = fr_team_threads(num_threads), parts = max(GEMM_MIN_PARTS, num_threads)
-    _check_shape("x", x.shape[0], x.shape[1], rows, I)
     _check_shape("w_ih", w_ih.shape[0], w_ih.shape[1], GH, I)
+    _check_shape("gates", gates.shape[0], gates.shape[1], rows, GH)
     _check_len("b_ih", b_ih.shape[0], GH)
     if I < 1:
         raise ValueError(f"x must have at least one column, got shape ({rows}, {I})")
