@@ -5,9 +5,10 @@
 # of them but still believes it does, so its first parallel region with more than one thread
 # waits forever (measured: a 2-thread region hangs, a 1-thread region runs). Each module calls
 # fr_install_fork_guard() once at import; from then on a forked child (and its own children)
-# runs every region on one thread: fr_team_threads(n) is 1 there. The kernels split their
-# work by the thread count they were asked for, not by the team that runs it, so the child's
-# results are the parent's, bit for bit.
+# runs every region on one thread: fr_team_threads(n) is 1 there. A module first imported in
+# the child learns of the fork from recurrent (which fastrnn always imports first) and calls
+# fr_mark_forked_child. The kernels split their work by the thread count they were asked
+# for, not by the team that runs it, so the child's results are the parent's, bit for bit.
 cdef extern from *:
     """
     #ifdef FASTRNN_HAVE_OPENMP
@@ -37,6 +38,7 @@ cdef extern from *:
     static void fr_omp_barrier(void) { }
     static const int fr_in_forked_child = 0;
     static void fr_install_fork_guard(void) { }
+    static void fr_mark_forked_child(void) { }
     #endif
     /* Threads a parallel region may start: n, or 1 in a forked child (see above). */
     static inline int fr_team_threads(int n) { return fr_in_forked_child || n < 1 ? 1 : n; }
@@ -47,5 +49,6 @@ cdef extern from *:
     int fr_omp_team_size() noexcept nogil
     void fr_omp_barrier() noexcept nogil
     void fr_install_fork_guard() noexcept nogil
+    void fr_mark_forked_child() noexcept nogil
     int fr_team_threads(int n) noexcept nogil
     int fr_forked_child() noexcept nogil

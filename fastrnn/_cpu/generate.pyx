@@ -41,10 +41,15 @@ import numpy as np
 
 from ._blas cimport gemm, gemv
 from ._cells cimport K_LSTM, cell_forward_row, gate_count
-from ._openmp cimport (fr_install_fork_guard, fr_omp_barrier, fr_omp_team_size,
-                       fr_openmp_enabled, fr_team_threads)
+from ._openmp cimport (fr_install_fork_guard, fr_mark_forked_child, fr_omp_barrier,
+                       fr_omp_team_size, fr_openmp_enabled, fr_team_threads)
+from .recurrent import in_forked_child
 
 fr_install_fork_guard()
+if in_forked_child():
+    # First imported in a forked child: the parent's OpenMP threads (started by the
+    # recurrent kernels) are gone here too.
+    fr_mark_forked_child()
 
 
 ctypedef struct Pair:
@@ -383,23 +388,22 @@ cdef void _team_worker(Ctx* ctx, const floating* out_w, int tid, int* team_ok) n
 # outside its buffers.
 # ---------------------------------------------------------------------------------------------
 
-def _thread_layout(Py_ssize_t G, Py_ssize_t B, Py_ssize_t H, Py_ssize_t nt, bint split_rows):
+# The size helpers take and return Python ints (untyped on purpose): exact at any size.
+
+def _thread_layout(G, B, H, nt, split_rows):
     """(rows, units): the most batch rows and hidden units one thread's gate buffers hold."""
     if split_rows:
         return B, max(_unit_split(H, nt, t + 1) - _unit_split(H, nt, t) for t in range(nt))
     return max((t + 1) * B // nt - t * B // nt for t in range(nt)), H
 
 
-def _scratch_stride(Py_ssize_t G, Py_ssize_t L, Py_ssize_t rows, Py_ssize_t units):
+def _scratch_stride(G, L, rows, units):
     """Elements of one thread's scratch (see _worker): 2 (rows, G*units) gate buffers, GRU hn
-    (rows, units), 2 (L, G*units) local biases, one c_{t-1} (units), and 16 spare.
-    A Python int: exact at any size."""
+    (rows, units), 2 (L, G*units) local biases, one c_{t-1} (units), and 16 spare."""
     return 2 * rows * G * units + rows * units + 2 * L * G * units + units + 16
 
 
-def _buffer_sizes(Py_ssize_t G, Py_ssize_t L, Py_ssize_t B, Py_ssize_t H, Py_ssize_t E,
-                  Py_ssize_t V, Py_ssize_t n_tokens, Py_ssize_t nt, bint split_rows,
-                  Py_ssize_t itemsize):
+def _buffer_sizes(G, L, B, H, E, V, n_tokens, nt, split_rows, itemsize):
     """Bytes of each buffer generate_loop allocates, computed exactly before it allocates any.
 
     Raises MemoryError when the total cannot be addressed (more than sys.maxsize bytes).
@@ -413,7 +417,7 @@ def _buffer_sizes(Py_ssize_t G, Py_ssize_t L, Py_ssize_t B, Py_ssize_t H, Py_ssi
         "embeddings": B * E * itemsize,
         "logits": B * V * itemsize,
         "scratch": nt * _scratch_stride(G, L, rows, units) * itemsize,
-        "sampling pairs": nt * V * sizeof(Pair) + 16,
+        "sampling pairs": nt * V * int(sizeof(Pair)) + 16,
     }
     total = sum(sizes.values())
     if total > sys.maxsize:
@@ -455,7 +459,7 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
     cdef Py_ssize_t L = h.shape[0], B = h.shape[1], H = h.shape[2], V = out_w.shape[0]
     cdef Py_ssize_t E = embedding.shape[1], P = prime.shape[1], G = gate_count(kind), GH = G * H
     cdef Py_ssize_t l, b, stride, stride1, rows, units
-    cdef int nt = fr_team_threads(num_threads) if fr_openmp_enabled() else 1, tid
+    cdef int nt = num_threads if num_threads > 0 and fr_openmp_enabled() else 1, tid, team
     cdef int team_ok = 1
     cdef const floating[:, ::1] mv2
     cdef const floating[::1] mv1
@@ -501,11 +505,14 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
             nt = <int>max(1, (H + 15) // 16)
     elif nt > B:
         nt = <int>B
+    team = fr_team_threads(nt)   # threads that may run them: 1 in a forked child
     dtype = np.float32 if floating is float else np.float64
-    _buffer_sizes(G, L, B, H, E, V, n_tokens, nt, split_rows, sizeof(floating))
-    rows, units = _thread_layout(G, B, H, nt, split_rows)
-    stride = _scratch_stride(G, L, rows, units)
-    stride1 = _scratch_stride(G, L, B, H)   # the one-thread fallback of the row split
+    # Python ints from here to the allocations: exact at any size.
+    _buffer_sizes(int(G), int(L), int(B), int(H), int(E), int(V), int(n_tokens), int(nt),
+                  split_rows, int(sizeof(floating)))
+    rows, units = _thread_layout(int(G), int(B), int(H), int(nt), split_rows)
+    stride = _scratch_stride(int(G), int(L), rows, units)
+    stride1 = _scratch_stride(int(G), int(L), int(B), int(H))   # one-thread fallback, row split
     assert stride1 <= nt * stride
     tokens = np.full((B, n_tokens), -1, dtype=np.int64)
     lengths = np.zeros(B, dtype=np.int64)
@@ -572,10 +579,13 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
             if nt == 1:
                 _worker(&ctx, &out_w[0, 0], 0)
             elif split_rows:
-                # The barriers need exactly nt threads; with fewer (a thread limit), no
-                # thread starts and the loop runs on one thread below.
-                with parallel(num_threads=nt):
-                    _team_worker(&ctx, &out_w[0, 0], threadid(), &team_ok)
+                # The barriers need exactly nt threads; with fewer (a thread limit, or a
+                # forked child: see _openmp.pxd), the loop runs on one thread below.
+                if team == nt:
+                    with parallel(num_threads=nt):
+                        _team_worker(&ctx, &out_w[0, 0], threadid(), &team_ok)
+                else:
+                    team_ok = 0
                 if not team_ok:
                     # One thread, all units and rows: its scratch stride fits in nt strides
                     # (see _buffer_sizes).
@@ -583,7 +593,9 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
                     ctx.scratch_stride, ctx.scratch_rows = stride1, B
                     _worker(&ctx, &out_w[0, 0], 0)
             else:
-                for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
+                # No barriers: a smaller team (one thread in a forked child) runs the same
+                # nt slices in turn, with the same results.
+                for tid in prange(nt, num_threads=team, schedule='static', chunksize=1):
                     _worker(&ctx, &out_w[0, 0], tid)
     finally:
         free(ctx.w_ih)
