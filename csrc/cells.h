@@ -11,6 +11,7 @@
  */
 #ifndef FASTRNN_CELLS_H
 #define FASTRNN_CELLS_H
+#include <stddef.h>
 #include "activations.h"
 
 /* Cell ids; they match fastrnn/cells.py and the enum in _cells.pxd. */

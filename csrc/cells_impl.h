@@ -1,5 +1,10 @@
 /* Body of cells.h, included once per element type FR_REAL (suffix FR_SFX: f or d).
- * No include guard on purpose. */
+ * No include guard on purpose.
+ *
+ * Sizes (H, K, N, M, unit and panel indices) are int: every one is at most G*H or the batch,
+ * which the entry points check to fit an int (BLAS takes int). Offsets into the big arrays
+ * and leading dimensions are ptrdiff_t: a row index times a row stride passes 2^31 long
+ * before any one size does. */
 #define REAL FR_REAL
 #define FN(name) FR_CAT(name, FR_SFX)
 #define SIGMOID FN(fr_sigmoid)
@@ -179,11 +184,11 @@ FR_INLINE REAL FN(fr_dot)(int K, const REAL *restrict a, const REAL *restrict b)
 }
 
 /* y[b][r] = W[r, :K] . x[b][:K] for rows r in [r0, r1) of W (row stride ldw), b < nb. */
-FR_HOT static void FN(fr_matvec_rows)(int r0, int r1, int K, const REAL *W, int ldw, int nb,
+FR_HOT static void FN(fr_matvec_rows)(int r0, int r1, int K, const REAL *W, ptrdiff_t ldw, int nb,
                                       const REAL *const *x, REAL *const *y) {
     for (int r = r0; r < r1; r++)
         for (int b = 0; b < nb; b++)
-            y[b][r] = FN(fr_dot)(K, W + (size_t)r * ldw, x[b]);
+            y[b][r] = FN(fr_dot)(K, W + (ptrdiff_t)r * ldw, x[b]);
 }
 
 FR_INLINE void FN(fr_axpy)(int j0, int j1, REAL a, const REAL *restrict x,
@@ -194,11 +199,11 @@ FR_INLINE void FN(fr_axpy)(int j0, int j1, REAL a, const REAL *restrict x,
 
 /* y[b][j] += sum_k d[b][k] W[k, j] for columns j in [j0, j1), k < K, b < nb: the
  * transposed product, accumulated over k in order for every element. */
-FR_HOT static void FN(fr_matvec_cols_acc)(int j0, int j1, int K, const REAL *W, int ldw,
+FR_HOT static void FN(fr_matvec_cols_acc)(int j0, int j1, int K, const REAL *W, ptrdiff_t ldw,
                                           int nb, const REAL *const *d, REAL *const *y) {
     for (int k = 0; k < K; k++)
         for (int b = 0; b < nb; b++)
-            FN(fr_axpy)(j0, j1, d[b][k], W + (size_t)k * ldw, y[b]);
+            FN(fr_axpy)(j0, j1, d[b][k], W + (ptrdiff_t)k * ldw, y[b]);
 }
 
 /* ---- the per-step recurrent GEMM on pre-packed weights ----------------------------------
@@ -216,36 +221,36 @@ typedef REAL FN(fr_vec) __attribute__((vector_size(32)));
 #define MR 6
 
 /* Panels [p0, p1) of Bp <- B(k, n) = trans ? W[n * ldw + k] : W[k * ldw + n], k < K, n < N. */
-FR_HOT static void FN(fr_pack_panels)(int K, int N, int p0, int p1, const REAL *W, int ldw,
+FR_HOT static void FN(fr_pack_panels)(int K, int N, int p0, int p1, const REAL *W, ptrdiff_t ldw,
                                       int trans, REAL *Bp) {
     for (int p = p0; p < p1; p++) {
-        REAL *dst = Bp + (size_t)p * K * NR;
+        REAL *dst = Bp + (ptrdiff_t)p * K * NR;
         for (int k = 0; k < K; k++)
             for (int c = 0; c < NR; c++) {
                 int n = p * NR + c;
-                dst[(size_t)k * NR + c] = n >= N ? 0
-                    : trans ? W[(size_t)n * ldw + k] : W[(size_t)k * ldw + n];
+                dst[(ptrdiff_t)k * NR + c] = n >= N ? 0
+                    : trans ? W[(ptrdiff_t)n * ldw + k] : W[(ptrdiff_t)k * ldw + n];
             }
     }
 }
 
-FR_INLINE void FN(fr_tile)(int mr, int K, const REAL *A, int lda, const REAL *panel,
-                           REAL *C, int ldc, int nc, int accumulate) {
+FR_INLINE void FN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, const REAL *panel,
+                           REAL *C, ptrdiff_t ldc, int nc, int accumulate) {
     VEC acc[MR][2];
     for (int i = 0; i < mr; i++)
         acc[i][0] = acc[i][1] = (VEC){0};
     for (int k = 0; k < K; k++) {
         VEC b0, b1;
-        memcpy(&b0, panel + (size_t)k * NR, sizeof b0);
-        memcpy(&b1, panel + (size_t)k * NR + NV, sizeof b1);
+        memcpy(&b0, panel + (ptrdiff_t)k * NR, sizeof b0);
+        memcpy(&b1, panel + (ptrdiff_t)k * NR + NV, sizeof b1);
         for (int i = 0; i < mr; i++) {
-            REAL a = A[(size_t)i * lda + k];
+            REAL a = A[(ptrdiff_t)i * lda + k];
             acc[i][0] += a * b0;
             acc[i][1] += a * b1;
         }
     }
     for (int i = 0; i < mr; i++) {
-        REAL *c = C + (size_t)i * ldc;
+        REAL *c = C + (ptrdiff_t)i * ldc;
         REAL out[NR];
         memcpy(out, &acc[i][0], sizeof acc[i][0]);
         memcpy(out + NV, &acc[i][1], sizeof acc[i][1]);
@@ -258,14 +263,14 @@ FR_INLINE void FN(fr_tile)(int mr, int K, const REAL *A, int lda, const REAL *pa
 
 /* Columns [p0 * NR, min(p1 * NR, N)) of C for all M rows (panel range [p0, p1)). */
 FR_HOT static void FN(fr_gemm_packed)(int M, int N, int K, int p0, int p1, const REAL *A,
-                                      int lda, const REAL *Bp, REAL *C, int ldc,
+                                      ptrdiff_t lda, const REAL *Bp, REAL *C, ptrdiff_t ldc,
                                       int accumulate) {
     for (int p = p0; p < p1; p++) {
-        const REAL *panel = Bp + (size_t)p * K * NR;
+        const REAL *panel = Bp + (ptrdiff_t)p * K * NR;
         int nc = N - p * NR < NR ? N - p * NR : NR;
         for (int i = 0; i < M; i += MR) {
-            const REAL *a = A + (size_t)i * lda;
-            REAL *c = C + (size_t)i * ldc + p * NR;
+            const REAL *a = A + (ptrdiff_t)i * lda;
+            REAL *c = C + (ptrdiff_t)i * ldc + (ptrdiff_t)p * NR;
             switch (M - i < MR ? M - i : MR) {   /* constant mr: acc stays in registers */
                 case 6: FN(fr_tile)(6, K, a, lda, panel, c, ldc, nc, accumulate); break;
                 case 5: FN(fr_tile)(5, K, a, lda, panel, c, ldc, nc, accumulate); break;

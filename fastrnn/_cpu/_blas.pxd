@@ -3,44 +3,51 @@
 # Everything in fastrnn is row-major (C order). A row-major product C = op(A) op(B) is the
 # column-major product C^T = op(B)^T op(A)^T, so we swap the operands once, here, and the
 # kernels never think about Fortran order.
+#
+# Sizes and leading dimensions are Py_ssize_t at the call sites (all index arithmetic in the
+# kernels is 64-bit); SciPy's BLAS takes C int, so they are narrowed here. Every entry point
+# checks first that the dimensions it can pass here fit an int (recurrent.pyx: _blas_int).
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython cimport floating
 
 
-cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
-                      floating alpha, const floating* a, int lda,
-                      const floating* b, int ldb,
-                      floating beta, floating* c, int ldc) noexcept nogil:
+cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      floating alpha, const floating* a, Py_ssize_t lda,
+                      const floating* b, Py_ssize_t ldb,
+                      floating beta, floating* c, Py_ssize_t ldc) noexcept nogil:
     """C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C, all row-major.
 
     lda/ldb/ldc are row strides in elements. With m, n or k zero this is a no-op
-    (or a scaling by beta), as BLAS defines it.
+    (or a scaling by beta), as BLAS defines it. Every argument must fit a C int.
     """
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
+    cdef int im = <int>m, in_ = <int>n, ik = <int>k
+    cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
     if m <= 0 or n <= 0:
         return
     if floating is float:
-        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+        sgemm(&tb, &ta, &in_, &im, &ik, &alpha, <float*>b, &ildb, <float*>a, &ilda, &beta, c, &ildc)
     else:
-        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+        dgemm(&tb, &ta, &in_, &im, &ik, &alpha, <double*>b, &ildb, <double*>a, &ilda, &beta, c, &ildc)
 
 
 from scipy.linalg.cython_blas cimport sgemv, dgemv
 
 
-cdef inline void gemv(bint trans_a, int m, int n, floating alpha, const floating* a, int lda,
-                      const floating* x, floating beta, floating* y) noexcept nogil:
+cdef inline void gemv(bint trans_a, Py_ssize_t m, Py_ssize_t n, floating alpha, const floating* a,
+                      Py_ssize_t lda, const floating* x, floating beta, floating* y) noexcept nogil:
     """y = alpha * op(A) @ x + beta * y with A (m, n) row-major (lda its row stride).
 
     op(A) = A (y has m entries, x n) or A^T (y has n, x m). Unit strides for x and y.
+    Every argument must fit a C int.
     """
     # Row-major A (m, n) is column-major A^T (n, m): A @ x is a transposed product there.
     cdef char t = b'N' if trans_a else b'T'
-    cdef int one = 1
+    cdef int one = 1, im = <int>m, in_ = <int>n, ilda = <int>lda
     if m <= 0 or n <= 0:
         return
     if floating is float:
-        sgemv(&t, &n, &m, &alpha, <float*>a, &lda, <float*>x, &one, &beta, y, &one)
+        sgemv(&t, &in_, &im, &alpha, <float*>a, &ilda, <float*>x, &one, &beta, y, &one)
     else:
-        dgemv(&t, &n, &m, &alpha, <double*>a, &lda, <double*>x, &one, &beta, y, &one)
+        dgemv(&t, &in_, &im, &alpha, <double*>a, &ilda, <double*>x, &one, &beta, y, &one)

@@ -1,6 +1,8 @@
 # Gate math: one definition per cell, in csrc/cells_impl.h (C, so that the loops over hidden
 # units vectorise), shared by the training loops (recurrent.pyx) and any other loop over
 # steps. This file only picks the float or double instance. Cell ids match fastrnn/cells.py.
+# Sizes are int (each is at most G*H or the batch, checked to fit by the entry points); row
+# strides are Py_ssize_t, and callers pass pointers already offset in 64-bit arithmetic.
 from cython cimport floating
 
 cdef extern from "cells.h" nogil:
@@ -16,20 +18,20 @@ cdef extern from "cells.h" nogil:
     void fr_cell_backward_d(int kind, int H, int j0, int j1, double* g, double* hn,
                             const double* c_t, const double* c_prev, const double* h_prev,
                             double* dh, double* dc)
-    void fr_matvec_rows_f(int r0, int r1, int K, const float* W, int ldw, int nb,
+    void fr_matvec_rows_f(int r0, int r1, int K, const float* W, Py_ssize_t ldw, int nb,
                           const float* const* x, float* const* y)
-    void fr_matvec_rows_d(int r0, int r1, int K, const double* W, int ldw, int nb,
+    void fr_matvec_rows_d(int r0, int r1, int K, const double* W, Py_ssize_t ldw, int nb,
                           const double* const* x, double* const* y)
-    void fr_matvec_cols_acc_f(int j0, int j1, int K, const float* W, int ldw, int nb,
+    void fr_matvec_cols_acc_f(int j0, int j1, int K, const float* W, Py_ssize_t ldw, int nb,
                               const float* const* d, float* const* y)
-    void fr_matvec_cols_acc_d(int j0, int j1, int K, const double* W, int ldw, int nb,
+    void fr_matvec_cols_acc_d(int j0, int j1, int K, const double* W, Py_ssize_t ldw, int nb,
                               const double* const* d, double* const* y)
-    void fr_pack_panels_f(int K, int N, int p0, int p1, const float* W, int ldw, int trans, float* Bp)
-    void fr_pack_panels_d(int K, int N, int p0, int p1, const double* W, int ldw, int trans, double* Bp)
-    void fr_gemm_packed_f(int M, int N, int K, int p0, int p1, const float* A, int lda,
-                          const float* Bp, float* C, int ldc, int accumulate)
-    void fr_gemm_packed_d(int M, int N, int K, int p0, int p1, const double* A, int lda,
-                          const double* Bp, double* C, int ldc, int accumulate)
+    void fr_pack_panels_f(int K, int N, int p0, int p1, const float* W, Py_ssize_t ldw, int trans, float* Bp)
+    void fr_pack_panels_d(int K, int N, int p0, int p1, const double* W, Py_ssize_t ldw, int trans, double* Bp)
+    void fr_gemm_packed_f(int M, int N, int K, int p0, int p1, const float* A, Py_ssize_t lda,
+                          const float* Bp, float* C, Py_ssize_t ldc, int accumulate)
+    void fr_gemm_packed_d(int M, int N, int K, int p0, int p1, const double* A, Py_ssize_t lda,
+                          const double* Bp, double* C, Py_ssize_t ldc, int accumulate)
     int fr_panel_width_f()
     int fr_panel_width_d()
 
@@ -88,7 +90,7 @@ cdef inline void cell_backward_row(int kind, int H, int j0, int j1, floating* g,
         fr_cell_backward_d(kind, H, j0, j1, g, hn, c_t, c_prev, h_prev, dh, dc)
 
 
-cdef inline void matvec_rows(int r0, int r1, int K, const floating* W, int ldw, int nb,
+cdef inline void matvec_rows(int r0, int r1, int K, const floating* W, Py_ssize_t ldw, int nb,
                              const floating** x, floating** y) noexcept nogil:
     """y[b][r] = W[r, :K] . x[b] for rows r0 <= r < r1, b < nb (small-batch path)."""
     if floating is float:
@@ -97,7 +99,7 @@ cdef inline void matvec_rows(int r0, int r1, int K, const floating* W, int ldw, 
         fr_matvec_rows_d(r0, r1, K, W, ldw, nb, x, y)
 
 
-cdef inline void matvec_cols_acc(int j0, int j1, int K, const floating* W, int ldw, int nb,
+cdef inline void matvec_cols_acc(int j0, int j1, int K, const floating* W, Py_ssize_t ldw, int nb,
                                  const floating** d, floating** y) noexcept nogil:
     """y[b][j] += sum_k d[b][k] W[k, j] for j0 <= j < j1, b < nb (small-batch path)."""
     if floating is float:
@@ -114,7 +116,7 @@ cdef inline int panel_width(floating dummy) noexcept nogil:
         return fr_panel_width_d()
 
 
-cdef inline void pack_panels(int K, int N, int p0, int p1, const floating* W, int ldw,
+cdef inline void pack_panels(int K, int N, int p0, int p1, const floating* W, Py_ssize_t ldw,
                              bint trans, floating* Bp) noexcept nogil:
     """Panels [p0, p1) of Bp <- B (K x N) in panels of panel_width columns (zero-padded);
     B = W^T if trans else W."""
@@ -124,8 +126,8 @@ cdef inline void pack_panels(int K, int N, int p0, int p1, const floating* W, in
         fr_pack_panels_d(K, N, p0, p1, W, ldw, trans, Bp)
 
 
-cdef inline void gemm_packed(int M, int N, int K, int p0, int p1, const floating* A, int lda,
-                             const floating* Bp, floating* C, int ldc,
+cdef inline void gemm_packed(int M, int N, int K, int p0, int p1, const floating* A, Py_ssize_t lda,
+                             const floating* Bp, floating* C, Py_ssize_t ldc,
                              bint accumulate) noexcept nogil:
     """C[:, panels p0..p1) (+)= A (M x K) @ B, with B packed by pack_panels."""
     if floating is float:

@@ -22,21 +22,34 @@ Two ways to use the threads (chosen by the caller):
                (as in recurrent.pyx). Best at large batch.
 
 Draws use uniforms drawn up front, so tokens do not depend on the thread count.
+
+Sizes and offsets are 64-bit (Py_ssize_t): with many rows, B*G*H passes 2^31 elements (a
+1024-unit LSTM at 233017 rows). generate_loop checks that every size handed to BLAS fits a C
+int and computes its buffer sizes before allocating anything (_buffer_sizes).
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
+from libc.limits cimport INT_MAX
 from libc.math cimport exp, INFINITY
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport malloc, free, qsort
 from libc.string cimport memcpy
 
+import sys
+
 import numpy as np
 
 from ._blas cimport gemm, gemv
-from ._cells cimport cell_forward_row, gate_count
-from ._openmp cimport fr_omp_barrier, fr_omp_team_size, fr_openmp_enabled
+from ._cells cimport K_LSTM, cell_forward_row, gate_count
+from ._openmp cimport (fr_install_fork_guard, fr_mark_forked_child, fr_omp_barrier,
+                       fr_omp_team_size, fr_openmp_enabled, fr_team_threads)
+from .recurrent import in_forked_child
 
-
+fr_install_fork_guard()
+if in_forked_child():
+    # First imported in a forked child: the parent's OpenMP threads (started by the
+    # recurrent kernels) are gone here too.
+    fr_mark_forked_child()
 
 
 ctypedef struct Pair:
@@ -45,7 +58,8 @@ ctypedef struct Pair:
 
 
 ctypedef struct Ctx:
-    int kind, L, H, G, E, V, B, P, n_tokens, nt
+    int kind, nt
+    Py_ssize_t L, H, G, E, V, B, P, n_tokens
     bint split_rows, greedy
     int top_k
     double temperature, top_p
@@ -65,7 +79,8 @@ ctypedef struct Ctx:
     void* xbuf                  # (B, E) gathered embeddings (no table)
     void* logits                # (B, V)
     void* scratch               # (nt, S) per-thread gate buffers and local biases
-    int scratch_stride
+    Py_ssize_t scratch_stride   # S (_scratch_stride)
+    Py_ssize_t scratch_rows     # rows of the batch a thread's gate buffers hold
     Pair* pairs                 # (nt, V)
     int64_t* tokens             # (B, n_tokens)
     int64_t* lengths            # (B,)
@@ -97,9 +112,9 @@ cdef inline void _swap(Pair* a, Pair* b) noexcept nogil:
     b[0] = t
 
 
-cdef void _select_top(Pair* a, int n, int k) noexcept nogil:
+cdef void _select_top(Pair* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """Partial selection: afterwards a[:k] holds the k first pairs in _before order (unsorted)."""
-    cdef int lo = 0, hi = n - 1, mid, i, store
+    cdef Py_ssize_t lo = 0, hi = n - 1, mid, i, store
     cdef Pair pivot
     while hi > lo:
         mid = lo + (hi - lo) // 2
@@ -125,10 +140,10 @@ cdef void _select_top(Pair* a, int n, int k) noexcept nogil:
             hi = store - 1
 
 
-cdef int64_t _sample_row(const floating* logits, int V, const uint8_t* banned, bint greedy,
-                         double temperature, int top_k, double top_p, double u,
+cdef int64_t _sample_row(const floating* logits, Py_ssize_t V, const uint8_t* banned,
+                         bint greedy, double temperature, int top_k, double top_p, double u,
                          Pair* pairs) noexcept nogil:
-    cdef int v, n = 0, i
+    cdef Py_ssize_t v, n = 0, i
     cdef int64_t best = -1
     cdef double m = -INFINITY, z, total, cum, target
     if greedy:
@@ -185,9 +200,10 @@ cdef int64_t _sample_row(const floating* logits, int V, const uint8_t* banned, b
 # The loop, one thread's share of it.
 # ---------------------------------------------------------------------------------------------
 
-cdef inline void _rows_times_wt(int nb, int n_out, int k, const floating* x, int ldx,
-                                const floating* w, int ldw, floating beta, floating* out,
-                                int ldo) noexcept nogil:
+cdef inline void _rows_times_wt(Py_ssize_t nb, Py_ssize_t n_out, Py_ssize_t k,
+                                const floating* x, Py_ssize_t ldx, const floating* w,
+                                Py_ssize_t ldw, floating beta, floating* out,
+                                Py_ssize_t ldo) noexcept nogil:
     """out[nb, n_out] = x[nb, k] @ w[n_out, k]^T + beta * out (gemv for one row)."""
     if nb == 1:
         gemv(False, n_out, k, <floating>1, w, ldw, x, beta, out)
@@ -195,14 +211,14 @@ cdef inline void _rows_times_wt(int nb, int n_out, int k, const floating* x, int
         gemm(False, True, nb, n_out, k, <floating>1, x, ldx, w, ldw, beta, out, ldo)
 
 
-cdef inline int _unit_split(int H, int nt, int t) noexcept nogil:
+cdef inline Py_ssize_t _unit_split(Py_ssize_t H, Py_ssize_t nt, Py_ssize_t t) noexcept nogil:
     """Start of thread t's block of hidden units; blocks are multiples of 16 where possible."""
-    cdef int q = (H + 15) // 16
-    cdef int s = (t * q // nt) * 16
+    cdef Py_ssize_t q = (H + 15) // 16
+    cdef Py_ssize_t s = (t * q // nt) * 16
     return s if s < H else H
 
 
-cdef void _feed(Ctx* ctx, const floating* emb, int b, int64_t tok) noexcept nogil:
+cdef void _feed(Ctx* ctx, const floating* emb, Py_ssize_t b, int64_t tok) noexcept nogil:
     """Row b consumes ``tok`` at the next step."""
     ctx.cur[b] = tok
     if ctx.table == NULL:
@@ -210,12 +226,13 @@ cdef void _feed(Ctx* ctx, const floating* emb, int b, int64_t tok) noexcept nogi
 
 
 cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
-    cdef int L = ctx.L, H = ctx.H, G = ctx.G, E = ctx.E, V = ctx.V, B = ctx.B, P = ctx.P
-    cdef int GH = G * H, nt = ctx.nt, kind = ctx.kind
+    cdef Py_ssize_t L = ctx.L, H = ctx.H, G = ctx.G, E = ctx.E, V = ctx.V, B = ctx.B, P = ctx.P
+    cdef Py_ssize_t GH = G * H, nt = ctx.nt
+    cdef int kind = ctx.kind
     cdef bint sync = ctx.split_rows and nt > 1
-    cdef int j0, j1, v0, v1, b0, b1, s0, s1, nj, nv, GL
-    cdef int s, t, l, k, b, lo, hi, nb, par = 0, in_dim, ldx
-    cdef int n_steps = P + ctx.n_tokens - 1
+    cdef Py_ssize_t j0, j1, v0, v1, b0, b1, s0, s1, nj, nv, GL
+    cdef Py_ssize_t s, t, l, k, b, lo, hi, nb, par = 0, in_dim
+    cdef Py_ssize_t n_steps = P + ctx.n_tokens - 1
     cdef int64_t tok
     if ctx.split_rows:
         j0 = _unit_split(H, nt, tid)
@@ -238,13 +255,15 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
     nj = j1 - j0
     nv = v1 - v0
     GL = G * nj
-    # Thread scratch: gates (B, GL), recurrent gates (B, GL), GRU hn (B, nj), then the
-    # biases of this thread's units in block layout (k * nj + jj), per layer, then a copy
-    # of one row's c_{t-1} (nj).
+    # Thread scratch (_scratch_stride): for the R = ctx.scratch_rows rows from b0 (all rows
+    # when splitting rows, its own slice when splitting the batch), gates (R, GL), recurrent
+    # gates (R, GL), GRU hn (R, nj); then the biases of this thread's units in block layout
+    # (k * nj + jj), per layer, then a copy of one row's c_{t-1} (nj). Row b is at b - b0.
+    cdef Py_ssize_t R = ctx.scratch_rows
     cdef floating* g = <floating*>ctx.scratch + tid * ctx.scratch_stride
-    cdef floating* gh = g + B * GL
-    cdef floating* hn = gh + B * GL
-    cdef floating* bih = hn + B * nj
+    cdef floating* gh = g + R * GL
+    cdef floating* hn = gh + R * GL
+    cdef floating* bih = hn + R * nj
     cdef floating* bhh = bih + L * GL
     cdef floating* c_prev = bhh + L * GL
     cdef floating* hbuf = <floating*>ctx.hbuf
@@ -283,7 +302,7 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
                     for b in range(lo, hi):
                         if not ctx.done[b]:
                             for k in range(G):
-                                memcpy(g + b * GL + k * nj, table + ctx.cur[b] * GH + k * H + j0,
+                                memcpy(g + (b - b0) * GL + k * nj, table + ctx.cur[b] * GH + k * H + j0,
                                        nj * sizeof(floating))
                 else:
                     if l == 0:
@@ -294,25 +313,25 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
                         in_dim = H
                     w = <const floating*>ctx.w_ih[l]
                     for b in range(lo, hi):
-                        memcpy(g + b * GL, bih + l * GL, GL * sizeof(floating))
+                        memcpy(g + (b - b0) * GL, bih + l * GL, GL * sizeof(floating))
                     for k in range(G):
                         _rows_times_wt(nb, nj, in_dim, xin + lo * in_dim, in_dim,
                                        w + (k * H + j0) * in_dim, in_dim, <floating>1,
-                                       g + lo * GL + k * nj, GL)
+                                       g + (lo - b0) * GL + k * nj, GL)
                 w = <const floating*>ctx.w_hh[l]
                 for k in range(G):
                     _rows_times_wt(nb, nj, H, hp + lo * H, H, w + (k * H + j0) * H, H,
-                                   <floating>0, gh + lo * GL + k * nj, GL)
+                                   <floating>0, gh + (lo - b0) * GL + k * nj, GL)
                 for b in range(lo, hi):
                     if ctx.done[b]:
                         continue
                     if cst != NULL:
                         # The gate math takes c_{t-1} and c_t as distinct (restrict) arrays.
                         memcpy(c_prev, cst + (l * B + b) * H + j0, nj * sizeof(floating))
-                    cell_forward_row(kind, nj, 0, nj, g + b * GL, gh + b * GL, bhh + l * GL,
+                    cell_forward_row(kind, nj, 0, nj, g + (b - b0) * GL, gh + (b - b0) * GL, bhh + l * GL,
                                      hp + b * H + j0, hw + b * H + j0, c_prev,
                                      cst + (l * B + b) * H + j0 if cst != NULL else NULL,
-                                     hn + b * nj)
+                                     hn + (b - b0) * nj)
                 if sync:
                     fr_omp_barrier()
         elif sync:
@@ -364,16 +383,71 @@ cdef void _team_worker(Ctx* ctx, const floating* out_w, int tid, int* team_ok) n
 
 
 # ---------------------------------------------------------------------------------------------
-# Entry point. Arguments are validated by fastrnn.generation.
+# Entry point. Arguments are validated by fastrnn.generation; generate_loop checks again what
+# it indexes (shapes against each other), so that a direct call cannot make it read or write
+# outside its buffers.
 # ---------------------------------------------------------------------------------------------
 
-def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih, list w_hh,
-                  list b_ih, list b_hh, const floating[:, ::1] table,
-                  const floating[:, ::1] out_w, const floating[::1] out_b,
-                  const int64_t[:, ::1] prime, int n_tokens, const double[:, ::1] uniforms,
-                  floating[:, :, ::1] h, floating[:, :, ::1] c,
+# The size helpers take and return Python ints (untyped on purpose): exact at any size.
+
+def _thread_layout(G, B, H, nt, split_rows):
+    """(rows, units): the most batch rows and hidden units one thread's gate buffers hold."""
+    if split_rows:
+        return B, max(_unit_split(H, nt, t + 1) - _unit_split(H, nt, t) for t in range(nt))
+    return max((t + 1) * B // nt - t * B // nt for t in range(nt)), H
+
+
+def _scratch_stride(G, L, rows, units):
+    """Elements of one thread's scratch (see _worker): 2 (rows, G*units) gate buffers, GRU hn
+    (rows, units), 2 (L, G*units) local biases, one c_{t-1} (units), and 16 spare."""
+    return 2 * rows * G * units + rows * units + 2 * L * G * units + units + 16
+
+
+def _buffer_sizes(G, L, B, H, E, V, n_tokens, nt, split_rows, itemsize):
+    """Bytes of each buffer generate_loop allocates, computed exactly before it allocates any.
+
+    Raises MemoryError when the total cannot be addressed (more than sys.maxsize bytes).
+    The scratch also serves the one-thread fallback of the row split (stride for one thread,
+    all rows): nt * stride(nt) >= stride(1), since the units of nt threads cover H.
+    """
+    rows, units = _thread_layout(G, B, H, nt, split_rows)
+    sizes = {
+        "tokens": B * n_tokens * 8,
+        "hidden states": 2 * L * B * H * itemsize,
+        "embeddings": B * E * itemsize,
+        "logits": B * V * itemsize,
+        "scratch": nt * _scratch_stride(G, L, rows, units) * itemsize,
+        "sampling pairs": nt * V * int(sizeof(Pair)) + 16,
+    }
+    total = sum(sizes.values())
+    if total > sys.maxsize:
+        detail = ", ".join(f"{name} {size}" for name, size in sizes.items())
+        raise MemoryError(f"generation would need {total} bytes of buffers ({detail}), more than "
+                          f"can be addressed: generate fewer rows or tokens per call")
+    return sizes
+
+
+cdef int _check_2d(str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t want_rows,
+                   Py_ssize_t want_cols) except -1:
+    if rows != want_rows or cols != want_cols:
+        raise ValueError(f"{name} must have shape ({want_rows}, {want_cols}), got ({rows}, {cols})")
+    return 0
+
+
+cdef int _check_1d(str name, Py_ssize_t n, Py_ssize_t want) except -1:
+    if n != want:
+        raise ValueError(f"{name} must have shape ({want},), got ({n},)")
+    return 0
+
+
+def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih not None,
+                  list w_hh not None, list b_ih not None, list b_hh not None,
+                  const floating[:, ::1] table, const floating[:, ::1] out_w not None,
+                  const floating[::1] out_b not None, const int64_t[:, ::1] prime not None,
+                  Py_ssize_t n_tokens, const double[:, ::1] uniforms,
+                  floating[:, :, ::1] h not None, floating[:, :, ::1] c,
                   double temperature, int top_k, double top_p, bint greedy, int64_t stop_id,
-                  const uint8_t[::1] banned, int num_threads, bint split_rows):
+                  const uint8_t[::1] banned not None, int num_threads, bint split_rows):
     """Generate ``n_tokens`` tokens per row.
 
     h (L, B, H) in: the state before the prime; out: each row's final state. c likewise
@@ -382,18 +456,68 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih, list w_
     in [0, 1), None when greedy. stop_id < 0: no stop token. banned (V,) uint8.
     Returns (tokens (B, n_tokens) int64, -1 after a stop; lengths (B,) int64).
     """
-    cdef int L = h.shape[0], B = h.shape[1], H = h.shape[2], V = out_w.shape[0]
-    cdef int E = embedding.shape[1], P = prime.shape[1], G = gate_count(kind)
-    cdef int nt = num_threads if num_threads > 0 and fr_openmp_enabled() else 1, l, b, tid
+    cdef Py_ssize_t L = h.shape[0], B = h.shape[1], H = h.shape[2], V = out_w.shape[0]
+    cdef Py_ssize_t E = embedding.shape[1], P = prime.shape[1], G = gate_count(kind), GH = G * H
+    cdef Py_ssize_t l, b, stride, stride1, rows, units
+    cdef int nt = num_threads if num_threads > 0 and fr_openmp_enabled() else 1, tid, team
     cdef int team_ok = 1
+    cdef const floating[:, ::1] mv2
+    cdef const floating[::1] mv1
+    # Shapes, and the sizes that reach BLAS (C int).
+    if L < 1 or B < 1 or H < 1 or V < 1 or E < 1 or P < 1 or n_tokens < 1:
+        raise ValueError(f"L, B, H, V, E, P and n_tokens must be >= 1, got L={L}, B={B}, "
+                         f"H={H}, V={V}, E={E}, P={P}, n_tokens={n_tokens}")
+    for size, what in ((GH, "G*H (gate columns)"), (B, "the number of rows B"),
+                       (V, "the vocabulary size V"), (E, "the embedding size E")):
+        if size > INT_MAX:
+            raise ValueError(f"{what} is {size}, more than BLAS can take ({INT_MAX})")
+    _check_2d("embedding", embedding.shape[0], E, V, E)
+    _check_2d("out_w", V, out_w.shape[1], V, H)
+    _check_1d("out_b", out_b.shape[0], V)
+    _check_2d("prime", prime.shape[0], P, B, P)
+    _check_1d("banned", banned.shape[0], V)
+    if table is not None:
+        _check_2d("table", table.shape[0], table.shape[1], V, GH)
+    if not greedy:
+        if uniforms is None:
+            raise TypeError("uniforms must be given unless greedy, got None")
+        _check_2d("uniforms", uniforms.shape[0], uniforms.shape[1], n_tokens, B)
+    if c is not None:
+        if c.shape[0] != L or c.shape[1] != B or c.shape[2] != H:
+            raise ValueError(f"c must have shape ({L}, {B}, {H}), got "
+                             f"({c.shape[0]}, {c.shape[1]}, {c.shape[2]})")
+    elif kind == K_LSTM:
+        raise TypeError("the LSTM needs c, got None")
+    for name, arrays in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        if len(arrays) != L:
+            raise ValueError(f"{name} must hold {L} arrays (one per layer), got {len(arrays)}")
+    for l in range(L):
+        mv2 = w_ih[l]
+        _check_2d(f"w_ih[{l}]", mv2.shape[0], mv2.shape[1], GH, E if l == 0 else H)
+        mv2 = w_hh[l]
+        _check_2d(f"w_hh[{l}]", mv2.shape[0], mv2.shape[1], GH, H)
+        mv1 = b_ih[l]
+        _check_1d(f"b_ih[{l}]", mv1.shape[0], GH)
+        mv1 = b_hh[l]
+        _check_1d(f"b_hh[{l}]", mv1.shape[0], GH)
     if split_rows:
         if nt > (H + 15) // 16:
-            nt = max(1, (H + 15) // 16)
+            nt = <int>max(1, (H + 15) // 16)
     elif nt > B:
-        nt = B
+        nt = <int>B
+    team = fr_team_threads(nt)   # threads that may run them: 1 in a forked child
     dtype = np.float32 if floating is float else np.float64
+    # Python ints from here to the allocations: exact at any size.
+    _buffer_sizes(int(G), int(L), int(B), int(H), int(E), int(V), int(n_tokens), int(nt),
+                  split_rows, int(sizeof(floating)))
+    rows, units = _thread_layout(int(G), int(B), int(H), int(nt), split_rows)
+    stride = _scratch_stride(int(G), int(L), rows, units)
+    stride1 = _scratch_stride(int(G), int(L), int(B), int(H))   # one-thread fallback, row split
+    assert stride1 <= nt * stride
     tokens = np.full((B, n_tokens), -1, dtype=np.int64)
     lengths = np.zeros(B, dtype=np.int64)
+    if np.asarray(prime).min() < 0 or np.asarray(prime).max() >= V:
+        raise ValueError(f"prime ids must be in [0, {V})")
     cur = np.array(prime[:, 0], dtype=np.int64)   # a writable copy: prime may be read-only
     done = np.zeros(B, dtype=np.uint8)
     par_of = np.zeros(B, dtype=np.uint8)
@@ -404,13 +528,9 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih, list w_
     if table is None:
         xbuf[...] = np.asarray(embedding)[cur]
     logits = np.empty((B, V), dtype=dtype)
-    cdef int GH = G * H
-    cdef int stride = 2 * B * GH + B * H + 2 * L * GH + H + 16
     scratch = np.empty(nt * stride, dtype=dtype)
     pairs_arr = np.empty(nt * V * sizeof(Pair) + 16, dtype=np.uint8)
 
-    cdef const floating[:, ::1] mv2
-    cdef const floating[::1] mv1
     cdef int64_t[:, ::1] tok_mv = tokens
     cdef int64_t[::1] len_mv = lengths, cur_mv = cur
     cdef uint8_t[::1] done_mv = done, par_mv = par_of, pairs_mv = pairs_arr
@@ -448,7 +568,7 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih, list w_
         ctx.xbuf = <void*>&xbuf_mv[0, 0]
         ctx.logits = <void*>&logits_mv[0, 0]
         ctx.scratch = <void*>&scratch_mv[0]
-        ctx.scratch_stride = stride
+        ctx.scratch_stride, ctx.scratch_rows = stride, rows
         ctx.pairs = <Pair*>&pairs_mv[0]
         ctx.tokens = &tok_mv[0, 0]
         ctx.lengths = &len_mv[0]
@@ -459,15 +579,23 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih, list w_
             if nt == 1:
                 _worker(&ctx, &out_w[0, 0], 0)
             elif split_rows:
-                # The barriers need exactly nt threads; with fewer (a thread limit), no
-                # thread starts and the loop runs on one thread below.
-                with parallel(num_threads=nt):
-                    _team_worker(&ctx, &out_w[0, 0], threadid(), &team_ok)
+                # The barriers need exactly nt threads; with fewer (a thread limit, or a
+                # forked child: see _openmp.pxd), the loop runs on one thread below.
+                if team == nt:
+                    with parallel(num_threads=nt):
+                        _team_worker(&ctx, &out_w[0, 0], threadid(), &team_ok)
+                else:
+                    team_ok = 0
                 if not team_ok:
+                    # One thread, all units and rows: its scratch stride fits in nt strides
+                    # (see _buffer_sizes).
                     ctx.nt = 1
+                    ctx.scratch_stride, ctx.scratch_rows = stride1, B
                     _worker(&ctx, &out_w[0, 0], 0)
             else:
-                for tid in prange(nt, num_threads=nt, schedule='static', chunksize=1):
+                # No barriers: a smaller team (one thread in a forked child) runs the same
+                # nt slices in turn, with the same results.
+                for tid in prange(nt, num_threads=team, schedule='static', chunksize=1):
                     _worker(&ctx, &out_w[0, 0], tid)
     finally:
         free(ctx.w_ih)
