@@ -132,6 +132,8 @@ def check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh):
         raise ValueError(f"x must have at least one step, sequence and feature, got shape {x.shape}")
     w_hh = check_array(w_hh, "w_hh", ndim=2, dtype=dtype)
     GH, H = w_hh.shape
+    if H < 1:   # as the layers (hidden_size >= 1): an empty output is a mistake, not a model
+        raise ValueError(f"w_hh must have shape ({spec.gates} * H, H) with H >= 1, got {w_hh.shape}")
     if GH != spec.gates * H:
         raise ValueError(f"w_hh must have shape ({spec.gates} * H, H) for a {spec.name} cell, "
                          f"got {w_hh.shape}")

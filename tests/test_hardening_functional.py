@@ -368,3 +368,10 @@ def test_nested_limits_and_exceptions_restore_blas(blas_counts):
     assert blas_thread_counts() == blas_counts
     with threads.blas_single_threaded(active=False):
         assert blas_thread_counts() == blas_counts
+
+
+def test_zero_hidden_units_are_refused_like_the_layers():
+    with pytest.raises(ValueError, match=r"H >= 1"):
+        F.lstm_forward(np.zeros((2, 3, 4)), np.zeros((0, 4)), np.zeros((0, 0)))
+    with pytest.raises(ValueError, match="hidden_size must be >= 1"):
+        fastrnn.LSTM(4, 0)
