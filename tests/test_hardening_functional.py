@@ -4,6 +4,8 @@ Every caller-supplied buffer is either computed into exactly (bitwise the same n
 with plain contiguous arrays) or refused with an error naming it; a workspace is consumed by
 exactly one backward even from several threads; the BLAS thread limit is restored.
 """
+import json
+import os
 import threading
 
 import numpy as np
@@ -146,6 +148,10 @@ def good_grads(bias=True, i=I):
     return g
 
 
+class NdarraySubclass(np.ndarray):
+    pass
+
+
 BAD_GRADS = [
     ("weight_hh", lambda a: a[:-1], ValueError, r"grads\['weight_hh'\] must have shape \(24, 6\)"),
     ("weight_ih", lambda a: np.zeros(3), ValueError, r"grads\['weight_ih'\] must have shape"),
@@ -155,7 +161,7 @@ BAD_GRADS = [
      r"grads\['weight_ih'\] must be C-contiguous"),
     ("bias_hh", lambda a: np.zeros(2 * a.size)[::-2], ValueError, r"grads\['bias_hh'\] must be C-contiguous"),
     ("bias_ih", lambda a: np.broadcast_to(a, a.shape), ValueError, r"grads\['bias_ih'\] must be writeable"),
-    ("weight_hh", lambda a: np.asmatrix(a), TypeError, r"grads\['weight_hh'\] must be a numpy.ndarray"),
+    ("weight_hh", lambda a: a.view(NdarraySubclass), TypeError, r"grads\['weight_hh'\] must be a numpy.ndarray"),
     ("weight_hh", lambda a: a.tolist(), TypeError, r"grads\['weight_hh'\] must be a numpy.ndarray"),
     ("bias_ih", lambda a: None, TypeError, r"grads\['bias_ih'\] must be a numpy.ndarray"),
 ]
@@ -375,3 +381,36 @@ def test_zero_hidden_units_are_refused_like_the_layers():
         F.lstm_forward(np.zeros((2, 3, 4)), np.zeros((0, 4)), np.zeros((0, 0)))
     with pytest.raises(ValueError, match="hidden_size must be >= 1"):
         fastrnn.LSTM(4, 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_restores_blas_held_by_a_thread_of_its_parent(blas_counts):
+    # Another thread holds the limit when the parent forks: that thread does not exist in
+    # the child, so the child must not wait for it to leave before restoring BLAS.
+    entered, release = threading.Event(), threading.Event()
+
+    def holder():
+        with threads.blas_single_threaded():
+            entered.set()
+            release.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    entered.wait(30)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # child: one kernel-sized block, then report BLAS's thread counts
+        try:
+            with threads.blas_single_threaded():
+                pass
+            os.write(write_end, json.dumps(blas_thread_counts()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_counts = json.loads(pipe.read() or "null")
+    os.waitpid(pid, 0)
+    release.set()
+    t.join()
+    assert child_counts == blas_counts
+    assert blas_thread_counts() == blas_counts
