@@ -99,17 +99,19 @@ def check_no_shared_memory(outputs, inputs):
     ``outputs`` and ``inputs`` map argument names to arrays (``None`` entries are skipped):
     a kernel reading an array while writing an aliased one gives wrong numbers.
     """
-    outputs = [(k, v) for k, v in outputs.items() if v is not None]
-    inputs = [(k, v) for k, v in inputs.items() if v is not None]
-    for i, (out_name, out) in enumerate(outputs):
-        for other_name, other in outputs[i + 1:] + inputs:
-            if _shares_memory(out, other):
-                raise ValueError(f"{out_name} must not share memory with {other_name}")
+    named = [(k, v) for k, v in outputs.items() if v is not None]
+    n_outputs = len(named)
+    named += [(k, v) for k, v in inputs.items() if v is not None]
+    may_share = np.may_share_memory
+    for i in range(n_outputs):
+        out = named[i][1]
+        for j in range(i + 1, len(named)):
+            if may_share(out, named[j][1]) and _shares_memory(out, named[j][1]):
+                raise ValueError(f"{named[i][0]} must not share memory with {named[j][0]}")
 
 
 def _shares_memory(a, b):
-    if not np.may_share_memory(a, b):   # disjoint address ranges: the common case, cheap
-        return False
+    """Exact answer for arrays whose address ranges overlap (may_share_memory is True)."""
     try:
         return bool(np.shares_memory(a, b, max_work=100_000))
     except np.exceptions.TooHardError:   # undecided: refuse rather than risk it
