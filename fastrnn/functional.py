@@ -150,8 +150,12 @@ def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, len
 
     cell: "rnn_tanh", "rnn_relu", "gru" or "lstm". x: (T, B, I) float32 or float64; weights
     and state must have x's dtype. ``reverse=True`` walks each sequence from its own last
-    step. ``out`` is an optional (T, B, H) array to write y into (it may be a strided view,
-    such as one half of a bidirectional output).
+    step. ``out`` is an optional (T, B, H) numpy array of x's dtype to write y into: any
+    writeable view (such as one half of a bidirectional output, or a reversed one) whose
+    elements overlap neither each other nor x, the weights or the biases. The kernels write
+    straight into it when its rows can be walked with a positive leading dimension (then
+    backward reads y back from it: leave it unchanged until then), else into a fresh buffer
+    that is then copied into ``out``.
 
     Returns ``(y, state_T, workspace)``; state_T is h_T (B, H), or (h_T, c_T) for the LSTM.
     """
