@@ -10,15 +10,36 @@ among fastrnn's threads. CuPy arrays and other layouts go to ``@``.
 import numpy as np
 
 from . import threads
+from ._validation import check_no_shared_memory, has_internal_overlap
 from ._cpu import recurrent as _kernels
 
 
 def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
-    """``op(a) @ op(b) + beta * out`` (2-D); op transposes when asked. Returns ``out``."""
+    """``op(a) @ op(b) + beta * out`` (2-D); op transposes when asked. Returns ``out``.
+
+    op(a) (m, k), op(b) (k, n); ``out`` (m, n), when given, must have a's dtype and share no
+    memory with a or b. NumPy arrays of float32/float64 run on fastrnn's threads; ``out``
+    then takes that path when it is a writeable C-contiguous ndarray, else the generic one.
+    """
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if k_b != k:
+        raise ValueError(f"matmul: op(a) is ({m}, {k}) but op(b) is ({k_b}, {n})")
+    if out is not None:
+        if out.shape != (m, n):
+            raise ValueError(f"out must have shape ({m}, {n}), got {out.shape}")
+        if out.dtype != a.dtype:
+            raise TypeError(f"out must have dtype {a.dtype}, got {out.dtype}")
+        if all(type(arr) is np.ndarray for arr in (a, b, out)):   # device arrays: their own rules
+            if has_internal_overlap(out):
+                raise ValueError(f"out must not have elements that share memory, got strides "
+                                 f"{out.strides}")
+            check_no_shared_memory({"out": out}, {"a": a, "b": b})
     # Exact type: array subclasses (and device arrays) take the generic path.
     compiled = (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype
                 and a.dtype in (np.float32, np.float64)
-                and (out is None or type(out) is np.ndarray))
+                and (out is None or (type(out) is np.ndarray and out.flags.c_contiguous
+                                     and out.flags.writeable)))
     if not compiled:
         product = (a.T if trans_a else a) @ (b.T if trans_b else b)
         if out is None:
@@ -30,8 +51,6 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
             out += product
         return out
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    m = a.shape[1] if trans_a else a.shape[0]
-    n = b.shape[0] if trans_b else b.shape[1]
     if out is None:
         out, beta = np.empty((m, n), a.dtype), 0.0
     with threads.blas_single_threaded():

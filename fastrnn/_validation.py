@@ -41,7 +41,81 @@ def check_array(x, name, ndim=None, dtype=None, shape=None, contiguous=True):
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {arr.dtype}")
     if contiguous:
         arr = xp.ascontiguousarray(arr)
+        if xp is np and not arr.flags.aligned:   # e.g. a field of a packed structured array
+            arr = arr.copy()
     return arr
+
+
+def check_output_buffer(out, name, shape, dtype, contiguous=True):
+    """Validate a caller-supplied array that a kernel will write into; return it unchanged.
+
+    It must be a plain ``numpy.ndarray`` (subclasses such as masked arrays carry meaning the
+    kernels would ignore) of exactly ``shape`` and ``dtype``, writeable, C-contiguous when
+    ``contiguous``, and no two of its elements may share memory (then no value could be
+    written exactly). Wrong type or dtype: TypeError; anything else: ValueError.
+    """
+    if type(out) is not np.ndarray:
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__module__}."
+                        f"{type(out).__qualname__}")
+    shape = tuple(shape)
+    if out.shape != shape:
+        raise ValueError(f"{name} must have shape {_fmt_shape(shape)}, got {out.shape}")
+    if out.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable (it receives the result), got a read-only array")
+    if contiguous and not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous, got strides {out.strides}")
+    if has_internal_overlap(out):
+        raise ValueError(f"{name} must not have elements that share memory, got shape "
+                         f"{out.shape} with strides {out.strides}")
+    return out
+
+
+def has_internal_overlap(a):
+    """True when two elements of the numpy array ``a`` share a byte of memory."""
+    if a.size <= 1:
+        return False
+    # Cheap sufficient test: each axis (by increasing stride) steps past everything the
+    # smaller axes span. Holds for every C/F-ordered view, slice and transpose.
+    extent = a.itemsize
+    for stride, n in sorted((abs(s), n) for s, n in zip(a.strides, a.shape) if n > 1):
+        if stride < extent:
+            break
+        extent += stride * (n - 1)
+    else:
+        return False
+    # Unusual layout (interleaved or really overlapping): compare every element's offset.
+    offsets = np.zeros((), np.int64)
+    for s, n in zip(a.strides, a.shape):
+        offsets = np.add.outer(offsets, np.arange(n, dtype=np.int64) * s)
+    offsets = np.sort(offsets.ravel())
+    return bool(np.any(np.diff(offsets) < a.itemsize))
+
+
+def check_no_shared_memory(outputs, inputs):
+    """Raise ValueError if an output array shares memory with another output or an input.
+
+    ``outputs`` and ``inputs`` map argument names to arrays (``None`` entries are skipped):
+    a kernel reading an array while writing an aliased one gives wrong numbers.
+    """
+    named = [(k, v) for k, v in outputs.items() if v is not None]
+    n_outputs = len(named)
+    named += [(k, v) for k, v in inputs.items() if v is not None]
+    may_share = np.may_share_memory
+    for i in range(n_outputs):
+        out = named[i][1]
+        for j in range(i + 1, len(named)):
+            if may_share(out, named[j][1]) and _shares_memory(out, named[j][1]):
+                raise ValueError(f"{named[i][0]} must not share memory with {named[j][0]}")
+
+
+def _shares_memory(a, b):
+    """Exact answer for arrays whose address ranges overlap (may_share_memory is True)."""
+    try:
+        return bool(np.shares_memory(a, b, max_work=100_000))
+    except np.exceptions.TooHardError:   # undecided: refuse rather than risk it
+        return True
 
 
 def check_int(value, name, minimum):

@@ -1,14 +1,19 @@
 """Thread settings: OpenMP threads for the kernels, and keeping BLAS out of their way.
 
 The kernels split every GEMM across their own OpenMP threads and call BLAS single-threaded
-on each share, so BLAS is limited to one thread for the duration of each forward and
-backward call (one cached threadpoolctl controller): two thread pools would oversubscribe
-the cores, and idle BLAS workers spin. set_num_threads therefore sets every thread fastrnn
-uses.
+on each share, so BLAS is limited to one thread while any kernel runs (one cached threadpoolctl
+controller): two thread pools would oversubscribe the cores, and idle BLAS workers spin.
+set_num_threads therefore sets every thread fastrnn uses.
+
+BLAS's thread count is process-global, so the limit is reference counted: the first Python
+thread to enter :func:`blas_single_threaded` saves BLAS's thread counts and sets 1, the last one
+to leave restores them, and a nested entry in a thread that already holds the limit only bumps
+a thread-local counter (no lock, no call into BLAS). Outer loops (a training step, a whole
+generation) hold the limit once so that the kernel calls inside them pay almost nothing.
 """
-import contextlib
 import os
 import sys
+import threading
 
 from ._cpu import recurrent as _kernels
 
@@ -43,14 +48,72 @@ def _threadpool_controller():
     return _controller
 
 
-@contextlib.contextmanager
+class _BlasLimit:
+    """Reference-counted "BLAS on one thread" (see the module docstring).
+
+    ``_depth`` counts the nesting in each Python thread; ``_holders`` counts the threads inside
+    at least one block, under ``_lock``; ``_limiter`` is threadpoolctl's record of the thread
+    counts to restore, set while ``_holders > 0``.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._holders = 0
+        self._limiter = None
+
+    def __enter__(self):
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            with self._lock:
+                if self._limiter is None:
+                    self._limiter = _threadpool_controller().limit(limits=1, user_api="blas")
+                self._holders += 1
+        self._local.depth = depth + 1
+        return self
+
+    def __exit__(self, *exc):
+        depth = self._local.depth - 1
+        self._local.depth = depth
+        if depth == 0:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    limiter, self._limiter = self._limiter, None
+                    limiter.restore_original_limits()
+        return False
+
+    def _after_fork_in_child(self):
+        # Only the forking thread lives on in the child: the other holders will never leave.
+        # BLAS stays limited (the saved counts are kept) until this process's next outermost
+        # block ends, which restores them.
+        self._lock = threading.Lock()
+        self._holders = 1 if getattr(self._local, "depth", 0) > 0 else 0
+
+
+class _NoLimit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_blas_limit = _BlasLimit()
+_no_limit = _NoLimit()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_blas_limit._after_fork_in_child)
+
+
 def blas_single_threaded(active=True):
-    """Limit BLAS to one thread inside the block when ``active``."""
-    if not active:
-        yield
-        return
-    with _threadpool_controller().limit(limits=1, user_api="blas"):
-        yield
+    """Context manager: BLAS on one thread inside the block when ``active``.
+
+    Re-entrant and safe to use from several Python threads at once: the first entry in the
+    process sets the limit, the last exit restores BLAS's original thread counts (also when
+    the block raises). Nested entries cost a thread-local increment, so callers that run many
+    kernels (a training step, generation) should hold it around the whole loop.
+    """
+    return _blas_limit if active else _no_limit
 
 
 def show_config(file=None):
