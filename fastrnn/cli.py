@@ -1,15 +1,26 @@
 """The ``fastrnn`` command: demo, train, sample, eval, info, bench.
 
+``fastrnn bench`` runs code that is not installed with the package: the benchmark harness
+lives in a source checkout's ``benchmarks/`` directory (``benchmarks/fastrnn_bench.py``). The
+command takes it from ``--from DIR`` (the checkout, or its benchmarks/ directory) or else from
+the current directory or the nearest parent that has one (the way git and pytest find their
+root), imports it with only that benchmarks/ directory on sys.path (the checkout's own
+``fastrnn/`` never shadows the fastrnn that is running), hands it every other option, and
+times the fastrnn this command runs (its first line says which). Outside a checkout it prints
+one line saying so and exits 2; ``fastrnn bench --help`` there explains the same.
+
 Mistakes a user can make (missing or unreadable files, bad options, foreign or corrupt model
 files, a prime the vocabulary cannot encode, ``--device cuda`` without CuPy or a GPU) end with
 one line on stderr and exit code 2.
 Set FASTRNN_DEBUG=1 to see the traceback instead.
 """
 import argparse
+import importlib
 import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -527,10 +538,82 @@ def build_parser():
     info.add_argument("model")
     info.set_defaults(func=cmd_info)
 
-    # Listed for --help only: main() hands "fastrnn bench ..." to fastrnn.benchmarks.main.
-    sub.add_parser("bench", help="time fastrnn against PyTorch (fastrnn bench --help)",
-                   add_help=False)
+    # Listed for --help only: main() hands "fastrnn bench ..." to _bench.
+    sub.add_parser("bench", help="time fastrnn against PyTorch, from a source checkout "
+                                 "(fastrnn bench --help)", add_help=False)
     return parser
+
+
+# ---- fastrnn bench (the harness is in a source checkout; see the module docstring) ------------
+
+BENCH_MODULE = "fastrnn_bench"
+_BENCH_HELP = """\
+usage: fastrnn bench [--from DIR] [options of the checkout's benchmarks]
+
+Times fastrnn against PyTorch with the benchmarks of a fastrnn source checkout (its
+benchmarks/ directory, which is not installed with the package). Run it inside the checkout,
+or pass --from DIR (the checkout); `fastrnn bench --help` there lists the options.
+"""
+
+
+def find_benchmarks(checkout=None, start=None):
+    """The benchmarks/ directory to run: that of ``checkout`` (a source checkout, or its
+    benchmarks/ directory itself) when given, else that of ``start`` (default: the current
+    directory) or of its nearest parent that has one. FileNotFoundError (one line) if none."""
+    marker = BENCH_MODULE + ".py"
+    if checkout is not None:
+        root = Path(checkout).expanduser().resolve()
+        for directory in (root / "benchmarks", root):
+            if (directory / marker).is_file():
+                return directory
+        raise FileNotFoundError(f"--from {checkout}: expected a fastrnn source checkout "
+                                f"(a directory with benchmarks/{marker})")
+    here = (Path.cwd() if start is None else Path(start)).resolve()
+    for directory in (here, *here.parents):
+        if (directory / "benchmarks" / marker).is_file():
+            return directory / "benchmarks"
+    raise FileNotFoundError(f"fastrnn bench needs a fastrnn source checkout (the benchmarks are "
+                            f"not installed with the package): run it inside one, or pass "
+                            f"--from DIR; {here} is not in one")
+
+
+def load_benchmarks(checkout=None, start=None):
+    """Import the benchmark harness that :func:`find_benchmarks` finds and return the module.
+    Only its benchmarks/ directory goes on sys.path (never the checkout: its unbuilt
+    ``fastrnn/`` would shadow the fastrnn that is running)."""
+    directory = find_benchmarks(checkout, start)
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    try:
+        module = importlib.import_module(BENCH_MODULE)
+    except ImportError as exc:   # e.g. a checkout whose benchmarks need another fastrnn
+        raise ImportError(f"cannot import {directory / (BENCH_MODULE + '.py')}: {exc}") from exc
+    loaded_from = Path(module.__file__).resolve().parent
+    if loaded_from != directory:
+        raise ValueError(f"{BENCH_MODULE} is already imported from {loaded_from}, "
+                         f"not from {directory}")
+    return module
+
+
+def _bench(argv, debug=False):
+    """``fastrnn bench [--from DIR] ...``: every option but --from goes to the harness."""
+    parser = _Parser(prog="fastrnn bench", add_help=False, allow_abbrev=False)
+    parser.add_argument("--from", dest="checkout", metavar="DIR")
+    try:
+        args, rest = parser.parse_known_args(argv)
+        benchmarks = load_benchmarks(args.checkout)
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        if not ({"-h", "--help"} & set(argv)) or args.checkout is not None:
+            if debug:
+                raise
+            print(f"fastrnn: error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(_BENCH_HELP, end="")
+        return 0
+    return benchmarks.main(rest)
 
 
 def main(argv=None):
@@ -538,9 +621,7 @@ def main(argv=None):
     debug = os.environ.get("FASTRNN_DEBUG") == "1"
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        # The benchmark runner has its own options; hand them over untouched.
-        from . import benchmarks
-        return benchmarks.main(argv[1:])
+        return _bench(argv[1:], debug)
     try:
         args = parser.parse_args(argv)
         if args.version:

@@ -1,11 +1,15 @@
-"""fastrnn.benchmarks: the rows and the table (no timing assertions)."""
+"""benchmarks/fastrnn_bench.py (the `fastrnn bench` harness, in the checkout, not the
+package): the rows and the table (no timing assertions)."""
 import contextlib
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fastrnn import benchmarks
+from fastrnn.cli import load_benchmarks
+
+benchmarks = load_benchmarks(Path(__file__).resolve().parents[1])
 
 
 @pytest.fixture

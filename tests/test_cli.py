@@ -154,7 +154,11 @@ def test_demo_trains_reports_the_entropy_gap_and_samples(capsys):
 
 
 def test_bench_options_are_handed_to_the_benchmark_runner(monkeypatch):
-    from fastrnn import benchmarks
+    from pathlib import Path
+
+    from fastrnn.cli import load_benchmarks
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])   # fastrnn bench runs in a checkout
+    benchmarks = load_benchmarks()
     received = []
     monkeypatch.setattr(benchmarks, "main", lambda argv: received.append(argv) or 0)
     assert main(["bench", "--repeat", "2", "--cases", "lm"]) == 0

@@ -1,6 +1,6 @@
 """Every benchmark case, fastrnn vs PyTorch in the same session.
 
-Cases come from fastrnn.benchmarks (the same lists `fastrnn bench` runs):
+Cases come from fastrnn_bench.py (the same lists `fastrnn bench` runs):
 * kernel cases: one recurrent layer, forward and forward+backward, every cell x
   (B, T, I, H) in {(32, 64, 128, 256), (64, 100, 512, 512), (256, 50, 256, 256), (1, 100, 512, 512)};
 * language-model cases: a full training step (embedding, 2-layer LSTM, linear, softmax
@@ -11,27 +11,26 @@ a group, so --benchmark-group-by=group shows them side by side.
 """
 import pytest
 
-from conftest import bench_threads, run_benchmark
-from fastrnn.benchmarks import kernel_cases, lm_cases, torch_available
+from fastrnn_bench import kernel_cases, lm_cases, torch_available
 
 CASES = kernel_cases() + lm_cases()
 
 
-def _extra_info(benchmark, case, library):
+def _extra_info(benchmark, case, library, threads):
     benchmark.group = case.group
     benchmark.extra_info.update(case.params, library=library, flops=case.flops,
-                                threads=bench_threads())
+                                threads=threads)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_fastrnn(benchmark, case):
-    _extra_info(benchmark, case, "fastrnn")
+def test_fastrnn(benchmark, run_benchmark, threads, case):
+    _extra_info(benchmark, case, "fastrnn", threads)
     run_benchmark(benchmark, case.make_fastrnn())
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_torch(benchmark, case):
+def test_torch(benchmark, run_benchmark, threads, case):
     if not torch_available():
         pytest.skip("torch is not installed")
-    _extra_info(benchmark, case, "torch")
+    _extra_info(benchmark, case, "torch", threads)
     run_benchmark(benchmark, case.make_torch())

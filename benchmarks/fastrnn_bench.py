@@ -1,11 +1,15 @@
-"""Benchmarks against PyTorch: the kernel cases (one recurrent layer, forward and
-forward+backward), timed in the same run as PyTorch and as the machine's large-GEMM rate.
+"""The `fastrnn bench` table: fastrnn against PyTorch, timed in the same run as each other
+and as the machine's large-GEMM rate. It lives in the source checkout, not in the installed
+package: `fastrnn bench` finds it there (see fastrnn/cli.py), or run it directly with
+``python benchmarks/fastrnn_bench.py``. It times whichever fastrnn ``import fastrnn`` finds,
+and says which on its first line.
 
     rows = run_kernel_benchmarks(threads=2)
     print(format_table(rows))
 
-or ``fastrnn bench [--quick] [--threads N] [--cases kernels]`` (:func:`main`). The same cases
-drive the pytest-benchmark suite in ``bench/``.
+or ``fastrnn bench [--quick] [--threads N] [--cases kernels,lm,gpu]`` (:func:`main`). The same
+cases drive the pytest-benchmark suite next to this file (test_cases.py), and the GPU cases
+(fastrnn_bench_gpu.py) run on this module's timer and table.
 
 A case is a :class:`Case`: a name, a group (fastrnn and torch rows of one case share it), a
 factory that prepares inputs and returns the zero-argument callable to time for fastrnn,
@@ -16,7 +20,9 @@ more Cases and an entry in :data:`CASE_SETS`.
 import argparse
 import contextlib
 import gc
+import os
 import statistics
+import sys
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -24,9 +30,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import functional as F
-from . import threads as _threads
-from .cells import get_cell
+import fastrnn
+from fastrnn import functional as F
+from fastrnn import threads as _threads
+from fastrnn._gpu import GPUUnavailableError   # does not import CuPy
+from fastrnn.cells import get_cell
 
 # (batch, steps, input, hidden)
 KERNEL_SIZES = [(32, 64, 128, 256), (64, 100, 512, 512), (256, 50, 256, 256), (1, 100, 512, 512)]
@@ -45,6 +53,18 @@ class Case:
     make_torch: Optional[Callable[[], Callable[[], object]]]
     flops: float
     params: dict = field(default_factory=dict)
+    # Where the case runs: "cpu", or "cuda" (its callables wait for the GPU before returning,
+    # and its GEMM share is against the GPU's GEMM rate).
+    device: str = "cpu"
+    # Untimed calls before timing (a GPU case's first calls compile kernels and fill pools).
+    warmup: int = 1
+    # Peak memory is measured on the host (tracemalloc, torch's CPU profiler): cpu cases only.
+    host_memory: bool = True
+
+
+class CaseUnavailable(Exception):
+    """Raised by a case factory that cannot run here; its message is the table's note
+    (e.g. "n/a (torch without CUDA)")."""
 
 
 def torch_available():
@@ -138,7 +158,6 @@ def kernel_cases(cells=None, sizes=None, modes=None, dtype=np.float32):
     return cases
 
 
-# Named case sets for --cases; later sets (training step, generation) go here too.
 # ---- language-model cases -------------------------------------------------------------------
 
 # name: (vocab, embed, hidden, layers, batch, steps)
@@ -160,8 +179,8 @@ def _lm_batch(V, B, T, seed=0):
 
 def _fastrnn_train_step(V, E, H, L, B, T):
     def factory():
-        from .lm import LanguageModel
-        from .train import Trainer
+        from fastrnn.lm import LanguageModel
+        from fastrnn.train import Trainer
         model = LanguageModel(V, E, H, L, seed=0)
         x, y = _lm_batch(V, B, T)
         # The Trainer's own step: forward, backward, clipping at 5, Adam.
@@ -207,7 +226,7 @@ def _torch_train_step(V, E, H, L, B, T):
 
 def _fastrnn_generate(V, E, H, L, B):
     def factory():
-        from .lm import LanguageModel
+        from fastrnn.lm import LanguageModel
         model = LanguageModel(V, E, H, L, seed=0)
         prime = np.array([1])
         return lambda: model.generate_ids(prime, GENERATE_TOKENS, num_samples=B, top_k=0, seed=0)
@@ -254,7 +273,14 @@ def lm_cases():
     return cases
 
 
-CASE_SETS = {"kernels": kernel_cases, "lm": lm_cases}
+def _gpu_cases(cuda_graphs=False):
+    import fastrnn_bench_gpu   # next to this file; imported on demand (it needs CuPy)
+    return fastrnn_bench_gpu.gpu_cases(cuda_graphs=cuda_graphs)
+
+
+# Named case sets for --cases; new kinds of cases get an entry here.
+CASE_SETS = {"kernels": kernel_cases, "lm": lm_cases, "gpu": _gpu_cases,
+             "gpu-graphs": lambda: _gpu_cases(cuda_graphs=True)}
 
 
 # ---- measuring ------------------------------------------------------------------------------
@@ -280,15 +306,21 @@ def thread_settings(threads):
             torch.set_num_threads(saved_torch)
 
 
-def gemm_rate(n=2048, dtype=np.float32, repeat=3):
-    """The machine's large-GEMM rate in GFLOP/s: the best of ``repeat`` n x n x n products
-    through numpy (its BLAS, with whatever thread limit is in force)."""
+def gemm_rate(n=2048, dtype=np.float32, repeat=3, xp=np, sync=None):
+    """The large-GEMM rate in GFLOP/s: the best of ``repeat`` n x n x n products through the
+    array module ``xp`` (numpy: its BLAS, with whatever thread limit is in force; cupy:
+    cuBLAS, with ``sync`` waiting for the GPU inside the timed call)."""
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(dtype)
-    b = rng.standard_normal((n, n)).astype(dtype)
-    out = np.empty((n, n), dtype)
-    np.dot(a, b, out=out)
-    best = min(_timed(lambda: np.dot(a, b, out=out)) for _ in range(max(1, repeat)))
+    a = xp.asarray(rng.standard_normal((n, n)).astype(dtype))
+    b = xp.asarray(rng.standard_normal((n, n)).astype(dtype))
+    out = xp.empty((n, n), dtype)
+
+    def product():
+        xp.dot(a, b, out=out)
+        if sync is not None:
+            sync()
+    product()
+    best = min(_timed(product) for _ in range(max(1, repeat)))
     return 2.0 * n ** 3 / best / 1e9
 
 
@@ -336,63 +368,86 @@ def _torch_peak_bytes(fn):
 
 
 def run_case(case, repeat=5, memory=True, with_torch=True):
-    """Time one case: fastrnn and torch alternately, ``repeat`` times each after a warm-up
-    call, keeping the best (the least disturbed by other load) and the median."""
+    """Time one case: fastrnn and torch alternately, ``repeat`` times each after
+    ``case.warmup`` untimed calls, keeping the best (the least disturbed by other load) and
+    the median."""
     fr = case.make_fastrnn()
     tc = None
     torch_note = None
     if with_torch and case.make_torch is not None:
         if torch_available():
-            tc = case.make_torch()
+            try:
+                tc = case.make_torch()
+            except CaseUnavailable as exc:
+                torch_note = str(exc)
         else:
             torch_note = TORCH_MISSING
     elif case.make_torch is None:
         torch_note = "n/a"
     else:
         torch_note = "n/a (skipped)"
-    fr()
-    if tc is not None:
-        tc()
+    for _ in range(max(1, case.warmup)):
+        fr()
+        if tc is not None:
+            tc()
     fr_times, tc_times = [], []
     for _ in range(max(1, repeat)):
         fr_times.append(_timed(fr))
         if tc is not None:
             tc_times.append(_timed(tc))
-    row = dict(case=case.name, group=case.group, **case.params, flops=case.flops,
+    row = dict(case=case.name, group=case.group, **case.params, device=case.device,
+               flops=case.flops,
                fastrnn_s=min(fr_times), fastrnn_median_s=statistics.median(fr_times),
                torch_s=min(tc_times) if tc_times else None,
                torch_median_s=statistics.median(tc_times) if tc_times else None,
                torch_note=torch_note)
     row["ratio"] = row["torch_s"] / row["fastrnn_s"] if row["torch_s"] else None
     row["gflops"] = case.flops / row["fastrnn_s"] / 1e9
+    memory = memory and case.host_memory
     row["fastrnn_peak_bytes"] = _fastrnn_peak_bytes(fr) if memory else None
     row["torch_peak_bytes"] = _torch_peak_bytes(tc) if (memory and tc is not None) else None
     return row
+
+
+CPU_GEMM_LABEL = "numpy sgemm 2048^3"
+
+
+def device_gemm_rate(device, quick=False):
+    """(GFLOP/s, label): the large-GEMM rate that the cases on ``device`` are compared with."""
+    if device == "cpu":
+        return gemm_rate(repeat=1 if quick else 3), CPU_GEMM_LABEL
+    import fastrnn_bench_gpu
+    return fastrnn_bench_gpu.gpu_gemm_rate(repeat=1 if quick else 3)
 
 
 def run_kernel_benchmarks(cases=None, threads=2, repeat=5, quick=False, memory=True,
                           with_torch=True, progress=None):
     """Run benchmark cases (default: all kernel cases) and return one dict per case.
 
-    Each row has: case, group, the case's params, flops, fastrnn_s / torch_s (best of
-    ``repeat``; torch_s None with torch_note saying why), ratio (torch_s / fastrnn_s: > 1
+    Each row has: case, group, the case's params, device, flops, fastrnn_s / torch_s (best
+    of ``repeat``; torch_s None with torch_note saying why), ratio (torch_s / fastrnn_s: > 1
     means fastrnn is faster), gflops (achieved GEMM GFLOP/s of fastrnn), gemm_gflops (the
-    machine's large-GEMM rate measured in the same run), gemm_share (gflops over it),
-    threads, and fastrnn_peak_bytes / torch_peak_bytes (None where not measured).
-    ``quick`` times each case twice and measures the GEMM rate once, for smoke tests.
+    large-GEMM rate of the case's device, measured in the same run, named by gemm_label),
+    gemm_share (gflops over it), threads, and fastrnn_peak_bytes / torch_peak_bytes (None
+    where not measured). ``quick`` times each case twice and measures the GEMM rate once,
+    for smoke tests.
     """
     if cases is None:
         cases = kernel_cases()
     if quick:
         repeat = min(repeat, 2)
     rows = []
+    rates = {}
     with thread_settings(threads):
-        rate = gemm_rate(repeat=1 if quick else 3)
         for i, case in enumerate(cases):
+            if case.device not in rates:
+                rates[case.device] = device_gemm_rate(case.device, quick)
+            rate, label = rates[case.device]
             if progress:
                 progress(f"[{i + 1}/{len(cases)}] {case.name}")
             row = run_case(case, repeat=repeat, memory=memory, with_torch=with_torch)
-            row.update(threads=threads, gemm_gflops=rate, gemm_share=row["gflops"] / rate)
+            row.update(threads=threads, gemm_gflops=rate, gemm_label=label,
+                       gemm_share=row["gflops"] / rate)
             rows.append(row)
     return rows
 
@@ -422,22 +477,28 @@ def format_table(rows):
                                   for i, (c, w) in enumerate(zip(cells, widths)))
     lines = [fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(line) for line in body]
     if rows:
-        r = rows[0]
-        lines.append(f"threads {r['threads']}; large-GEMM rate (numpy sgemm 2048^3) "
-                     f"{r['gemm_gflops']:.1f} GFLOP/s; ratio = torch / fastrnn (> 1: fastrnn faster); "
+        rates = {r.get("gemm_label", CPU_GEMM_LABEL): r["gemm_gflops"] for r in rows}
+        rate_text = "; ".join(f"large-GEMM rate ({label}) {rate:.1f} GFLOP/s"
+                              for label, rate in rates.items())
+        lines.append(f"threads {rows[0]['threads']}; {rate_text}; "
+                     f"ratio = torch / fastrnn (> 1: fastrnn faster); "
                      f"times are the best of the repeats")
     return "\n".join(lines)
 
 
 def main(argv=None):
     """``fastrnn bench [--quick] [--threads N] [--cases kernels,lm] [--repeat R]``."""
-    parser = argparse.ArgumentParser(prog="fastrnn bench",
-                                     description="Benchmark fastrnn against PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog="fastrnn bench",
+        description="Benchmark fastrnn against PyTorch. Runs from a fastrnn source checkout: "
+                    "`fastrnn bench` finds benchmarks/ in the current directory or above it, "
+                    "or pass --from DIR (the checkout).")
     parser.add_argument("--quick", action="store_true",
                         help="time each case twice (a smoke test, not a measurement)")
     parser.add_argument("--threads", type=int, default=2, help="threads for fastrnn, BLAS and torch")
     parser.add_argument("--cases", default="kernels,lm",
-                        help=f"comma-separated case sets: {', '.join(CASE_SETS)}")
+                        help=f"comma-separated case sets: {', '.join(CASE_SETS)} (gpu: the CUDA "
+                             f"backend against cuDNN; gpu-graphs: the same with CUDA-graph replay)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per case (best is kept)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     args = parser.parse_args(argv)
@@ -445,7 +506,14 @@ def main(argv=None):
     for name in args.cases.split(","):
         if name not in CASE_SETS:
             parser.error(f"unknown case set {name!r}; choose from {', '.join(CASE_SETS)}")
-        cases += CASE_SETS[name]()
+        try:
+            cases += CASE_SETS[name]()
+        except GPUUnavailableError as exc:
+            print(f"{parser.prog}: error: --cases {name}: {exc}", file=sys.stderr)
+            return 2
+    print(f"timing fastrnn {fastrnn.__version__} from "
+          f"{os.path.dirname(os.path.abspath(fastrnn.__file__))} with the benchmarks in "
+          f"{os.path.dirname(os.path.abspath(__file__))}", flush=True)
     rows = run_kernel_benchmarks(cases, threads=args.threads, repeat=args.repeat,
                                  quick=args.quick, memory=not args.no_memory,
                                  progress=lambda msg: print(msg, flush=True))
@@ -454,6 +522,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import sys
-    sys.exit(main())
-
+    # Run as a script, this file is __main__; import it under its own name so that
+    # fastrnn_bench_gpu and this code share one module.
+    import fastrnn_bench
+    sys.exit(fastrnn_bench.main())
