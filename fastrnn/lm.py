@@ -102,6 +102,9 @@ class LanguageModel:
         """
         device = normalize_device(device)
         get_array_module(device)   # a clear RuntimeError before anything moves
+        if device != self.device and self.num_pending:
+            raise RuntimeError(f"LanguageModel.to({device!r}) with forwards pending: backpropagate "
+                               "them or call clear_pending() first")
         # The tied output Linear reads the Embedding's arrays: move the Embedding first.
         for layer in (self.embedding, self.input_dropout, self.rnn, self.output_dropout,
                       self.output):
@@ -123,9 +126,16 @@ class LanguageModel:
     def _dropout_layers(self):
         return {"input": self.input_dropout, "rnn": self.rnn, "output": self.output_dropout}
 
+    def _layers(self):
+        """Every layer, in the order of the forward pass (the loss last)."""
+        return (self.embedding, self.input_dropout, self.rnn, self.output_dropout, self.output,
+                self.loss)
+
     def train(self, mode=True):
+        """Training mode (dropout on; forwards are recorded for ``backward``) or, with
+        ``mode=False``, eval mode (no dropout, nothing recorded); returns self."""
         self.training = bool(mode)
-        for layer in (self.embedding, self.input_dropout, self.rnn, self.output_dropout, self.output):
+        for layer in self._layers():
             layer.train(mode)
         return self
 
@@ -133,8 +143,23 @@ class LanguageModel:
         return self.train(False)
 
     def zero_grad(self):
+        """Zero ``grads`` in place; pending forwards are kept (``forward; zero_grad; backward``
+        works, as in the Trainer)."""
         for grad in self.grads.values():
             grad[...] = 0
+
+    @property
+    def num_pending(self):
+        """Number of training-mode forwards (or ``logits`` calls) not yet backpropagated."""
+        return max(layer.num_pending for layer in self._layers())
+
+    def clear_pending(self):
+        """Drop every pending forward record of every layer (e.g. after a step aborted between
+        forward and backward, or logits computed in training mode and never backpropagated).
+        Returns self."""
+        for layer in self._layers():
+            layer.clear_pending()
+        return self
 
     def num_params(self):
         return int(sum(p.size for p in self.params.values()))
@@ -199,8 +224,10 @@ class LanguageModel:
         return self.loss.forward(logits, y, mask), state
 
     def backward(self):
-        """Backpropagate the last ``forward``'s loss (truncated at its initial state) and
-        accumulate into ``grads``."""
+        """Backpropagate the most recent pending training-mode ``forward``'s loss (truncated
+        at its initial state) and accumulate into ``grads``. Each layer keeps one record per
+        forward, so ``forward(a); forward(b); backward(); backward()`` gives the gradient of
+        both losses (LIFO); a forward in eval mode records nothing (RuntimeError here)."""
         d = self.loss.backward()
         d = self.output_dropout.backward(self.output.backward(d))
         d, _ = self.rnn.backward(d)
