@@ -1,6 +1,7 @@
 """Issue 9, items 1 and 10: a layer applied several times before backward (LIFO records),
 eval mode records nothing, and one layer object used from several threads."""
 import copy
+import os
 import threading
 
 import numpy as np
@@ -411,3 +412,40 @@ def test_separate_layers_in_separate_threads_keep_working(rng):
     for layer in layers:
         for key in layer.grads:
             np.testing.assert_allclose(layer.grads[key], 10 * reference.grads[key], rtol=1e-12)
+
+
+def _eval_forward_in_child(layer, queue):
+    layer.eval()
+    queue.put(float(layer.forward(np.ones(3)).sum()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_another_thread_holds_a_layer_lock_can_use_the_layer():
+    import multiprocessing
+
+    drop = Dropout(0.5, seed=0)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with drop._lock:   # as a forward or backward running in this thread would
+            inside.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    inside.wait()
+    try:
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_eval_forward_in_child, args=(drop, queue))
+        child.start()
+        child.join(timeout=120)   # a guard against hanging the suite, not a timing check
+        hung = child.is_alive()
+        if hung:
+            child.kill()
+            child.join()
+    finally:
+        release.set()
+        holder.join()
+    assert not hung, "the forked child hung on the layer's lock"
+    assert child.exitcode == 0 and queue.get(timeout=60) == 3.0

@@ -35,16 +35,38 @@ Threads
     pending, a training-mode forward or a backward from another thread raises RuntimeError,
     because LIFO pairing across threads would backpropagate one thread's gradient through
     another thread's inputs. Separate layer objects in separate threads are independent.
+    A tied ``Linear`` shares its weight owner's lock (both add into one gradient array). A
+    child made with ``fork`` starts with fresh locks, so a lock held by another thread of
+    the parent at the fork cannot hang it.
 
 ``device`` is "cpu" (numpy arrays) or "cuda" (CuPy arrays, ``pip install 'fastrnn[gpu]'``);
 ``to(device)`` moves every array in ``params`` and ``grads``.
 """
 import functools
+import os
 import threading
+import weakref
 
 import numpy as np
 
 from .._device import get_array_module, normalize_device, to_device
+
+
+# Every layer alive, so that a forked child can replace their locks (below).
+_LIVE_LAYERS = weakref.WeakSet()
+
+
+def _new_locks_after_fork():
+    # A fork while another thread was inside a layer's forward or backward would leave that
+    # layer's lock held forever in the child (only the forking thread survives a fork), and
+    # the child would hang on its first call. The child starts with fresh locks; records that
+    # thread left pending stay and are refused with the other-thread error (clear_pending()).
+    for layer in list(_LIVE_LAYERS):
+        layer._own_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 class NoPendingForwardError(RuntimeError, ValueError):
@@ -91,9 +113,15 @@ class Layer:
         self._init_records()
 
     def _init_records(self):
-        self._lock = threading.RLock()
+        self._own_lock = threading.RLock()
         self._records = []             # LIFO: one entry per training-mode forward not yet backpropagated
         self._records_thread = None    # the thread that made them (None when there are none)
+        _LIVE_LAYERS.add(self)
+
+    @property
+    def _lock(self):
+        """The lock that serialises this layer's forward and backward calls."""
+        return self._own_lock
 
     # ---- forward records ------------------------------------------------------------------
 
@@ -139,7 +167,7 @@ class Layer:
         # Copies and pickles carry the parameters, not the lock or the pending records (which
         # may hold compiled workspaces): a copy starts with nothing pending.
         state = self.__dict__.copy()
-        for key in ("_lock", "_records", "_records_thread"):
+        for key in ("_own_lock", "_records", "_records_thread"):
             state.pop(key, None)
         return state
 

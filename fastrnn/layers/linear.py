@@ -44,22 +44,18 @@ class Linear(Layer):
         else:
             self._borrow_weight(weight_owner)
             self._weight_owner = weight_owner
-        self._share_owner_lock()
         if bias:
             self.params["bias"] = self._uniform(rng, bound, (self.out_features,))
             self.grads["bias"] = np.zeros_like(self.params["bias"])
         if device != "cpu":
             self.to(device)
 
-    def _share_owner_lock(self):
-        # Both layers of a tied pair accumulate into the owner's weight gradient: one lock
-        # serialises them, so two threads can never add into that array at the same time.
-        if self._weight_owner is not self and hasattr(self._weight_owner, "_lock"):
-            self._lock = self._weight_owner._lock
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self._share_owner_lock()
+    @property
+    def _lock(self):
+        # Both layers of a tied pair accumulate into the owner's weight gradient: the owner's
+        # lock serialises them, so two threads never add into that array at the same time.
+        owner = self._weight_owner
+        return owner._lock if owner is not self and isinstance(owner, Layer) else self._own_lock
 
     # The arrays are looked up on each use, so they follow ``to(device)`` (here or, for a
     # tied weight, on the owner).
