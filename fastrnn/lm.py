@@ -102,6 +102,9 @@ class LanguageModel:
         """
         device = normalize_device(device)
         get_array_module(device)   # a clear RuntimeError before anything moves
+        if device != self.device and self.num_pending:
+            raise RuntimeError(f"LanguageModel.to({device!r}) with forwards pending: backpropagate "
+                               "them or call clear_pending() first")
         # The tied output Linear reads the Embedding's arrays: move the Embedding first.
         for layer in (self.embedding, self.input_dropout, self.rnn, self.output_dropout,
                       self.output):
@@ -123,9 +126,16 @@ class LanguageModel:
     def _dropout_layers(self):
         return {"input": self.input_dropout, "rnn": self.rnn, "output": self.output_dropout}
 
+    def _layers(self):
+        """Every layer, in the order of the forward pass (the loss last)."""
+        return (self.embedding, self.input_dropout, self.rnn, self.output_dropout, self.output,
+                self.loss)
+
     def train(self, mode=True):
+        """Training mode (dropout on; forwards are recorded for ``backward``) or, with
+        ``mode=False``, eval mode (no dropout, nothing recorded); returns self."""
         self.training = bool(mode)
-        for layer in (self.embedding, self.input_dropout, self.rnn, self.output_dropout, self.output):
+        for layer in self._layers():
             layer.train(mode)
         return self
 
@@ -133,8 +143,23 @@ class LanguageModel:
         return self.train(False)
 
     def zero_grad(self):
+        """Zero ``grads`` in place; pending forwards are kept (``forward; zero_grad; backward``
+        works, as in the Trainer)."""
         for grad in self.grads.values():
             grad[...] = 0
+
+    @property
+    def num_pending(self):
+        """Number of training-mode forwards (or ``logits`` calls) not yet backpropagated."""
+        return max(layer.num_pending for layer in self._layers())
+
+    def clear_pending(self):
+        """Drop every pending forward record of every layer (e.g. after a step aborted between
+        forward and backward, or logits computed in training mode and never backpropagated).
+        Returns self."""
+        for layer in self._layers():
+            layer.clear_pending()
+        return self
 
     def num_params(self):
         return int(sum(p.size for p in self.params.values()))
@@ -199,8 +224,10 @@ class LanguageModel:
         return self.loss.forward(logits, y, mask), state
 
     def backward(self):
-        """Backpropagate the last ``forward``'s loss (truncated at its initial state) and
-        accumulate into ``grads``."""
+        """Backpropagate the most recent pending training-mode ``forward``'s loss (truncated
+        at its initial state) and accumulate into ``grads``. Each layer keeps one record per
+        forward, so ``forward(a); forward(b); backward(); backward()`` gives the gradient of
+        both losses (LIFO); a forward in eval mode records nothing (RuntimeError here)."""
         d = self.loss.backward()
         d = self.output_dropout.backward(self.output.backward(d))
         d, _ = self.rnn.backward(d)
@@ -216,14 +243,25 @@ class LanguageModel:
     # ---- evaluation -----------------------------------------------------------------------
 
     def evaluate(self, ids, batch_size=16, seq_len=256):
-        """Average nats per token of the id stream ``ids`` (1-D), predicting each token from
-        the ones before it.
+        """Average nats per token, predicting each token from the ones before it.
 
-        The stream is cut into ``batch_size`` contiguous parts scored in parallel with state
-        carried across windows of ``seq_len`` steps (the first token of each part has no
-        context). Runs in eval mode (no dropout) and restores the previous mode. Works on
-        either device; ``ids`` may be NumPy or CuPy.
+        ids: a 1-D id stream, or a list of 1-D id arrays (sentences).
+
+        * Stream: cut into ``batch_size`` contiguous parts scored in parallel with state
+          carried across windows of ``seq_len`` steps (the first token of each part has no
+          context).
+        * Sentences: each sentence is scored on its own from a zero state (its first id is
+          context only, as in sentence-mode training), ``batch_size`` sentences per padded
+          batch with a masked loss; ``seq_len`` is unused. The result is the total loss over
+          every predicted token divided by their number, exactly what scoring the sentences
+          one by one and weighting each by its token count gives. Sentences of fewer than 2
+          ids predict nothing and are skipped.
+
+        Runs in eval mode (no dropout, nothing recorded for backward) and restores the
+        previous mode. Works on either device; ids may be NumPy or CuPy.
         """
+        if isinstance(ids, (list, tuple)):
+            return self._evaluate_sentences(ids, batch_size)
         ids = check_token_ids(ids, "ids", self.vocab_size)
         if ids.ndim != 1 or ids.size < 2:
             raise ValueError(f"ids must be a 1-D stream of at least 2 tokens, got shape {ids.shape}")
@@ -231,13 +269,47 @@ class LanguageModel:
         seq_len = check_int(seq_len, "seq_len", 1)
         stream_len = ids.size // batch_size
         streams = ids[:stream_len * batch_size].reshape(batch_size, stream_len).T
+
+        def windows():
+            for start in range(0, stream_len - 1, seq_len):
+                stop = min(start + seq_len, stream_len - 1)
+                yield streams[start:stop], streams[start + 1:stop + 1], None
+
+        return self._mean_loss(windows(), carry_state=True)
+
+    def _check_sentences(self, sentences, name="ids"):
+        """The host (NumPy) int64 arrays of a list of 1-D id arrays with ids in ``[0, V)``,
+        keeping those of at least 2 ids (the ones that predict something); ValueError or
+        TypeError naming ``name[i]`` otherwise, and when no sentence has 2 ids."""
+        if not isinstance(sentences, (list, tuple)):
+            raise TypeError(f"{name} must be a list of 1-D id arrays, got {type(sentences).__name__}")
+        checked = []
+        for i, sentence in enumerate(sentences):
+            sentence = to_device(check_token_ids(sentence, f"{name}[{i}]", self.vocab_size), "cpu")
+            if sentence.ndim != 1:
+                raise ValueError(f"{name}[{i}] must be a 1-D id array, got shape {sentence.shape}")
+            if sentence.size >= 2:
+                checked.append(sentence)
+        if not checked:
+            raise ValueError(f"{name} must include a sentence of at least 2 ids, got "
+                             f"{len(sentences)} sentences, all shorter")
+        return checked
+
+    def _evaluate_sentences(self, sentences, batch_size):
+        sentences = self._check_sentences(sentences)
+        # Sorted by length so that each batch pads little; the total does not depend on order.
+        sentences.sort(key=len)
+        batcher = SentenceBatcher(sentences, check_int(batch_size, "batch_size", 1), shuffle=False)
+        return self._mean_loss(iter(batcher), carry_state=False)
+
+    def _mean_loss(self, batches, carry_state):
+        """Token-weighted mean loss over ``(x, y, lengths)`` batches, in eval mode."""
         was_training = self.training
         self.eval()
         total, count, state = 0.0, 0, None
         try:
-            for start in range(0, stream_len - 1, seq_len):
-                stop = min(start + seq_len, stream_len - 1)
-                loss, state = self.forward(streams[start:stop], streams[start + 1:stop + 1], state)
+            for x, y, lengths in batches:
+                loss, state = self.forward(x, y, state if carry_state else None, lengths)
                 total += loss * self.loss.n_tokens
                 count += self.loss.n_tokens
         finally:

@@ -27,7 +27,7 @@ import numpy as np
 from . import optim
 from .checkpoint import CheckpointError
 from ._device import to_device
-from ._validation import check_int
+from ._validation import check_int, check_token_ids
 from .lm import LanguageModel
 from .threads import blas_single_threaded
 from .text.corpus import SentenceBatcher, StreamBatcher
@@ -44,7 +44,11 @@ class Trainer:
         model: the LanguageModel to train (updated in place), on its final device: the
             optimizer holds its parameter arrays.
         train_data: 1-D int ids (stream mode) or a list of 1-D id arrays (sentence mode).
-        val_ids: 1-D int ids scored by ``model.evaluate`` (nats per token), or None.
+        val_ids: validation data scored by ``model.evaluate`` (nats per token), or None: a
+            1-D id stream (scored as parallel streams with carried state), or a list of 1-D
+            id arrays (each sentence scored alone from a zero state, ``eval_batch_size``
+            sentences per padded batch, as sentence-mode training sees them). Checked here,
+            before any training.
         batch_size, seq_len: B streams x T steps per window (stream mode); sentence mode uses
             ``batch_size`` sentences per batch.
         optimizer: one of ``OPTIMIZERS``; ``lr``, ``weight_decay`` and ``momentum`` (SGD,
@@ -81,7 +85,7 @@ class Trainer:
         else:
             self.mode = "stream"
             self.batcher = StreamBatcher(train_data, self.batch_size, self.seq_len)
-        self.val_ids = None if val_ids is None else to_device(val_ids, "cpu")
+        self.val_ids = self._check_val_ids(val_ids)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         self.optimizer = self._make_optimizer(optimizer, lr, weight_decay, momentum)
@@ -119,6 +123,18 @@ class Trainer:
         self.best_val = math.inf
         self.evals_without_improvement = 0
         self.stopped_early = False
+
+    def _check_val_ids(self, val_ids):
+        """Host copies of the validation data: None, a list of sentences or a 1-D stream."""
+        if val_ids is None:
+            return None
+        if isinstance(val_ids, (list, tuple)):
+            return self.model._check_sentences(val_ids, "val_ids")
+        val_ids = to_device(check_token_ids(val_ids, "val_ids", self.model.vocab_size), "cpu")
+        if val_ids.ndim != 1 or val_ids.size < 2:
+            raise ValueError("val_ids must be a 1-D stream of at least 2 tokens or a list of "
+                             f"1-D id arrays, got shape {val_ids.shape}")
+        return val_ids
 
     def _make_optimizer(self, name, lr, weight_decay, momentum):
         kwargs = {"lr": lr, "weight_decay": weight_decay}

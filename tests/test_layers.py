@@ -50,6 +50,7 @@ def test_embedding_backward_sums_repeated_ids_and_accumulates():
     emb.forward(ids)
     assert emb.backward(dy) is None
     np.testing.assert_allclose(emb.grads["weight"], expected, rtol=1e-14)
+    emb.forward(ids)   # each forward is backpropagated once (issue 9, item 1)
     emb.backward(dy)
     np.testing.assert_allclose(emb.grads["weight"], 2 * expected, rtol=1e-14)
     emb.zero_grad()
@@ -191,6 +192,7 @@ def test_linear_backward_accumulates():
     lin.forward(x)
     lin.backward(dy)
     first = {name: grad.copy() for name, grad in lin.grads.items()}
+    lin.forward(x)   # each forward is backpropagated once (issue 9, item 1)
     lin.backward(dy)
     for name, grad in lin.grads.items():
         np.testing.assert_allclose(grad, 2 * first[name], rtol=1e-15)

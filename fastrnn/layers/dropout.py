@@ -5,7 +5,7 @@ import numpy as np
 
 from .._device import array_module_of, to_device
 from .._validation import as_float_dtype
-from .base import Layer
+from .base import Layer, backward_method, forward_method
 
 
 class Dropout(Layer):
@@ -26,31 +26,37 @@ class Dropout(Layer):
             raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
         self.p = float(p)
         self._rng = np.random.default_rng(seed)
-        self._scaled_mask = None
 
+    @forward_method
     def forward(self, x):
-        """x: float32/float64 array of any shape. Returns an array of the same shape and dtype."""
+        """x: float32/float64 array of any shape. Returns an array of the same shape and dtype.
+
+        Each training-mode call draws a new mask and keeps it for its own backward."""
         xp = array_module_of(x)
         x = xp.asarray(x)
         as_float_dtype(x.dtype, "x's dtype")
-        if not self.training or self.p == 0.0:
-            self._scaled_mask = None
+        if not self.training:
+            return x
+        if self.p == 0.0:
+            self._save_for_backward((None, x.shape))
             return x
         keep = self._rng.random(x.shape, dtype=x.dtype) >= self.p
-        self._scaled_mask = keep.astype(x.dtype)
-        self._scaled_mask *= 1.0 / (1.0 - self.p)
+        scaled_mask = keep.astype(x.dtype)
+        scaled_mask *= 1.0 / (1.0 - self.p)
         if xp is not np:
-            self._scaled_mask = to_device(self._scaled_mask, "cuda")
-        return x * self._scaled_mask
+            scaled_mask = to_device(scaled_mask, "cuda")
+        self._save_for_backward((scaled_mask, x.shape))
+        return x * scaled_mask
 
+    @backward_method
     def backward(self, dy):
-        """dy: same shape as the last forward's input. Returns dx (dy through the same mask)."""
+        """dy: the shape of the most recent pending forward's input (see base.Layer).
+        Returns dx (dy through that forward's mask)."""
+        scaled_mask, shape = self._saved_for_backward()
         dy = array_module_of(dy).asarray(dy)
-        if self._scaled_mask is None:
-            return dy
-        if dy.shape != self._scaled_mask.shape:
-            raise ValueError(f"dy must have shape {self._scaled_mask.shape}, got {dy.shape}")
-        return dy * self._scaled_mask
+        if dy.shape != shape:
+            raise ValueError(f"dy must have shape {shape} (the forward's input), got {dy.shape}")
+        return dy if scaled_mask is None else dy * scaled_mask
 
     def rng_state(self):
         """A copy of the mask generator's state (a plain dict, safe to pickle)."""

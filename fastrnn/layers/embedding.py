@@ -6,7 +6,7 @@ import scipy.sparse
 
 from .._device import to_device
 from .._validation import as_float_dtype, check_array, check_int, check_token_ids
-from .base import Layer
+from .base import Layer, backward_method, forward_method
 
 
 def scatter_add_rows(target, indices, rows):
@@ -63,7 +63,6 @@ class Embedding(Layer):
             weight[self.padding_idx] = 0
         self.params["weight"] = weight
         self.grads["weight"] = np.zeros_like(weight)
-        self._ids = None
         if device != "cpu":
             self.to(device)
 
@@ -78,23 +77,24 @@ class Embedding(Layer):
                 f"got {padding_idx!r}")
         return int(padding_idx) % self.num_embeddings
 
+    @forward_method
     def forward(self, ids):
         """ids: int array of any shape S, values in [0, V). Returns (*S, D) in the layer dtype."""
         if self.device != "cpu":
             ids = to_device(ids, self.device)
         ids = check_token_ids(ids, "ids", self.num_embeddings)
-        self._ids = ids
+        self._save_for_backward(ids)
         return self.xp.take(self.params["weight"], ids, axis=0)
 
+    @backward_method
     def backward(self, dy):
-        """dy: (*S, D) gradient of the output. Accumulates into grads["weight"]; returns None
-        because integer ids have no gradient."""
-        if self._ids is None:
-            raise RuntimeError("Embedding.backward called before forward")
+        """dy: (*S, D) gradient of the most recent pending forward's output (see base.Layer).
+        Accumulates into grads["weight"]; returns None because integer ids have no gradient."""
+        ids = self._saved_for_backward()
         if self.device != "cpu":
             dy = to_device(dy, self.device)
-        dy = check_array(dy, "dy", dtype=self.dtype, shape=self._ids.shape + (self.embedding_dim,))
-        ids = self._ids.reshape(-1)
+        dy = check_array(dy, "dy", dtype=self.dtype, shape=ids.shape + (self.embedding_dim,))
+        ids = ids.reshape(-1)
         rows = dy.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:
             keep = ids != self.padding_idx

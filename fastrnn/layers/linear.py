@@ -5,7 +5,7 @@ import numpy as np
 from .._device import to_device
 from .._matmul import matmul
 from .._validation import as_float_dtype, check_array, check_int
-from .base import Layer
+from .base import Layer, backward_method, forward_method
 
 
 class Linear(Layer):
@@ -47,10 +47,15 @@ class Linear(Layer):
         if bias:
             self.params["bias"] = self._uniform(rng, bound, (self.out_features,))
             self.grads["bias"] = np.zeros_like(self.params["bias"])
-        self._x2d = None
-        self._leading_shape = None
         if device != "cpu":
             self.to(device)
+
+    @property
+    def _lock(self):
+        # Both layers of a tied pair accumulate into the owner's weight gradient: the owner's
+        # lock serialises them, so two threads never add into that array at the same time.
+        owner = self._weight_owner
+        return owner._lock if owner is not self and isinstance(owner, Layer) else self._own_lock
 
     # The arrays are looked up on each use, so they follow ``to(device)`` (here or, for a
     # tied weight, on the owner).
@@ -89,6 +94,7 @@ class Linear(Layer):
             raise TypeError(f"weight_owner's weight must have dtype {self.dtype}, got {weight.dtype}")
         return weight, grad
 
+    @forward_method
     def forward(self, x):
         """x: (..., in_features) in the layer dtype. Returns (..., out_features)."""
         if self.device != "cpu":
@@ -96,25 +102,26 @@ class Linear(Layer):
         x = check_array(x, "x", dtype=self.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., {self.in_features}), got {x.shape}")
-        self._leading_shape = x.shape[:-1]
+        leading_shape = x.shape[:-1]
         # One GEMM over all leading positions (e.g. every time step of every sequence).
-        self._x2d = x.reshape(-1, self.in_features)
-        y = matmul(self._x2d, self.weight, trans_b=True)
+        x2d = x.reshape(-1, self.in_features)
+        self._save_for_backward((x2d, leading_shape))
+        y = matmul(x2d, self.weight, trans_b=True)
         if self.bias is not None:
             y += self.bias
-        return y.reshape(self._leading_shape + (self.out_features,))
+        return y.reshape(leading_shape + (self.out_features,))
 
+    @backward_method
     def backward(self, dy):
-        """dy: (..., out_features). Accumulates dW = dy^T x and db = sum(dy); returns dx (..., in)."""
-        if self._x2d is None:
-            raise RuntimeError("Linear.backward called before forward")
+        """dy: (..., out_features), for the most recent pending forward (see base.Layer).
+        Accumulates dW = dy^T x and db = sum(dy); returns dx (..., in)."""
+        x2d, leading_shape = self._saved_for_backward()
         if self.device != "cpu":
             dy = to_device(dy, self.device)
-        dy = check_array(dy, "dy", dtype=self.dtype, shape=self._leading_shape + (self.out_features,))
+        dy = check_array(dy, "dy", dtype=self.dtype, shape=leading_shape + (self.out_features,))
         dy2d = dy.reshape(-1, self.out_features)
-        weight_grad = self.weight_grad
-        matmul(dy2d, self._x2d, trans_a=True, out=weight_grad, beta=1.0)
+        matmul(dy2d, x2d, trans_a=True, out=self.weight_grad, beta=1.0)
         if self.bias is not None:
             self.grads["bias"] += dy2d.sum(axis=0)
         dx = matmul(dy2d, self.weight)
-        return dx.reshape(self._leading_shape + (self.in_features,))
+        return dx.reshape(leading_shape + (self.in_features,))

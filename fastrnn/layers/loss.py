@@ -3,11 +3,12 @@ import numpy as np
 
 from .._device import array_module_of
 from .._validation import as_float_dtype, check_token_ids
+from .base import Layer, backward_method, forward_method
 
 REDUCTIONS = ("mean", "sum")
 
 
-class SoftmaxCrossEntropy:
+class SoftmaxCrossEntropy(Layer):
     """Cross-entropy (nats) of integer targets under ``softmax(logits)``.
 
     ``forward(logits (..., V), targets (...), mask (...) or None) -> float`` and
@@ -23,20 +24,23 @@ class SoftmaxCrossEntropy:
     ``reduction="mean"`` divides by the number of unmasked tokens, ``"sum"`` does not.
 
     Works on CuPy (GPU) logits too; targets and mask are then moved to the GPU.
+
+    A layer without parameters: in training mode each forward keeps its softmax for its own
+    backward (LIFO, see :class:`fastrnn.layers.Layer`); in eval mode nothing is kept, so
+    scoring many batches holds no (N, V) buffers.
     """
 
     def __init__(self, reduction="mean"):
+        super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
         self.n_tokens = 0
-        self._probs = None
-        self._targets = None
-        self._weights = None
-        self._logits_shape = None
 
+    @forward_method
     def forward(self, logits, targets, mask=None):
-        """Return the loss as a Python float; ``self.n_tokens`` is the number of unmasked tokens."""
+        """Return the loss as a Python float; ``self.n_tokens`` is the number of unmasked tokens
+        (of this call)."""
         xp = array_module_of(logits)
         logits = xp.asarray(logits)
         as_float_dtype(logits.dtype, "logits' dtype")
@@ -61,37 +65,36 @@ class SoftmaxCrossEntropy:
         token_loss = xp.log(sum_exp) - target_shifted
 
         if weights is None:
-            self.n_tokens = targets.size
+            n_tokens = targets.size
             total = token_loss.sum()
         else:
-            self.n_tokens = int(xp.count_nonzero(weights))
+            n_tokens = int(xp.count_nonzero(weights))
             total = token_loss @ weights
-        self._probs, self._targets, self._weights = probs, targets, weights
-        self._logits_shape = logits.shape
-        return float(total) / self._denominator()
+        self.n_tokens = n_tokens
+        self._save_for_backward((probs, targets, weights, n_tokens, logits.shape))
+        return float(total) / self._denominator(n_tokens)
 
+    @backward_method
     def backward(self, scale=1.0):
-        """d(scale * loss)/d logits, shape of the last forward's logits:
+        """d(scale * loss)/d logits for the most recent pending forward, shape of its logits:
         (softmax - onehot(targets)) * mask / n_tokens * scale (without the division for "sum").
 
-        Consumes the cached softmax buffer (it becomes the returned gradient), so call once per
-        forward.
+        Consumes that forward's softmax buffer (it becomes the returned gradient), so each
+        forward is backpropagated once.
         """
-        if self._probs is None:
-            raise RuntimeError("SoftmaxCrossEntropy.backward needs a forward first (once per forward)")
-        grad = self._probs
-        self._probs = None
-        grad[array_module_of(grad).arange(self._targets.size), self._targets] -= 1
-        coefficient = scale / self._denominator()
-        if self._weights is None:
+        grad, targets, weights, n_tokens, logits_shape = self._saved_for_backward()
+        # Computed before the buffer is touched: a bad ``scale`` raises with the record intact.
+        coefficient = scale / self._denominator(n_tokens)
+        grad[array_module_of(grad).arange(targets.size), targets] -= 1
+        if weights is None:
             grad *= coefficient
         else:
-            grad *= (self._weights * coefficient)[:, None]
-        return grad.reshape(self._logits_shape)
+            grad *= (weights * coefficient)[:, None]
+        return grad.reshape(logits_shape)
 
-    def _denominator(self):
+    def _denominator(self, n_tokens):
         # max(.., 1): an all-masked batch has loss 0 and gradient 0 rather than 0/0.
-        return max(self.n_tokens, 1) if self.reduction == "mean" else 1
+        return max(n_tokens, 1) if self.reduction == "mean" else 1
 
     @staticmethod
     def _mask_weights(mask, leading_shape, dtype):

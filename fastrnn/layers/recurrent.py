@@ -11,7 +11,7 @@ from .. import functional as F
 from .._device import to_device
 from .._validation import as_float_dtype, check_array, check_int
 from ..cells import get_cell, param_names, param_shapes
-from .base import Layer
+from .base import Layer, backward_method, forward_method
 
 
 class RecurrentLayer(Layer):
@@ -25,7 +25,9 @@ class RecurrentLayer(Layer):
         x: (T, B, I), or (B, T, I) with batch_first. y: (T, B, D*H) (or batch first), D = 2 if
         bidirectional. state: h (L*D, B, H), or (h, c) for the LSTM; None means zeros.
     backward(dy, dstate=None) -> (dx, dstate0)
-        Backpropagates through the last forward and accumulates into ``grads``.
+        Backpropagates through the most recent pending training-mode forward (LIFO, see
+        :class:`fastrnn.layers.Layer`: a layer applied to several steps or segments before
+        backward gets each one's exact gradient) and accumulates into ``grads``.
 
     ``device="cuda"`` (or ``.to("cuda")``) runs on the GPU with CuPy arrays (inputs given as
     numpy arrays are copied over); parameters are initialised on the host first, so a seed
@@ -53,7 +55,6 @@ class RecurrentLayer(Layer):
         init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
         self._dropout_rng = np.random.default_rng(dropout_seed)
         self._init_params(np.random.default_rng(init_seed), recurrent_init, forget_bias)
-        self._cache = None
         if device != "cpu":
             self.to(device)
 
@@ -147,6 +148,7 @@ class RecurrentLayer(Layer):
 
     # ---- forward / backward ---------------------------------------------------------------
 
+    @forward_method
     def forward(self, x, state=None, lengths=None):
         x = self._on_device(x)
         if x.ndim != 3:
@@ -186,14 +188,13 @@ class RecurrentLayer(Layer):
                 out = out * mask   # a new array: the kernels' workspace still needs the raw output
             masks.append(mask)
             layer_input = out
-        self._cache = (workspaces, masks, T, B)
+        self._save_for_backward((workspaces, masks, T, B))
         y = layer_input.transpose(1, 0, 2) if self.batch_first else layer_input
         return y, self._stack_states(final)
 
+    @backward_method
     def backward(self, dy, dstate=None):
-        if self._cache is None:
-            raise ValueError("backward called without a preceding forward (or twice for one forward)")
-        workspaces, masks, T, B = self._cache
+        workspaces, masks, T, B = self._saved_for_backward()
         H, D = self.hidden_size, self.num_directions
         xp, backend = self.xp, self._backend()
         if dy is not None:
@@ -205,7 +206,6 @@ class RecurrentLayer(Layer):
         if self.device != "cpu" and dstate is not None:
             dstate = self._on_device(dstate)
         dstates = self._check_state(dstate, B, "dstate")
-        self._cache = None
 
         dstate0 = [None] * (self.num_layers * D)
         for layer in reversed(range(self.num_layers)):
