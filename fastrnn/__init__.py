@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 from . import functional, optim
 from ._gpu import gpu_available
 from .checkpoint import CheckpointError
-from .layers import GRU, LSTM, RNN, Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from .layers import (GRU, LSTM, RNN, Dropout, Embedding, Linear, NoPendingForwardError,
+                     SoftmaxCrossEntropy)
 from .lm import LanguageModel
 from .text import (CharVocab, SentenceBatcher, StreamBatcher, SyntheticLanguage, WordVocab,
                    load_text, load_vocab, train_val_split)
@@ -12,7 +13,7 @@ from .threads import get_num_threads, set_num_threads, show_config
 from .train import Trainer
 
 __all__ = ["RNN", "GRU", "LSTM", "Embedding", "Linear", "Dropout", "SoftmaxCrossEntropy",
-           "LanguageModel", "Trainer", "CheckpointError",
+           "NoPendingForwardError", "LanguageModel", "Trainer", "CheckpointError",
            "CharVocab", "WordVocab", "load_vocab", "load_text", "train_val_split",
            "StreamBatcher", "SentenceBatcher", "SyntheticLanguage", "functional", "optim",
            "get_num_threads", "set_num_threads", "show_config", "gpu_available", "__version__"]

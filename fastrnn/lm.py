@@ -13,6 +13,7 @@ from .cells import get_cell, param_names, param_shapes
 from .layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
 from .layers.recurrent import RecurrentLayer
 from .text.corpus import SentenceBatcher
+from .threads import blas_single_threaded
 from .text.vocab import Vocab, vocab_from_dict
 
 MODEL_KIND = "language-model"
@@ -216,22 +217,25 @@ class LanguageModel:
         and the state on the model's device; ``self.loss.n_tokens`` is the number of tokens
         counted. Ids may be NumPy or CuPy arrays: they are moved to the model's device.
         """
-        logits, state = self.logits(x, state, lengths)
-        y = self._check_ids(y, "y")
-        if y.shape != logits.shape[:2]:
-            raise ValueError(f"y must have the shape of x {logits.shape[:2]}, got {y.shape}")
-        mask = None if lengths is None else SentenceBatcher.mask(lengths, y.shape[0])
-        return self.loss.forward(logits, y, mask), state
+        # One BLAS limit for all the layers' kernels (nested entries inside are ~free).
+        with blas_single_threaded():
+            logits, state = self.logits(x, state, lengths)
+            y = self._check_ids(y, "y")
+            if y.shape != logits.shape[:2]:
+                raise ValueError(f"y must have the shape of x {logits.shape[:2]}, got {y.shape}")
+            mask = None if lengths is None else SentenceBatcher.mask(lengths, y.shape[0])
+            return self.loss.forward(logits, y, mask), state
 
     def backward(self):
         """Backpropagate the most recent pending training-mode ``forward``'s loss (truncated
         at its initial state) and accumulate into ``grads``. Each layer keeps one record per
         forward, so ``forward(a); forward(b); backward(); backward()`` gives the gradient of
         both losses (LIFO); a forward in eval mode records nothing (RuntimeError here)."""
-        d = self.loss.backward()
-        d = self.output_dropout.backward(self.output.backward(d))
-        d, _ = self.rnn.backward(d)
-        self.embedding.backward(self.input_dropout.backward(d))
+        with blas_single_threaded():
+            d = self.loss.backward()
+            d = self.output_dropout.backward(self.output.backward(d))
+            d, _ = self.rnn.backward(d)
+            self.embedding.backward(self.input_dropout.backward(d))
 
     def _check_ids(self, ids, name):
         ids = check_token_ids(ids, name, self.vocab_size)
@@ -308,10 +312,11 @@ class LanguageModel:
         self.eval()
         total, count, state = 0.0, 0, None
         try:
-            for x, y, lengths in batches:
-                loss, state = self.forward(x, y, state if carry_state else None, lengths)
-                total += loss * self.loss.n_tokens
-                count += self.loss.n_tokens
+            with blas_single_threaded():
+                for x, y, lengths in batches:
+                    loss, state = self.forward(x, y, state if carry_state else None, lengths)
+                    total += loss * self.loss.n_tokens
+                    count += self.loss.n_tokens
         finally:
             self.train(was_training)
         return total / count

@@ -156,8 +156,15 @@ class Trainer:
         # threads, and idle BLAS workers would spin on the same cores (see fastrnn/_matmul.py).
         with blas_single_threaded():
             loss, state = model.forward(x, y, self.carry, lengths)
-            model.zero_grad()
-            model.backward()
+            try:
+                model.zero_grad()
+                model.backward()
+            except BaseException:
+                # Interrupted (Ctrl-C) or failed between forward and backward: drop the
+                # forward's records so that they neither hold memory nor pair with a later
+                # step's backward.
+                model.clear_pending()
+                raise
             if self.clip is not None:
                 optim.clip_grad_norm(model.grads, self.clip)
             self.optimizer.step()
