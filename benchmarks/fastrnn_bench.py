@@ -1,6 +1,6 @@
 """The `fastrnn bench` table: fastrnn against PyTorch, timed in the same run as each other
 and as the machine's large-GEMM rate. It lives in the source checkout, not in the installed
-package: `fastrnn bench` finds it there (see fastrnn/cli.py), or run it directly with
+package: `fastrnn bench` finds it there (see fastrnn/lm/cli.py), or run it directly with
 ``python benchmarks/fastrnn_bench.py``. It times whichever fastrnn ``import fastrnn`` finds,
 and says which on its first line.
 
@@ -179,8 +179,8 @@ def _lm_batch(V, B, T, seed=0):
 
 def _fastrnn_train_step(V, E, H, L, B, T):
     def factory():
-        from fastrnn.lm import LanguageModel
-        from fastrnn.train import Trainer
+        from fastrnn.lm.model import LanguageModel
+        from fastrnn.lm.train import Trainer
         model = LanguageModel(V, E, H, L, seed=0)
         x, y = _lm_batch(V, B, T)
         # The Trainer's own step: forward, backward, clipping at 5, Adam.
@@ -226,7 +226,7 @@ def _torch_train_step(V, E, H, L, B, T):
 
 def _fastrnn_generate(V, E, H, L, B):
     def factory():
-        from fastrnn.lm import LanguageModel
+        from fastrnn.lm.model import LanguageModel
         model = LanguageModel(V, E, H, L, seed=0)
         prime = np.array([1])
         return lambda: model.generate_ids(prime, GENERATE_TOKENS, num_samples=B, top_k=0, seed=0)

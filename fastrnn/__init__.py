@@ -3,14 +3,11 @@ __version__ = "0.1.0"
 
 from . import functional, optim
 from ._gpu import gpu_available
-from .checkpoint import CheckpointError
 from .layers import (GRU, LSTM, RNN, Dropout, Embedding, Linear, NoPendingForwardError,
                      SoftmaxCrossEntropy)
-from .lm import LanguageModel
-from .text import (CharVocab, SentenceBatcher, StreamBatcher, SyntheticLanguage, WordVocab,
-                   load_text, load_vocab, train_val_split)
+from .lm import (CharVocab, CheckpointError, LanguageModel, SentenceBatcher, StreamBatcher,
+                 SyntheticLanguage, Trainer, WordVocab, load_text, load_vocab, train_val_split)
 from .threads import get_num_threads, set_num_threads, show_config
-from .train import Trainer
 
 __all__ = ["RNN", "GRU", "LSTM", "Embedding", "Linear", "Dropout", "SoftmaxCrossEntropy",
            "NoPendingForwardError", "LanguageModel", "Trainer", "CheckpointError",

@@ -1,6 +1,6 @@
 """``python -m fastrnn``: the same command line as ``fastrnn``."""
 import sys
 
-from .cli import main
+from .lm.cli import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastrnn.cli import load_benchmarks
+from fastrnn.lm.cli import load_benchmarks
 
 benchmarks = load_benchmarks(Path(__file__).resolve().parents[1])
 

@@ -4,8 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from fastrnn import LanguageModel, checkpoint
-from fastrnn.cli import main
+from fastrnn import LanguageModel
+from fastrnn.lm import checkpoint
+from fastrnn.lm.cli import main
 from helpers import run_python
 
 TINY = ["--embed", "8", "--hidden", "16", "--layers", "1", "--batch", "4", "--seq-len", "16",
@@ -156,7 +157,7 @@ def test_demo_trains_reports_the_entropy_gap_and_samples(capsys):
 def test_bench_options_are_handed_to_the_benchmark_runner(monkeypatch):
     from pathlib import Path
 
-    from fastrnn.cli import load_benchmarks
+    from fastrnn.lm.cli import load_benchmarks
     monkeypatch.chdir(Path(__file__).resolve().parents[1])   # fastrnn bench runs in a checkout
     benchmarks = load_benchmarks()
     received = []

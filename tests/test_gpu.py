@@ -247,7 +247,7 @@ def test_gpu_checkpoint_resumes_on_either_device(tmp_path):
 
 
 def test_cli_train_sample_eval_on_gpu(tmp_path):
-    from fastrnn.cli import main
+    from fastrnn.lm.cli import main
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat.\nthe dog sat on the log.\n" * 30, encoding="utf-8")
     out = tmp_path / "model.npz"

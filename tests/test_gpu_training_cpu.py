@@ -13,10 +13,11 @@ import pytest
 
 import fake_cupy
 from fake_cupy import DeviceArray
-from fastrnn import LanguageModel, Trainer, checkpoint, optim
+from fastrnn import LanguageModel, Trainer, optim
+from fastrnn.lm import checkpoint
 from fastrnn._device import is_device_array
 from fastrnn._gpu import GPUUnavailableError
-from fastrnn.cli import main
+from fastrnn.lm.cli import main
 
 RTOL = 1e-10
 
@@ -245,7 +246,8 @@ def test_cli_device_cuda_without_cupy_is_a_one_line_error(command, corpus, tmp_p
 
 
 def test_cli_reports_a_missing_gpu_and_keeps_other_runtime_errors(corpus, capsys, monkeypatch):
-    from fastrnn import _gpu, cli
+    from fastrnn import _gpu
+    from fastrnn.lm import cli
     fake = types.SimpleNamespace(cuda=types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 0)))
     monkeypatch.setattr(_gpu, "_import_cupy", lambda: fake)

@@ -10,7 +10,7 @@ import pytest
 
 import fastrnn
 import fake_cupy
-from fastrnn.cli import load_benchmarks, main
+from fastrnn.lm.cli import load_benchmarks, main
 from helpers import run_python
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from fastrnn import LanguageModel, checkpoint
-from fastrnn.cli import main
-from fastrnn.text import CharVocab
+from fastrnn import LanguageModel
+from fastrnn.lm import checkpoint
+from fastrnn.lm.cli import main
+from fastrnn.lm.text import CharVocab
 from test_cli import TINY, run_error
 
 KIND = "language-model"

@@ -14,12 +14,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from fastrnn import LanguageModel, Trainer, checkpoint
-from fastrnn.checkpoint import CheckpointError
+from fastrnn import LanguageModel, Trainer
+from fastrnn.lm import checkpoint
+from fastrnn.lm.checkpoint import CheckpointError
 from fastrnn.cells import CELLS
-from fastrnn.lm import parameter_shapes
-from fastrnn.text import CharVocab, WordVocab
-from fastrnn.text.vocab import load_vocab
+from fastrnn.lm.model import parameter_shapes
+from fastrnn.lm.text import CharVocab, WordVocab
+from fastrnn.lm.text.vocab import load_vocab
 
 
 def small_model(**kwargs):

@@ -14,7 +14,7 @@ import pytest
 import fastrnn
 from fastrnn import functional as F
 from fastrnn._cpu import recurrent as _kernels
-from fastrnn.generation import generate_tokens
+from fastrnn.lm.generation import generate_tokens
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or "fork" not in multiprocessing.get_all_start_methods(),
@@ -134,7 +134,7 @@ from fastrnn import functional as F
 assert "fastrnn._cpu.generate" not in sys.modules
 
 def generate(q):
-    from fastrnn.generation import generate_tokens   # first imported in the child
+    from fastrnn.lm.generation import generate_tokens   # first imported in the child
     rng = np.random.default_rng(0)
     H = 64
     layers = [(rng.standard_normal((4 * H, 3)), rng.standard_normal((4 * H, H)), None, None)]

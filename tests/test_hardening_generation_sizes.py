@@ -8,7 +8,7 @@ import pytest
 
 import fastrnn
 from fastrnn._cpu import generate as _gen
-from fastrnn.generation import generate_tokens
+from fastrnn.lm.generation import generate_tokens
 
 
 def test_scratch_of_the_reported_case_is_exact():

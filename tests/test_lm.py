@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastrnn import CharVocab, CheckpointError, LanguageModel, WordVocab
-from fastrnn import checkpoint
+from fastrnn.lm import checkpoint
 
 from helpers import assert_close, gradient_check_error
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastrnn.text import (END, END_OF_SENTENCE, CharVocab, Grammar, SentenceBatcher, State,
+from fastrnn.lm.text import (END, END_OF_SENTENCE, CharVocab, Grammar, SentenceBatcher, State,
                           StreamBatcher, SyntheticLanguage, WordVocab, load_text, load_vocab,
                           split_sentences, train_val_split, vocab_from_dict)
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fastrnn import LanguageModel, SentenceBatcher, Trainer, WordVocab
-from fastrnn.text import SyntheticLanguage
+from fastrnn.lm.text import SyntheticLanguage
 
 
 def make_model(**kwargs):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import check_array
-from .._validation import check_int
+from ..._validation import check_array
+from ..._validation import check_int
 
 
 def load_text(path):

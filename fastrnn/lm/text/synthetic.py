@@ -55,7 +55,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_int
+from ..._validation import check_int
 from .vocab import END_OF_SENTENCE, tokenize_words
 
 END = "<end>"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import check_int, check_token_ids
+from ..._validation import check_int, check_token_ids
 from ..checkpoint import atomic_write
 
 END_OF_SENTENCE = "</s>"

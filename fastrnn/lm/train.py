@@ -24,12 +24,12 @@ import time
 
 import numpy as np
 
-from . import optim
+from .. import optim
 from .checkpoint import CheckpointError
-from ._device import to_device
-from ._validation import check_int, check_token_ids
-from .lm import LanguageModel
-from .threads import blas_single_threaded
+from .._device import to_device
+from .._validation import check_int, check_token_ids
+from .model import LanguageModel
+from ..threads import blas_single_threaded
 from .text.corpus import SentenceBatcher, StreamBatcher
 
 OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,

@@ -193,7 +193,7 @@ def save(path, kind, header, arrays):
     Whatever :func:`load` would refuse (object, complex or string arrays, a header that is
     not JSON or too large or deep) is refused here, before the file is touched.
     """
-    from . import __version__
+    from .. import __version__
 
     for key, array in arrays.items():
         _check_array_to_save(key, array)

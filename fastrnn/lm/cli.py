@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._gpu import GPUUnavailableError   # does not import CuPy
+from .._gpu import GPUUnavailableError   # does not import CuPy
 from .checkpoint import CheckpointError
 
 EXIT_USER_ERROR = 2
@@ -79,13 +79,13 @@ def _fraction(text):
 def _check_device(args):
     """Fail fast, before any file is read, when --device cuda cannot be served."""
     if args.device != "cpu":
-        from ._gpu import require_gpu
+        from .._gpu import require_gpu
         require_gpu()
 
 
 def _set_threads(args):
     if getattr(args, "threads", None):
-        from .threads import set_num_threads
+        from ..threads import set_num_threads
         set_num_threads(args.threads)
 
 
@@ -126,7 +126,7 @@ def _build_vocab(text, level, max_vocab, min_count, lowercase):
 
 def cmd_demo(args):
     """Learn the built-in synthetic language and compare the loss with its true entropy."""
-    from .lm import LanguageModel
+    from .model import LanguageModel
     from .text import SyntheticLanguage, WordVocab
     from .train import Trainer
 
@@ -160,7 +160,7 @@ def cmd_demo(args):
 
 
 def cmd_train(args):
-    from .lm import LanguageModel
+    from .model import LanguageModel
     from .text import load_text
     from .train import Trainer
 
@@ -370,7 +370,7 @@ def _check_work_left(path, state, settings):
 
 
 def cmd_sample(args):
-    from .lm import LanguageModel
+    from .model import LanguageModel
 
     _check_device(args)
     _set_threads(args)
@@ -387,7 +387,7 @@ def cmd_sample(args):
 
 
 def cmd_eval(args):
-    from .lm import LanguageModel
+    from .model import LanguageModel
     from .text import load_text
 
     _check_device(args)
@@ -407,7 +407,7 @@ def cmd_eval(args):
 
 def cmd_info(args):
     from .checkpoint import read_header
-    from .lm import MODEL_KIND, LanguageModel
+    from .model import MODEL_KIND, LanguageModel
 
     model, extra = LanguageModel.load(args.model, with_extra=True)
     header = read_header(args.model, MODEL_KIND)
@@ -625,7 +625,7 @@ def main(argv=None):
     try:
         args = parser.parse_args(argv)
         if args.version:
-            from . import __version__
+            from .. import __version__
             print(f"fastrnn {__version__}")
             return 0
         if args.command is None:

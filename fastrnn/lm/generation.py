@@ -13,10 +13,10 @@ import numbers
 
 import numpy as np
 
-from . import threads
-from ._cpu import generate as _kernel
-from ._validation import as_float_dtype, check_array, check_int, check_token_ids
-from .cells import get_cell
+from .. import threads
+from .._cpu import generate as _kernel
+from .._validation import as_float_dtype, check_array, check_int, check_token_ids
+from ..cells import get_cell
 
 # Layer 0's input gates come from a precomputed (V, G*H) table when it is at most this big and
 # the call consumes enough tokens to pay for building it; otherwise they are projected per token.

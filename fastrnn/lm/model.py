@@ -7,13 +7,13 @@ runs in the compiled loop of :mod:`fastrnn.generation`.
 import numpy as np
 
 from . import checkpoint
-from ._device import get_array_module, normalize_device, to_device
-from ._validation import as_float_dtype, check_int, check_token_ids
-from .cells import get_cell, param_names, param_shapes
-from .layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
-from .layers.recurrent import RecurrentLayer
+from .._device import get_array_module, normalize_device, to_device
+from .._validation import as_float_dtype, check_int, check_token_ids
+from ..cells import get_cell, param_names, param_shapes
+from ..layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from ..layers.recurrent import RecurrentLayer
 from .text.corpus import SentenceBatcher
-from .threads import blas_single_threaded
+from ..threads import blas_single_threaded
 from .text.vocab import Vocab, vocab_from_dict
 
 MODEL_KIND = "language-model"
