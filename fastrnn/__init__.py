@@ -1,5 +1,5 @@
 """fastrnn: compiled RNN/GRU/LSTM kernels with a PyTorch-compatible NumPy API."""
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import functional, optim
 from ._gpu import gpu_available

@@ -16,6 +16,7 @@ import sys
 import threading
 
 from ._cpu import recurrent as _kernels
+from ._version import __version__
 
 _num_threads = None
 _controller = None
@@ -120,7 +121,6 @@ def show_config(file=None):
     """Print the build and run-time settings in use: OpenMP, thread counts, BLAS libraries."""
     import numpy
     import scipy
-    from . import __version__
     out = file or sys.stdout
     print(f"fastrnn {__version__}", file=out)
     print(f"  python  {sys.version.split()[0]}, numpy {numpy.__version__}, scipy {scipy.__version__}",

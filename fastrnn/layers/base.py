@@ -234,3 +234,75 @@ class Layer:
                 raise ValueError(f"state_dict[{k!r}] must have shape {p.shape}, got {v.shape}")
             p[...] = v
         return self
+
+
+class Module(Layer):
+    """A layer made of named child layers, following the same contract.
+
+    ``params``/``grads`` are one flat dict over the children, each key prefixed with the
+    child's name (``"embedding.weight"``, ``"rnn.weight_ih_l0"``): the children's own arrays,
+    so ``zero_grad``, ``state_dict``, ``load_state_dict`` and an optimizer built from
+    ``params`` act on them directly. ``train``/``eval``, ``to``, ``num_pending`` and
+    ``clear_pending`` reach every child. Children are kept in registration order, which is
+    also the order ``to`` moves them in (register the owner of a shared weight first).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._children = {}
+
+    def add_layer(self, name, layer):
+        """Register ``layer`` as the child ``name`` (also set as an attribute); returns it."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{name} must be a fastrnn Layer, got {type(layer).__name__}")
+        self._children[name] = layer
+        setattr(self, name, layer)
+        self._collect_arrays()
+        return layer
+
+    def children(self):
+        """The child layers, in registration order."""
+        return tuple(self._children.values())
+
+    def _collect_arrays(self):
+        """(Re)build the flat ``params``/``grads`` dicts from the children's arrays."""
+        self.params = {f"{n}.{k}": v for n, layer in self._children.items()
+                       for k, v in layer.params.items()}
+        self.grads = {f"{n}.{k}": v for n, layer in self._children.items()
+                      for k, v in layer.grads.items()}
+
+    def to(self, device):
+        """Move every child to ``device``; returns self. ``params``/``grads`` then hold the
+        new arrays: build an optimizer after the move. Refused (RuntimeError) while forwards
+        are pending."""
+        device = normalize_device(device)
+        get_array_module(device)   # a clear RuntimeError before anything moves
+        if device != self.device and self.num_pending:
+            raise RuntimeError(f"{type(self).__name__}.to({device!r}) with forwards pending: "
+                               "backpropagate them or call clear_pending() first")
+        for layer in self.children():
+            layer.to(device)
+        self._collect_arrays()
+        self.device = device
+        return self
+
+    def train(self, mode=True):
+        super().train(mode)
+        for layer in self.children():
+            layer.train(mode)
+        return self
+
+    @property
+    def num_pending(self):
+        """Number of training-mode forwards not yet backpropagated (the most of any child)."""
+        return max((layer.num_pending for layer in self.children()), default=0)
+
+    def clear_pending(self):
+        """Drop every pending forward record of every child; returns self."""
+        for layer in self.children():
+            layer.clear_pending()
+        return self
+
+    def num_params(self):
+        """Number of parameter values (a tied weight counts once)."""
+        return int(sum(p.size for p in self.params.values()))

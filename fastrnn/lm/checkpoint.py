@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._version import __version__
+
 FORMAT = "fastrnn"
 FORMAT_VERSION = 1
 _HEADER_KEY = "__header__"
@@ -193,8 +195,6 @@ def save(path, kind, header, arrays):
     Whatever :func:`load` would refuse (object, complex or string arrays, a header that is
     not JSON or too large or deep) is refused here, before the file is touched.
     """
-    from .. import __version__
-
     for key, array in arrays.items():
         _check_array_to_save(key, array)
     full_header = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .._gpu import GPUUnavailableError   # does not import CuPy
+from .._version import __version__
 from .checkpoint import CheckpointError
 
 EXIT_USER_ERROR = 2
@@ -625,7 +626,6 @@ def main(argv=None):
     try:
         args = parser.parse_args(argv)
         if args.version:
-            from .. import __version__
             print(f"fastrnn {__version__}")
             return 0
         if args.command is None:

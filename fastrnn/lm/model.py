@@ -10,7 +10,8 @@ from . import checkpoint
 from .._device import get_array_module, normalize_device, to_device
 from .._validation import as_float_dtype, check_int, check_token_ids
 from ..cells import get_cell, param_names, param_shapes
-from ..layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from ..layers import Dropout, Embedding, Linear, Module, SoftmaxCrossEntropy
+from ..layers.loss import length_mask
 from ..layers.recurrent import RecurrentLayer
 from .text.corpus import SentenceBatcher
 from ..threads import blas_single_threaded
@@ -19,7 +20,7 @@ from .text.vocab import Vocab, vocab_from_dict
 MODEL_KIND = "language-model"
 
 
-class LanguageModel:
+class LanguageModel(Module):
     """Next-token model over a vocabulary of ``vocab_size`` ids.
 
     Args:
@@ -41,11 +42,17 @@ class LanguageModel:
     Parameters are exposed in one flat dict, ``params`` (and ``grads``), with the layer as a
     prefix: ``embedding.weight``, ``rnn.weight_ih_l0``, ..., ``output.weight``, ``output.bias``.
     They are the layers' own arrays, so build an optimizer from them after moving the model.
+
+    A :class:`fastrnn.layers.Module`: ``train``/``eval``, ``zero_grad``, ``state_dict``,
+    ``load_state_dict``, ``to``, ``num_pending`` and ``clear_pending`` are the layer contract's,
+    applied to the child layers ``embedding``, ``input_dropout``, ``rnn``, ``output_dropout``,
+    ``output`` and ``loss``.
     """
 
     def __init__(self, vocab_size=None, embed_size=64, hidden_size=256, num_layers=2, cell="lstm",
                  dropout=0.0, tie_weights=False, seed=0, dtype=np.float32, vocab=None,
                  device="cpu"):
+        super().__init__()
         if vocab is not None:
             if not isinstance(vocab, Vocab):
                 raise TypeError(f"vocab must be a CharVocab or WordVocab, got {type(vocab).__name__}")
@@ -71,48 +78,22 @@ class LanguageModel:
         self.dtype = as_float_dtype(dtype)
 
         seeds = [int(s) for s in np.random.SeedSequence(self.seed).generate_state(5)]
-        self.embedding = Embedding(self.vocab_size, self.embed_size, dtype=self.dtype, seed=seeds[0])
-        self.input_dropout = Dropout(self.dropout, seed=seeds[1])
-        self.rnn = RecurrentLayer(self.cell, self.embed_size, self.hidden_size, self.num_layers,
-                                  dropout=self.dropout, dtype=self.dtype, seed=seeds[2])
-        self.output_dropout = Dropout(self.dropout, seed=seeds[3])
+        # In the order of the forward pass; the Embedding before the output Linear that may
+        # share its weight (``to`` moves the children in this order).
+        self.add_layer("embedding", Embedding(self.vocab_size, self.embed_size, dtype=self.dtype,
+                                              seed=seeds[0]))
+        self.add_layer("input_dropout", Dropout(self.dropout, seed=seeds[1]))
+        self.add_layer("rnn", RecurrentLayer(self.cell, self.embed_size, self.hidden_size,
+                                             self.num_layers, dropout=self.dropout,
+                                             dtype=self.dtype, seed=seeds[2]))
+        self.add_layer("output_dropout", Dropout(self.dropout, seed=seeds[3]))
         if self.tie_weights:
-            self.output = Linear.tied_to(self.embedding, seed=seeds[4])
+            output = Linear.tied_to(self.embedding, seed=seeds[4])
         else:
-            self.output = Linear(self.hidden_size, self.vocab_size, dtype=self.dtype, seed=seeds[4])
-        self.loss = SoftmaxCrossEntropy()
-        self._named_layers = {"embedding": self.embedding, "rnn": self.rnn, "output": self.output}
-        self._collect_arrays()
-        self.training = True
-        self.device = "cpu"
-        if normalize_device(device) != "cpu":
-            self.to(device)
-
-    def _collect_arrays(self):
-        """(Re)build the flat ``params``/``grads`` dicts from the layers' arrays."""
-        self.params = {f"{n}.{k}": v for n, layer in self._named_layers.items()
-                       for k, v in layer.params.items()}
-        self.grads = {f"{n}.{k}": v for n, layer in self._named_layers.items()
-                      for k, v in layer.grads.items()}
-
-    def to(self, device):
-        """Move every layer to ``device`` ("cpu" or "cuda"); returns self.
-
-        ``params``/``grads`` then hold the new arrays: an optimizer built before the move
-        still holds the old ones, so build it after (as :class:`fastrnn.Trainer` does).
-        """
-        device = normalize_device(device)
-        get_array_module(device)   # a clear RuntimeError before anything moves
-        if device != self.device and self.num_pending:
-            raise RuntimeError(f"LanguageModel.to({device!r}) with forwards pending: backpropagate "
-                               "them or call clear_pending() first")
-        # The tied output Linear reads the Embedding's arrays: move the Embedding first.
-        for layer in (self.embedding, self.input_dropout, self.rnn, self.output_dropout,
-                      self.output):
-            layer.to(device)
-        self._collect_arrays()
-        self.device = device
-        return self
+            output = Linear(self.hidden_size, self.vocab_size, dtype=self.dtype, seed=seeds[4])
+        self.add_layer("output", output)
+        self.add_layer("loss", SoftmaxCrossEntropy())
+        self.to(device)
 
     # ---- modes and parameters -------------------------------------------------------------
 
@@ -126,61 +107,6 @@ class LanguageModel:
 
     def _dropout_layers(self):
         return {"input": self.input_dropout, "rnn": self.rnn, "output": self.output_dropout}
-
-    def _layers(self):
-        """Every layer, in the order of the forward pass (the loss last)."""
-        return (self.embedding, self.input_dropout, self.rnn, self.output_dropout, self.output,
-                self.loss)
-
-    def train(self, mode=True):
-        """Training mode (dropout on; forwards are recorded for ``backward``) or, with
-        ``mode=False``, eval mode (no dropout, nothing recorded); returns self."""
-        self.training = bool(mode)
-        for layer in self._layers():
-            layer.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def zero_grad(self):
-        """Zero ``grads`` in place; pending forwards are kept (``forward; zero_grad; backward``
-        works, as in the Trainer)."""
-        for grad in self.grads.values():
-            grad[...] = 0
-
-    @property
-    def num_pending(self):
-        """Number of training-mode forwards (or ``logits`` calls) not yet backpropagated."""
-        return max(layer.num_pending for layer in self._layers())
-
-    def clear_pending(self):
-        """Drop every pending forward record of every layer (e.g. after a step aborted between
-        forward and backward, or logits computed in training mode and never backpropagated).
-        Returns self."""
-        for layer in self._layers():
-            layer.clear_pending()
-        return self
-
-    def num_params(self):
-        return int(sum(p.size for p in self.params.values()))
-
-    def state_dict(self):
-        """Copies of the parameters, on the model's device."""
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def load_state_dict(self, state):
-        state = dict(state)
-        missing = sorted(set(self.params) - set(state))
-        unexpected = sorted(set(state) - set(self.params))
-        if missing or unexpected:
-            raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
-        for k, p in self.params.items():
-            v = to_device(state[k], self.device)   # np.asarray on the CPU, as always
-            if v.shape != p.shape:
-                raise ValueError(f"state_dict[{k!r}] must have shape {p.shape}, got {v.shape}")
-            p[...] = v
-        return self
 
     def rng_state(self):
         """States of the dropout generators (for exactly resumable training)."""
@@ -223,7 +149,7 @@ class LanguageModel:
             y = self._check_ids(y, "y")
             if y.shape != logits.shape[:2]:
                 raise ValueError(f"y must have the shape of x {logits.shape[:2]}, got {y.shape}")
-            mask = None if lengths is None else SentenceBatcher.mask(lengths, y.shape[0])
+            mask = None if lengths is None else length_mask(lengths, y.shape[0])
             return self.loss.forward(logits, y, mask), state
 
     def backward(self):
@@ -346,8 +272,7 @@ class LanguageModel:
         def host(a):   # no copy on the CPU
             return None if a is None else to_device(a, "cpu")
 
-        layers = [tuple(host(w) for w in self.rnn._weights(layer, 0))
-                  for layer in range(self.num_layers)]
+        layers = [tuple(host(w) for w in weights) for weights in self.rnn.all_weights]
         prime = np.broadcast_to(prime_ids, (num_samples, prime_ids.size))
         tokens, lengths, _ = generate_tokens(
             self.cell, layers, host(self.embedding.params["weight"]), host(self.output.weight),
