@@ -127,6 +127,17 @@ def check_int(value, name, minimum):
     return int(value)
 
 
+def check_nonnegative_ints(values, name):
+    """Validate a 1-D host array of non-negative integers (ids or lengths); return it as int64."""
+    arr = check_array(values, name, ndim=1)
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.min() < 0:
+        raise ValueError(f"{name} must hold non-negative integers, got {arr.min()}")
+    return arr.astype(np.int64, copy=False)
+
 
 def check_token_ids(ids, name, vocab_size):
     """Validate an integer array of token ids in ``[0, vocab_size)``; return it as int64

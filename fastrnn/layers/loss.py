@@ -2,10 +2,18 @@
 import numpy as np
 
 from .._device import array_module_of
-from .._validation import as_float_dtype, check_token_ids
+from .._validation import as_float_dtype, check_int, check_nonnegative_ints, check_token_ids
 from .base import Layer, backward_method, forward_method
 
 REDUCTIONS = ("mean", "sum")
+
+
+def length_mask(lengths, T):
+    """Boolean ``(T, B)`` loss mask of padded sequences, True where step ``t < lengths[b]``
+    (a real, unpadded step). ``lengths``: (B,) non-negative integers (host array)."""
+    lengths = check_nonnegative_ints(lengths, "lengths")
+    T = check_int(T, "T", 0)
+    return np.arange(T)[:, None] < lengths[None, :]
 
 
 class SoftmaxCrossEntropy(Layer):

@@ -90,6 +90,14 @@ class RecurrentLayer(Layer):
         w = [self.params[k] for k in keys]
         return w if self.bias else w + [None, None]
 
+    @property
+    def all_weights(self):
+        """``[weight_ih, weight_hh, bias_ih, bias_hh]`` (the layer's own arrays, on its
+        device; the biases None when ``bias=False``) for each layer and direction, in the
+        order ``l0, l0_reverse, l1, ...`` (as PyTorch's ``all_weights``, plus the None biases)."""
+        return [self._weights(layer, d) for layer in range(self.num_layers)
+                for d in range(self.num_directions)]
+
     def _grads_of(self, layer, direction):
         keys = self._layer_keys(layer, direction)
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")

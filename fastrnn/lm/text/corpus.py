@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..._validation import check_array
-from ..._validation import check_int
+from ..._validation import check_int, check_nonnegative_ints
+from ...layers.loss import length_mask
 
 
 def load_text(path):
@@ -44,25 +44,13 @@ def load_text(path):
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _as_nonnegative_ints(values, name):
-    """Validate a 1-D array of non-negative integers (ids or lengths); return it as int64."""
-    arr = check_array(values, name, ndim=1)
-    if arr.size == 0:
-        return arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-    if arr.min() < 0:
-        raise ValueError(f"{name} must hold non-negative integers, got {arr.min()}")
-    return arr.astype(np.int64, copy=False)
-
-
 def train_val_split(ids, val_fraction=0.1, min_tokens=2):
     """Split a 1-D id stream into contiguous ``(train, val)``; the last part is validation.
 
     ``val = ids[n - round(n * val_fraction):]``. Raises ValueError if either part would have
     fewer than ``min_tokens`` ids (2 is the least that gives one input/target pair).
     """
-    ids = _as_nonnegative_ints(ids, "ids")
+    ids = check_nonnegative_ints(ids, "ids")
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
     min_tokens = check_int(min_tokens, "min_tokens", 1)
@@ -82,7 +70,7 @@ def split_sentences(ids, eos_id, bos_id=None):
     without one is kept as a last sentence. With ``bos_id`` each sentence is prefixed by it,
     so the first word is predicted too (``SentenceBatcher`` never predicts a sentence's first id).
     """
-    ids = _as_nonnegative_ints(ids, "ids")
+    ids = check_nonnegative_ints(ids, "ids")
     eos_id = check_int(eos_id, "eos_id", 0)
     ends = np.flatnonzero(ids == eos_id) + 1
     pieces = [piece for piece in np.split(ids, ends) if piece.size]
@@ -164,7 +152,7 @@ class StreamBatcher(_ResumableBatcher):
 
     def __init__(self, ids, batch_size, seq_len):
         super().__init__()
-        ids = _as_nonnegative_ints(ids, "ids")
+        ids = check_nonnegative_ints(ids, "ids")
         self.batch_size = check_int(batch_size, "batch_size", 1)
         self.seq_len = check_int(seq_len, "seq_len", 1)
         needed = self.batch_size * (self.seq_len + 1)
@@ -210,7 +198,7 @@ class SentenceBatcher(_ResumableBatcher):
         if isinstance(sentences, np.ndarray) or not isinstance(sentences, (list, tuple)):
             raise TypeError(
                 f"sentences must be a list of 1-D id arrays, got {type(sentences).__name__}")
-        checked = [_as_nonnegative_ints(s, f"sentences[{i}]") for i, s in enumerate(sentences)]
+        checked = [check_nonnegative_ints(s, f"sentences[{i}]") for i, s in enumerate(sentences)]
         self._sentences = [s for s in checked if len(s) >= 2]
         if not self._sentences:
             raise ValueError(f"sentences must include one of at least 2 ids, got {len(sentences)} "
@@ -251,7 +239,6 @@ class SentenceBatcher(_ResumableBatcher):
 
     @staticmethod
     def mask(lengths, T):
-        """Boolean ``(T, B)`` mask, True where step ``t < lengths[b]`` (a real, unpadded step)."""
-        lengths = _as_nonnegative_ints(lengths, "lengths")
-        T = check_int(T, "T", 0)
-        return np.arange(T)[:, None] < lengths[None, :]
+        """Boolean ``(T, B)`` mask, True where step ``t < lengths[b]`` (a real, unpadded step):
+        :func:`fastrnn.layers.loss.length_mask`, the mask LanguageModel applies to its loss."""
+        return length_mask(lengths, T)
