@@ -180,7 +180,7 @@ class Layer:
     @property
     def xp(self):
         """The array module of the layer's device: numpy, or cupy for "cuda"."""
-        return np if self.device == "cpu" else get_array_module(self.device)
+        return get_array_module(self.device)
 
     def to(self, device):
         """Move every parameter and gradient to ``device`` ("cpu" or "cuda"); returns self.
@@ -192,8 +192,7 @@ class Layer:
                 raise RuntimeError(
                     f"{type(self).__name__}.to({device!r}) with {len(self._records)} forward "
                     "record(s) pending: backpropagate them or call clear_pending() first")
-            if device != "cpu":
-                get_array_module(device)   # a clear RuntimeError when CuPy or the GPU is missing
+            get_array_module(device)   # a clear RuntimeError when CuPy or the GPU is missing
             for arrays in (self.params, self.grads):
                 for key, value in arrays.items():
                     arrays[key] = to_device(value, device)

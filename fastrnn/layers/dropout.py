@@ -3,7 +3,7 @@ import copy
 
 import numpy as np
 
-from .._device import array_module_of, to_device
+from .._device import array_module_of, device_of, to_device
 from .._validation import as_float_dtype
 from .base import Layer, backward_method, forward_method
 
@@ -43,8 +43,8 @@ class Dropout(Layer):
         keep = self._rng.random(x.shape, dtype=x.dtype) >= self.p
         scaled_mask = keep.astype(x.dtype)
         scaled_mask *= 1.0 / (1.0 - self.p)
-        if xp is not np:
-            scaled_mask = to_device(scaled_mask, "cuda")
+        # Drawn on the host (the same masks on either device), then moved to x's device.
+        scaled_mask = to_device(scaled_mask, device_of(x))
         self._save_for_backward((scaled_mask, x.shape))
         return x * scaled_mask
 

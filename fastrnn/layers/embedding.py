@@ -4,7 +4,7 @@ import numbers
 import numpy as np
 import scipy.sparse
 
-from .._device import to_device
+from .._device import array_module_of, to_device
 from .._validation import as_float_dtype, check_array, check_int, check_token_ids
 from .base import Layer, backward_method, forward_method
 
@@ -13,6 +13,7 @@ def scatter_add_rows(target, indices, rows):
     """``target[indices[i]] += rows[i]`` for every ``i``, summing rows that share an index.
 
     target: (V, D) array, updated in place. indices: (N,) int64 in ``[0, V)``. rows: (N, D).
+    NumPy arrays take the sparse product below; CuPy arrays take ``cupy.add.at``.
 
     Why a sparse product: sort the indices so that equal ones are adjacent, then a (U, N)
     CSR matrix whose row ``u`` selects the positions of the ``u``-th distinct index sums each
@@ -20,6 +21,9 @@ def scatter_add_rows(target, indices, rows):
     5-15x faster than ``np.add.at(target, indices, rows)`` and 2-5x faster than gathering
     ``rows`` in sorted order for ``np.add.reduceat`` (see the Embedding class docstring).
     """
+    if type(target) is not np.ndarray:   # device (CuPy) arrays: their module's own scatter
+        array_module_of(target).add.at(target, indices, rows)
+        return
     n = indices.size
     if n == 0:
         return
@@ -63,8 +67,7 @@ class Embedding(Layer):
             weight[self.padding_idx] = 0
         self.params["weight"] = weight
         self.grads["weight"] = np.zeros_like(weight)
-        if device != "cpu":
-            self.to(device)
+        self.to(device)
 
     def _normalise_padding_idx(self, padding_idx):
         if padding_idx is None:
@@ -80,8 +83,7 @@ class Embedding(Layer):
     @forward_method
     def forward(self, ids):
         """ids: int array of any shape S, values in [0, V). Returns (*S, D) in the layer dtype."""
-        if self.device != "cpu":
-            ids = to_device(ids, self.device)
+        ids = to_device(ids, self.device)
         ids = check_token_ids(ids, "ids", self.num_embeddings)
         self._save_for_backward(ids)
         return self.xp.take(self.params["weight"], ids, axis=0)
@@ -91,16 +93,12 @@ class Embedding(Layer):
         """dy: (*S, D) gradient of the most recent pending forward's output (see base.Layer).
         Accumulates into grads["weight"]; returns None because integer ids have no gradient."""
         ids = self._saved_for_backward()
-        if self.device != "cpu":
-            dy = to_device(dy, self.device)
+        dy = to_device(dy, self.device)
         dy = check_array(dy, "dy", dtype=self.dtype, shape=ids.shape + (self.embedding_dim,))
         ids = ids.reshape(-1)
         rows = dy.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:
             keep = ids != self.padding_idx
             ids, rows = ids[keep], rows[keep]
-        if self.device != "cpu":
-            self.xp.add.at(self.grads["weight"], ids, rows)
-            return None
         scatter_add_rows(self.grads["weight"], ids, rows)
         return None

@@ -47,8 +47,7 @@ class Linear(Layer):
         if bias:
             self.params["bias"] = self._uniform(rng, bound, (self.out_features,))
             self.grads["bias"] = np.zeros_like(self.params["bias"])
-        if device != "cpu":
-            self.to(device)
+        self.to(device)
 
     @property
     def _lock(self):
@@ -97,8 +96,7 @@ class Linear(Layer):
     @forward_method
     def forward(self, x):
         """x: (..., in_features) in the layer dtype. Returns (..., out_features)."""
-        if self.device != "cpu":
-            x = to_device(x, self.device)
+        x = to_device(x, self.device)
         x = check_array(x, "x", dtype=self.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., {self.in_features}), got {x.shape}")
@@ -116,8 +114,7 @@ class Linear(Layer):
         """dy: (..., out_features), for the most recent pending forward (see base.Layer).
         Accumulates dW = dy^T x and db = sum(dy); returns dx (..., in)."""
         x2d, leading_shape = self._saved_for_backward()
-        if self.device != "cpu":
-            dy = to_device(dy, self.device)
+        dy = to_device(dy, self.device)
         dy = check_array(dy, "dy", dtype=self.dtype, shape=leading_shape + (self.out_features,))
         dy2d = dy.reshape(-1, self.out_features)
         matmul(dy2d, x2d, trans_a=True, out=self.weight_grad, beta=1.0)

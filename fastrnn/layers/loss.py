@@ -1,7 +1,7 @@
 """Fused softmax + cross-entropy over the last axis, with an optional token mask."""
 import numpy as np
 
-from .._device import array_module_of
+from .._device import array_module_of, device_of, to_device
 from .._validation import as_float_dtype, check_int, check_nonnegative_ints, check_token_ids
 from .base import Layer, backward_method, forward_method
 
@@ -49,18 +49,18 @@ class SoftmaxCrossEntropy(Layer):
     def forward(self, logits, targets, mask=None):
         """Return the loss as a Python float; ``self.n_tokens`` is the number of unmasked tokens
         (of this call)."""
-        xp = array_module_of(logits)
+        xp, device = array_module_of(logits), device_of(logits)
         logits = xp.asarray(logits)
         as_float_dtype(logits.dtype, "logits' dtype")
         if logits.ndim < 2:
             raise ValueError(f"logits must have shape (..., V) with at least 2 dims, got {logits.shape}")
         leading_shape, vocab_size = logits.shape[:-1], logits.shape[-1]
-        targets = _asarray_on(xp, targets)
+        targets = to_device(targets, device)
         if targets.shape != leading_shape:
             raise ValueError(
                 f"targets must have shape {leading_shape} (logits without V), got {targets.shape}")
         targets = check_token_ids(targets, "targets", vocab_size).reshape(-1)
-        weights = None if mask is None else self._mask_weights(_asarray_on(xp, mask), leading_shape,
+        weights = None if mask is None else self._mask_weights(to_device(mask, device), leading_shape,
                                                                logits.dtype)
 
         shifted = logits.reshape(-1, vocab_size) - logits.max(axis=-1).reshape(-1, 1)
@@ -111,15 +111,6 @@ class SoftmaxCrossEntropy(Layer):
         mask = xp.asarray(mask)
         if mask.shape != leading_shape:
             raise ValueError(f"mask must have shape {leading_shape} (logits without V), got {mask.shape}")
-        if mask.dtype != bool and not (np.isin(mask, (0, 1)).all() if xp is np
-                                       else ((mask == 0) | (mask == 1)).all()):
+        if mask.dtype != bool and not ((mask == 0) | (mask == 1)).all():
             raise ValueError("mask must be boolean or hold only 0 and 1")
         return mask.reshape(-1).astype(dtype)
-
-
-def _asarray_on(xp, a):
-    """``a`` as an array of module ``xp`` (numpy: ``np.asarray``, as before)."""
-    if xp is np:
-        return np.asarray(a)
-    from .._device import to_device
-    return to_device(a, "cuda")

@@ -55,8 +55,7 @@ class RecurrentLayer(Layer):
         init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
         self._dropout_rng = np.random.default_rng(dropout_seed)
         self._init_params(np.random.default_rng(init_seed), recurrent_init, forget_bias)
-        if device != "cpu":
-            self.to(device)
+        self.to(device)
 
     # ---- parameters -----------------------------------------------------------------------
 
@@ -191,8 +190,7 @@ class RecurrentLayer(Layer):
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = 1.0 - self.dropout
                 mask = (self._dropout_rng.random(out.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
-                if self.device != "cpu":   # drawn on the host: the same masks as on the CPU
-                    mask = to_device(mask, self.device)
+                mask = to_device(mask, self.device)   # drawn on the host: the same masks on either device
                 out = out * mask   # a new array: the kernels' workspace still needs the raw output
             masks.append(mask)
             layer_input = out

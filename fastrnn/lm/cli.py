@@ -79,9 +79,8 @@ def _fraction(text):
 
 def _check_device(args):
     """Fail fast, before any file is read, when --device cuda cannot be served."""
-    if args.device != "cpu":
-        from .._gpu import require_gpu
-        require_gpu()
+    from .._device import get_array_module
+    get_array_module(args.device)   # CuPy and a GPU for "cuda" (RuntimeError naming what is missing)
 
 
 def _set_threads(args):

@@ -168,7 +168,7 @@ class LanguageModel(Module):
         if ids.ndim != 2:
             raise ValueError(f"{name} must be 2-D (T, B) token ids, got shape {ids.shape}")
         # Checked where they are (host batches: no device sync), then moved to the model.
-        return ids if self.device == "cpu" else to_device(ids, self.device)
+        return to_device(ids, self.device)
 
     # ---- evaluation -----------------------------------------------------------------------
 
@@ -368,8 +368,7 @@ class LanguageModel(Module):
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise checkpoint.CheckpointError(f"{path} is a damaged model file: {exc}") from exc
-        if device != "cpu":
-            model.to(device)
+        model.to(device)
         return (model, extra) if with_extra else model
 
     def __repr__(self):
