@@ -35,7 +35,10 @@ CELLS = {
 
 
 def get_cell(name):
-    """Look up a cell by name, raising ValueError with the valid names otherwise."""
+    """Look up a cell by name (a CellSpec of the table is returned as it is), raising
+    ValueError with the valid names otherwise."""
+    if isinstance(name, CellSpec) and CELLS.get(name.name) == name:
+        return name
     try:
         return CELLS[name]
     except (KeyError, TypeError):

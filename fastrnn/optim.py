@@ -436,10 +436,12 @@ class StepLR(_Schedule):
             self.optimizer.lr *= self.gamma
 
 
-class HalveOnPlateau(_Schedule):
+class ReduceOnPlateau(_Schedule):
     """Multiply ``optimizer.lr`` by ``factor`` (floored at ``min_lr``) once the validation loss
-    has failed to improve on its best for more than ``patience`` consecutive calls; the classic
-    word-level language-model annealing. A NaN loss counts as no improvement."""
+    has failed to improve on its best for more than ``patience`` consecutive calls (like
+    ``torch.optim.lr_scheduler.ReduceLROnPlateau`` in "min" mode). With the default
+    ``factor=0.5`` it is the classic word-level language-model annealing, :class:`HalveOnPlateau`.
+    A NaN loss counts as no improvement."""
 
     _state_keys = ("best", "bad_epochs")
 
@@ -465,3 +467,14 @@ class HalveOnPlateau(_Schedule):
         old_lr = self.optimizer.lr
         self.optimizer.lr = max(old_lr * self.factor, self.min_lr)
         return self.optimizer.lr < old_lr
+
+
+class HalveOnPlateau(ReduceOnPlateau):
+    """:class:`ReduceOnPlateau` with its default ``factor=0.5``: halve the lr when the
+    validation loss stops improving. The name the Trainer's ``schedule="plateau"`` and earlier
+    versions use; ``factor`` is still accepted, but ``ReduceOnPlateau`` says what it does."""
+
+
+OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad,
+              "adadelta": Adadelta}
+"""The optimizers by the names the Trainer and the ``fastrnn train --optimizer`` option take."""

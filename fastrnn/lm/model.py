@@ -29,7 +29,8 @@ class LanguageModel(Module):
         embed_size: E, the embedding width.
         hidden_size: H, units per recurrent layer.
         num_layers: stacked recurrent layers.
-        cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+        cell: "lstm", "gru", "rnn_tanh" or "rnn_relu", or its :class:`fastrnn.cells.CellSpec`;
+            ``cell`` is then the CellSpec, as on the recurrent layers (``cell.name`` the name).
         dropout: probability applied to the embeddings, between recurrent layers and to the
             last layer's output (training mode only).
         tie_weights: share the embedding matrix with the output layer (needs E == H).
@@ -66,7 +67,7 @@ class LanguageModel(Module):
         self.embed_size = check_int(embed_size, "embed_size", 1)
         self.hidden_size = check_int(hidden_size, "hidden_size", 1)
         self.num_layers = check_int(num_layers, "num_layers", 1)
-        self.cell = get_cell(cell).name
+        self.cell = get_cell(cell)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
@@ -101,7 +102,7 @@ class LanguageModel(Module):
         """The constructor arguments (without the vocabulary and the device, so that a saved
         model loads on any machine), JSON-serialisable."""
         return {"vocab_size": self.vocab_size, "embed_size": self.embed_size,
-                "hidden_size": self.hidden_size, "num_layers": self.num_layers, "cell": self.cell,
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers, "cell": self.cell.name,
                 "dropout": self.dropout, "tie_weights": self.tie_weights, "seed": self.seed,
                 "dtype": self.dtype.name}
 
@@ -121,7 +122,7 @@ class LanguageModel(Module):
         model's device)."""
         shape = (self.num_layers, check_int(batch_size, "batch_size", 1), self.hidden_size)
         h = get_array_module(self.device).zeros(shape, self.dtype)
-        return (h, h.copy()) if self.cell == "lstm" else h
+        return (h, h.copy()) if self.cell.has_cell_state else h
 
     # ---- forward / backward ---------------------------------------------------------------
 
@@ -275,7 +276,7 @@ class LanguageModel(Module):
         layers = [tuple(host(w) for w in weights) for weights in self.rnn.all_weights]
         prime = np.broadcast_to(prime_ids, (num_samples, prime_ids.size))
         tokens, lengths, _ = generate_tokens(
-            self.cell, layers, host(self.embedding.params["weight"]), host(self.output.weight),
+            self.cell.name, layers, host(self.embedding.params["weight"]), host(self.output.weight),
             host(self.output.bias), np.ascontiguousarray(prime), n_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, greedy=greedy, stop_id=stop_id, banned_ids=banned_ids,
             seed=seed)
@@ -373,7 +374,7 @@ class LanguageModel(Module):
 
     def __repr__(self):
         return (f"LanguageModel(vocab_size={self.vocab_size}, embed_size={self.embed_size}, "
-                f"hidden_size={self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
+                f"hidden_size={self.hidden_size}, num_layers={self.num_layers}, cell={self.cell.name!r}, "
                 f"dropout={self.dropout}, tie_weights={self.tie_weights}, "
                 f"params={self.num_params():,}"
                 + ("" if self.device == "cpu" else f", device={self.device!r}") + ")")

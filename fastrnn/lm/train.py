@@ -32,8 +32,7 @@ from .model import LanguageModel
 from ..threads import blas_single_threaded
 from .text.corpus import SentenceBatcher, StreamBatcher
 
-OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW,
-              "adagrad": optim.Adagrad, "adadelta": optim.Adadelta, "rmsprop": optim.RMSprop}
+OPTIMIZERS = optim.OPTIMIZERS   # the Trainer's optimizer names: fastrnn.optim's table
 SCHEDULES = (None, "plateau", "step")
 
 
@@ -93,7 +92,7 @@ class Trainer:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.schedule_name = schedule
         if schedule == "plateau":
-            self.schedule = optim.HalveOnPlateau(self.optimizer, factor=lr_decay)
+            self.schedule = optim.ReduceOnPlateau(self.optimizer, factor=lr_decay)
         elif schedule == "step":
             self.schedule = optim.StepLR(self.optimizer, lr_step_epochs, gamma=lr_decay)
         else:
@@ -337,7 +336,7 @@ class Trainer:
             raise ValueError("trainer state carry must be null in sentence mode")
         model = self.model
         shape = (model.num_layers, self.batch_size, model.hidden_size)
-        parts = 2 if model.cell == "lstm" else 1
+        parts = 2 if model.cell.has_cell_state else 1
         if parts == 2 and not (isinstance(carry, list) and len(carry) == 2):
             raise ValueError("trainer state carry must be a list [h, c] for an LSTM")
         for i, part in enumerate(carry if parts == 2 else [carry]):
