@@ -1,4 +1,4 @@
-"""Tests for fastrnn.text: vocabularies, corpus loading, batchers and the synthetic language."""
+"""Tests for fastrnn.lm.text: vocabularies, corpus loading, batchers and the synthetic language."""
 import json
 import math
 from pathlib import Path

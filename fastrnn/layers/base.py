@@ -41,6 +41,10 @@ Threads
 
 ``device`` is "cpu" (numpy arrays) or "cuda" (CuPy arrays, ``pip install 'fastrnn[gpu]'``);
 ``to(device)`` moves every array in ``params`` and ``grads``.
+
+A :class:`Module` is a layer made of named child layers (``LanguageModel`` is one): its
+``params``/``grads`` are the children's arrays under prefixed names, and the modes, ``to`` and
+the pending records reach every child.
 """
 import functools
 import os

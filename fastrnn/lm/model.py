@@ -2,7 +2,7 @@
 
 The model is a thin composition of the layers in :mod:`fastrnn.layers`; every time step runs
 in the compiled kernels (or, with ``device="cuda"``, in the CuPy GPU backend), and sampling
-runs in the compiled loop of :mod:`fastrnn.generation`.
+runs in the compiled loop of :mod:`fastrnn.lm.generation`.
 """
 import numpy as np
 
@@ -349,13 +349,13 @@ class LanguageModel(Module):
     @classmethod
     def load(cls, path, with_extra=False, device="cpu"):
         """Read a model written by :meth:`save` and place it on ``device``. Raises
-        FileNotFoundError or :class:`fastrnn.checkpoint.CheckpointError` (a ValueError) with
+        FileNotFoundError or :class:`fastrnn.lm.checkpoint.CheckpointError` (a ValueError) with
         the reason (and RuntimeError from ``require_gpu`` for an unusable "cuda").
 
         The file is checked before anything is built: the header's config within the limits
         a model file may declare (``MAX_VOCAB_SIZE``, ``MAX_WIDTH``, ``MAX_LAYERS``,
         ``MAX_PARAMETERS``), and every parameter array present with exactly the shape and
-        dtype the config implies (see :func:`fastrnn.checkpoint.load` for the file checks).
+        dtype the config implies (see :func:`fastrnn.lm.checkpoint.load` for the file checks).
         """
         device = normalize_device(device)
         header, arrays = checkpoint.load(path, MODEL_KIND, check=_check_model_file)

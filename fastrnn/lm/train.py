@@ -354,7 +354,7 @@ class Trainer:
 
         All or nothing: the file, the model's config and the whole trainer state are checked
         before the parameters are copied; any problem raises ValueError (a
-        :class:`fastrnn.checkpoint.CheckpointError` for the file) and changes nothing.
+        :class:`fastrnn.lm.checkpoint.CheckpointError` for the file) and changes nothing.
         """
         saved, extra = LanguageModel.load(path, with_extra=True)
         # The seed only decides initialisation and dropout streams, both restored below.

@@ -10,7 +10,7 @@ only in how text is cut into tokens and how tokens are joined back:
   with ``eos`` set (default ``"</s>"``), a newline that follows at least one token becomes
   the ``eos`` token, and a run of blank lines gives a single ``eos``. Decoding joins tokens
   with single spaces and renders ``eos`` as a newline, so one-sentence-per-line text whose
-  tokens are space-separated (as :mod:`fastrnn.text.synthetic` writes) round-trips exactly.
+  tokens are space-separated (as :mod:`fastrnn.lm.text.synthetic` writes) round-trips exactly.
 
 Ids are assigned specials first (``unk``, ``bos``, ``eos``, then any extra ``specials`` in
 the order given), then tokens by descending count, ties broken by the token string.
