@@ -290,6 +290,7 @@ class Module(Layer):
         return self
 
     def train(self, mode=True):
+        """Training or eval mode for this module and every child; returns self."""
         super().train(mode)
         for layer in self.children():
             layer.train(mode)
