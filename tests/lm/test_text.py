@@ -10,7 +10,7 @@ from fastrnn.lm.text import (END, END_OF_SENTENCE, CharVocab, Grammar, SentenceB
                           StreamBatcher, SyntheticLanguage, WordVocab, load_text, load_vocab,
                           split_sentences, train_val_split, vocab_from_dict)
 
-SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).parents[3] / "shared" / "data"
 
 
 def first_batches(batcher, k):
