@@ -14,7 +14,7 @@ import pytest
 import fastrnn
 from fastrnn import functional as F
 from fastrnn._cpu import recurrent as _kernels
-from fastrnn.generation import generate_tokens
+from fastrnn.generation import _generate_tokens
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or "fork" not in multiprocessing.get_all_start_methods(),
@@ -48,9 +48,9 @@ def _generate():
               for l in range(L)]
     out = []
     for split, B in (("rows", 2), ("batch", 11)):
-        tokens, lengths, (h, c) = generate_tokens(
+        tokens, lengths, (h, c) = _generate_tokens(
             "lstm", layers, rng.standard_normal((V, E)), rng.standard_normal((V, H)), None,
-            rng.integers(0, V, size=(B, 3)), 9, seed=2, _split=split)
+            rng.integers(0, V, size=(B, 3)), 9, seed=2, split=split)
         out += [tokens, lengths, h, c]
     return out
 
@@ -134,13 +134,13 @@ from fastrnn import functional as F
 assert "fastrnn._cpu.generate" not in sys.modules
 
 def generate(q):
-    from fastrnn.generation import generate_tokens   # first imported in the child
+    from fastrnn.generation import _generate_tokens   # first imported in the child
     rng = np.random.default_rng(0)
     H = 64
     layers = [(rng.standard_normal((4 * H, 3)), rng.standard_normal((4 * H, H)), None, None)]
-    tokens, _, _ = generate_tokens("lstm", layers, rng.standard_normal((5, 3)),
-                                   rng.standard_normal((5, H)), None, np.zeros((12, 2), int),
-                                   4, seed=0, _split=sys.argv[1])
+    tokens, _, _ = _generate_tokens("lstm", layers, rng.standard_normal((5, 3)),
+                                    rng.standard_normal((5, H)), None, np.zeros((12, 2), int),
+                                    4, seed=0, split=sys.argv[1])
     q.put(tokens.tolist())
 
 if __name__ == "__main__":
