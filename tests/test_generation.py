@@ -5,9 +5,9 @@ import pytest
 
 import fastrnn
 from fastrnn.generation import _generate_tokens, generate_tokens
+from helpers import GATES
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 def make_model(cell, V=11, E=6, H=20, L=2, dtype=np.float64, seed=0, bias=True, scale=0.6):
