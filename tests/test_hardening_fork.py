@@ -13,8 +13,9 @@ import pytest
 
 import fastrnn
 from fastrnn import functional as F
-from fastrnn._cpu import recurrent as _kernels
+from fastrnn._cpu import openmp as _openmp
 from fastrnn.generation import _generate_tokens
+from helpers import GATES
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or "fork" not in multiprocessing.get_all_start_methods(),
@@ -25,7 +26,7 @@ DEADLINE_S = 60
 
 def _problem(cell, B):
     rng = np.random.default_rng(3)
-    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[cell]
+    G = GATES[cell]
     T, I, H = 6, 5, 70
     return dict(cell=cell, x=rng.standard_normal((T, B, I)),
                 w_ih=rng.standard_normal((G * H, I)) * 0.3,
@@ -64,7 +65,7 @@ def _work():
 
 
 def _child(queue):
-    queue.put((_kernels.in_forked_child(), _work()))
+    queue.put((_openmp.in_forked_child(), _work()))
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def _run_in_fork():
 def test_forked_child_after_parent_ran_kernels(two_threads):
     # The parent starts OpenMP teams first (that is what used to break the child).
     parent = _work()
-    assert not _kernels.in_forked_child()
+    assert not _openmp.in_forked_child()
     forked, child = _run_in_fork()
     assert forked
     assert len(child) == len(parent)
