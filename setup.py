@@ -4,7 +4,7 @@ OpenMP is used when the compiler supports it and skipped otherwise (the kernels 
 serially; see fastrnn/_cpu/_openmp.pxd). Flags are -O3 and portable: the hot GEMMs are in
 BLAS, which picks the best code for the CPU at run time, and the gate math is compiled for
 both AVX2+FMA and baseline x86-64 with the choice made at load time (FR_HOT in
-csrc/activations.h). Set FASTRNN_NATIVE=1 to add -march=native for a local, non-portable build.
+csrc/compiler.h). Set FASTRNN_NATIVE=1 to add -march=native for a local, non-portable build.
 """
 import os
 import shutil
@@ -66,13 +66,15 @@ def _extension(name, source):
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=macros,
-        depends=[os.path.join("csrc", f) for f in ("activations.h", "cells.h", "cells_impl.h")],
+        depends=[os.path.join("csrc", f) for f in sorted(os.listdir(os.path.join(HERE, "csrc")))],
     )
 
 
+# One module per job: openmp (build and process facts), recurrent (the RNN layer's stages),
+# dense (the dense layers' GEMM), generate (the token loop).
 extensions = [
-    _extension("fastrnn._cpu.recurrent", "fastrnn/_cpu/recurrent.pyx"),
-    _extension("fastrnn._cpu.generate", "fastrnn/_cpu/generate.pyx"),
+    _extension(f"fastrnn._cpu.{name}", f"fastrnn/_cpu/{name}.pyx")
+    for name in ("openmp", "recurrent", "dense", "generate")
 ]
 
 setup(

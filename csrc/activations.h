@@ -1,4 +1,4 @@
-/* Activations used by every cell's gate math (csrc/cells.h), for float and double.
+/* Activations used by every cell's gate math (csrc/cells_impl.h), for float and double.
  *
  * double: the libm functions, unchanged, so float64 results stay exact to libm (the
  *         finite-difference and PyTorch float64 checks compare at 1e-10).
@@ -7,9 +7,8 @@
  *         expf per element through libm was most of the time of the gate math). Accuracy
  *         is a few ulp (Cephes polynomials), far inside the float32 parity tolerance.
  *
- * FR_HOT marks the per-row functions that call these: with gcc on x86-64 Linux they are
- * compiled twice (AVX2+FMA and baseline) and the loader picks one for the CPU, so the
- * portable build (no -march=native) still runs 8-wide on the machines that can.
+ * They are FR_INLINE (compiler.h), so that each FR_HOT clone of the gate math gets its own
+ * copy, compiled for its instruction set.
  */
 #ifndef FASTRNN_ACTIVATIONS_H
 #define FASTRNN_ACTIVATIONS_H
@@ -17,20 +16,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(__AVX2__) && !defined(FASTRNN_NO_CLONES)
-#define FR_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define FR_HOT
-#endif
-
-/* Everything FR_HOT calls must be inlined into each clone to be compiled for its ISA (gcc
- * does not inline a function built for a different target unless forced). */
-#if defined(__GNUC__)
-#define FR_INLINE static inline __attribute__((always_inline))
-#else
-#define FR_INLINE static inline
-#endif
+#include "compiler.h"
 
 /* e^x for float. Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Cephes' degree-5
  * polynomial for e^r, and 2^n built in the exponent bits. Inputs are clamped to the range

@@ -1,8 +1,9 @@
 /* Gate math of every cell, forward and backward, for one batch row and a range of hidden
- * units [j0, j1), plus the small matrix-vector kernels of the small-batch path.
+ * units [j0, j1).
  *
- * This is the one definition of the cell equations (see fastrnn/cells.py for them in
- * words). The body is written once, in cells_impl.h, and included twice: for float (with
+ * This is the one definition of the cell equations in C (fastrnn/cells.py states them in
+ * words; the GPU has its own copy in fastrnn/_gpu/kernels.cu, checked against this one by the
+ * tests). The body is written once, in cells_impl.h, and included twice: for float (with
  * the vectorisable activations of activations.h) and for double (exact libm). Cython
  * reaches these through fastrnn/_cpu/_cells.pxd.
  *
@@ -13,26 +14,17 @@
 #define FASTRNN_CELLS_H
 #include <stddef.h>
 #include "activations.h"
+#include "compiler.h"
 
-/* Cell ids; they match fastrnn/cells.py and the enum in _cells.pxd. */
+/* Cell ids. The table is fastrnn/cells.py (CellSpec.kind); these copies, and those of
+ * fastrnn/_gpu/kernels.cu, are checked against it by tests/test_cells.py (the compiled
+ * module exports them as fastrnn._cpu.recurrent.CELL_IDS). */
 #define FR_K_RNN_TANH 0
 #define FR_K_RNN_RELU 1
 #define FR_K_GRU 2
 #define FR_K_LSTM 3
 
-#define FR_CAT_(a, b) a##_##b
-#define FR_CAT(a, b) FR_CAT_(a, b)
-
-#define FR_REAL float
-#define FR_SFX f
-#include "cells_impl.h"
-#undef FR_REAL
-#undef FR_SFX
-
-#define FR_REAL double
-#define FR_SFX d
-#include "cells_impl.h"
-#undef FR_REAL
-#undef FR_SFX
+#define FR_BODY "cells_impl.h"
+#include "instantiate.h"
 
 #endif

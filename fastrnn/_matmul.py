@@ -11,7 +11,7 @@ import numpy as np
 
 from . import threads
 from ._validation import check_no_shared_memory, has_internal_overlap
-from ._cpu import recurrent as _kernels
+from ._cpu import dense as _dense
 
 
 def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
@@ -54,5 +54,5 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
     if out is None:
         out, beta = np.empty((m, n), a.dtype), 0.0
     with threads.blas_single_threaded():
-        _kernels.parallel_gemm(trans_a, trans_b, a, b, out, beta, threads.get_num_threads())
+        _dense.parallel_gemm(trans_a, trans_b, a, b, out, beta, threads.get_num_threads())
     return out

@@ -1,4 +1,4 @@
-"""Cell specifications: gate counts, PyTorch parameter names and shapes, initialisers.
+"""The table of cells: ids, gate counts, PyTorch parameter names and shapes.
 
 Equations (PyTorch's, gate order as in its weight layout):
 
@@ -11,9 +11,11 @@ LSTM   i, f, o = sigmoid(.), g = tanh(.)   of  W_ih x + b_ih + W_hh h + b_hh  sp
        c' = f * c + i * g
        h' = o * tanh(c')
 
-The gate math itself lives once, in csrc/cells_impl.h (reached from Cython through
-fastrnn/_cpu/_cells.pxd: cell_forward_row / cell_backward_row); this module only describes
-the cells.
+This module is the one table of cells. The compiled kernels need the ids and gate counts as
+C constants: csrc/cells.h (with gate_count in fastrnn/_cpu/_cells.pxd) and
+fastrnn/_gpu/kernels.cu keep copies, which tests/test_cells.py checks against CELLS. The gate
+math itself lives once per device: csrc/cells_impl.h (reached from Cython through
+fastrnn/_cpu/_cells.pxd) and fastrnn/_gpu/kernels.cu.
 """
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class CellSpec:
     name: str            # "rnn_tanh", "rnn_relu", "gru", "lstm"
-    kind: int            # the kernel's cell id (see recurrent.pyx)
+    kind: int            # the kernels' cell id (FR_K_* in csrc/cells.h, FR_* in kernels.cu)
     gates: int           # G: weight_ih has shape (G * hidden, input)
     has_cell_state: bool  # LSTM carries (h, c); the others h only
 

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 
-from ._cpu import recurrent as _kernels
+from ._cpu import openmp as _openmp
 from ._version import __version__
 
 _num_threads = None
@@ -27,7 +27,7 @@ def get_num_threads():
     (which honours OMP_NUM_THREADS), else 1 in a build without OpenMP."""
     if _num_threads is not None:
         return _num_threads
-    return max(1, _kernels.omp_max_threads())
+    return max(1, _openmp.omp_max_threads())
 
 
 def set_num_threads(n):
@@ -36,7 +36,7 @@ def set_num_threads(n):
     if n is not None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive int or None, got {n!r}")
-        if not _kernels.openmp_enabled():
+        if not _openmp.openmp_enabled():
             n = 1
     _num_threads = n
 
@@ -125,7 +125,7 @@ def show_config(file=None):
     print(f"fastrnn {__version__}", file=out)
     print(f"  python  {sys.version.split()[0]}, numpy {numpy.__version__}, scipy {scipy.__version__}",
           file=out)
-    print(f"  OpenMP  {'enabled' if _kernels.openmp_enabled() else 'disabled (serial build)'}",
+    print(f"  OpenMP  {'enabled' if _openmp.openmp_enabled() else 'disabled (serial build)'}",
           file=out)
     print(f"  threads {get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')},"
           f" cpus {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()})",

@@ -7,8 +7,11 @@ with ``xp = numpy`` and be checked against the CPU engine on machines without a 
 """
 import numpy as np
 
-RNN_TANH, RNN_RELU, GRU, LSTM = 0, 1, 2, 3
-GATES = {RNN_TANH: 1, RNN_RELU: 1, GRU: 3, LSTM: 4}
+from fastrnn.cells import CELLS
+
+# Cell ids (the kernels' `kind`) and gate counts by id, from the one table (fastrnn/cells.py).
+RNN_TANH, RNN_RELU, GRU, LSTM = (CELLS[name].kind for name in ("rnn_tanh", "rnn_relu", "gru", "lstm"))
+GATES = {spec.kind: spec.gates for spec in CELLS.values()}
 
 
 def _sigmoid(x):

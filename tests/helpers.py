@@ -3,6 +3,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fastrnn.cells import CELLS
+
+# Gate blocks per cell, by name, from the one table (fastrnn/cells.py).
+GATES = {name: spec.gates for name, spec in CELLS.items()}
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 import fastrnn  # noqa: E402
 from fastrnn import functional as F  # noqa: E402
+from helpers import GATES  # noqa: E402
 
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
 EXAMPLES = int(os.environ.get("FASTRNN_FUZZ_EXAMPLES", "40"))
 
 

@@ -12,7 +12,7 @@ cp = pytest.importorskip("cupy")
 
 import fastrnn  # noqa: E402
 from fastrnn._gpu import backend as GB  # noqa: E402
-from helpers import assert_close  # noqa: E402
+from helpers import GATES, assert_close  # noqa: E402
 
 if not fastrnn.gpu_available():
     pytest.skip("no CUDA device", allow_module_level=True)
@@ -79,7 +79,7 @@ def test_float64_matches_cpu_engine(cell, num_layers, bidirectional, with_length
 @pytest.mark.parametrize("graphs", [False, True])
 def test_functional_float64_matches_cpu_and_graph_replay(cell, graphs, rng):
     from fastrnn import functional as F
-    G = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}[cell]
+    G = GATES[cell]
     w = [rng.normal(scale=0.5, size=s) for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
     x = rng.normal(size=(T, B, I))
     dy = rng.normal(size=(T, B, H))

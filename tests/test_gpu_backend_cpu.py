@@ -20,12 +20,11 @@ from fastrnn import _device, _gpu
 from fastrnn import functional as F
 from fastrnn._gpu import backend as GB
 from gpu_reference_ops import ReferenceOps
-from helpers import assert_close, run_python
+from helpers import GATES, assert_close, run_python
 
 T, B, I, H = 6, 5, 4, 3
 LENGTHS = [6, 1, 3, 2, 5]
 SHORT_LENGTHS = [4, 1, 3, 2, 4]     # no sequence reaches the last steps
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
 RTOL = 1e-10
 
 

@@ -13,8 +13,9 @@ import pytest
 
 import fastrnn
 from fastrnn import functional as F
-from fastrnn._cpu import recurrent as _kernels
-from fastrnn.lm.generation import generate_tokens
+from fastrnn._cpu import openmp as _openmp
+from fastrnn.lm.generation import _generate_tokens
+from helpers import GATES
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or "fork" not in multiprocessing.get_all_start_methods(),
@@ -25,7 +26,7 @@ DEADLINE_S = 60
 
 def _problem(cell, B):
     rng = np.random.default_rng(3)
-    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[cell]
+    G = GATES[cell]
     T, I, H = 6, 5, 70
     return dict(cell=cell, x=rng.standard_normal((T, B, I)),
                 w_ih=rng.standard_normal((G * H, I)) * 0.3,
@@ -48,9 +49,9 @@ def _generate():
               for l in range(L)]
     out = []
     for split, B in (("rows", 2), ("batch", 11)):
-        tokens, lengths, (h, c) = generate_tokens(
+        tokens, lengths, (h, c) = _generate_tokens(
             "lstm", layers, rng.standard_normal((V, E)), rng.standard_normal((V, H)), None,
-            rng.integers(0, V, size=(B, 3)), 9, seed=2, _split=split)
+            rng.integers(0, V, size=(B, 3)), 9, seed=2, split=split)
         out += [tokens, lengths, h, c]
     return out
 
@@ -64,7 +65,7 @@ def _work():
 
 
 def _child(queue):
-    queue.put((_kernels.in_forked_child(), _work()))
+    queue.put((_openmp.in_forked_child(), _work()))
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def _run_in_fork():
 def test_forked_child_after_parent_ran_kernels(two_threads):
     # The parent starts OpenMP teams first (that is what used to break the child).
     parent = _work()
-    assert not _kernels.in_forked_child()
+    assert not _openmp.in_forked_child()
     forked, child = _run_in_fork()
     assert forked
     assert len(child) == len(parent)
@@ -134,13 +135,13 @@ from fastrnn import functional as F
 assert "fastrnn._cpu.generate" not in sys.modules
 
 def generate(q):
-    from fastrnn.lm.generation import generate_tokens   # first imported in the child
+    from fastrnn.lm.generation import _generate_tokens   # first imported in the child
     rng = np.random.default_rng(0)
     H = 64
     layers = [(rng.standard_normal((4 * H, 3)), rng.standard_normal((4 * H, H)), None, None)]
-    tokens, _, _ = generate_tokens("lstm", layers, rng.standard_normal((5, 3)),
-                                   rng.standard_normal((5, H)), None, np.zeros((12, 2), int),
-                                   4, seed=0, _split=sys.argv[1])
+    tokens, _, _ = _generate_tokens("lstm", layers, rng.standard_normal((5, 3)),
+                                    rng.standard_normal((5, H)), None, np.zeros((12, 2), int),
+                                    4, seed=0, split=sys.argv[1])
     q.put(tokens.tolist())
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 
 import fastrnn
 from fastrnn._cpu import generate as _gen
-from fastrnn.lm.generation import generate_tokens
+from fastrnn.lm.generation import _generate_tokens
 
 
 def test_scratch_of_the_reported_case_is_exact():
@@ -69,8 +69,8 @@ def test_split_batch_rows_per_thread_match_one_thread(rng, B):
     try:
         for nt in (1, 2, 3):
             fastrnn.set_num_threads(nt)
-            results.append(generate_tokens("lstm", layers, emb, out_w, out_b, prime, 12,
-                                           seed=5, stop_id=3, _split="batch"))
+            results.append(_generate_tokens("lstm", layers, emb, out_w, out_b, prime, 12,
+                                            seed=5, stop_id=3, split="batch"))
     finally:
         fastrnn.set_num_threads(None)
     for tokens, lengths, (h, c) in results[1:]:

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from fastrnn import functional as F
+from fastrnn._cpu import dense as _dense
 from fastrnn._cpu import generate as _gen
 from fastrnn._cpu import recurrent as _kernels
+from helpers import GATES
 
 T, B, I, H = 4, 3, 5, 6
 
 
 def _forward(cell, rng, lengths=None, batch=B):
-    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[cell]
+    G = GATES[cell]
     x = rng.standard_normal((T, batch, I))
     y, _, ws = F.recurrent_forward(cell, x, rng.standard_normal((G * H, I)),
                                    rng.standard_normal((G * H, H)), lengths=lengths)
@@ -71,10 +73,10 @@ def test_kernel_entry_points_refuse_none(rng):
     with pytest.raises(ValueError, match="gates"):
         _kernels.project_inputs(ws.x, ws.w_ih, np.zeros(4 * H), np.zeros((T * B - 1, 4 * H)))
     with pytest.raises(ValueError, match="op\\(b\\)"):
-        _kernels.parallel_gemm(False, False, np.ones((3, 4)), np.ones((2, 5)), np.zeros((3, 5)),
+        _dense.parallel_gemm(False, False, np.ones((3, 4)), np.ones((2, 5)), np.zeros((3, 5)),
                                0.0)
     with pytest.raises(TypeError):
-        _kernels.parallel_gemm(False, False, np.ones((3, 4)), None, np.zeros((3, 5)), 0.0)
+        _dense.parallel_gemm(False, False, np.ones((3, 4)), None, np.zeros((3, 5)), 0.0)
 
 
 def _generate_args(rng, V=7, E=4, L=2, Bg=2, P=3, n_tokens=5):

@@ -1,6 +1,7 @@
 # Gate math: one definition per cell, in csrc/cells_impl.h (C, so that the loops over hidden
-# units vectorise), shared by the training loops (recurrent.pyx) and any other loop over
-# steps. This file only picks the float or double instance. Cell ids match fastrnn/cells.py.
+# units vectorise), shared by the training loops (recurrent.pyx) and generation
+# (generate.pyx). This file only picks the float or double instance. The cell ids and gate
+# counts are those of fastrnn/cells.py (checked by tests/test_cells.py).
 # Sizes are int (each is at most G*H or the batch, checked to fit by the entry points); row
 # strides are Py_ssize_t, and callers pass pointers already offset in 64-bit arithmetic.
 from cython cimport floating
@@ -18,32 +19,17 @@ cdef extern from "cells.h" nogil:
     void fr_cell_backward_d(int kind, int H, int j0, int j1, double* g, double* hn,
                             const double* c_t, const double* c_prev, const double* h_prev,
                             double* dh, double* dc)
-    void fr_matvec_rows_f(int r0, int r1, int K, const float* W, Py_ssize_t ldw, int nb,
-                          const float* const* x, float* const* y)
-    void fr_matvec_rows_d(int r0, int r1, int K, const double* W, Py_ssize_t ldw, int nb,
-                          const double* const* x, double* const* y)
-    void fr_matvec_cols_acc_f(int j0, int j1, int K, const float* W, Py_ssize_t ldw, int nb,
-                              const float* const* d, float* const* y)
-    void fr_matvec_cols_acc_d(int j0, int j1, int K, const double* W, Py_ssize_t ldw, int nb,
-                              const double* const* d, double* const* y)
-    void fr_pack_panels_f(int K, int N, int p0, int p1, const float* W, Py_ssize_t ldw, int trans, float* Bp)
-    void fr_pack_panels_d(int K, int N, int p0, int p1, const double* W, Py_ssize_t ldw, int trans, double* Bp)
-    void fr_gemm_packed_f(int M, int N, int K, int p0, int p1, const float* A, Py_ssize_t lda,
-                          const float* Bp, float* C, Py_ssize_t ldc, int accumulate)
-    void fr_gemm_packed_d(int M, int N, int K, int p0, int p1, const double* A, Py_ssize_t lda,
-                          const double* Bp, double* C, Py_ssize_t ldc, int accumulate)
-    int fr_panel_width_f()
-    int fr_panel_width_d()
 
-cdef enum:
-    K_RNN_TANH = 0
-    K_RNN_RELU = 1
-    K_GRU = 2
-    K_LSTM = 3
+    # Cell ids: defined in cells.h, which tests/test_cells.py checks against fastrnn/cells.py.
+    enum:
+        K_RNN_TANH "FR_K_RNN_TANH"
+        K_RNN_RELU "FR_K_RNN_RELU"
+        K_GRU "FR_K_GRU"
+        K_LSTM "FR_K_LSTM"
 
 
 cdef inline int gate_count(int kind) noexcept nogil:
-    """G: the number of gate blocks of H columns in the weights."""
+    """G: the number of gate blocks of H columns in the weights (CellSpec.gates)."""
     if kind == K_LSTM:
         return 4
     if kind == K_GRU:
@@ -88,49 +74,3 @@ cdef inline void cell_backward_row(int kind, int H, int j0, int j1, floating* g,
         fr_cell_backward_f(kind, H, j0, j1, g, hn, c_t, c_prev, h_prev, dh, dc)
     else:
         fr_cell_backward_d(kind, H, j0, j1, g, hn, c_t, c_prev, h_prev, dh, dc)
-
-
-cdef inline void matvec_rows(int r0, int r1, int K, const floating* W, Py_ssize_t ldw, int nb,
-                             const floating** x, floating** y) noexcept nogil:
-    """y[b][r] = W[r, :K] . x[b] for rows r0 <= r < r1, b < nb (small-batch path)."""
-    if floating is float:
-        fr_matvec_rows_f(r0, r1, K, W, ldw, nb, x, y)
-    else:
-        fr_matvec_rows_d(r0, r1, K, W, ldw, nb, x, y)
-
-
-cdef inline void matvec_cols_acc(int j0, int j1, int K, const floating* W, Py_ssize_t ldw, int nb,
-                                 const floating** d, floating** y) noexcept nogil:
-    """y[b][j] += sum_k d[b][k] W[k, j] for j0 <= j < j1, b < nb (small-batch path)."""
-    if floating is float:
-        fr_matvec_cols_acc_f(j0, j1, K, W, ldw, nb, d, y)
-    else:
-        fr_matvec_cols_acc_d(j0, j1, K, W, ldw, nb, d, y)
-
-
-cdef inline int panel_width(floating dummy) noexcept nogil:
-    """Columns per packed panel (NR): 16 floats or 8 doubles."""
-    if floating is float:
-        return fr_panel_width_f()
-    else:
-        return fr_panel_width_d()
-
-
-cdef inline void pack_panels(int K, int N, int p0, int p1, const floating* W, Py_ssize_t ldw,
-                             bint trans, floating* Bp) noexcept nogil:
-    """Panels [p0, p1) of Bp <- B (K x N) in panels of panel_width columns (zero-padded);
-    B = W^T if trans else W."""
-    if floating is float:
-        fr_pack_panels_f(K, N, p0, p1, W, ldw, trans, Bp)
-    else:
-        fr_pack_panels_d(K, N, p0, p1, W, ldw, trans, Bp)
-
-
-cdef inline void gemm_packed(int M, int N, int K, int p0, int p1, const floating* A, Py_ssize_t lda,
-                             const floating* Bp, floating* C, Py_ssize_t ldc,
-                             bint accumulate) noexcept nogil:
-    """C[:, panels p0..p1) (+)= A (M x K) @ B, with B packed by pack_panels."""
-    if floating is float:
-        fr_gemm_packed_f(M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate)
-    else:
-        fr_gemm_packed_d(M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate)

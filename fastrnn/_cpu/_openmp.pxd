@@ -3,12 +3,14 @@
 #
 # Fork: libgomp keeps the threads of its last team for reuse; a child made by fork() has none
 # of them but still believes it does, so its first parallel region with more than one thread
-# waits forever (measured: a 2-thread region hangs, a 1-thread region runs). Each module calls
-# fr_install_fork_guard() once at import; from then on a forked child (and its own children)
-# runs every region on one thread: fr_team_threads(n) is 1 there. A module first imported in
-# the child learns of the fork from recurrent (which fastrnn always imports first) and calls
-# fr_mark_forked_child. The kernels split their work by the thread count they were asked
-# for, not by the team that runs it, so the child's results are the parent's, bit for bit.
+# waits forever (measured: a 2-thread region hangs, a 1-thread region runs). The flag below is
+# static, so each extension module has its own: each calls join_fork_guard() once at import,
+# which installs its fork handler and, in a module first imported in a forked child, learns
+# of the fork from fastrnn._cpu.openmp (which fastrnn imports first, through fastrnn.threads).
+# From then on a forked child (and its own children) runs every region on one thread:
+# fr_team_threads(n) is 1 there. The kernels split their work by the thread count they were
+# asked for, not by the team that runs it, so the child's results are the parent's, bit for
+# bit.
 cdef extern from *:
     """
     #ifdef FASTRNN_HAVE_OPENMP
@@ -52,3 +54,13 @@ cdef extern from *:
     void fr_mark_forked_child() noexcept nogil
     int fr_team_threads(int n) noexcept nogil
     int fr_forked_child() noexcept nogil
+
+
+cdef inline int join_fork_guard() except -1:
+    """Call once at the import of each kernel module (see the top of this file)."""
+    fr_install_fork_guard()
+    from fastrnn._cpu.openmp import in_forked_child
+    if in_forked_child():
+        # First imported in a forked child: the parent's OpenMP threads are gone here too.
+        fr_mark_forked_child()
+    return 0

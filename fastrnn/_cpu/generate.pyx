@@ -29,7 +29,6 @@ int and computes its buffer sizes before allocating anything (_buffer_sizes).
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
-from libc.limits cimport INT_MAX
 from libc.math cimport exp, INFINITY
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport malloc, free, qsort
@@ -41,15 +40,12 @@ import numpy as np
 
 from ._blas cimport gemm, gemv
 from ._cells cimport K_LSTM, cell_forward_row, gate_count
-from ._openmp cimport (fr_install_fork_guard, fr_mark_forked_child, fr_omp_barrier,
-                       fr_omp_team_size, fr_openmp_enabled, fr_team_threads)
-from .recurrent import in_forked_child
+from ._checks cimport _blas_int, _check_len, _check_shape
+from ._openmp cimport (fr_omp_barrier, fr_omp_team_size, fr_openmp_enabled, fr_team_threads,
+                       join_fork_guard)
+from ._parts cimport COL_ALIGN, _share, _split_at
 
-fr_install_fork_guard()
-if in_forked_child():
-    # First imported in a forked child: the parent's OpenMP threads (started by the
-    # recurrent kernels) are gone here too.
-    fr_mark_forked_child()
+join_fork_guard()
 
 
 ctypedef struct Pair:
@@ -211,13 +207,6 @@ cdef inline void _rows_times_wt(Py_ssize_t nb, Py_ssize_t n_out, Py_ssize_t k,
         gemm(False, True, nb, n_out, k, <floating>1, x, ldx, w, ldw, beta, out, ldo)
 
 
-cdef inline Py_ssize_t _unit_split(Py_ssize_t H, Py_ssize_t nt, Py_ssize_t t) noexcept nogil:
-    """Start of thread t's block of hidden units; blocks are multiples of 16 where possible."""
-    cdef Py_ssize_t q = (H + 15) // 16
-    cdef Py_ssize_t s = (t * q // nt) * 16
-    return s if s < H else H
-
-
 cdef void _feed(Ctx* ctx, const floating* emb, Py_ssize_t b, int64_t tok) noexcept nogil:
     """Row b consumes ``tok`` at the next step."""
     ctx.cur[b] = tok
@@ -235,21 +224,21 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
     cdef Py_ssize_t n_steps = P + ctx.n_tokens - 1
     cdef int64_t tok
     if ctx.split_rows:
-        j0 = _unit_split(H, nt, tid)
-        j1 = _unit_split(H, nt, tid + 1)
-        v0 = tid * V // nt
-        v1 = (tid + 1) * V // nt
+        j0 = _split_at(H, tid, nt)
+        j1 = _split_at(H, tid + 1, nt)
+        v0 = _share(V, tid, nt)
+        v1 = _share(V, tid + 1, nt)
         b0 = 0
         b1 = B
-        s0 = tid * B // nt
-        s1 = (tid + 1) * B // nt
+        s0 = _share(B, tid, nt)
+        s1 = _share(B, tid + 1, nt)
     else:
         j0 = 0
         j1 = H
         v0 = 0
         v1 = V
-        b0 = tid * B // nt
-        b1 = (tid + 1) * B // nt
+        b0 = _share(B, tid, nt)
+        b1 = _share(B, tid + 1, nt)
         s0 = b0
         s1 = b1
     nj = j1 - j0
@@ -393,8 +382,8 @@ cdef void _team_worker(Ctx* ctx, const floating* out_w, int tid, int* team_ok) n
 def _thread_layout(G, B, H, nt, split_rows):
     """(rows, units): the most batch rows and hidden units one thread's gate buffers hold."""
     if split_rows:
-        return B, max(_unit_split(H, nt, t + 1) - _unit_split(H, nt, t) for t in range(nt))
-    return max((t + 1) * B // nt - t * B // nt for t in range(nt)), H
+        return B, max(_split_at(H, t + 1, nt) - _split_at(H, t, nt) for t in range(nt))
+    return max(_share(B, t + 1, nt) - _share(B, t, nt) for t in range(nt)), H
 
 
 def _scratch_stride(G, L, rows, units):
@@ -427,19 +416,6 @@ def _buffer_sizes(G, L, B, H, E, V, n_tokens, nt, split_rows, itemsize):
     return sizes
 
 
-cdef int _check_2d(str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t want_rows,
-                   Py_ssize_t want_cols) except -1:
-    if rows != want_rows or cols != want_cols:
-        raise ValueError(f"{name} must have shape ({want_rows}, {want_cols}), got ({rows}, {cols})")
-    return 0
-
-
-cdef int _check_1d(str name, Py_ssize_t n, Py_ssize_t want) except -1:
-    if n != want:
-        raise ValueError(f"{name} must have shape ({want},), got ({n},)")
-    return 0
-
-
 def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih not None,
                   list w_hh not None, list b_ih not None, list b_hh not None,
                   const floating[:, ::1] table, const floating[:, ::1] out_w not None,
@@ -469,19 +445,18 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
                          f"H={H}, V={V}, E={E}, P={P}, n_tokens={n_tokens}")
     for size, what in ((GH, "G*H (gate columns)"), (B, "the number of rows B"),
                        (V, "the vocabulary size V"), (E, "the embedding size E")):
-        if size > INT_MAX:
-            raise ValueError(f"{what} is {size}, more than BLAS can take ({INT_MAX})")
-    _check_2d("embedding", embedding.shape[0], E, V, E)
-    _check_2d("out_w", V, out_w.shape[1], V, H)
-    _check_1d("out_b", out_b.shape[0], V)
-    _check_2d("prime", prime.shape[0], P, B, P)
-    _check_1d("banned", banned.shape[0], V)
+        _blas_int(size, what)
+    _check_shape("embedding", embedding.shape[0], E, V, E)
+    _check_shape("out_w", V, out_w.shape[1], V, H)
+    _check_len("out_b", out_b.shape[0], V)
+    _check_shape("prime", prime.shape[0], P, B, P)
+    _check_len("banned", banned.shape[0], V)
     if table is not None:
-        _check_2d("table", table.shape[0], table.shape[1], V, GH)
+        _check_shape("table", table.shape[0], table.shape[1], V, GH)
     if not greedy:
         if uniforms is None:
             raise TypeError("uniforms must be given unless greedy, got None")
-        _check_2d("uniforms", uniforms.shape[0], uniforms.shape[1], n_tokens, B)
+        _check_shape("uniforms", uniforms.shape[0], uniforms.shape[1], n_tokens, B)
     if c is not None:
         if c.shape[0] != L or c.shape[1] != B or c.shape[2] != H:
             raise ValueError(f"c must have shape ({L}, {B}, {H}), got "
@@ -493,16 +468,16 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
             raise ValueError(f"{name} must hold {L} arrays (one per layer), got {len(arrays)}")
     for l in range(L):
         mv2 = w_ih[l]
-        _check_2d(f"w_ih[{l}]", mv2.shape[0], mv2.shape[1], GH, E if l == 0 else H)
+        _check_shape(f"w_ih[{l}]", mv2.shape[0], mv2.shape[1], GH, E if l == 0 else H)
         mv2 = w_hh[l]
-        _check_2d(f"w_hh[{l}]", mv2.shape[0], mv2.shape[1], GH, H)
+        _check_shape(f"w_hh[{l}]", mv2.shape[0], mv2.shape[1], GH, H)
         mv1 = b_ih[l]
-        _check_1d(f"b_ih[{l}]", mv1.shape[0], GH)
+        _check_len(f"b_ih[{l}]", mv1.shape[0], GH)
         mv1 = b_hh[l]
-        _check_1d(f"b_hh[{l}]", mv1.shape[0], GH)
+        _check_len(f"b_hh[{l}]", mv1.shape[0], GH)
     if split_rows:
-        if nt > (H + 15) // 16:
-            nt = <int>max(1, (H + 15) // 16)
+        if nt > (H + COL_ALIGN - 1) // COL_ALIGN:
+            nt = <int>max(1, (H + COL_ALIGN - 1) // COL_ALIGN)
     elif nt > B:
         nt = <int>B
     team = fr_team_threads(nt)   # threads that may run them: 1 in a forked child

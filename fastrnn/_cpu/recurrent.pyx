@@ -22,7 +22,7 @@ The time loops split the work in one of two ways:
 
 * batch > SMALL_BATCH: each thread owns a contiguous slice of the batch for the whole
   sequence and multiplies it by W_hh per step with a small GEMM on weights packed once per
-  call (csrc/cells_impl.h, fr_gemm_packed: BLAS would re-pack W_hh on every step). No
+  call (csrc/gemm_packed.h, fr_gemm_packed: BLAS would re-pack W_hh on every step). No
   synchronisation inside the loop.
 * batch <= SMALL_BATCH (batch 1, generation): each thread owns a block of hidden units of
   every row, computes its gate columns with matrix-vector kernels that stream W_hh once per
@@ -31,6 +31,12 @@ The time loops split the work in one of two ways:
 Either way each output element of the loops is computed by the same sequence of operations
 whatever the thread count; with the GEMM parts above, results are identical for 1 and 2
 threads (tested bitwise in float64).
+
+The nogil helpers get a call's sizes as one LoopShape (kind, T, B, H, reverse, lengths) and
+its buffers as one LoopBuffers (GradBuffers for weight_grads); the row-level gate steps
+(_forward_row, _backward_row) are shared by both ways of splitting the work. How parts are
+cut (_split_at, _share) and rows addressed (_row, _row_at) is in _parts.pxd, shared with
+dense.pyx and generate.pyx.
 
 All index arithmetic is 64-bit (Py_ssize_t): a row index times a row stride passes 2^31
 elements at sizes that fit in memory (T=513, B=256, H=4096 LSTM). Sizes that reach BLAS, which
@@ -41,78 +47,28 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
-from libc.limits cimport INT_MAX
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm
-from ._cells cimport (K_GRU, K_LSTM, cell_backward_row, cell_forward_row, gate_count,
-                      gemm_packed, matvec_cols_acc, matvec_rows, pack_panels, panel_width)
-from ._openmp cimport (fr_forked_child, fr_install_fork_guard, fr_omp_barrier,
-                       fr_omp_max_threads, fr_omp_team_size, fr_openmp_enabled,
-                       fr_team_threads)
+from ._cells cimport K_GRU, K_LSTM, K_RNN_RELU, K_RNN_TANH, cell_backward_row, cell_forward_row, gate_count
+from ._checks cimport _blas_int, _check_len, _check_shape, _row_stride
+from ._gemm_packed cimport gemm_packed, matvec_cols_acc, matvec_rows, pack_panels, panel_width
+from ._openmp cimport fr_omp_barrier, fr_omp_team_size, fr_team_threads, join_fork_guard
+from ._parts cimport COL_ALIGN, _gemm_parts, _row, _row_at, _share, _split_at
 
-fr_install_fork_guard()
+join_fork_guard()
 
-
-def openmp_enabled():
-    """True when the extension was compiled with OpenMP."""
-    return bool(fr_openmp_enabled())
-
-
-def omp_max_threads():
-    """OpenMP's default thread count (honours OMP_NUM_THREADS); 1 without OpenMP."""
-    return fr_omp_max_threads()
-
-
-def in_forked_child():
-    """True in a process made by fork() after this module was imported: there the kernels
-    run on one thread (libgomp cannot start a team after fork; see _openmp.pxd), with the
-    work split as for the requested thread count, so results do not change."""
-    return bool(fr_forked_child())
+# The cell ids and gate counts this module was compiled with (csrc/cells.h), for the test
+# that checks them against fastrnn/cells.py.
+CELL_IDS = {"rnn_tanh": K_RNN_TANH, "rnn_relu": K_RNN_RELU, "gru": K_GRU, "lstm": K_LSTM}
+CELL_GATES = {kind: gate_count(kind) for kind in CELL_IDS.values()}
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument checks of the entry points. The Python layer checks user input with better
-# messages; these keep a bad buffer (a tampered workspace, a direct call) from reaching a
-# kernel that would read or write past it.
+# Argument checks of the entry points (the common ones are in _checks.pxd).
 # ---------------------------------------------------------------------------------------------
-
-cdef int _blas_int(Py_ssize_t n, str what) except -1:
-    """n, which some entry point passes to BLAS as a size or leading dimension, must fit a C int."""
-    if n > INT_MAX:
-        raise ValueError(f"{what} is {n}, more than BLAS can take ({INT_MAX}, the largest C "
-                         f"int): split the problem (shorter sequences or a smaller batch)")
-    return 0
-
-
-cdef int _check_shape(str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t want_rows,
-                      Py_ssize_t want_cols) except -1:
-    if rows != want_rows or cols != want_cols:
-        raise ValueError(f"{name} must have shape ({want_rows}, {want_cols}), got ({rows}, {cols})")
-    return 0
-
-
-cdef int _check_len(str name, Py_ssize_t n, Py_ssize_t want) except -1:
-    if n != want:
-        raise ValueError(f"{name} must have shape ({want},), got ({n},)")
-    return 0
-
-
-cdef Py_ssize_t _row_stride(str name, Py_ssize_t stride, Py_ssize_t itemsize, Py_ssize_t rows,
-                            Py_ssize_t cols) except -1:
-    """Row stride in elements of a (rows, cols) array whose rows may be strided: a positive
-    whole number of elements, at least cols (rows must not overlap), and fitting BLAS."""
-    if rows <= 1:
-        return max(cols, 1)   # never used to step; BLAS wants at least the row length
-    if stride % itemsize != 0 or stride // itemsize < cols:
-        raise ValueError(f"{name} rows must be a positive whole number of elements apart and "
-                         f"not overlap (row stride >= {cols} elements), got a row stride of "
-                         f"{stride} bytes")
-    _blas_int(stride // itemsize, f"the row stride of {name}")
-    return stride // itemsize
-
 
 cdef int _check_dims(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t GH) except -1:
     """T, B >= 1, H >= 1, and the sizes the kernels hand to BLAS (or keep as C int) fit."""
@@ -149,36 +105,49 @@ def _time_space_offset(Py_ssize_t t, Py_ssize_t B, Py_ssize_t b, Py_ssize_t ld):
 
 cdef enum:
     # Up to this many sequences the loops split the hidden units across threads and use the
-    # matvec kernels of csrc/cells_impl.h; above it, each thread takes a slice of the batch
-    # and calls BLAS GEMM per step. With a few rows, GEMM spends most of its time packing
-    # W_hh on every step, while the matvecs stream it once.
+    # matvec kernels of csrc/gemm_packed.h; above it, each thread takes a slice of the batch
+    # and multiplies it by W_hh per step with the packed GEMM. With a few rows, a GEMM
+    # spends most of its time on packing, while the matvecs stream W_hh once.
     SMALL_BATCH = 8
-    # Thread column ranges start at multiples of this, so that each hidden unit goes through
-    # the same (vector or tail) code whatever the thread count.
-    COL_ALIGN = 16
-    # The large GEMMs (input projection, weight gradients) are cut into
-    # max(GEMM_MIN_PARTS, threads) parts, and threads take whole parts. BLAS's result for an
-    # element can depend on the shape of the call (small-matrix kernels), so a part count
-    # that does not change between 1 and 2 threads keeps those results identical; with more
-    # threads the parts (and the last bits) change. Few parts because each part re-packs
-    # the whole of the other GEMM operand (4 parts cost 25% more than 2 on the weight
-    # gradients of a 256-unit RNN).
-    GEMM_MIN_PARTS = 2
 
 
-cdef inline Py_ssize_t _row(Py_ssize_t t, Py_ssize_t B, Py_ssize_t b) noexcept nogil:
-    """Time-space row of sequence b at time t."""
-    return t * B + b
+ctypedef struct LoopShape:
+    # What the step loops know of a call besides its buffers.
+    int kind                   # cell id (_cells.pxd)
+    Py_ssize_t T, B, H, GH     # steps, sequences, hidden units, gate columns G*H
+    bint reverse               # walk each sequence from its last step to its first
+    const int64_t* lengths     # (B,) steps of each sequence, or NULL: all have T
 
 
-cdef inline Py_ssize_t _row_at(Py_ssize_t row, Py_ssize_t ld) noexcept nogil:
-    """Element offset of a row in an array with row stride ld (64-bit: this is the product
-    that passes 2^31 first)."""
-    return row * ld
+ctypedef struct LoopBuffers:
+    # The buffers of one forward_loop or backward_loop call, all of the call's float type:
+    # void* because a struct cannot have a fused type; the helpers cast them back.
+    # Time space (T*B rows):
+    void* gates                # (G*H) forward: in projected inputs, out activations;
+                               #       backward: out dGh
+    void* hn                   # (H) GRU: W_hn h_prev + b_hn; backward out: its x-side grad
+    void* chist                # (H) LSTM: c_t
+    void* y                    # (H) h_t, rows ldy elements apart
+    Py_ssize_t ldy
+    const void* dy             # backward: (H) output gradients, rows lddy apart, or NULL
+    Py_ssize_t lddy
+    # Per sequence (B rows):
+    void* h0                   # (H) initial h; forward: the final h on return
+    void* c0                   # (H) LSTM initial c; forward: the final c on return
+    void* dh                   # backward: (H) in dL/dh_T, out dL/dh0
+    void* dc                   # backward: (H) LSTM, in dL/dc_T, out dL/dc0
+    void* dgh                  # backward: (G*H) dGh at each sequence's first step
+    void* gh                   # forward: (G*H) scratch for h_prev W_hh^T
+    void* hcat                 # forward, batch slices with lengths: (H) gathered h_prev
+    # Weights:
+    const void* w_hh           # (G*H, H)
+    const void* w_packed       # batch slices: W_hh^T (forward) or W_hh (backward), packed
+    const void* b_hh           # (G*H,)
+    # Unused pointers are NULL (hn unless GRU; chist, c0, dc unless LSTM; ...).
 
 
-cdef inline Py_ssize_t _length(const int64_t* lengths, Py_ssize_t b, Py_ssize_t T) noexcept nogil:
-    return T if lengths == NULL else <Py_ssize_t>lengths[b]
+cdef inline Py_ssize_t _length(const LoopShape* sh, Py_ssize_t b) noexcept nogil:
+    return sh.T if sh.lengths == NULL else <Py_ssize_t>sh.lengths[b]
 
 
 cdef inline Py_ssize_t _time_of_step(Py_ssize_t s, Py_ssize_t length, bint reverse) noexcept nogil:
@@ -189,38 +158,52 @@ cdef inline Py_ssize_t _prev_time(Py_ssize_t t, bint reverse) noexcept nogil:
     return t + 1 if reverse else t - 1
 
 
-cdef Py_ssize_t _slice_steps(const int64_t* lengths, Py_ssize_t b0, Py_ssize_t b1,
-                             Py_ssize_t T) noexcept nogil:
+cdef Py_ssize_t _slice_steps(const LoopShape* sh, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     """Steps this slice needs: the longest sequence in it."""
     cdef Py_ssize_t b, steps = 0
-    if lengths == NULL:
-        return T
+    if sh.lengths == NULL:
+        return sh.T
     for b in range(b0, b1):
-        if lengths[b] > steps:
-            steps = <Py_ssize_t>lengths[b]
+        if sh.lengths[b] > steps:
+            steps = <Py_ssize_t>sh.lengths[b]
     return steps
 
 
-cdef inline Py_ssize_t _split_at(Py_ssize_t n, Py_ssize_t k, Py_ssize_t nt) noexcept nogil:
-    """Start of part k of n items split into nt near-equal parts, in whole blocks of
-    COL_ALIGN items (so that each item goes through the same vector or tail code whatever
-    the thread count, and GEMM shares are whole tiles). Part k is [_split_at(n, k, nt),
-    _split_at(n, k + 1, nt)). A function returning values rather than writing through
-    pointers, because in a Cython parallel block only assigned variables are private."""
-    cdef Py_ssize_t blocks = (n + COL_ALIGN - 1) // COL_ALIGN
-    return min(n, (k * blocks // nt) * COL_ALIGN)
-
-
-cdef void _zero_past_lengths(const int64_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t b0,
-                             Py_ssize_t b1, floating* a, Py_ssize_t lda,
-                             Py_ssize_t cols) noexcept nogil:
+cdef void _zero_past_lengths(const LoopShape* sh, Py_ssize_t b0, Py_ssize_t b1, floating* a,
+                             Py_ssize_t lda, Py_ssize_t cols) noexcept nogil:
     """Zero rows (t, b) with t >= length[b] of a time-space array."""
     cdef Py_ssize_t b, t
-    if lengths == NULL:
+    if sh.lengths == NULL:
         return
     for b in range(b0, b1):
-        for t in range(_length(lengths, b, T), T):
-            memset(a + _row_at(_row(t, B, b), lda), 0, cols * sizeof(floating))
+        for t in range(_length(sh, b), sh.T):
+            memset(a + _row_at(_row(t, sh.B, b), lda), 0, cols * sizeof(floating))
+
+
+cdef inline const floating* _h_prev(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t s,
+                                    Py_ssize_t t, Py_ssize_t b, floating zero) noexcept nogil:
+    """h_{t-1} of sequence b at step s (time t): h0 at its first step, else y's previous row.
+    (``zero`` only picks the float type.)"""
+    if s == 0:
+        return <const floating*>buf.h0 + b * sh.H
+    return <const floating*>buf.y + _row_at(_row(_prev_time(t, sh.reverse), sh.B, b), buf.ldy)
+
+
+cdef inline const floating* _c_prev(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t s,
+                                    Py_ssize_t t, Py_ssize_t b, floating zero) noexcept nogil:
+    """LSTM: c_{t-1} of sequence b at step s (time t): c0 or chist's previous row. NULL for
+    the other cells."""
+    if sh.kind != K_LSTM:
+        return NULL
+    if s == 0:
+        return <const floating*>buf.c0 + b * sh.H
+    return <const floating*>buf.chist + _row_at(_row(_prev_time(t, sh.reverse), sh.B, b), sh.H)
+
+
+cdef inline floating* _row_or_null(void* a, bint used, Py_ssize_t row, Py_ssize_t ld,
+                                   floating zero) noexcept nogil:
+    """Row ``row`` of a time-space array with row stride ld, or NULL when it is not used."""
+    return <floating*>a + _row_at(row, ld) if used else NULL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,97 +211,94 @@ cdef void _zero_past_lengths(const int64_t* lengths, Py_ssize_t T, Py_ssize_t B,
 # (or h0) and writes h_t straight into y; the LSTM cell state likewise lives in chist.
 # ---------------------------------------------------------------------------------------------
 
-cdef void _forward_batch_slice(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                               Py_ssize_t b0, Py_ssize_t b1, bint reverse,
-                               const int64_t* lengths, floating* gates, floating* hn,
-                               floating* chist, floating* y, Py_ssize_t ldy,
-                               const floating* b_hh, const floating* h0, const floating* c0,
-                               floating* gh, floating* hcat,
-                               const floating* w_packed) noexcept nogil:
+cdef inline void _forward_row(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t s,
+                              Py_ssize_t b, Py_ssize_t j0, Py_ssize_t j1,
+                              floating zero) noexcept nogil:
+    """Gate forward of sequence b at step s (< its length), hidden units [j0, j1), with its
+    h_prev W_hh^T already in gh's row b."""
+    cdef Py_ssize_t H = sh.H, GH = sh.GH
+    cdef Py_ssize_t t = _time_of_step(s, _length(sh, b), sh.reverse)
+    cdef Py_ssize_t row = _row(t, sh.B, b)
+    cell_forward_row(sh.kind, H, j0, j1, <floating*>buf.gates + _row_at(row, GH),
+                     <floating*>buf.gh + b * GH, <const floating*>buf.b_hh,
+                     _h_prev(sh, buf, s, t, b, zero), <floating*>buf.y + _row_at(row, buf.ldy),
+                     _c_prev(sh, buf, s, t, b, zero),
+                     _row_or_null(buf.chist, sh.kind == K_LSTM, row, H, zero),
+                     _row_or_null(buf.hn, sh.kind == K_GRU, row, H, zero))
+
+
+cdef void _forward_batch_slice(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t b0,
+                               Py_ssize_t b1, floating zero) noexcept nogil:
     """One thread's slice of the batch, rows [b0, b1): a GEMM for the slice per step, on
-    W_hh^T packed once (w_packed)."""
-    cdef Py_ssize_t GH = gate_count(kind) * H, NR = panel_width(<floating>0)
-    cdef Py_ssize_t s, b, t, row, prev, length, lda
-    cdef Py_ssize_t steps = _slice_steps(lengths, b0, b1, T)
+    W_hh^T packed once (buf.w_packed)."""
+    cdef Py_ssize_t H = sh.H, GH = sh.GH, NR = panel_width(zero), ldy = buf.ldy
+    cdef Py_ssize_t s, b, t, length, lda
+    cdef Py_ssize_t steps = _slice_steps(sh, b0, b1)
+    cdef floating* y = <floating*>buf.y
+    cdef floating* hcat = <floating*>buf.hcat
     cdef const floating* a
-    cdef const floating* h_prev
-    cdef const floating* c_prev
-    _zero_past_lengths(lengths, T, B, b0, b1, y, ldy, H)
+    _zero_past_lengths(sh, b0, b1, y, ldy, H)
     for s in range(steps):
         # The slice's previous hidden states as one matrix: y's previous rows when every
         # sequence is at the same time (no lengths), else gathered into hcat.
-        if s == 0:
-            a, lda = h0 + b0 * H, H
-        elif lengths == NULL:
-            a, lda = y + _row_at(_row(_prev_time(_time_of_step(s, T, reverse), reverse), B, b0), ldy), ldy
+        if s == 0 or sh.lengths == NULL:
+            a = _h_prev(sh, buf, s, _time_of_step(s, sh.T, sh.reverse), b0, zero)
+            lda = H if s == 0 else ldy
         else:
             for b in range(b0, b1):
-                length = _length(lengths, b, T)
+                length = _length(sh, b)
                 if s < length:
-                    prev = _row(_prev_time(_time_of_step(s, length, reverse), reverse), B, b)
-                    memcpy(hcat + b * H, y + _row_at(prev, ldy), H * sizeof(floating))
+                    t = _time_of_step(s, length, sh.reverse)
+                    memcpy(hcat + b * H, _h_prev(sh, buf, s, t, b, zero), H * sizeof(floating))
             a, lda = hcat + b0 * H, H
-        gemm_packed(b1 - b0, GH, H, 0, (GH + NR - 1) // NR, a, lda, w_packed,
-                    gh + b0 * GH, GH, False)
+        gemm_packed(b1 - b0, GH, H, 0, (GH + NR - 1) // NR, a, lda,
+                    <const floating*>buf.w_packed, <floating*>buf.gh + b0 * GH, GH, False)
         for b in range(b0, b1):
-            length = _length(lengths, b, T)
-            if s >= length:
-                continue
-            t = _time_of_step(s, length, reverse)
-            row = _row(t, B, b)
-            prev = _row(_prev_time(t, reverse), B, b)
-            h_prev = h0 + b * H if s == 0 else y + _row_at(prev, ldy)
-            c_prev = NULL
-            if kind == K_LSTM:
-                c_prev = c0 + b * H if s == 0 else chist + _row_at(prev, H)
-            cell_forward_row(kind, H, 0, H, gates + _row_at(row, GH), gh + b * GH, b_hh, h_prev,
-                             y + _row_at(row, ldy), c_prev,
-                             chist + _row_at(row, H) if kind == K_LSTM else NULL,
-                             hn + _row_at(row, H) if kind == K_GRU else NULL)
+            if s < _length(sh, b):
+                _forward_row(sh, buf, s, b, 0, H, zero)
 
 
-cdef void _forward_columns(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0,
-                           Py_ssize_t j1, bint reverse, const int64_t* lengths,
-                           floating* gates, floating* hn, floating* chist, floating* y,
-                           Py_ssize_t ldy, const floating* w_hh, const floating* b_hh,
-                           const floating* h0, const floating* c0,
-                           floating* gh) noexcept nogil:
+cdef void _forward_columns(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t j0,
+                           Py_ssize_t j1, floating zero) noexcept nogil:
     """Small batch (B <= SMALL_BATCH): this thread owns hidden units [j0, j1) of every row.
 
     It computes its own gate columns of gh (rows k*H + j of W_hh) and then the gate math for
     its units, which needs no other thread's columns; one barrier per step makes the whole
     h_t visible before the next step's matvec reads it."""
-    cdef Py_ssize_t G = gate_count(kind), GH = G * H
-    cdef Py_ssize_t s, b, k, t, row, prev, length
+    cdef Py_ssize_t H = sh.H, GH = sh.GH, G = gate_count(sh.kind)
+    cdef Py_ssize_t s, b, k, length
     cdef int n
-    cdef Py_ssize_t steps = _slice_steps(lengths, 0, B, T)
+    cdef Py_ssize_t steps = _slice_steps(sh, 0, sh.B)
     cdef const floating* xs[SMALL_BATCH]
     cdef floating* ys[SMALL_BATCH]
     cdef Py_ssize_t active[SMALL_BATCH]
     for s in range(steps):
         n = 0
-        for b in range(B):
-            length = _length(lengths, b, T)
+        for b in range(sh.B):
+            length = _length(sh, b)
             if s < length:
-                t = _time_of_step(s, length, reverse)
-                xs[n] = h0 + b * H if s == 0 else y + _row_at(_row(_prev_time(t, reverse), B, b), ldy)
-                ys[n] = gh + b * GH
+                xs[n] = _h_prev(sh, buf, s, _time_of_step(s, length, sh.reverse), b, zero)
+                ys[n] = <floating*>buf.gh + b * GH
                 active[n] = b
                 n += 1
         for k in range(G):
-            matvec_rows(k * H + j0, k * H + j1, H, w_hh, H, n, xs, ys)
+            matvec_rows(k * H + j0, k * H + j1, H, <const floating*>buf.w_hh, H, n, xs, ys)
         for k in range(n):
-            b = active[k]
-            length = _length(lengths, b, T)
-            t = _time_of_step(s, length, reverse)
-            row = _row(t, B, b)
-            prev = _row(_prev_time(t, reverse), B, b)
-            cell_forward_row(kind, H, j0, j1, gates + _row_at(row, GH), gh + b * GH, b_hh, xs[k],
-                             y + _row_at(row, ldy),
-                             (c0 + b * H if s == 0 else chist + _row_at(prev, H)) if kind == K_LSTM else NULL,
-                             chist + _row_at(row, H) if kind == K_LSTM else NULL,
-                             hn + _row_at(row, H) if kind == K_GRU else NULL)
+            _forward_row(sh, buf, s, active[k], j0, j1, zero)
         fr_omp_barrier()
+
+
+cdef void _final_states(const LoopShape* sh, const LoopBuffers* buf, floating zero) noexcept nogil:
+    """h0, c0 <- each sequence's state at its last step (time length-1, or 0 in reverse)."""
+    cdef Py_ssize_t b, length, row, H = sh.H
+    for b in range(sh.B):
+        length = _length(sh, b)
+        row = _row(_time_of_step(length - 1, length, sh.reverse), sh.B, b)
+        memcpy(<floating*>buf.h0 + b * H, <floating*>buf.y + _row_at(row, buf.ldy),
+               H * sizeof(floating))
+        if sh.kind == K_LSTM:
+            memcpy(<floating*>buf.c0 + b * H, <floating*>buf.chist + _row_at(row, H),
+                   H * sizeof(floating))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,99 +306,81 @@ cdef void _forward_columns(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, P
 # operand of the dh GEMM/matvec, so nothing is copied per step when all sequences are aligned.
 # ---------------------------------------------------------------------------------------------
 
-cdef void _backward_batch_slice(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                                Py_ssize_t b0, Py_ssize_t b1, bint reverse,
-                                const int64_t* lengths, floating* gates, floating* hn,
-                                const floating* chist, const floating* y, Py_ssize_t ldy,
-                                const floating* dy, Py_ssize_t lddy,
-                                const floating* w_packed, const floating* h0,
-                                const floating* c0, floating* dh, floating* dc,
-                                floating* dgh) noexcept nogil:
-    """One thread's slice of the batch, rows [b0, b1): dh += dGh W_hh per step, with W_hh
-    packed once (w_packed)."""
-    cdef Py_ssize_t GH = gate_count(kind) * H, NR = panel_width(<floating>0)
-    cdef Py_ssize_t s, b, t, j, row, prev, length
-    cdef Py_ssize_t steps = _slice_steps(lengths, b0, b1, T)
-    cdef const floating* d
+cdef inline floating* _backward_row(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t s,
+                                    Py_ssize_t b, Py_ssize_t j0, Py_ssize_t j1,
+                                    floating zero) noexcept nogil:
+    """Gate backward of sequence b at step s (< its length), hidden units [j0, j1): adds the
+    output gradient to dh's row b, then turns that row's activations into dGh. Returns the
+    row of gates that now holds dGh."""
+    cdef Py_ssize_t H = sh.H, j
+    cdef Py_ssize_t t = _time_of_step(s, _length(sh, b), sh.reverse)
+    cdef Py_ssize_t row = _row(t, sh.B, b)
+    cdef floating* dh_row = <floating*>buf.dh + b * H
     cdef const floating* dy_row
-    cdef floating* dh_row
+    cdef floating* g = <floating*>buf.gates + _row_at(row, sh.GH)
+    if buf.dy != NULL:
+        dy_row = <const floating*>buf.dy + _row_at(row, buf.lddy)
+        for j in range(j0, j1):
+            dh_row[j] += dy_row[j]
+    cell_backward_row(sh.kind, H, j0, j1, g, _row_or_null(buf.hn, sh.kind == K_GRU, row, H, zero),
+                      _row_or_null(buf.chist, sh.kind == K_LSTM, row, H, zero),
+                      _c_prev(sh, buf, s, t, b, zero), _h_prev(sh, buf, s, t, b, zero),
+                      dh_row, <floating*>buf.dc + b * H if sh.kind == K_LSTM else NULL)
+    return g
+
+
+cdef void _backward_batch_slice(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t b0,
+                                Py_ssize_t b1, floating zero) noexcept nogil:
+    """One thread's slice of the batch, rows [b0, b1): dh += dGh W_hh per step, with W_hh
+    packed once (buf.w_packed)."""
+    cdef Py_ssize_t H = sh.H, GH = sh.GH, NR = panel_width(zero)
+    cdef Py_ssize_t s, b
+    cdef Py_ssize_t steps = _slice_steps(sh, b0, b1)
+    cdef floating* gates = <floating*>buf.gates
+    cdef floating* dgh = <floating*>buf.dgh
+    cdef const floating* d
+    cdef floating* g
     # Rows past a sequence's end take part in the weight-gradient GEMMs: make them zero.
-    _zero_past_lengths(lengths, T, B, b0, b1, gates, GH, GH)
-    if kind == K_GRU:
-        _zero_past_lengths(lengths, T, B, b0, b1, hn, H, H)
+    _zero_past_lengths(sh, b0, b1, gates, GH, GH)
+    if sh.kind == K_GRU:
+        _zero_past_lengths(sh, b0, b1, <floating*>buf.hn, H, H)
     for s in range(steps - 1, -1, -1):
         for b in range(b0, b1):
-            length = _length(lengths, b, T)
-            if s >= length:
+            if s >= _length(sh, b):
                 memset(dgh + b * GH, 0, GH * sizeof(floating))   # lengths only
                 continue
-            t = _time_of_step(s, length, reverse)
-            row = _row(t, B, b)
-            prev = _row(_prev_time(t, reverse), B, b)
-            dh_row = dh + b * H
-            if dy != NULL:
-                dy_row = dy + _row_at(row, lddy)
-                for j in range(H):
-                    dh_row[j] += dy_row[j]
-            cell_backward_row(kind, H, 0, H, gates + _row_at(row, GH),
-                              hn + _row_at(row, H) if kind == K_GRU else NULL,
-                              chist + _row_at(row, H) if kind == K_LSTM else NULL,
-                              (c0 + b * H if s == 0 else chist + _row_at(prev, H)) if kind == K_LSTM else NULL,
-                              h0 + b * H if s == 0 else y + _row_at(prev, ldy),
-                              dh_row, dc + b * H if kind == K_LSTM else NULL)
-            if lengths != NULL:
-                memcpy(dgh + b * GH, gates + _row_at(row, GH), GH * sizeof(floating))
-        if lengths == NULL:
-            d = gates + _row_at(_row(_time_of_step(s, T, reverse), B, b0), GH)
+            g = _backward_row(sh, buf, s, b, 0, H, zero)
+            if sh.lengths != NULL:
+                memcpy(dgh + b * GH, g, GH * sizeof(floating))
+        if sh.lengths == NULL:
+            d = gates + _row_at(_row(_time_of_step(s, sh.T, sh.reverse), sh.B, b0), GH)
         else:
             d = dgh + b0 * GH
-        gemm_packed(b1 - b0, H, GH, 0, (H + NR - 1) // NR, d, GH, w_packed,
-                    dh + b0 * H, H, True)
+        gemm_packed(b1 - b0, H, GH, 0, (H + NR - 1) // NR, d, GH,
+                    <const floating*>buf.w_packed, <floating*>buf.dh + b0 * H, H, True)
 
 
-cdef void _backward_columns(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0,
-                            Py_ssize_t j1, bint reverse, const int64_t* lengths,
-                            floating* gates, floating* hn, const floating* chist,
-                            const floating* y, Py_ssize_t ldy, const floating* dy,
-                            Py_ssize_t lddy, const floating* w_hh, const floating* h0,
-                            const floating* c0, floating* dh, floating* dc) noexcept nogil:
+cdef void _backward_columns(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t j0,
+                            Py_ssize_t j1, floating zero) noexcept nogil:
     """Small batch: this thread owns hidden units [j0, j1). The gate backward of its units
     fills its columns of dGh; after a barrier every thread has all of dGh and adds
     dGh W_hh[:, j0:j1] to its own units of dh. The next step writes another row of gates, so
     one barrier per step is enough."""
-    cdef Py_ssize_t GH = gate_count(kind) * H
-    cdef Py_ssize_t s, b, t, j, row, prev, length
+    cdef Py_ssize_t s, b
     cdef int n
-    cdef Py_ssize_t steps = _slice_steps(lengths, 0, B, T)
+    cdef Py_ssize_t steps = _slice_steps(sh, 0, sh.B)
     cdef const floating* ds[SMALL_BATCH]
     cdef floating* ys[SMALL_BATCH]
-    cdef const floating* dy_row
-    cdef floating* dh_row
     for s in range(steps - 1, -1, -1):
         n = 0
-        for b in range(B):
-            length = _length(lengths, b, T)
-            if s >= length:
+        for b in range(sh.B):
+            if s >= _length(sh, b):
                 continue
-            t = _time_of_step(s, length, reverse)
-            row = _row(t, B, b)
-            prev = _row(_prev_time(t, reverse), B, b)
-            dh_row = dh + b * H
-            if dy != NULL:
-                dy_row = dy + _row_at(row, lddy)
-                for j in range(j0, j1):
-                    dh_row[j] += dy_row[j]
-            cell_backward_row(kind, H, j0, j1, gates + _row_at(row, GH),
-                              hn + _row_at(row, H) if kind == K_GRU else NULL,
-                              chist + _row_at(row, H) if kind == K_LSTM else NULL,
-                              (c0 + b * H if s == 0 else chist + _row_at(prev, H)) if kind == K_LSTM else NULL,
-                              h0 + b * H if s == 0 else y + _row_at(prev, ldy),
-                              dh_row, dc + b * H if kind == K_LSTM else NULL)
-            ds[n] = gates + _row_at(row, GH)
-            ys[n] = dh_row
+            ds[n] = _backward_row(sh, buf, s, b, j0, j1, zero)
+            ys[n] = <floating*>buf.dh + b * sh.H
             n += 1
         fr_omp_barrier()
-        matvec_cols_acc(j0, j1, GH, w_hh, H, n, ds, ys)
+        matvec_cols_acc(j0, j1, sh.GH, <const floating*>buf.w_hh, sh.H, n, ds, ys)
 
 
 cdef inline int _threads_for(Py_ssize_t B, Py_ssize_t H, int num_threads) noexcept nogil:
@@ -430,24 +392,19 @@ cdef inline int _threads_for(Py_ssize_t B, Py_ssize_t H, int num_threads) noexce
     return <int>B if B < nt else nt
 
 
-def uses_column_split(Py_ssize_t B):
-    """True when a batch of B sequences takes the small-batch path (threads split the
-    hidden units, no BLAS inside the loop); False when threads split the batch and each
-    calls single-threaded BLAS per step."""
-    return B <= SMALL_BATCH
+cdef LoopShape _loop_shape(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, bint reverse,
+                           const int64_t[::1] lengths):
+    cdef LoopShape sh
+    sh.kind, sh.T, sh.B, sh.H, sh.GH, sh.reverse = kind, T, B, H, gate_count(kind) * H, reverse
+    sh.lengths = &lengths[0] if lengths is not None else NULL
+    return sh
 
 
-cdef void _final_states(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, bint reverse,
-                        const int64_t* lengths, const floating* y, Py_ssize_t ldy,
-                        const floating* chist, floating* h, floating* c) noexcept nogil:
-    """h, c <- each sequence's state at its last step (time length-1, or 0 in reverse)."""
-    cdef Py_ssize_t b, length, row
-    for b in range(B):
-        length = _length(lengths, b, T)
-        row = _row(_time_of_step(length - 1, length, reverse), B, b)
-        memcpy(h + b * H, y + _row_at(row, ldy), H * sizeof(floating))
-        if kind == K_LSTM:
-            memcpy(c + b * H, chist + _row_at(row, H), H * sizeof(floating))
+cdef LoopBuffers _no_buffers() noexcept:
+    """A LoopBuffers with every pointer NULL; the entry points fill in what their cell uses."""
+    cdef LoopBuffers buf
+    memset(&buf, 0, sizeof(buf))
+    return buf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,12 +417,13 @@ def project_inputs(const floating[:, ::1] x not None, const floating[:, ::1] w_i
                    int num_threads=1):
     """gates (T*B, G*H) = x (T*B, I) @ w_ih^T (I, G*H) + b_ih, as one GEMM with the bias fused.
 
-    The rows are cut into max(GEMM_MIN_PARTS, num_threads) parts shared among the OpenMP threads, each calling BLAS
-    on its parts: the caller keeps BLAS single-threaded, so that the process has one pool of
-    threads (BLAS workers spinning next to the time loop's threads would steal its cores)."""
+    The rows are cut into max(2, num_threads) parts (_parts.pxd: GEMM_MIN_PARTS) shared among
+    the OpenMP threads, each calling BLAS on its parts: the caller keeps BLAS single-threaded,
+    so that the process has one pool of threads (BLAS workers spinning next to the time
+    loop's threads would steal its cores)."""
     cdef Py_ssize_t rows = x.shape[0], GH = w_ih.shape[0], I = x.shape[1], r, r0, r1
     cdef int tid, nth, p
-    cdef int nt = fr_team_threads(num_threads), parts = max(GEMM_MIN_PARTS, num_threads)
+    cdef int nt = fr_team_threads(num_threads), parts = _gemm_parts(num_threads)
     _check_shape("w_ih", w_ih.shape[0], w_ih.shape[1], GH, I)
     _check_shape("gates", gates.shape[0], gates.shape[1], rows, GH)
     _check_len("b_ih", b_ih.shape[0], GH)
@@ -477,7 +435,7 @@ def project_inputs(const floating[:, ::1] x not None, const floating[:, ::1] w_i
         return
     with nogil, parallel(num_threads=nt):
         tid, nth = threadid(), fr_omp_team_size()
-        for p in range(tid * parts // nth, (tid + 1) * parts // nth):
+        for p in range(_share(parts, tid, nth), _share(parts, tid + 1, nth)):
             r0 = _split_at(rows, p, parts)
             r1 = _split_at(rows, p + 1, parts)
             for r in range(r0, r1):
@@ -485,41 +443,6 @@ def project_inputs(const floating[:, ::1] x not None, const floating[:, ::1] w_i
             if r1 > r0:
                 gemm(False, True, r1 - r0, GH, I, <floating>1, &x[r0, 0], I, &w_ih[0, 0], I,
                      <floating>1, &gates[r0, 0], GH)
-
-
-def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
-                  const floating[:, ::1] b not None, floating[:, ::1] c not None,
-                  floating beta, int num_threads=1):
-    """c (m, n) = op(a) @ op(b) + beta * c, the rows of c split into parts shared among the
-    OpenMP threads like project_inputs (the caller keeps BLAS single-threaded). Used for the
-    dense layers, so a training step never wakes BLAS's own thread pool."""
-    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[0] if trans_a else a.shape[1]
-    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1], r0, r1
-    cdef int tid, nth, p
-    cdef int nt = fr_team_threads(num_threads), parts = max(GEMM_MIN_PARTS, num_threads)
-    cdef const floating* a_rows
-    if (a.shape[1] if trans_a else a.shape[0]) != m:
-        raise ValueError(f"a has {a.shape[1] if trans_a else a.shape[0]} rows of op(a), "
-                         f"c has {m}")
-    if (b.shape[1] if trans_b else b.shape[0]) != k or (b.shape[0] if trans_b else b.shape[1]) != n:
-        raise ValueError(f"op(b) must have shape ({k}, {n}), got "
-                         f"({b.shape[1] if trans_b else b.shape[0]}, "
-                         f"{b.shape[0] if trans_b else b.shape[1]})")
-    for size, what in ((m, "the rows of c"), (n, "the columns of c"), (k, "the inner dimension"),
-                       (lda, "the row length of a"), (ldb, "the row length of b")):
-        _blas_int(size, what)
-    if m == 0 or n == 0:
-        return
-    with nogil, parallel(num_threads=nt):
-        tid, nth = threadid(), fr_omp_team_size()
-        for p in range(tid * parts // nth, (tid + 1) * parts // nth):
-            r0 = _split_at(m, p, parts)
-            r1 = _split_at(m, p + 1, parts)
-            if r1 > r0:
-                # Rows r0..r1 of op(a): rows of a, or columns of a when it is transposed.
-                a_rows = &a[0, r0] if trans_a else &a[r0, 0]
-                gemm(trans_a, trans_b, r1 - r0, n, k, <floating>1, a_rows, lda, &b[0, 0], ldb,
-                     beta, &c[r0, 0], n)
 
 
 def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
@@ -537,17 +460,14 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                       last axis must be contiguous (checked by the caller).
     gh     (B, G*H)   scratch.
     """
-    cdef Py_ssize_t H = h.shape[1], GH = gate_count(kind) * H, ldy
+    cdef Py_ssize_t H = h.shape[1], GH = gate_count(kind) * H
     cdef int nt = _threads_for(B, H, num_threads), tid, nth
     cdef Py_ssize_t b0, b1, j0, j1
     cdef bint columns = B <= SMALL_BATCH
-    cdef const int64_t* lens = &lengths[0] if lengths is not None else NULL
-    cdef floating* h0
-    cdef floating* c0 = NULL
-    cdef floating* hn_ptr = NULL
-    cdef floating* chist_ptr = NULL
-    cdef floating* hcat = NULL
+    cdef LoopShape sh
+    cdef LoopBuffers buf
     cdef floating* w_packed = NULL
+    cdef floating* hcat = NULL
     cdef Py_ssize_t NR = panel_width(<floating>0), panels = (GH + NR - 1) // NR
     _check_dims(T, B, H, GH)
     _check_shape("h", h.shape[0], h.shape[1], B, H)
@@ -557,7 +477,9 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     _check_shape("y", y.shape[0], y.shape[1], T * B, H)
     _check_shape("gh", gh.shape[0], gh.shape[1], B, GH)
     _check_lengths(lengths, T, B)
-    ldy = _row_stride("y (the output rows, out=)", y.strides[0], sizeof(floating), T * B, H)
+    sh = _loop_shape(kind, T, B, H, reverse, lengths)
+    buf = _no_buffers()
+    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], sizeof(floating), T * B, H)
     if y.strides[1] != sizeof(floating):
         raise ValueError("y rows must be contiguous")
     if kind == K_LSTM:
@@ -565,47 +487,45 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
             raise TypeError("the LSTM needs c and chist, got None")
         _check_shape("c", c.shape[0], c.shape[1], B, H)
         _check_shape("chist", chist.shape[0], chist.shape[1], T * B, H)
-        c0, chist_ptr = &c[0, 0], &chist[0, 0]
+        buf.c0, buf.chist = &c[0, 0], &chist[0, 0]
     if kind == K_GRU:
         if hn is None:
             raise TypeError("the GRU needs hn, got None")
         _check_shape("hn", hn.shape[0], hn.shape[1], T * B, H)
-        hn_ptr = &hn[0, 0]
-    h0 = &h[0, 0]
+        buf.hn = &hn[0, 0]
+    buf.gates, buf.y, buf.h0, buf.gh = &gates[0, 0], &y[0, 0], &h[0, 0], &gh[0, 0]
+    buf.w_hh, buf.b_hh = &w_hh[0, 0], &b_hh[0]
     if not columns:
         w_packed = <floating*>malloc(<size_t>(panels * NR * H) * sizeof(floating))
-        if lens != NULL:
+        if sh.lengths != NULL:
             hcat = <floating*>malloc(<size_t>(B * H) * sizeof(floating))
-        if w_packed == NULL or (lens != NULL and hcat == NULL):
+        if w_packed == NULL or (sh.lengths != NULL and hcat == NULL):
             free(w_packed)
             free(hcat)
             raise MemoryError()
+    buf.w_packed, buf.hcat = w_packed, hcat
     try:
         with nogil:
             if columns:
-                _zero_past_lengths(lens, T, B, 0, B, &y[0, 0], ldy, H)
+                _zero_past_lengths(&sh, 0, B, &y[0, 0], buf.ldy, H)
                 with parallel(num_threads=nt):
                     # Partition by the team actually running (OpenMP may give fewer threads).
                     tid, nth = threadid(), fr_omp_team_size()
                     j0 = _split_at(H, tid, nth)
                     j1 = _split_at(H, tid + 1, nth)
-                    _forward_columns(kind, T, B, H, j0, j1, reverse, lens, &gates[0, 0],
-                                     hn_ptr, chist_ptr, &y[0, 0], ldy, &w_hh[0, 0], &b_hh[0],
-                                     h0, c0, &gh[0, 0])
+                    _forward_columns(&sh, &buf, j0, j1, <floating>0)
             else:
                 with parallel(num_threads=nt):
                     tid, nth = threadid(), fr_omp_team_size()
                     # Pack W_hh^T once, each thread a share of the panels, then all use it.
-                    pack_panels(H, GH, tid * panels // nth, (tid + 1) * panels // nth,
+                    pack_panels(H, GH, _share(panels, tid, nth), _share(panels, tid + 1, nth),
                                 &w_hh[0, 0], H, True, w_packed)
                     fr_omp_barrier()
-                    b0 = tid * B // nth
-                    b1 = (tid + 1) * B // nth
-                    _forward_batch_slice(kind, T, B, H, b0, b1, reverse, lens, &gates[0, 0],
-                                         hn_ptr, chist_ptr, &y[0, 0], ldy, &b_hh[0], h0, c0,
-                                         &gh[0, 0], hcat, w_packed)
+                    b0 = _share(B, tid, nth)
+                    b1 = _share(B, tid + 1, nth)
+                    _forward_batch_slice(&sh, &buf, b0, b1, <floating>0)
             # h, c held the initial state until now.
-            _final_states(kind, T, B, H, reverse, lens, &y[0, 0], ldy, chist_ptr, h0, c0)
+            _final_states(&sh, &buf, <floating>0)
     finally:
         free(hcat)
         free(w_packed)
@@ -627,15 +547,11 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     chist  (T*B, H)   LSTM: the cell states of forward.  c0 (B, H): LSTM initial cell state.
     dgh    (B, G*H)   out: dGh of each row's first step (pairs with h0 in dW_hh).
     """
-    cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H, ldy, lddy = 0
+    cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H
     cdef int nt = _threads_for(B, H, num_threads), tid, nth
     cdef Py_ssize_t b0, b1, j0, j1, b, length
-    cdef const int64_t* lens = &lengths[0] if lengths is not None else NULL
-    cdef const floating* c0_ptr = NULL
-    cdef floating* dc_ptr = NULL
-    cdef floating* hn_ptr = NULL
-    cdef const floating* chist_ptr = NULL
-    cdef const floating* dy_ptr = NULL
+    cdef LoopShape sh
+    cdef LoopBuffers buf
     cdef floating* w_packed = NULL
     cdef Py_ssize_t NR = panel_width(<floating>0), panels = (H + NR - 1) // NR
     _check_dims(T, B, H, GH)
@@ -646,60 +562,63 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     _check_shape("dh", dh.shape[0], dh.shape[1], B, H)
     _check_shape("dgh", dgh.shape[0], dgh.shape[1], B, GH)
     _check_lengths(lengths, T, B)
-    ldy = _row_stride("y (the output rows, out=)", y.strides[0], sizeof(floating), T * B, H)
+    sh = _loop_shape(kind, T, B, H, reverse, lengths)
+    buf = _no_buffers()
+    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], sizeof(floating), T * B, H)
     if y.strides[1] != sizeof(floating):
         raise ValueError("y rows must be contiguous")
     if dy is not None:
         _check_shape("dy", dy.shape[0], dy.shape[1], T * B, H)
         if dy.strides[1] != sizeof(floating):
             raise ValueError("dy rows must be contiguous")
-        lddy = _row_stride("dy (the output gradient rows)", dy.strides[0], sizeof(floating), T * B, H)
-        dy_ptr = &dy[0, 0]
+        buf.lddy = _row_stride("dy (the output gradient rows)", dy.strides[0], sizeof(floating),
+                               T * B, H)
+        buf.dy = &dy[0, 0]
     if kind == K_LSTM:
         if c0 is None or chist is None or dc is None:
             raise TypeError("the LSTM needs c0, chist and dc, got None")
         _check_shape("c0", c0.shape[0], c0.shape[1], B, H)
         _check_shape("chist", chist.shape[0], chist.shape[1], T * B, H)
         _check_shape("dc", dc.shape[0], dc.shape[1], B, H)
-        c0_ptr, chist_ptr, dc_ptr = &c0[0, 0], &chist[0, 0], &dc[0, 0]
+        buf.c0, buf.chist, buf.dc = <void*>&c0[0, 0], <void*>&chist[0, 0], &dc[0, 0]
     if kind == K_GRU:
         if hn is None:
             raise TypeError("the GRU needs hn, got None")
         _check_shape("hn", hn.shape[0], hn.shape[1], T * B, H)
-        hn_ptr = &hn[0, 0]
+        buf.hn = &hn[0, 0]
+    # Backward reads y, h0, c0 and chist only; they are stored as void* because the struct
+    # serves both loops.
+    buf.gates, buf.y, buf.h0 = &gates[0, 0], <void*>&y[0, 0], <void*>&h0[0, 0]
+    buf.dh, buf.dgh, buf.w_hh = &dh[0, 0], &dgh[0, 0], &w_hh[0, 0]
     if B > SMALL_BATCH:
         w_packed = <floating*>malloc(<size_t>(panels * NR * GH) * sizeof(floating))
         if w_packed == NULL:
             raise MemoryError()
+    buf.w_packed = w_packed
     with nogil:
         if B <= SMALL_BATCH:
-            _zero_past_lengths(lens, T, B, 0, B, &gates[0, 0], GH, GH)
+            _zero_past_lengths(&sh, 0, B, &gates[0, 0], GH, GH)
             if kind == K_GRU:
-                _zero_past_lengths(lens, T, B, 0, B, hn_ptr, H, H)
+                _zero_past_lengths(&sh, 0, B, <floating*>buf.hn, H, H)
             with parallel(num_threads=nt):
                 tid, nth = threadid(), fr_omp_team_size()
                 j0 = _split_at(H, tid, nth)
                 j1 = _split_at(H, tid + 1, nth)
-                _backward_columns(kind, T, B, H, j0, j1, reverse, lens, &gates[0, 0], hn_ptr,
-                                  chist_ptr, &y[0, 0], ldy, dy_ptr, lddy, &w_hh[0, 0],
-                                  &h0[0, 0], c0_ptr, &dh[0, 0], dc_ptr)
+                _backward_columns(&sh, &buf, j0, j1, <floating>0)
         else:
             with parallel(num_threads=nt):
                 tid, nth = threadid(), fr_omp_team_size()
                 # Pack W_hh once, each thread a share of the panels, then all use it.
-                pack_panels(GH, H, tid * panels // nth, (tid + 1) * panels // nth, &w_hh[0, 0],
-                            H, False, w_packed)
+                pack_panels(GH, H, _share(panels, tid, nth), _share(panels, tid + 1, nth),
+                            &w_hh[0, 0], H, False, w_packed)
                 fr_omp_barrier()
-                b0 = tid * B // nth
-                b1 = (tid + 1) * B // nth
-                _backward_batch_slice(kind, T, B, H, b0, b1, reverse, lens, &gates[0, 0],
-                                      hn_ptr, chist_ptr, &y[0, 0], ldy, dy_ptr, lddy,
-                                      w_packed, &h0[0, 0], c0_ptr, &dh[0, 0], dc_ptr,
-                                      &dgh[0, 0])
+                b0 = _share(B, tid, nth)
+                b1 = _share(B, tid + 1, nth)
+                _backward_batch_slice(&sh, &buf, b0, b1, <floating>0)
         free(w_packed)
         # dGh at each sequence's first step, which pairs with h0 in dW_hh.
         for b in range(B):
-            length = _length(lens, b, T)
+            length = _length(&sh, b)
             memcpy(&dgh[b, 0], &gates[0, 0] + _row_at(_row(_time_of_step(0, length, reverse), B, b), GH),
                    GH * sizeof(floating))
 
@@ -715,20 +634,50 @@ cdef void _add_column_sums(Py_ssize_t rows, Py_ssize_t c0, Py_ssize_t c1, const 
             out[j] += a_row[j]
 
 
-cdef void _weight_grads_part(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                             Py_ssize_t I, Py_ssize_t GH, Py_ssize_t part, Py_ssize_t parts,
-                             const floating* x, const floating* w_ih,
-                             const floating* h0, const floating* y, Py_ssize_t ldy,
-                             const floating* g, const floating* hn,
-                             const floating* dgh_first, floating* dw_ih, floating* dw_hh,
-                             floating* db_ih, floating* db_hh, floating* dx,
-                             floating* tmp_ih, floating* tmp_hh) noexcept nogil:
+ctypedef struct GradBuffers:
+    # weight_grads' operands and outputs, all of the call's float type (void*: see LoopBuffers).
+    const void* x              # (T*B, I)
+    const void* w_ih           # (G*H, I)
+    const void* h0             # (B, H)
+    const void* y              # (T*B, H), rows ldy elements apart
+    Py_ssize_t ldy
+    const void* g              # (T*B, G*H) dGh from backward_loop
+    const void* hn             # (T*B, H) GRU: the x-side gradient of the n gate; else NULL
+    const void* dgh_first      # (B, G*H) dGh at each sequence's first step
+    void* dw_ih                # (G*H, I)
+    void* dw_hh                # (G*H, H)
+    void* db_ih                # (G*H,) or NULL to skip
+    void* db_hh                # (G*H,) or NULL to skip
+    void* dx                   # (T*B, I) or NULL to skip
+    void* tmp_ih               # K split: (parts - 1) partial dW_ih, else NULL
+    void* tmp_hh               # K split: (parts - 1) partial dW_hh, else NULL
+
+
+cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffers* gb,
+                             Py_ssize_t part, Py_ssize_t parts, floating zero) noexcept nogil:
     """Part ``part`` of ``parts`` of weight_grads.
 
     dW_ih, dW_hh: when tmp_ih / tmp_hh are given (K split), this part sums over its share of
     the time-space rows, part 0 into dW itself and part p > 0 into tmp_*[p - 1] (summed into
     dW afterwards); else it computes rows [lo, hi) of dW over all rows. db, dx: rows [lo, hi)
     of the output (gate columns of db; time-space rows of dx). Parts write disjoint memory."""
+    cdef int kind = sh.kind
+    cdef bint reverse = sh.reverse
+    cdef Py_ssize_t T = sh.T, B = sh.B, H = sh.H, GH = sh.GH, ldy = gb.ldy
+    cdef const floating* x = <const floating*>gb.x
+    cdef const floating* w_ih = <const floating*>gb.w_ih
+    cdef const floating* h0 = <const floating*>gb.h0
+    cdef const floating* y = <const floating*>gb.y
+    cdef const floating* g = <const floating*>gb.g
+    cdef const floating* hn = <const floating*>gb.hn
+    cdef const floating* dgh_first = <const floating*>gb.dgh_first
+    cdef floating* dw_ih = <floating*>gb.dw_ih
+    cdef floating* dw_hh = <floating*>gb.dw_hh
+    cdef floating* db_ih = <floating*>gb.db_ih
+    cdef floating* db_hh = <floating*>gb.db_hh
+    cdef floating* dx = <floating*>gb.dx
+    cdef floating* tmp_ih = <floating*>gb.tmp_ih
+    cdef floating* tmp_hh = <floating*>gb.tmp_hh
     cdef Py_ssize_t TB = T * B, lo, hi, k0, k1
     cdef Py_ssize_t x_cols = 2 * H if kind == K_GRU else GH   # gate columns shared by both sides
     cdef const floating* y_prev
@@ -823,20 +772,18 @@ def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     each sequence's first step; dgh_first holds dGh at those first steps.
     x (T*B, I), w_ih and dw_ih (G*H, I), h0 (B, H), dw_hh (G*H, H), db_* (G*H,), dx (T*B, I).
     db_ih / db_hh / dx may be None to skip them.
-    The outputs are cut into max(GEMM_MIN_PARTS, num_threads) parts shared among the OpenMP threads, each calling
-    single-threaded BLAS on its parts (see project_inputs).
+    The outputs are cut into max(2, num_threads) parts shared among the OpenMP threads, each
+    calling single-threaded BLAS on its parts (see project_inputs).
     """
-    cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H, I = x.shape[1], ldy, p
+    cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H, I = x.shape[1], p
     cdef int tid, nth
     cdef int nt = fr_team_threads(num_threads)
-    cdef Py_ssize_t parts = max(GEMM_MIN_PARTS, num_threads)
+    cdef Py_ssize_t parts = _gemm_parts(num_threads)
     cdef floating[::1] tmp_view
-    cdef const floating* hn_ptr = NULL
-    cdef floating* db_ih_ptr = NULL
-    cdef floating* db_hh_ptr = NULL
-    cdef floating* dx_ptr = NULL
-    cdef floating* tmp_ih = NULL
     cdef floating* tmp_hh = NULL
+    cdef LoopShape sh
+    cdef GradBuffers gb
+    memset(&gb, 0, sizeof(gb))
     _check_dims(T, B, H, GH)
     if I < 1:
         raise ValueError(f"x must have at least one column, got shape ({x.shape[0]}, {I})")
@@ -849,23 +796,23 @@ def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     _check_shape("dgh_first", dgh_first.shape[0], dgh_first.shape[1], B, GH)
     _check_shape("dw_ih", dw_ih.shape[0], dw_ih.shape[1], GH, I)
     _check_shape("dw_hh", dw_hh.shape[0], dw_hh.shape[1], GH, H)
-    ldy = _row_stride("y (the output rows, out=)", y.strides[0], sizeof(floating), T * B, H)
+    gb.ldy = _row_stride("y (the output rows, out=)", y.strides[0], sizeof(floating), T * B, H)
     if y.strides[1] != sizeof(floating):
         raise ValueError("y rows must be contiguous")
     if kind == K_GRU:
         if hn is None:
             raise TypeError("the GRU needs hn, got None")
         _check_shape("hn", hn.shape[0], hn.shape[1], T * B, H)
-        hn_ptr = &hn[0, 0]
+        gb.hn = &hn[0, 0]
     if db_ih is not None:
         _check_len("db_ih", db_ih.shape[0], GH)
-        db_ih_ptr = &db_ih[0]
+        gb.db_ih = &db_ih[0]
     if db_hh is not None:
         _check_len("db_hh", db_hh.shape[0], GH)
-        db_hh_ptr = &db_hh[0]
+        gb.db_hh = &db_hh[0]
     if dx is not None:
         _check_shape("dx", dx.shape[0], dx.shape[1], T * B, I)
-        dx_ptr = &dx[0, 0]
+        gb.dx = &dx[0, 0]
     # Split dW's GEMMs along the rows summed over (K) when there are many more of them than
     # gate columns: then re-packing the long operand per part would cost more than the
     # (parts - 1) small partial results, which are allocated through numpy so that they
@@ -874,17 +821,17 @@ def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
         tmp = np.empty((parts - 1) * GH * (H + I), dtype=np.float32 if floating is float else np.float64)
         tmp_view = tmp
         tmp_hh = &tmp_view[0]
-        tmp_ih = tmp_hh + (parts - 1) * GH * H
+        gb.tmp_hh, gb.tmp_ih = tmp_hh, tmp_hh + (parts - 1) * GH * H
+    sh = _loop_shape(kind, T, B, H, reverse, None)
+    gb.x, gb.w_ih, gb.h0, gb.y = &x[0, 0], &w_ih[0, 0], &h0[0, 0], &y[0, 0]
+    gb.g, gb.dgh_first, gb.dw_ih, gb.dw_hh = &gates[0, 0], &dgh_first[0, 0], &dw_ih[0, 0], &dw_hh[0, 0]
     with nogil, parallel(num_threads=nt):
         tid, nth = threadid(), fr_omp_team_size()
-        for p in range(tid * parts // nth, (tid + 1) * parts // nth):
-            _weight_grads_part(kind, reverse, T, B, H, I, GH, p, parts, &x[0, 0], &w_ih[0, 0],
-                               &h0[0, 0], &y[0, 0], ldy, &gates[0, 0], hn_ptr,
-                               &dgh_first[0, 0], &dw_ih[0, 0], &dw_hh[0, 0], db_ih_ptr,
-                               db_hh_ptr, dx_ptr, tmp_ih, tmp_hh)
+        for p in range(_share(parts, tid, nth), _share(parts, tid + 1, nth)):
+            _weight_grads_part(&sh, I, &gb, p, parts, <floating>0)
         if tmp_hh != NULL:
             fr_omp_barrier()
             _add_parts(GH * H, _split_at(GH * H, tid, nth), _split_at(GH * H, tid + 1, nth),
                        parts, tmp_hh, &dw_hh[0, 0])
             _add_parts(GH * I, _split_at(GH * I, tid, nth), _split_at(GH * I, tid + 1, nth),
-                       parts, tmp_ih, &dw_ih[0, 0])
+                       parts, <floating*>gb.tmp_ih, &dw_ih[0, 0])

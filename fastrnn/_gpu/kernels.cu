@@ -1,8 +1,8 @@
 /* fastrnn GPU kernels: fused element-wise gate math, one launch per step per layer.
  *
  * Compiled at first use by CuPy (cupy.RawModule with name_expressions, see backend.py).
- * The gate equations are exactly those of fastrnn/_cpu/_cells.pxd (cell_forward_row /
- * cell_backward_row), one definition per cell (the *Cell structs below), shared by the
+ * The gate equations are exactly those of csrc/cells_impl.h (the CPU's gate math), one
+ * definition per cell (the *Cell structs below), shared by the
  * forward and backward step kernels.
  *
  * Layout (as the CPU engine): buffers are 2-D in "time space", row r = t * B + b.
@@ -21,6 +21,7 @@
  * cells without them) are never dereferenced; the caller passes any valid array for them.
  */
 
+/* Cell ids: the table is fastrnn/cells.py (CellSpec.kind); tests/test_cells.py checks these. */
 #define FR_RNN_TANH 0
 #define FR_RNN_RELU 1
 #define FR_GRU 2

@@ -28,7 +28,7 @@ ROW_SPLIT_MAX_ROWS_PER_THREAD = 4
 
 def generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tokens, state=None,
                     temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_id=None,
-                    banned_ids=(), seed=None, *, _layer0_table=None, _split=None):
+                    banned_ids=(), seed=None):
     """Generate ``n_tokens`` tokens for every row of ``prime`` with a stacked unidirectional RNN.
 
     cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
@@ -53,10 +53,17 @@ def generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_toke
     logits instead (temperature, top_k, top_p and seed then have no effect). The draws use
     ``np.random.default_rng(seed).random((n_tokens, B))``, so a seed gives the same tokens
     whatever the thread count.
-
-    ``_layer0_table`` (True/False) and ``_split`` ("rows"/"batch") override the automatic
-    choices; they exist for tests and benchmarks.
     """
+    return _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tokens,
+                            state, temperature, top_k, top_p, greedy, stop_id, banned_ids, seed)
+
+
+def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tokens, state=None,
+                     temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_id=None,
+                     banned_ids=(), seed=None, *, layer0_table=None, split=None):
+    """generate_tokens, with its automatic choices open to tests and benchmarks:
+    ``layer0_table`` (True/False: build layer 0's (V, G*H) input-gate table or project per
+    token) and ``split`` ("rows"/"batch": how the threads share the work)."""
     spec = get_cell(cell)
     G = spec.gates
     embedding = np.asarray(embedding) if embedding is not None else None
@@ -143,11 +150,11 @@ def generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_toke
                             f"got {seed!r}") from exc
         uniforms = rng.random((n_tokens, B))
 
-    if _layer0_table is None:
+    if layer0_table is None:
         consumed = B * (P + n_tokens - 1)
         use_table = (V * G * H * dtype.itemsize <= TABLE_MAX_BYTES and V <= 4 * consumed)
     else:
-        use_table = bool(_layer0_table)
+        use_table = bool(layer0_table)
     table = None
     if use_table:
         table = embedding @ w_ih_list[0].T
@@ -155,12 +162,12 @@ def generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_toke
         table = np.ascontiguousarray(table, dtype=dtype)
 
     nt = threads.get_num_threads()
-    if _split is None:
+    if split is None:
         split_rows = B <= ROW_SPLIT_MAX_ROWS_PER_THREAD * nt
-    elif _split in ("rows", "batch"):
-        split_rows = _split == "rows"
+    elif split in ("rows", "batch"):
+        split_rows = split == "rows"
     else:
-        raise ValueError(f"_split must be None, 'rows' or 'batch', got {_split!r}")
+        raise ValueError(f"split must be None, 'rows' or 'batch', got {split!r}")
 
     with threads.blas_single_threaded():
         tokens, lengths = _kernel.generate_loop(

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn.lm.generation import generate_tokens
+from fastrnn.lm.generation import _generate_tokens, generate_tokens
+from helpers import GATES
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 def make_model(cell, V=11, E=6, H=20, L=2, dtype=np.float64, seed=0, bias=True, scale=0.6):
@@ -86,7 +86,7 @@ def np_greedy(cell, layers, emb, out_w, out_b, prime, n_tokens, h0=None, c0=None
 
 def run(cell, model, prime, n, **kw):
     layers, emb, out_w, out_b = model
-    return generate_tokens(cell, layers, emb, out_w, out_b, prime, n, **kw)
+    return _generate_tokens(cell, layers, emb, out_w, out_b, prime, n, **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +117,7 @@ def test_greedy_matches_numpy_reference(cell, L, dtype):
     for split in ("rows", "batch"):
         for table in (True, False):
             tokens, lengths, st = run(cell, model, prime, N, state=state, greedy=True,
-                                      _split=split, _layer0_table=table)
+                                      split=split, layer0_table=table)
             assert tokens.dtype == np.int64 and tokens.shape == (B, N)
             np.testing.assert_array_equal(tokens, ref_tok)
             np.testing.assert_array_equal(lengths, [N] * B)
@@ -139,7 +139,7 @@ def test_greedy_without_biases_and_large_hidden():
     ref_tok, _, ref_h, ref_c = np_greedy("lstm", layers, emb, out_w, np.zeros(9), prime, 15)
     fastrnn.set_num_threads(2)
     for split in ("rows", "batch"):
-        tokens, lengths, (h, c) = run("lstm", model, prime, 15, greedy=True, _split=split)
+        tokens, lengths, (h, c) = run("lstm", model, prime, 15, greedy=True, split=split)
         np.testing.assert_array_equal(tokens, ref_tok)
         np.testing.assert_allclose(h, ref_h, atol=1e-10)
         np.testing.assert_allclose(c, ref_c, atol=1e-10)
@@ -204,7 +204,7 @@ def test_seed_reproducible_and_thread_independent():
     np.testing.assert_array_equal(a, b)
     fastrnn.set_num_threads(2)
     for split in ("rows", "batch", None):
-        c, _, _ = run("lstm", model, prime, 40, _split=split, **kw)
+        c, _, _ = run("lstm", model, prime, 40, split=split, **kw)
         np.testing.assert_array_equal(a, c)
     d, _, _ = run("lstm", model, prime, 40, temperature=1.3, seed=124)
     assert not np.array_equal(a, d)
@@ -296,8 +296,8 @@ def test_stop_id_stops_rows_independently():
     for split in ("rows", "batch"):
         fastrnn.set_num_threads(2)
         tokens, lengths, (h, c) = run("lstm", model, prime, N, seed=11, temperature=2.0,
-                                      stop_id=2, _split=split)
-        free, _, _ = run("lstm", model, prime, N, seed=11, temperature=2.0, _split=split)
+                                      stop_id=2, split=split)
+        free, _, _ = run("lstm", model, prime, N, seed=11, temperature=2.0, split=split)
         assert len(set(lengths.tolist())) > 2    # rows stop at different steps
         for b in range(B):
             n = lengths[b]
@@ -422,8 +422,10 @@ def test_validation_errors_layers_and_state_for_other_cells():
         generate_tokens(**dict(g, state=(np.zeros((2, 2, 20)), np.zeros((2, 2, 20)))))
     with pytest.raises(ValueError, match=r"state must have shape \(2, 2, 20\)"):
         generate_tokens(**dict(g, state=np.zeros((2, 3, 20))))
-    with pytest.raises(ValueError, match="_split"):
-        generate_tokens(**dict(g, _split="cols"))
+    with pytest.raises(ValueError, match="split must be"):
+        _generate_tokens(**dict(g, split="cols"))
+    with pytest.raises(TypeError):   # the test hooks are not part of the public signature
+        generate_tokens(**dict(g, split="rows"))
 
 
 def test_valid_edge_arguments_accepted():

@@ -1,0 +1,49 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""A GEMM for the dense layers (embedding projections, the output layer), run on fastrnn's
+OpenMP threads like the large GEMMs of the recurrent layers (recurrent.project_inputs), so
+that a training step never wakes BLAS's own thread pool."""
+from cython cimport floating
+from cython.parallel cimport parallel, threadid
+
+from ._blas cimport gemm
+from ._checks cimport _blas_int
+from ._openmp cimport fr_omp_team_size, fr_team_threads, join_fork_guard
+from ._parts cimport _gemm_parts, _share, _split_at
+
+join_fork_guard()
+
+
+def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
+                  const floating[:, ::1] b not None, floating[:, ::1] c not None,
+                  floating beta, int num_threads=1):
+    """c (m, n) = op(a) @ op(b) + beta * c, the rows of c split into max(2, num_threads)
+    parts shared among the OpenMP threads, each calling BLAS on its parts (the caller keeps
+    BLAS single-threaded)."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1], r0, r1, p
+    cdef int tid, nth
+    cdef int nt = fr_team_threads(num_threads)
+    cdef Py_ssize_t parts = _gemm_parts(num_threads)
+    cdef const floating* a_rows
+    if (a.shape[1] if trans_a else a.shape[0]) != m:
+        raise ValueError(f"a has {a.shape[1] if trans_a else a.shape[0]} rows of op(a), "
+                         f"c has {m}")
+    if (b.shape[1] if trans_b else b.shape[0]) != k or (b.shape[0] if trans_b else b.shape[1]) != n:
+        raise ValueError(f"op(b) must have shape ({k}, {n}), got "
+                         f"({b.shape[1] if trans_b else b.shape[0]}, "
+                         f"{b.shape[0] if trans_b else b.shape[1]})")
+    for size, what in ((m, "the rows of c"), (n, "the columns of c"), (k, "the inner dimension"),
+                       (lda, "the row length of a"), (ldb, "the row length of b")):
+        _blas_int(size, what)
+    if m == 0 or n == 0:
+        return
+    with nogil, parallel(num_threads=nt):
+        tid, nth = threadid(), fr_omp_team_size()
+        for p in range(_share(parts, tid, nth), _share(parts, tid + 1, nth)):
+            r0 = _split_at(m, p, parts)
+            r1 = _split_at(m, p + 1, parts)
+            if r1 > r0:
+                # Rows r0..r1 of op(a): rows of a, or columns of a when it is transposed.
+                a_rows = &a[0, r0] if trans_a else &a[r0, 0]
+                gemm(trans_a, trans_b, r1 - r0, n, k, <floating>1, a_rows, lda, &b[0, 0], ldb,
+                     beta, &c[r0, 0], n)
