@@ -14,6 +14,9 @@ This is the layer to embed in other training code::
     y (T, B, H): zero past each sequence's length; state: each sequence's state at its last step
 
 The workspace returned by forward holds what backward needs; backward consumes it (once).
+
+NumPy arrays run on the compiled CPU kernels, CuPy arrays on the CUDA kernels: one engine
+(:mod:`fastrnn._engine`) with the same checks and semantics on both.
 """
 from . import _engine
 from ._engine import RecurrentWorkspace, check_layer_args, new_weight_grads  # noqa: F401

@@ -105,6 +105,8 @@ class FakeCupy(types.ModuleType):
         super().__init__("cupy")
         self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(
             getDeviceCount=lambda: 1, getDevice=lambda: 0))
+        self.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
+            as_strided=_device_function(np.lib.stride_tricks.as_strided)))
 
     @staticmethod
     def asarray(a, dtype=None):
