@@ -19,7 +19,7 @@ from fastrnn import functional as F
 from fastrnn._engine.cpu import CpuOps
 from fastrnn._engine.driver import row_view
 from fastrnn._engine.reference import ReferenceOps
-from helpers import assert_close
+from helpers import assert_close, run_python
 from test_gpu_backend_cpu import GATES, LENGTHS, RTOL, B, H, I, T, _flat, state_like
 
 
@@ -192,3 +192,9 @@ def test_row_view_merges_time_and_batch_without_copying():
     assert row_view(a[:, :, ::2]) is None       # last axis not contiguous
     one = row_view(np.zeros((1, 1, H)))
     assert one.strides == (H * 8, 8)            # a leading dimension BLAS accepts
+
+
+def test_importing_the_engine_does_not_import_cupy(tmp_path):
+    code = ("import sys, fastrnn._engine, fastrnn._engine.cuda, fastrnn._engine.reference, "
+            "fastrnn._device; assert 'cupy' not in sys.modules")
+    run_python(["-c", code], cwd=tmp_path, check=True)

@@ -131,7 +131,7 @@ def new_weight_grads(ws, xp=None):
     return grads
 
 
-def _on_device(xp, a, name):
+def _check_on_device(xp, a, name):
     """``a`` itself when it lives in ``xp``'s memory, else TypeError naming it."""
     if a is not None and array_module_of(a) is not xp:
         raise TypeError(f"{name} must be a {xp.__name__}.ndarray on x's device, got "
@@ -165,7 +165,7 @@ def check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh):
     b_ih = xp.zeros(GH, dtype) if b_ih is None else check_array(b_ih, "b_ih", shape=(GH,), dtype=dtype)
     b_hh = xp.zeros(GH, dtype) if b_hh is None else check_array(b_hh, "b_hh", shape=(GH,), dtype=dtype)
     for name, a in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
-        _on_device(xp, a, name)
+        _check_on_device(xp, a, name)
     return spec, x, w_ih, w_hh, b_ih, b_hh, has_bias
 
 
