@@ -46,23 +46,24 @@ def check_array(x, name, ndim=None, dtype=None, shape=None, contiguous=True):
     return arr
 
 
-def check_output_buffer(out, name, shape, dtype, contiguous=True):
+def check_output_buffer(out, name, shape, dtype, contiguous=True, xp=np):
     """Validate a caller-supplied array that a kernel will write into; return it unchanged.
 
-    It must be a plain ``numpy.ndarray`` (subclasses such as masked arrays carry meaning the
-    kernels would ignore) of exactly ``shape`` and ``dtype``, writeable, C-contiguous when
-    ``contiguous``, and no two of its elements may share memory (then no value could be
-    written exactly). Wrong type or dtype: TypeError; anything else: ValueError.
+    It must be a plain ``xp.ndarray`` (``xp``: numpy, or cupy for a GPU kernel; subclasses
+    such as masked arrays carry meaning the kernels would ignore) of exactly ``shape`` and
+    ``dtype``, writeable, C-contiguous when ``contiguous``, and no two of its elements may
+    share memory (then no value could be written exactly). Wrong type or dtype: TypeError;
+    anything else: ValueError.
     """
-    if type(out) is not np.ndarray:
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__module__}."
+    if type(out) is not xp.ndarray:
+        raise TypeError(f"{name} must be a {xp.__name__}.ndarray, got {type(out).__module__}."
                         f"{type(out).__qualname__}")
     shape = tuple(shape)
     if out.shape != shape:
         raise ValueError(f"{name} must have shape {_fmt_shape(shape)}, got {out.shape}")
     if out.dtype != np.dtype(dtype):
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
-    if not out.flags.writeable:
+    if not getattr(out.flags, "writeable", True):   # CuPy arrays are always writeable
         raise ValueError(f"{name} must be writeable (it receives the result), got a read-only array")
     if contiguous and not out.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous, got strides {out.strides}")
@@ -73,7 +74,8 @@ def check_output_buffer(out, name, shape, dtype, contiguous=True):
 
 
 def has_internal_overlap(a):
-    """True when two elements of the numpy array ``a`` share a byte of memory."""
+    """True when two elements of the array ``a`` (numpy or cupy: only its shape and strides
+    are read) share a byte of memory."""
     if a.size <= 1:
         return False
     # Cheap sufficient test: each axis (by increasing stride) steps past everything the
@@ -96,25 +98,30 @@ def has_internal_overlap(a):
 def check_no_shared_memory(outputs, inputs):
     """Raise ValueError if an output array shares memory with another output or an input.
 
-    ``outputs`` and ``inputs`` map argument names to arrays (``None`` entries are skipped):
-    a kernel reading an array while writing an aliased one gives wrong numbers.
+    ``outputs`` and ``inputs`` map argument names to arrays (numpy or cupy; ``None`` entries
+    are skipped): a kernel reading an array while writing an aliased one gives wrong numbers.
     """
     named = [(k, v) for k, v in outputs.items() if v is not None]
     n_outputs = len(named)
     named += [(k, v) for k, v in inputs.items() if v is not None]
-    may_share = np.may_share_memory
     for i in range(n_outputs):
         out = named[i][1]
         for j in range(i + 1, len(named)):
-            if may_share(out, named[j][1]) and _shares_memory(out, named[j][1]):
+            if _shares_memory(out, named[j][1]):
                 raise ValueError(f"{named[i][0]} must not share memory with {named[j][0]}")
 
 
 def _shares_memory(a, b):
-    """Exact answer for arrays whose address ranges overlap (may_share_memory is True)."""
+    """Whether ``a`` and ``b`` share memory: exact where affordable, True when undecided
+    (refuse rather than risk it). Arrays of different array modules never do."""
+    xp = array_module_of(a)
+    if array_module_of(b) is not xp or not xp.may_share_memory(a, b):
+        return False   # address ranges apart (cheap bounds check)
+    if xp is not np:
+        return bool(xp.shares_memory(a, b))   # CuPy's exact test (on the device)
     try:
         return bool(np.shares_memory(a, b, max_work=100_000))
-    except np.exceptions.TooHardError:   # undecided: refuse rather than risk it
+    except np.exceptions.TooHardError:
         return True
 
 

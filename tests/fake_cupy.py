@@ -10,16 +10,17 @@
   module) and arithmetic mixing device arrays with host arrays (``d * np.ones(3)``);
 * ``cupy.asarray(host)`` copies to the "device", ``d.get()`` / ``cupy.asnumpy(d)`` copy back;
   host reads of device values are counted (``DeviceArray.syncs``);
-* ``fastrnn._gpu.backend.recurrent_forward/backward`` run the backend's own generic code
-  (``forward_impl``/``backward_impl``) with NumPy and the reference kernels of
-  gpu_reference_ops.py, on host views of the device arrays (in-place writes go through).
+* the engine's CUDA Ops are replaced by :class:`fastrnn._engine.reference.ReferenceOps` on
+  this module: the same driver and step loop as on a GPU, with the gate math written in the
+  array module instead of the CUDA kernels, run on the stand-in's arrays (so every array
+  operation of the GPU path goes through the rules above).
 """
 import sys
 import types
 
 import numpy as np
 
-from gpu_reference_ops import ReferenceOps
+from fastrnn._engine.reference import ReferenceOps
 
 
 class DeviceArray(np.ndarray):
@@ -104,6 +105,8 @@ class FakeCupy(types.ModuleType):
         super().__init__("cupy")
         self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(
             getDeviceCount=lambda: 1, getDevice=lambda: 0))
+        self.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
+            as_strided=_device_function(np.lib.stride_tricks.as_strided)))
 
     @staticmethod
     def asarray(a, dtype=None):
@@ -128,25 +131,12 @@ class FakeCupy(types.ModuleType):
         return _device_function(obj)
 
 
-def reference_recurrent_forward(*args, **kwargs):
-    from fastrnn._gpu import backend as GB
-    y, state, ws = GB.forward_impl(np, ReferenceOps(), *_unwrap(args), **_unwrap(kwargs))
-    return _wrap(y), _wrap(state), ws
-
-
-def reference_recurrent_backward(*args, **kwargs):
-    from fastrnn._gpu import backend as GB
-    dx, dstate, grads = GB.backward_impl(np, ReferenceOps(), *_unwrap(args), **_unwrap(kwargs))
-    return _wrap(dx), _wrap(dstate), grads
-
-
 def install(monkeypatch):
     """Make ``device="cuda"`` use the stand-in for the rest of the test; returns the module."""
-    from fastrnn import _gpu
-    from fastrnn._gpu import backend as GB
+    from fastrnn import _engine, _gpu
     fake = FakeCupy()
+    ops = ReferenceOps(fake)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(_gpu, "_import_cupy", lambda: fake)
-    monkeypatch.setattr(GB, "recurrent_forward", reference_recurrent_forward)
-    monkeypatch.setattr(GB, "recurrent_backward", reference_recurrent_backward)
+    monkeypatch.setattr(_engine, "cuda_ops", lambda: ops)
     return fake

@@ -1,8 +1,9 @@
 """The GPU backend's logic, checked on any machine (no CuPy, no GPU needed).
 
-* fastrnn._gpu.backend's array-module generic forward/backward run with NumPy and the NumPy
-  reference kernels of gpu_reference_ops.py, against the CPU engine (fastrnn.functional);
-* the layers' GPU plumbing, with that pair standing in for the CUDA backend;
+* the engine's GPU step loop (fastrnn._engine.reference.StepOps, which CudaOps extends) runs
+  with NumPy and the reference step kernels (ReferenceOps), against the CPU engine
+  (fastrnn.functional);
+* the layers' plumbing, with the reference Ops standing in for the CPU kernels;
 * the errors when "cuda" is asked for without CuPy or without a device;
 * the CUDA source compiles (when nvcc is on PATH).
 """
@@ -16,10 +17,10 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _device, _gpu
+from fastrnn import _device, _engine, _gpu
 from fastrnn import functional as F
+from fastrnn._engine.reference import ReferenceOps
 from fastrnn._gpu import backend as GB
-from gpu_reference_ops import ReferenceOps
 from helpers import GATES, assert_close, run_python
 
 T, B, I, H = 6, 5, 4, 3
@@ -61,14 +62,14 @@ def test_backend_logic_matches_cpu_engine(cell, reverse, lengths, with_state, wi
 
     y_ref, st_ref, ws_ref = F.recurrent_forward(cell, x, *w, state=state, lengths=lengths,
                                                 reverse=reverse)
-    y, st, ws = GB.forward_impl(np, ReferenceOps(), cell, x, *w, state=state, lengths=lengths,
+    y, st, ws = _engine.forward(ReferenceOps(np), cell, x, *w, state=state, lengths=lengths,
                                 reverse=reverse)
     assert_close(y, y_ref, RTOL, "y")
     for a, b in zip(_flat(st), _flat(st_ref)):
         assert_close(a, b, RTOL, "final state")
 
     dx_ref, ds_ref, g_ref = F.recurrent_backward(ws_ref, dy, dstate)
-    dx, ds, g = GB.backward_impl(np, ReferenceOps(), ws, dy, dstate)
+    dx, ds, g = _engine.backward(ws, dy, dstate)
     assert_close(dx, dx_ref, RTOL, "dx")
     for a, b in zip(_flat(ds), _flat(ds_ref)):
         assert_close(a, b, RTOL, "dstate0")
@@ -93,9 +94,9 @@ def test_backend_logic_strided_out_accumulation_and_no_bias(cell, rng):
                                             out=out[:, :, H:])
             _, ds, _ = F.recurrent_backward(ws, dy[:, :, H:], None, grads, dx_out)
         else:
-            _, st, ws = GB.forward_impl(np, ReferenceOps(), cell, x, *w, lengths=LENGTHS,
+            _, st, ws = _engine.forward(ReferenceOps(np), cell, x, *w, lengths=LENGTHS,
                                         reverse=True, out=out[:, :, H:])
-            _, ds, _ = GB.backward_impl(np, ReferenceOps(), ws, dy[:, :, H:], None, grads, dx_out)
+            _, ds, _ = _engine.backward(ws, dy[:, :, H:], None, grads, dx_out)
         results.append((out, _flat(st), _flat(ds), grads, dx_out))
     (o1, s1, d1, g1, x1), (o2, s2, d2, g2, x2) = results
     assert np.isnan(o2[:, :, :H]).all()   # the other half untouched
@@ -110,24 +111,12 @@ def test_backend_logic_strided_out_accumulation_and_no_bias(cell, rng):
 
 def test_backend_workspace_is_consumed_once(rng):
     x, w = make_inputs("gru", rng)
-    _, _, ws = GB.forward_impl(np, ReferenceOps(), "gru", x, *w)
-    GB.backward_impl(np, ReferenceOps(), ws, np.ones((T, B, H)))
+    _, _, ws = _engine.forward(ReferenceOps(np), "gru", x, *w)
+    _engine.backward(ws, np.ones((T, B, H)))
     with pytest.raises(ValueError, match="already consumed"):
-        GB.backward_impl(np, ReferenceOps(), ws, np.ones((T, B, H)))
+        _engine.backward(ws, np.ones((T, B, H)))
     with pytest.raises(TypeError, match="workspace"):
-        GB.backward_impl(np, ReferenceOps(), object())
-
-
-class _ReferenceBackend:
-    """The GPU backend's entry points with NumPy and the reference kernels."""
-
-    @staticmethod
-    def recurrent_forward(*args, **kwargs):
-        return GB.forward_impl(np, ReferenceOps(), *args, **kwargs)
-
-    @staticmethod
-    def recurrent_backward(*args, **kwargs):
-        return GB.backward_impl(np, ReferenceOps(), *args, **kwargs)
+        _engine.backward(object())
 
 
 @pytest.mark.parametrize("cell,num_layers,bidirectional,with_lengths", [
@@ -152,7 +141,7 @@ def test_layer_plumbing_with_backend_logic(cell, num_layers, bidirectional, with
     for use_backend in (False, True):
         layer = make()
         if use_backend:
-            monkeypatch.setattr(type(layer), "_backend", lambda self: _ReferenceBackend)
+            monkeypatch.setattr(_engine, "cpu_ops", lambda: ReferenceOps(np))
         y, st = layer.forward(x, state, lengths=lengths)
         dx, ds = layer.backward(dy, state)
         results.append((y, _flat(st), dx, _flat(ds), layer.grads))

@@ -269,13 +269,14 @@ def test_concurrent_backwards_on_one_workspace_run_exactly_once(rng, monkeypatch
     # Hold every thread inside backward's argument checks (after the early consumed test)
     # until all of them are there, so that they all race for the same workspace.
     barrier = threading.Barrier(n, timeout=30)
-    state_array = F._state_array
+    from fastrnn._engine import driver
+    state_array = driver._state_array
 
     def wait_for_all(*args, **kwargs):
         barrier.wait()
         return state_array(*args, **kwargs)
 
-    monkeypatch.setattr(F, "_state_array", wait_for_all)
+    monkeypatch.setattr(driver, "_state_array", wait_for_all)
     results, errors = [], []
 
     def worker():

@@ -1,7 +1,9 @@
 """Optional CuPy GPU backend (``pip install 'fastrnn[gpu]'``).
 
 Importing this package does not import CuPy; :func:`require_gpu` does, on first use.
-The kernels live in :mod:`fastrnn._gpu.backend` (import it only after ``require_gpu()``).
+The CUDA kernels are kernels.cu, compiled by :mod:`fastrnn._gpu.backend`; the engine that
+runs them is :mod:`fastrnn._engine` (the same driver as on the CPU), reached through
+:mod:`fastrnn.functional` with CuPy arrays.
 """
 
 CUPY_MISSING = "CuPy is not installed: pip install 'fastrnn[gpu]'"

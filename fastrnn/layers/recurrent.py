@@ -1,9 +1,9 @@
 """PyTorch-compatible recurrent layers with explicit forward and backward: RNN, GRU, LSTM.
 
 Multi-layer, bidirectional, variable lengths, dropout between layers. The layers only
-arrange arrays; every step of every sequence runs in the compiled kernels of
-:mod:`fastrnn.functional`, or, for ``device="cuda"``, in the CuPy backend
-:mod:`fastrnn._gpu.backend` (same functions, same semantics).
+arrange arrays; every step of every sequence runs in :mod:`fastrnn.functional`, which
+dispatches on the array type: the compiled CPU kernels for NumPy arrays, the CUDA kernels
+for CuPy arrays (``device="cuda"``), through one engine (same semantics).
 """
 import numpy as np
 
@@ -136,13 +136,6 @@ class RecurrentLayer(Layer):
             return xp.stack([s[0] for s in states]), xp.stack([s[1] for s in states])
         return xp.stack(states)
 
-    def _backend(self):
-        """The functional kernels for the layer's device: fastrnn.functional or the GPU's."""
-        if self.device == "cpu":
-            return F
-        from .._gpu import backend
-        return backend
-
     def _on_device(self, a):
         """Arrays (and (h, c) tuples) moved to the layer's device; numpy as before on the CPU."""
         if self.device == "cpu":
@@ -167,7 +160,7 @@ class RecurrentLayer(Layer):
             x = x.transpose(1, 0, 2)
         if x.shape[2] != self.input_size:
             raise ValueError(f"x must have {self.input_size} features (input_size), got {x.shape[2]}")
-        xp, backend = self.xp, self._backend()
+        xp = self.xp
         x = xp.ascontiguousarray(x)
         T, B, _ = x.shape
         if self.device != "cpu" and state is not None:
@@ -180,7 +173,7 @@ class RecurrentLayer(Layer):
         for layer in range(self.num_layers):
             out = xp.empty((T, B, D * H), self.dtype)
             for d in range(D):
-                _, st, ws = backend.recurrent_forward(
+                _, st, ws = F.recurrent_forward(
                     self.cell.name, layer_input, *self._weights(layer, d),
                     state=states[layer * D + d], lengths=lengths, reverse=d == 1,
                     out=out[:, :, d * H:(d + 1) * H])
@@ -202,7 +195,7 @@ class RecurrentLayer(Layer):
     def backward(self, dy, dstate=None):
         workspaces, masks, T, B = self._saved_for_backward()
         H, D = self.hidden_size, self.num_directions
-        xp, backend = self.xp, self._backend()
+        xp = self.xp
         if dy is not None:
             dy = self._on_device(dy)
             expected = (B, T, D * H) if self.batch_first else (T, B, D * H)
@@ -219,7 +212,7 @@ class RecurrentLayer(Layer):
             dx = xp.zeros((T, B, in_size), self.dtype)
             for d in range(D):
                 idx = layer * D + d
-                _, dstate0[idx], _ = backend.recurrent_backward(
+                _, dstate0[idx], _ = F.recurrent_backward(
                     workspaces[idx], None if dy is None else dy[:, :, d * H:(d + 1) * H],
                     dstates[idx], grads=self._grads_of(layer, d), dx_out=dx)
             if layer > 0 and masks[layer - 1] is not None:

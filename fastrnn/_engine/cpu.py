@@ -1,0 +1,43 @@
+"""CPU Ops: the compiled kernels of ``fastrnn/_cpu/recurrent.pyx`` on NumPy arrays.
+
+Each primitive is one call into Cython (GIL released, OpenMP inside); every GEMM is split
+over fastrnn's own threads with BLAS on one thread (see :mod:`fastrnn.threads`).
+"""
+import numpy as np
+
+from .. import threads
+from .._cpu import recurrent as _kernels
+
+
+class CpuOps:
+    name = "cpu"
+    xp = np
+
+    @staticmethod
+    def compute():
+        return threads.blas_single_threaded()
+
+    @staticmethod
+    def project_inputs(x, w_ih, b_ih, gates):
+        _kernels.project_inputs(x, w_ih, b_ih, gates, threads.get_num_threads())
+
+    @staticmethod
+    def forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y):
+        scratch = np.empty((B, w_hh.shape[0]), w_hh.dtype)
+        _kernels.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist,
+                              y, scratch, threads.get_num_threads())
+
+    @staticmethod
+    def backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
+                      dh, dc, dgh_first):
+        _kernels.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y,
+                               dy, dh, dc, dgh_first, threads.get_num_threads())
+
+    @staticmethod
+    def weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx):
+        _kernels.weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first,
+                              grads["weight_ih"], grads["weight_hh"], grads.get("bias_ih"),
+                              grads.get("bias_hh"), dx, threads.get_num_threads())
+
+    def __repr__(self):
+        return "CpuOps()"

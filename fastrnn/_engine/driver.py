@@ -1,0 +1,305 @@
+"""The device-independent driver of one recurrent layer in one direction.
+
+Everything here is written against ``ops.xp`` (numpy or cupy) and the primitives of an Ops
+object (see :mod:`fastrnn._engine`), so the CPU and the GPU run the very same checks,
+workspace handling and state logic:
+
+    ops.compute()                  context held around the kernels (CPU: BLAS on one thread)
+    ops.project_inputs(x, w_ih, b_ih, gates)             gates = x W_ih^T + b_ih, all steps
+    ops.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y)
+    ops.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
+                      dh, dc, dgh_first)
+    ops.weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx)
+
+``lengths`` is always a validated host (NumPy) int64 array or None; ``y``/``dy`` are
+(T*B, H) row views (:func:`row_view`). The semantics of each primitive are those of the
+matching function of ``fastrnn/_cpu/recurrent.pyx``.
+"""
+import threading
+
+import numpy as np
+
+from .._device import array_module_of, is_device_array
+from .._validation import (as_float_dtype, check_array, check_no_shared_memory,
+                           check_output_buffer)
+from ..cells import get_cell
+
+
+class RecurrentWorkspace:
+    """Opaque record of one forward pass, consumed by :func:`recurrent_backward`."""
+
+    __slots__ = ("ops", "cell", "reverse", "T", "B", "x", "w_ih", "w_hh", "has_bias", "h0", "c0",
+                 "lengths", "gates", "hn", "chist", "y", "consumed")
+
+    def __repr__(self):
+        return (f"RecurrentWorkspace(cell={self.cell.name!r}, T={self.T}, B={self.B}, "
+                f"reverse={self.reverse}, consumed={self.consumed})")
+
+
+def row_view(a):
+    """View a (T, B, F) array (numpy or cupy) as (T*B, F) rows the kernels can walk, without
+    copying; None when its layout does not allow that.
+
+    The kernels address row r at ``base + r * ld`` with an integer leading dimension ``ld``
+    in elements and read each row as one block, as BLAS does: so the (T, B) axes must merge,
+    the row stride must be positive, a whole number of elements and at least a row long
+    (rows do not overlap), the last axis contiguous and the data aligned. Anything else (a
+    negative stride, a field of a structured array) is computed in a fresh buffer instead.
+    """
+    T, B, F = a.shape
+    if T > 1 and B > 1 and a.strides[0] != a.strides[1] * B:
+        return None   # the (T, B) axes do not merge: a reshape would copy
+    rows = a.reshape(T * B, F)
+    itemsize = rows.itemsize
+    row_stride = rows.strides[0] if rows.shape[0] > 1 else F * itemsize
+    if (F > 1 and rows.strides[1] != itemsize) or not getattr(rows.flags, "aligned", True):
+        return None
+    if row_stride <= 0 or row_stride % itemsize or row_stride < F * itemsize:
+        return None
+    if rows.strides != (row_stride, itemsize):   # give it a leading dimension BLAS accepts
+        rows = array_module_of(a).lib.stride_tricks.as_strided(
+            rows, shape=rows.shape, strides=(row_stride, itemsize))
+    return rows
+
+
+def _consume(ws):
+    """Mark ``ws`` consumed, atomically: of several concurrent backwards exactly one runs."""
+    with _consume_lock:
+        if ws.consumed:
+            raise ValueError("ws was already consumed by an earlier backward; run forward again")
+        ws.consumed = True
+
+
+_consume_lock = threading.Lock()
+
+
+def check_lengths(lengths, T, B):
+    """Validated host copy of ``lengths`` (int64, (B,), values in [1, T]), or None."""
+    if lengths is None:
+        return None
+    if is_device_array(lengths):   # B integers: the host decides the loop bounds
+        lengths = lengths.get()
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},) (one per sequence), got {arr.shape}")
+    if B and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"lengths must be in [1, {T}] (T = {T} steps), got values in "
+                         f"[{arr.min()}, {arr.max()}]")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def split_state(cell, state, name):
+    """``(h, c)`` of a state argument (c None for cells without a cell state)."""
+    if cell.has_cell_state:
+        if state is None:
+            return None, None
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError(f"{name} must be a tuple (h, c) for an LSTM, got {type(state).__name__}")
+        return state[0], state[1]
+    if isinstance(state, (tuple, list)):
+        raise ValueError(f"{name} must be a single array h for a {cell.name} cell, not a tuple")
+    return state, None
+
+
+def _state_array(a, name, B, H, dtype, xp):
+    """A fresh contiguous (B, H) copy in ``xp`` (the kernels update states in place), zeros
+    for None."""
+    if a is None:
+        return xp.zeros((B, H), dtype=dtype)
+    a = check_array(a, name, ndim=2, shape=(B, H), dtype=dtype, contiguous=False)
+    return xp.array(a, dtype=dtype, order="C", copy=True)
+
+
+def _state_pair(cell, state, name, B, H, dtype, xp):
+    h0, c0 = split_state(cell, state, name)
+    h = _state_array(h0, f"{name} h", B, H, dtype, xp)
+    c = _state_array(c0, f"{name} c", B, H, dtype, xp) if cell.has_cell_state else None
+    return h, c
+
+
+def new_weight_grads(ws, xp=None):
+    """Zeroed gradient arrays for the weights (and biases) of a forward's workspace, in its
+    array module (``xp`` overrides it)."""
+    xp = ws.ops.xp if xp is None else xp
+    grads = {"weight_ih": xp.zeros_like(ws.w_ih), "weight_hh": xp.zeros_like(ws.w_hh)}
+    if ws.has_bias:
+        GH = ws.w_hh.shape[0]
+        grads["bias_ih"] = xp.zeros(GH, ws.w_hh.dtype)
+        grads["bias_hh"] = xp.zeros(GH, ws.w_hh.dtype)
+    return grads
+
+
+def _check_on_device(xp, a, name):
+    """``a`` itself when it lives in ``xp``'s memory, else TypeError naming it."""
+    if a is not None and array_module_of(a) is not xp:
+        raise TypeError(f"{name} must be a {xp.__name__}.ndarray on x's device, got "
+                        f"{type(a).__module__}.{type(a).__qualname__}")
+    return a
+
+
+def check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh):
+    """Check the arguments of a one-layer forward in the array module ``xp``.
+
+    ``x`` is moved to ``xp`` (a NumPy batch for the GPU is copied over); weights and biases
+    must already live there. Returns ``(spec, x, w_ih, w_hh, b_ih, b_hh, has_bias)`` with
+    missing biases replaced by zeros.
+    """
+    spec = get_cell(cell)
+    x = xp.asarray(x)
+    dtype = as_float_dtype(x.dtype, "x.dtype")
+    x = check_array(x, "x", ndim=3)
+    T, B, I = x.shape
+    if T < 1 or B < 1 or I < 1:
+        raise ValueError(f"x must have at least one step, sequence and feature, got shape {x.shape}")
+    w_hh = check_array(w_hh, "w_hh", ndim=2, dtype=dtype)
+    GH, H = w_hh.shape
+    if H < 1:   # as the layers (hidden_size >= 1): an empty output is a mistake, not a model
+        raise ValueError(f"w_hh must have shape ({spec.gates} * H, H) with H >= 1, got {w_hh.shape}")
+    if GH != spec.gates * H:
+        raise ValueError(f"w_hh must have shape ({spec.gates} * H, H) for a {spec.name} cell, "
+                         f"got {w_hh.shape}")
+    w_ih = check_array(w_ih, "w_ih", shape=(GH, I), dtype=dtype)
+    has_bias = b_ih is not None or b_hh is not None
+    b_ih = xp.zeros(GH, dtype) if b_ih is None else check_array(b_ih, "b_ih", shape=(GH,), dtype=dtype)
+    b_hh = xp.zeros(GH, dtype) if b_hh is None else check_array(b_hh, "b_hh", shape=(GH,), dtype=dtype)
+    for name, a in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        _check_on_device(xp, a, name)
+    return spec, x, w_ih, w_hh, b_ih, b_hh, has_bias
+
+
+def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=None,
+            reverse=False, out=None):
+    """:func:`fastrnn.functional.recurrent_forward` on the device of ``ops``."""
+    xp = ops.xp
+    spec, x, w_ih, w_hh, b_ih, b_hh, has_bias = check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh)
+    dtype = x.dtype
+    T, B, _ = x.shape
+    GH, H = w_hh.shape
+    h, c = _state_pair(spec, state, "state", B, H, dtype, xp)
+    lens = check_lengths(lengths, T, B)
+    if out is None:
+        out = xp.empty((T, B, H), dtype=dtype)
+    else:
+        check_output_buffer(out, "out", (T, B, H), dtype, contiguous=False, xp=xp)
+        check_no_shared_memory({"out": out}, {"x": x, "w_ih": w_ih, "w_hh": w_hh,
+                                              "b_ih": b_ih, "b_hh": b_hh})
+    y_rows = row_view(out)
+    copy_back = y_rows is None
+    if copy_back:   # the kernels write into a fresh buffer, copied into out at the end
+        y_rows = xp.empty((T * B, H), dtype=dtype)
+
+    ws = RecurrentWorkspace()
+    ws.ops, ws.cell, ws.reverse, ws.T, ws.B = ops, spec, bool(reverse), T, B
+    ws.has_bias, ws.consumed = has_bias, False
+    ws.x, ws.w_ih, ws.w_hh, ws.lengths = x.reshape(T * B, x.shape[2]), w_ih, w_hh, lens
+    ws.h0 = h.copy()
+    ws.c0 = c.copy() if c is not None else None
+    ws.gates = xp.empty((T * B, GH), dtype=dtype)
+    ws.hn = xp.empty((T * B, H), dtype=dtype) if spec.name == "gru" else None
+    ws.chist = xp.empty((T * B, H), dtype=dtype) if spec.has_cell_state else None
+    ws.y = y_rows   # the workspace keeps the buffer the kernels wrote
+
+    with ops.compute():
+        ops.project_inputs(ws.x, w_ih, b_ih, ws.gates)
+        ops.forward_loop(spec.kind, ws.reverse, T, B, w_hh, b_hh, h, c, lens, ws.gates,
+                         ws.hn, ws.chist, ws.y)
+    if copy_back:
+        out[...] = y_rows.reshape(T, B, H)
+    return out, ((h, c) if spec.has_cell_state else h), ws
+
+
+def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
+    """:func:`fastrnn.functional.recurrent_backward` on the device of the forward."""
+    if not isinstance(ws, RecurrentWorkspace):
+        raise TypeError(f"ws must be the workspace returned by recurrent_forward, got {type(ws).__name__}")
+    if ws.consumed:   # early, friendly; the authoritative check is _consume below
+        raise ValueError("ws was already consumed by an earlier backward; run forward again")
+    ops, spec, T, B = ws.ops, ws.cell, ws.T, ws.B
+    xp = ops.xp
+    # Only fields that backward never clears are read before the workspace is consumed.
+    dtype = ws.w_hh.dtype
+    GH, H = ws.w_hh.shape
+    I = ws.x.shape[1]
+    dy_rows = None
+    if dy is not None:
+        dy = check_array(xp.asarray(dy), "dy", ndim=3, shape=(T, B, H), dtype=dtype,
+                         contiguous=False)
+        dy_rows = row_view(dy)
+        if dy_rows is None:   # a layout the kernels cannot walk: copy once
+            dy_rows = row_view(xp.array(dy, order="C", copy=True))
+    dh, dc = _state_pair(spec, dstate, "dstate", B, H, dtype, xp)
+    if grads is not None:
+        _check_grads(grads, ws.has_bias, GH, H, I, dtype, xp)
+    if dx_out is not None:
+        check_output_buffer(dx_out, "dx_out", (T, B, I), dtype, xp=xp)
+    outputs = {"dx_out": dx_out}
+    outputs.update((f"grads[{k!r}]", v) for k, v in (grads or {}).items())
+    check_no_shared_memory(outputs, {"x": ws.x, "w_ih": ws.w_ih, "w_hh": ws.w_hh,
+                                     "the forward's out": ws.y, "dy": dy_rows})
+
+    _consume(ws)
+    gates, hn, chist = ws.gates, ws.hn, ws.chist
+    _check_saved(ws, xp, spec, GH, H, I, dtype, gates, hn, chist)
+    dgh_first = xp.empty((B, GH), dtype)
+    with ops.compute():
+        ops.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0, ws.lengths,
+                          gates, hn, chist, ws.y, dy_rows, dh, dc, dgh_first)
+        # Outputs are allocated only now, after the loop has freed its packed copy of W_hh,
+        # so that the two never coexist (peak memory).
+        if grads is None:
+            grads = new_weight_grads(ws)
+        if dx_out is None:
+            dx_out = xp.zeros((T, B, I), dtype=dtype)
+        ops.weight_grads(spec.kind, ws.reverse, T, B, ws.x, ws.w_ih, ws.h0, ws.y, gates, hn,
+                         dgh_first, grads, dx_out.reshape(T * B, I))
+    # The saved activations are now gradients; drop the big buffers early.
+    ws.gates = ws.hn = ws.chist = None
+    return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
+
+
+def _check_grads(grads, has_bias, GH, H, I, dtype, xp):
+    """Check a caller's gradient dict: exactly the expected keys, each a buffer the kernels
+    can accumulate into."""
+    if not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict of arrays, got {type(grads).__name__}")
+    shapes = {"weight_ih": (GH, I), "weight_hh": (GH, H)}
+    if has_bias:
+        shapes.update(bias_ih=(GH,), bias_hh=(GH,))
+    missing = [k for k in shapes if k not in grads]
+    if missing:
+        raise ValueError(f"grads is missing {missing}: it must have exactly the keys "
+                         f"{list(shapes)}" + ("" if has_bias else " (the forward had no biases)"))
+    extra = [k for k in grads if k not in shapes]
+    if extra:
+        raise ValueError(f"grads has unexpected keys {extra}: it must have exactly the keys "
+                         f"{list(shapes)}" + ("" if has_bias else " (the forward had no biases)"))
+    for key, shape in shapes.items():
+        check_output_buffer(grads[key], f"grads[{key!r}]", shape, dtype, xp=xp)
+
+
+def _check_saved(ws, xp, spec, GH, H, I, dtype, gates, hn, chist):
+    """The workspace must hold what its forward saved: its attributes are reachable from
+    Python, and a replaced one must not lead the kernels out of bounds."""
+    rows, B = ws.T * ws.B, ws.B
+    expected = {"gates": (gates, (rows, GH)), "x": (ws.x, (rows, I)), "w_ih": (ws.w_ih, (GH, I)),
+                "h0": (ws.h0, (B, H)), "y": (ws.y, (rows, H)),
+                "c0": (ws.c0, (B, H) if spec.has_cell_state else None),
+                "hn": (hn, (rows, H) if spec.name == "gru" else None),
+                "chist": (chist, (rows, H) if spec.has_cell_state else None)}
+    for name, (a, shape) in expected.items():
+        if shape is None:
+            ok = a is None
+        else:
+            ok = (type(a) is xp.ndarray and a.shape == shape and a.dtype == dtype
+                  and (a.flags.c_contiguous or name == "y"))
+        if not ok:
+            raise ValueError(f"ws.{name} is not the array its forward saved; run forward again")
+    lengths = ws.lengths
+    if lengths is not None and not (type(lengths) is np.ndarray and lengths.shape == (B,)
+                                    and lengths.dtype == np.int64 and lengths.flags.c_contiguous
+                                    and lengths.min() >= 1 and lengths.max() <= ws.T):
+        raise ValueError("ws.lengths is not the array its forward saved; run forward again")
+    if row_view(ws.y.reshape(ws.T, B, H)) is None:
+        raise ValueError("ws.y is not the array its forward saved; run forward again")
