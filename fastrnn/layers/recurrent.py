@@ -137,9 +137,8 @@ class RecurrentLayer(Layer):
         return xp.stack(states)
 
     def _on_device(self, a):
-        """Arrays (and (h, c) tuples) moved to the layer's device; numpy as before on the CPU."""
-        if self.device == "cpu":
-            return np.asarray(a)
+        """An array, or an (h, c) pair, on the layer's device (no copy when it is there
+        already); None stays None."""
         if a is None:
             return None
         if isinstance(a, (tuple, list)):
@@ -163,8 +162,7 @@ class RecurrentLayer(Layer):
         xp = self.xp
         x = xp.ascontiguousarray(x)
         T, B, _ = x.shape
-        if self.device != "cpu" and state is not None:
-            state = self._on_device(state)
+        state = self._on_device(state)
         states = self._check_state(state, B, "state")
         H, D = self.hidden_size, self.num_directions
 
@@ -202,8 +200,7 @@ class RecurrentLayer(Layer):
             dy = check_array(dy, "dy", shape=expected, dtype=self.dtype, contiguous=False)
             if self.batch_first:
                 dy = xp.ascontiguousarray(dy.transpose(1, 0, 2))
-        if self.device != "cpu" and dstate is not None:
-            dstate = self._on_device(dstate)
+        dstate = self._on_device(dstate)
         dstates = self._check_state(dstate, B, "dstate")
 
         dstate0 = [None] * (self.num_layers * D)
