@@ -1,4 +1,4 @@
-"""The table of cells: ids, gate counts, PyTorch parameter names and shapes.
+"""The table of cells: ids, gate counts, PyTorch parameter names, shapes and initialisers.
 
 Equations (PyTorch's, gate order as in its weight layout):
 
@@ -18,6 +18,8 @@ math itself lives once per device: csrc/cells_impl.h (reached from Cython throug
 fastrnn/_cpu/_cells.pxd) and fastrnn/_gpu/kernels.cu.
 """
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,36 @@ def param_shapes(cell, input_size, hidden_size, bias=True):
     if bias:
         shapes += [(gh,), (gh,)]
     return shapes
+
+
+RECURRENT_INITS = ("uniform", "identity")
+"""Ways to initialise W_hh: PyTorch's uniform, or the identity (IRNN)."""
+
+
+def init_params(cell, rng, input_size, hidden_size, bias=True, dtype=np.float32,
+                recurrent_init="uniform", forget_bias=None):
+    """Fresh (weight_ih, weight_hh[, bias_ih, bias_hh]) for one layer and direction.
+
+    Every array is drawn from PyTorch's U(-1/sqrt(H), 1/sqrt(H)), in this order, from ``rng``
+    (a numpy Generator). ``recurrent_init="identity"`` then gives the IRNN initialisation (Le,
+    Jaitly & Hinton 2015): W_hh = I, zero biases, W_ih ~ N(0, 1e-3^2). ``forget_bias`` (LSTM
+    only) sets the forget gate's bias, all of it on bias_ih (the two biases add up).
+    """
+    cell = get_cell(cell)
+    if recurrent_init not in RECURRENT_INITS:
+        raise ValueError(f"recurrent_init must be one of {RECURRENT_INITS}, got {recurrent_init!r}")
+    if forget_bias is not None and cell.name != "lstm":
+        raise ValueError("forget_bias applies to LSTM only")
+    H = hidden_size
+    bound = 1.0 / np.sqrt(H)
+    arrays = [rng.uniform(-bound, bound, shape).astype(dtype)
+              for shape in param_shapes(cell, input_size, H, bias)]
+    if recurrent_init == "identity":
+        arrays[1][...] = np.eye(*arrays[1].shape, dtype=dtype)
+        arrays[0][...] = rng.normal(0, 1e-3, arrays[0].shape)
+        for b in arrays[2:]:
+            b[...] = 0
+    if forget_bias is not None and bias:
+        arrays[2][H:2 * H] = forget_bias
+        arrays[3][H:2 * H] = 0
+    return arrays

@@ -1,6 +1,9 @@
 """fastrnn/cells.py is the one table of cells: the ids and gate counts compiled into the C
 kernels (csrc/cells.h, _cells.pxd) and the GPU kernels (fastrnn/_gpu/kernels.cu) must be its."""
 import re
+
+import numpy as np
+import pytest
 from pathlib import Path
 
 from fastrnn._cpu import recurrent
@@ -35,3 +38,29 @@ def test_gpu_cell_ids_are_the_table():
 
 def test_ids_are_distinct():
     assert len({spec.kind for spec in CELLS.values()}) == len(CELLS)
+
+
+def test_init_params_is_the_layers_initialiser():
+    """The layers take their initial weights from cells.init_params (one definition)."""
+    import fastrnn
+    from fastrnn.cells import init_params
+
+    layer = fastrnn.LSTM(5, 7, seed=3, forget_bias=1.0)
+    init_seed, _ = np.random.SeedSequence(3).spawn(2)
+    arrays = init_params("lstm", np.random.default_rng(init_seed), 5, 7, forget_bias=1.0)
+    for key, value in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), arrays):
+        np.testing.assert_array_equal(layer.params[key], value)
+    assert np.all(arrays[2][7:14] == 1.0) and np.all(arrays[3][7:14] == 0.0)
+
+
+def test_init_params_identity_and_errors():
+    from fastrnn.cells import init_params
+
+    w_ih, w_hh, b_ih, b_hh = init_params("rnn_relu", np.random.default_rng(0), 4, 6,
+                                         recurrent_init="identity", dtype=np.float64)
+    np.testing.assert_array_equal(w_hh, np.eye(6))
+    assert not b_ih.any() and not b_hh.any() and np.abs(w_ih).max() < 0.01
+    with pytest.raises(ValueError, match="recurrent_init"):
+        init_params("gru", np.random.default_rng(0), 4, 6, recurrent_init="orthogonal")
+    with pytest.raises(ValueError, match="forget_bias applies to LSTM only"):
+        init_params("gru", np.random.default_rng(0), 4, 6, forget_bias=1.0)

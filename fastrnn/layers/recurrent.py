@@ -10,7 +10,7 @@ import numpy as np
 from .. import functional as F
 from .._device import to_device
 from .._validation import as_float_dtype, check_array, check_int
-from ..cells import get_cell, param_names, param_shapes
+from ..cells import get_cell, init_params, param_names
 from .base import Layer, backward_method, forward_method
 
 
@@ -41,10 +41,6 @@ class RecurrentLayer(Layer):
         self.cell = get_cell(cell)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if recurrent_init not in ("uniform", "identity"):
-            raise ValueError(f"recurrent_init must be 'uniform' or 'identity', got {recurrent_init!r}")
-        if forget_bias is not None and self.cell.name != "lstm":
-            raise ValueError("forget_bias applies to LSTM only")
         self.input_size = check_int(input_size, "input_size", 1)
         self.hidden_size = check_int(hidden_size, "hidden_size", 1)
         self.num_layers = check_int(num_layers, "num_layers", 1)
@@ -64,25 +60,14 @@ class RecurrentLayer(Layer):
         return param_names(layer, direction == 1, self.bias)
 
     def _init_params(self, rng, recurrent_init, forget_bias):
-        H = self.hidden_size
-        bound = 1.0 / np.sqrt(H)
         for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else H * self.num_directions
+            in_size = self.input_size if layer == 0 else self.hidden_size * self.num_directions
             for d in range(self.num_directions):
-                keys = self._layer_keys(layer, d)
-                for key, shape in zip(keys, param_shapes(self.cell, in_size, H, self.bias)):
-                    self.params[key] = rng.uniform(-bound, bound, shape).astype(self.dtype)
-                    self.grads[key] = np.zeros(shape, self.dtype)
-                if recurrent_init == "identity":
-                    # IRNN (Le, Jaitly & Hinton 2015): W_hh = I, zero biases, small W_ih.
-                    self.params[keys[1]][...] = np.eye(*self.params[keys[1]].shape, dtype=self.dtype)
-                    self.params[keys[0]][...] = rng.normal(0, 1e-3, self.params[keys[0]].shape)
-                    for key in keys[2:]:
-                        self.params[key][...] = 0
-                if forget_bias is not None and self.bias:
-                    # The two biases add up: put the whole value on bias_ih.
-                    self.params[keys[2]][H:2 * H] = forget_bias
-                    self.params[keys[3]][H:2 * H] = 0
+                arrays = init_params(self.cell, rng, in_size, self.hidden_size, self.bias,
+                                     self.dtype, recurrent_init, forget_bias)
+                for key, value in zip(self._layer_keys(layer, d), arrays):
+                    self.params[key] = value
+                    self.grads[key] = np.zeros_like(value)
 
     def _weights(self, layer, direction):
         keys = self._layer_keys(layer, direction)
