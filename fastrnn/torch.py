@@ -1,0 +1,393 @@
+"""fastrnn inside PyTorch: drop-in ``LSTM``/``GRU``/``RNN`` modules and :func:`convert`.
+
+::
+
+    import fastrnn.torch as ft
+    model = ft.convert(model)      # every nn.LSTM/GRU/RNN now runs on fastrnn's engine
+    rnn = ft.LSTM(input_size, hidden_size, num_layers=2, batch_first=True, bidirectional=True)
+    out, (h, c) = rnn(packed_or_padded_input, (h0, c0))
+
+The modules subclass ``torch.nn.LSTM``/``GRU``/``RNN``: same constructor, parameters (names,
+shapes, initialisation), ``state_dict`` and forward signature and return types; only
+``forward`` differs. A ``PackedSequence`` runs as fastrnn's ``lengths`` on a padded batch in
+the caller's order (packed semantics, no sort); the output is packed again with the input's
+sorted/unsorted indices. PyTorch's autograd drives everything around the recurrence.
+
+One layer in one direction is one call of the custom op ``fastrnn::recurrent_forward``
+(:func:`fastrnn.functional.recurrent_forward` on zero-copy NumPy views of CPU tensors); its
+backward is the op ``fastrnn::recurrent_backward``. The ops are functional: the forward
+returns the activations the backward needs (the engine's workspace arrays) as extra outputs,
+so autograd saves them like any tensor, backward may run more than once (``retain_graph``,
+``gradcheck``) and ``opcheck`` holds. Backward copies the gate buffer it overwrites in place.
+
+This module imports torch; ``import fastrnn`` never imports it.
+"""
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import _engine
+from ._engine import RecurrentWorkspace
+from .cells import get_cell
+
+__all__ = ["LSTM", "GRU", "RNN", "convert"]
+
+_EMPTY_SHAPE = (0,)
+
+
+def _numpy(t):
+    """A NumPy view of a CPU tensor (zero copy when it is contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+def _optional_numpy(t):
+    return None if t is None else _numpy(t)
+
+
+def _empty_like_dtype(x):
+    return x.new_empty(_EMPTY_SHAPE)
+
+
+@torch.library.custom_op("fastrnn::recurrent_forward", mutates_args=(), device_types="cpu")
+def recurrent_forward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+                         b_ih: Optional[torch.Tensor], b_hh: Optional[torch.Tensor],
+                         h0: torch.Tensor, c0: Optional[torch.Tensor],
+                         lengths: Optional[torch.Tensor], cell: str, reverse: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                    torch.Tensor, torch.Tensor]:
+    """One layer, one direction. x (T, B, I) time-major; h0, c0 (B, H); lengths (B,) int64.
+
+    Returns ``(y (T, B, H), h_T, c_T, gates, hn, chist)``: c_T is empty (0,) unless the cell
+    is an LSTM; gates (T*B, G*H), hn (GRU) and chist (LSTM) are the saved activations the
+    backward op reads ((0,) when the cell has none).
+    """
+    spec = get_cell(cell)
+    state = _numpy(h0) if c0 is None else (_numpy(h0), _numpy(c0))
+    y, state_T, ws = _engine.forward(
+        _engine.cpu_ops(), spec.name, _numpy(x), _numpy(w_ih), _numpy(w_hh),
+        _optional_numpy(b_ih), _optional_numpy(b_hh), state, _optional_numpy(lengths), reverse)
+    h_T, c_T = state_T if spec.has_cell_state else (state_T, None)
+    empty = _empty_like_dtype(x)
+
+    def as_tensor(a):
+        return empty.clone() if a is None else torch.from_numpy(a)
+
+    # ws.y is a row view of y: backward reads y back, so y is what we return and pass in.
+    return (torch.from_numpy(y), torch.from_numpy(h_T), as_tensor(c_T), torch.from_numpy(ws.gates),
+            as_tensor(ws.hn), as_tensor(ws.chist))
+
+
+@recurrent_forward_op.register_fake
+def _(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, cell, reverse):
+    spec = get_cell(cell)
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    gates = x.new_empty((T * B, spec.gates * H))
+    hn = x.new_empty((T * B, H)) if spec.name == "gru" else x.new_empty(_EMPTY_SHAPE)
+    chist = x.new_empty((T * B, H)) if spec.has_cell_state else x.new_empty(_EMPTY_SHAPE)
+    c_T = x.new_empty((B, H)) if spec.has_cell_state else x.new_empty(_EMPTY_SHAPE)
+    return x.new_empty((T, B, H)), x.new_empty((B, H)), c_T, gates, hn, chist
+
+
+@torch.library.custom_op("fastrnn::recurrent_backward", mutates_args=(), device_types="cpu")
+def recurrent_backward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, has_bias: bool,
+                          h0: torch.Tensor, c0: Optional[torch.Tensor],
+                          lengths: Optional[torch.Tensor], y: torch.Tensor, gates: torch.Tensor,
+                          hn: torch.Tensor, chist: torch.Tensor, dy: torch.Tensor,
+                          dh: torch.Tensor, dc: Optional[torch.Tensor], cell: str, reverse: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                     torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of :func:`recurrent_forward_op` from its inputs and saved outputs.
+
+    Returns ``(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)``; the bias gradients are empty (0,)
+    without biases, dc0 unless the cell is an LSTM.
+    """
+    spec = get_cell(cell)
+    x_np = _numpy(x)
+    T, B, I = x_np.shape
+    # The engine's backward consumes a workspace and overwrites its activation buffers:
+    # rebuild one from copies so that this op leaves its inputs unchanged.
+    ws = RecurrentWorkspace()
+    ws.ops, ws.cell, ws.reverse, ws.T, ws.B = _engine.cpu_ops(), spec, bool(reverse), T, B
+    ws.has_bias, ws.consumed = bool(has_bias), False
+    ws.x, ws.w_ih, ws.w_hh = x_np.reshape(T * B, I), _numpy(w_ih), _numpy(w_hh)
+    ws.lengths = None if lengths is None else np.ascontiguousarray(_numpy(lengths), np.int64)
+    ws.h0 = _numpy(h0)
+    ws.c0 = _optional_numpy(c0)
+    ws.gates = _numpy(gates).copy()
+    ws.hn = _numpy(hn).copy() if spec.name == "gru" else None
+    ws.chist = _numpy(chist).copy() if spec.has_cell_state else None
+    ws.y = _numpy(y).reshape(T * B, -1)
+    dstate = _numpy(dh) if dc is None else (_numpy(dh), _numpy(dc))
+    dx, dstate0, grads = _engine.backward(ws, _numpy(dy), dstate)
+    dh0, dc0 = dstate0 if spec.has_cell_state else (dstate0, None)
+    empty = _empty_like_dtype(x)
+
+    def as_tensor(a):
+        return empty.clone() if a is None else torch.from_numpy(a)
+
+    return (torch.from_numpy(dx), torch.from_numpy(grads["weight_ih"]),
+            torch.from_numpy(grads["weight_hh"]), as_tensor(grads.get("bias_ih")),
+            as_tensor(grads.get("bias_hh")), torch.from_numpy(dh0), as_tensor(dc0))
+
+
+@recurrent_backward_op.register_fake
+def _(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist, dy, dh, dc, cell, reverse):
+    GH = w_hh.shape[0]
+    bias = (lambda: x.new_empty((GH,))) if has_bias else (lambda: x.new_empty(_EMPTY_SHAPE))
+    dc0 = x.new_empty(h0.shape) if get_cell(cell).has_cell_state else x.new_empty(_EMPTY_SHAPE)
+    return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+            bias(), bias(), h0.new_empty(h0.shape), dc0)
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, cell, reverse = inputs
+    y, _, _, gates, hn, chist = output
+    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, y, gates, hn, chist)
+    ctx.cell, ctx.reverse, ctx.has_bias = cell, reverse, (b_ih is not None, b_hh is not None)
+    ctx.mark_non_differentiable(gates, hn, chist)
+
+
+def _backward(ctx, dy, dh_T, dc_T, *_saved_grads):
+    x, w_ih, w_hh, h0, c0, lengths, y, gates, hn, chist = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(y)
+    if dh_T is None:
+        dh_T = torch.zeros_like(h0)
+    dc = None
+    if c0 is not None:
+        dc = torch.zeros_like(c0) if dc_T is None else dc_T
+    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0 = recurrent_backward_op(
+        x, w_ih, w_hh, any(ctx.has_bias), h0, c0, lengths, y, gates, hn, chist, dy, dh_T, dc,
+        ctx.cell, ctx.reverse)
+    return (dx, dw_ih, dw_hh, db_ih if ctx.has_bias[0] else None,
+            db_hh if ctx.has_bias[1] else None, dh0, dc0 if c0 is not None else None,
+            None, None, None)
+
+
+recurrent_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def recurrent_layer(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse):
+    """One layer in one direction through the custom op, differentiable.
+
+    x (T, B, I) time-major; h0, c0 (B, H) (c0 only for the LSTM, else None); lengths (B,)
+    int64 or None. Returns ``(y (T, B, H), h_T, c_T or None)``.
+    """
+    y, h_T, c_T, _, _, _ = recurrent_forward_op(x.contiguous(), w_ih, w_hh, b_ih, b_hh,
+                                                h0.contiguous(),
+                                                None if c0 is None else c0.contiguous(),
+                                                lengths, cell, reverse)
+    return y, h_T, (c_T if c0 is not None else None)
+
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+class _FastRNNMixin:
+    """The forward shared by the three modules; ``_fastrnn_cell`` names the cell."""
+
+    def _check_supported(self):
+        if self.proj_size:
+            raise ValueError(f"fastrnn.torch.{type(self).__name__} does not support proj_size "
+                             f"(got proj_size={self.proj_size}); use torch.nn.LSTM for projections")
+        for name, p in zip(self._flat_weights_names, self._flat_weights):
+            if p is None:
+                continue
+            if p.device.type != "cpu":
+                raise ValueError(f"fastrnn.torch.{type(self).__name__} runs on the CPU only: "
+                                 f"parameter {name} is on device {p.device}")
+            if p.dtype not in _SUPPORTED_DTYPES:
+                raise TypeError(f"fastrnn.torch.{type(self).__name__} supports dtype float32 "
+                                f"or float64, parameter {name} has {p.dtype}")
+
+    @property
+    def _fastrnn_cell(self):
+        if self.mode == "RNN_TANH":
+            return "rnn_tanh"
+        if self.mode == "RNN_RELU":
+            return "rnn_relu"
+        return self.mode.lower()
+
+    def forward(self, input, hx=None):
+        """As ``torch.nn.{LSTM,GRU,RNN}.forward``: input (L, N, H_in) (or (N, L, H_in) when
+        batch_first, (L, H_in) unbatched, or a PackedSequence); hx (D*num_layers, N, H_out)
+        (a tuple (h_0, c_0) for the LSTM) or None. Returns ``(output, h_n)`` (``(output,
+        (h_n, c_n))`` for the LSTM), output of the input's type."""
+        self._check_supported()
+        cell = self._fastrnn_cell
+        is_lstm = cell == "lstm"
+        dtype = self._flat_weights[0].dtype
+        packed = isinstance(input, PackedSequence)
+        unbatched = False
+        if packed:
+            x, lengths = pad_packed_sequence(input, batch_first=False)   # caller's order
+            lengths = lengths.to(torch.int64)
+        else:
+            x, lengths = input, None
+            if x.dim() not in (2, 3):
+                raise ValueError(f"input must be 2-D (unbatched) or 3-D, got {x.dim()}-D "
+                                 f"shape {tuple(x.shape)}")
+            unbatched = x.dim() == 2
+            if unbatched:
+                x = x.unsqueeze(1)
+            elif self.batch_first:
+                x = x.transpose(0, 1)
+        if x.device.type != "cpu":
+            raise ValueError(f"fastrnn.torch.{type(self).__name__} runs on the CPU only: input "
+                             f"is on device {x.device}")
+        if x.dtype != dtype:
+            raise TypeError(f"input must have the parameters' dtype {dtype}, got {x.dtype}")
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"input must have {self.input_size} features (input_size), got "
+                             f"{x.shape[2]}")
+        T, B, _ = x.shape
+        D = 2 if self.bidirectional else 1
+        state_shape = (self.num_layers * D, B, self.hidden_size)
+        h0, c0 = self._initial_state(hx, is_lstm, unbatched, state_shape, x)
+
+        layer_input = x
+        h_finals, c_finals = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                k = layer * D + direction
+                params = self._layer_params(layer, direction)
+                y, h_T, c_T = recurrent_layer(cell, layer_input, *params, h0[k],
+                                              None if c0 is None else c0[k], lengths,
+                                              reverse=direction == 1)
+                outputs.append(y)
+                h_finals.append(h_T)
+                c_finals.append(c_T)
+            layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = torch.nn.functional.dropout(layer_input, self.dropout, True)
+        output = layer_input
+        h_n = torch.stack(h_finals)
+        c_n = torch.stack(c_finals) if is_lstm else None
+
+        if packed:
+            output = _pack_like(output, lengths, input)
+        elif unbatched:
+            output, h_n = output.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if is_lstm else None
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, ((h_n, c_n) if is_lstm else h_n)
+
+    def _layer_params(self, layer, direction):
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        get = lambda name: getattr(self, name + suffix) if self.bias or "weight" in name else None  # noqa: E731
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+
+    def _initial_state(self, hx, is_lstm, unbatched, state_shape, x):
+        """(h0, c0) each (num_layers*D, B, H) in the caller's batch order (c0 None unless
+        LSTM), zeros for hx=None."""
+        if hx is None:
+            zeros = x.new_zeros(state_shape)
+            return zeros, (zeros if is_lstm else None)
+        if is_lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError("hx must be a tuple (h_0, c_0) for an LSTM")
+            states = list(hx)
+        else:
+            if isinstance(hx, (tuple, list)):
+                raise ValueError(f"hx must be a single tensor h_0 for {type(self).__name__}")
+            states = [hx]
+        names = ("h_0", "c_0")
+        for i, s in enumerate(states):
+            if unbatched:
+                if s.dim() != 2:
+                    raise ValueError(f"{names[i]} must be 2-D for unbatched input, got {s.dim()}-D")
+                s = s.unsqueeze(1)
+            if tuple(s.shape) != state_shape:
+                raise ValueError(f"{names[i]} must have shape {state_shape}, got {tuple(s.shape)}")
+            if s.dtype != x.dtype:
+                raise TypeError(f"{names[i]} must have dtype {x.dtype}, got {s.dtype}")
+            states[i] = s
+        return states[0], (states[1] if is_lstm else None)
+
+
+def _pack_like(output, lengths, packed_input):
+    """Pack the padded time-major ``output`` (caller's order) with ``packed_input``'s sorted
+    and unsorted indices, so that ``pad_packed_sequence`` of it equals PyTorch's."""
+    sorted_indices = packed_input.sorted_indices
+    if sorted_indices is not None:
+        output, lengths = output.index_select(1, sorted_indices), lengths[sorted_indices]
+    data = pack_padded_sequence(output, lengths, enforce_sorted=True)
+    return PackedSequence(data.data, data.batch_sizes, sorted_indices,
+                          packed_input.unsorted_indices)
+
+
+def _check_init(module, device):
+    if module.proj_size:
+        raise ValueError(f"fastrnn.torch.{type(module).__name__} does not support proj_size "
+                         f"(got proj_size={module.proj_size})")
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"fastrnn.torch.{type(module).__name__} runs on the CPU only, got "
+                         f"device={device!r}")
+    module._check_supported()
+
+
+class LSTM(_FastRNNMixin, torch.nn.LSTM):
+    """``torch.nn.LSTM`` computed by fastrnn (same constructor, parameters and forward)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_init(self, kwargs.get("device"))
+
+
+class GRU(_FastRNNMixin, torch.nn.GRU):
+    """``torch.nn.GRU`` computed by fastrnn (same constructor, parameters and forward)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_init(self, kwargs.get("device"))
+
+
+class RNN(_FastRNNMixin, torch.nn.RNN):
+    """``torch.nn.RNN`` (tanh or relu) computed by fastrnn (same constructor, parameters and
+    forward)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_init(self, kwargs.get("device"))
+
+
+_TO_FASTRNN = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.RNN: RNN}
+_TO_TORCH = {v: k for k, v in _TO_FASTRNN.items()}
+
+
+def _swap(module, target_cls):
+    """A ``target_cls`` module with ``module``'s hyperparameters holding the very same
+    Parameter objects (no copy) under the same names."""
+    kwargs = dict(input_size=module.input_size, hidden_size=module.hidden_size,
+                  num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                  dropout=module.dropout, bidirectional=module.bidirectional,
+                  dtype=module._flat_weights[0].dtype)
+    if module.proj_size:
+        kwargs["proj_size"] = module.proj_size
+    if isinstance(module, torch.nn.RNN):
+        kwargs["nonlinearity"] = module.nonlinearity
+    new = target_cls(**kwargs)
+    for name in module._flat_weights_names:
+        setattr(new, name, getattr(module, name))   # RNNBase keeps _flat_weights in sync
+    new.train(module.training)
+    return new
+
+
+def convert(module, inverse=False):
+    """Replace every ``torch.nn.LSTM``/``GRU``/``RNN`` in the tree of ``module`` by the
+    fastrnn module (``inverse=True``: back), in place, keeping the Parameter objects and
+    their names. Returns the module (the replacement when ``module`` itself is recurrent)."""
+    table = _TO_TORCH if inverse else _TO_FASTRNN
+    target = table.get(type(module))
+    if target is not None:
+        return _swap(module, target)
+    for name, child in module.named_children():
+        replacement = convert(child, inverse)
+        if replacement is not child:
+            setattr(module, name, replacement)
+    return module

@@ -1,0 +1,226 @@
+"""fastrnn.torch against PyTorch itself: a model converted with ``convert`` gives PyTorch's
+outputs, final states and every parameter gradient; the custom ops pass gradcheck/opcheck."""
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+ft = pytest.importorskip("fastrnn.torch")
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+VOCAB, EMB, H, B, T = 11, 5, 6, 4, 7
+LENGTHS = torch.tensor([3, 7, 1, 5])   # unsorted
+
+
+def make_rnn(kind, dtype, **kwargs):
+    kwargs = {**dict(num_layers=2, bidirectional=True, batch_first=True, dtype=dtype), **kwargs}
+    if kind.startswith("rnn"):
+        return torch.nn.RNN(EMB, H, nonlinearity=kind[4:], **kwargs)
+    return getattr(torch.nn, kind.upper())(EMB, H, **kwargs)
+
+
+class Model(torch.nn.Module):
+    """embedding -> 2-layer bidirectional batch_first RNN -> linear."""
+
+    def __init__(self, kind, dtype, **rnn_kwargs):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(VOCAB, EMB, dtype=dtype)
+        self.rnn = make_rnn(kind, dtype, **rnn_kwargs)
+        self.head = torch.nn.Linear(2 * H, 3, dtype=dtype)
+
+    def forward(self, tokens, lengths=None, hx=None):
+        x = self.embedding(tokens)
+        if lengths is not None:
+            x = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, final = self.rnn(x, hx)
+        if lengths is not None:
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+        return self.head(out), final
+
+
+def finals_of(final):
+    return list(final) if isinstance(final, tuple) else [final]
+
+
+def run(model, tokens, lengths, hx, loss_on):
+    model.zero_grad()
+    leaves = None
+    if hx is not None:
+        leaves = [h.clone().requires_grad_(True) for h in finals_of(hx)]
+        hx = tuple(leaves) if isinstance(hx, tuple) else leaves[0]
+    logits, final = model(tokens, lengths, hx)
+    finals = finals_of(final)
+    gen = torch.Generator().manual_seed(1)
+    loss = 0
+    if "out" in loss_on:
+        loss = loss + (logits * torch.randn(logits.shape, generator=gen, dtype=logits.dtype)).sum()
+    if "state" in loss_on:
+        for f in finals:
+            loss = loss + (f * torch.randn(f.shape, generator=gen, dtype=f.dtype)).sum()
+    loss.backward()
+    grads = {k: (torch.zeros_like(p) if p.grad is None else p.grad.clone())
+             for k, p in model.named_parameters()}
+    hx_grads = [leaf.grad.clone() for leaf in leaves] if leaves else []
+    return logits.detach(), [f.detach() for f in finals], grads, hx_grads
+
+
+def assert_close(a, b, tol, what):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("packed, with_hx, loss_on", [
+    (True, False, ("out",)), (True, True, ("out", "state")), (False, False, ("state",)),
+    (False, True, ("out", "state")), (True, False, ("state",))])
+def test_converted_model_matches_pytorch(kind, dtype, packed, with_hx, loss_on):
+    torch.manual_seed(0)
+    reference = Model(kind, dtype)
+    converted = ft.convert(copy.deepcopy(reference))
+    assert type(converted.rnn) is {"lstm": ft.LSTM, "gru": ft.GRU}.get(kind, ft.RNN)
+    tokens = torch.randint(0, VOCAB, (B, T))
+    lengths = LENGTHS if packed else None
+    hx = None
+    if with_hx:
+        shape = (4, B, H)
+        hx = torch.randn(shape, dtype=dtype)
+        if kind == "lstm":
+            hx = (hx, torch.randn(shape, dtype=dtype))
+    expected = run(reference, tokens, lengths, hx, loss_on)
+    got = run(converted, tokens, lengths, hx, loss_on)
+    tol = TOL[dtype]
+    assert_close(got[0], expected[0], tol, "outputs")
+    for g, e in zip(got[1], expected[1]):
+        assert_close(g, e, tol, "final state")
+    assert got[2].keys() == expected[2].keys()
+    for name in expected[2]:
+        assert_close(got[2][name], expected[2][name], tol, f"grad of {name}")
+    for g, e in zip(got[3], expected[3]):
+        assert_close(g, e, tol, "grad of hx")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_output_is_pytorchs_packed_sequence(kind):
+    """Same PackedSequence type, data, batch_sizes and indices as PyTorch's."""
+    torch.manual_seed(0)
+    reference = make_rnn(kind, torch.float64, batch_first=False)
+    ours = ft.convert(copy.deepcopy(reference))
+    x = torch.randn(T, B, EMB, dtype=torch.float64)
+    packed = pack_padded_sequence(x, LENGTHS, enforce_sorted=False)
+    expected, _ = reference(packed)
+    got, _ = ours(packed)
+    assert type(got) is type(expected)
+    assert_close(got.data, expected.data, 1e-10, "packed data")
+    assert torch.equal(got.batch_sizes, expected.batch_sizes)
+    assert torch.equal(got.sorted_indices, expected.sorted_indices)
+    assert torch.equal(got.unsorted_indices, expected.unsorted_indices)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbatched_input_without_bias(kind):
+    torch.manual_seed(0)
+    reference = make_rnn(kind, torch.float64, bias=False)
+    ours = ft.convert(copy.deepcopy(reference))
+    x = torch.randn(T, EMB, dtype=torch.float64)
+    expected_out, expected_final = reference(x)
+    got_out, got_final = ours(x)
+    assert_close(got_out, expected_out, 1e-10, "unbatched output")
+    for g, e in zip(finals_of(got_final), finals_of(expected_final)):
+        assert_close(g, e, 1e-10, "unbatched final state")
+
+
+def test_convert_keeps_parameter_objects_and_names_both_ways():
+    model = Model("lstm", torch.float32)
+    before = dict(model.named_parameters())
+    state = model.state_dict()
+    ft.convert(model)
+    assert isinstance(model.rnn, ft.LSTM)
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+    ft.convert(model, inverse=True)
+    assert type(model.rnn) is torch.nn.LSTM
+    assert all(p is before[k] for k, p in model.named_parameters())
+    # state_dicts are interchangeable
+    fresh = ft.LSTM(EMB, H, num_layers=2, bidirectional=True, batch_first=True)
+    fresh.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("rnn.")})
+    assert set(fresh.state_dict()) == set(model.rnn.state_dict())
+
+
+def test_constructor_matches_pytorch_init():
+    torch.manual_seed(3)
+    expected = torch.nn.GRU(EMB, H, num_layers=2, bidirectional=True)
+    torch.manual_seed(3)
+    got = ft.GRU(EMB, H, num_layers=2, bidirectional=True)
+    for (kg, vg), (ke, ve) in zip(got.named_parameters(), expected.named_parameters()):
+        assert kg == ke and torch.equal(vg, ve)
+
+
+def test_dropout_between_layers_only_in_training():
+    torch.manual_seed(0)
+    rnn = ft.LSTM(EMB, H, num_layers=2, dropout=0.5)
+    x = torch.randn(T, B, EMB)
+    rnn.eval()
+    a, _ = rnn(x)
+    b, _ = rnn(x)
+    assert torch.equal(a, b)
+    rnn.train()
+    c, _ = rnn(x)
+    assert not torch.equal(a, c)
+
+
+def test_unsupported_options_are_named():
+    with pytest.raises(ValueError, match="proj_size"):
+        ft.LSTM(EMB, H, proj_size=2)
+    with pytest.raises(ValueError, match="device"):
+        ft.GRU(EMB, H, device="meta")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ft.RNN(EMB, H, dtype=torch.float16)
+    rnn = ft.GRU(EMB, H)
+    with pytest.raises(TypeError, match="dtype"):
+        rnn(torch.randn(T, B, EMB, dtype=torch.float64))
+    with pytest.raises(ValueError, match="h_0 must have shape"):
+        rnn(torch.randn(T, B, EMB), torch.zeros(2, B, H))
+
+
+def test_import_fastrnn_does_not_import_torch():
+    import subprocess
+    import sys
+    code = "import sys, fastrnn; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def op_args(kind, with_lengths, reverse, dtype=torch.float64, bias=True):
+    gen = torch.Generator().manual_seed(2)
+    G = {"lstm": 4, "gru": 3}.get(kind, 1)
+    t, b, i, h = 4, 3, 2, 3
+
+    def rand(*shape):
+        return (0.5 * torch.randn(shape, generator=gen, dtype=dtype)).requires_grad_(True)
+
+    return (rand(t, b, i), rand(G * h, i), rand(G * h, h), rand(G * h) if bias else None,
+            rand(G * h) if bias else None, rand(b, h), rand(b, h) if kind == "lstm" else None,
+            torch.tensor([2, 4, 1]) if with_lengths else None, kind, reverse)
+
+
+def differentiable_outputs(*args):
+    y, h_T, c_T, *_ = ft.recurrent_forward_op(*args)
+    return (y, h_T, c_T) if args[6] is not None else (y, h_T)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("with_lengths, reverse, bias", [
+    (False, False, True), (True, True, True), (True, False, False)])
+def test_gradcheck_on_the_op(kind, with_lengths, reverse, bias):
+    args = op_args(kind, with_lengths, reverse, bias=bias)
+    assert torch.autograd.gradcheck(differentiable_outputs, args, eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_opcheck(kind):
+    for with_lengths in (False, True):
+        args = op_args(kind, with_lengths, reverse=with_lengths)
+        torch.library.opcheck(ft.recurrent_forward_op, args)
