@@ -273,13 +273,76 @@ def lm_cases():
     return cases
 
 
+# ---- PyTorch bridge cases (fastrnn.torch inside PyTorch's autograd) -------------------------
+
+BRIDGE_SIZES = [(32, 200, 128, 256)]
+BRIDGE_CELLS = ["lstm", "gru"]
+
+
+def _bridge_batch(B, T, I, dtype, seed=0):
+    """A float batch (T, B, I), unsorted lengths uniform in [T/4, T] and an output gradient
+    seed, as torch tensors."""
+    import torch
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal((T, B, I)).astype(dtype))
+    lengths = torch.from_numpy(rng.integers(max(1, T // 4), T + 1, size=B))
+    return x, lengths
+
+
+def _bridge_step(cell, B, T, I, H, dtype, convert):
+    """Forward+backward through autograd of a torch.nn recurrent module (converted to
+    fastrnn.torch when ``convert``) on an unsorted PackedSequence, timed from packing to the
+    parameter gradients."""
+    def factory():
+        import torch
+        from torch.nn.utils.rnn import pack_padded_sequence
+        x, lengths = _bridge_batch(B, T, I, dtype)
+        torch.manual_seed(0)
+        tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+        module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H, dtype=tdtype)
+        if convert:
+            import fastrnn.torch
+            module = fastrnn.torch.convert(module)
+        xt = x.requires_grad_(True)
+
+        def step():
+            module.zero_grad(set_to_none=True)
+            xt.grad = None
+            packed = pack_padded_sequence(xt, lengths, enforce_sorted=False)
+            out, _ = module(packed)
+            out.data.sum().backward()
+        return step
+    return factory
+
+
+def torch_bridge_cases(cells=None, sizes=None, dtype=np.float32):
+    """Packed variable-length forward+backward through PyTorch's autograd: fastrnn.torch's
+    module (the "fastrnn" column) against the same torch.nn module (the "torch" column)."""
+    if not torch_available():
+        return []
+    cases = []
+    for cell in cells or BRIDGE_CELLS:
+        for (B, T, I, H) in sizes or BRIDGE_SIZES:
+            group = f"torch-bridge-packed-{cell}-B{B}T{T}I{I}H{H}"
+            # about 5/8 of the padded steps are real ones (lengths uniform in [T/4, T])
+            flops = kernel_flops(cell, "forward+backward", B, T, I, H) * 5 / 8
+            cases.append(Case(name=group, group=group,
+                              make_fastrnn=_bridge_step(cell, B, T, I, H, dtype, True),
+                              make_torch=_bridge_step(cell, B, T, I, H, dtype, False),
+                              flops=flops,
+                              params=dict(kind="torch-bridge", cell=cell, B=B, T=T, I=I, H=H,
+                                          dtype=np.dtype(dtype).name)))
+    return cases
+
+
 def _gpu_cases(cuda_graphs=False):
     import fastrnn_bench_gpu   # next to this file; imported on demand (it needs CuPy)
     return fastrnn_bench_gpu.gpu_cases(cuda_graphs=cuda_graphs)
 
 
 # Named case sets for --cases; new kinds of cases get an entry here.
-CASE_SETS = {"kernels": kernel_cases, "lm": lm_cases, "gpu": _gpu_cases,
+CASE_SETS = {"kernels": kernel_cases, "lm": lm_cases, "torch": torch_bridge_cases,
+             "gpu": _gpu_cases,
              "gpu-graphs": lambda: _gpu_cases(cuda_graphs=True)}
 
 
@@ -497,7 +560,8 @@ def main(argv=None):
                         help="time each case twice (a smoke test, not a measurement)")
     parser.add_argument("--threads", type=int, default=2, help="threads for fastrnn, BLAS and torch")
     parser.add_argument("--cases", default="kernels,lm",
-                        help=f"comma-separated case sets: {', '.join(CASE_SETS)} (gpu: the CUDA "
+                        help=f"comma-separated case sets: {', '.join(CASE_SETS)} (torch: fastrnn.torch "
+                             f"inside PyTorch's autograd on packed sequences; gpu: the CUDA "
                              f"backend against cuDNN; gpu-graphs: the same with CUDA-graph replay)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per case (best is kept)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")

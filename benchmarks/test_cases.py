@@ -3,6 +3,8 @@
 Cases come from fastrnn_bench.py (the same lists `fastrnn bench` runs):
 * kernel cases: one recurrent layer, forward and forward+backward, every cell x
   (B, T, I, H) in {(32, 64, 128, 256), (64, 100, 512, 512), (256, 50, 256, 256), (1, 100, 512, 512)};
+* torch-bridge cases: packed variable-length LSTM/GRU (32, 200, 128, 256) forward+backward
+  through PyTorch's autograd, fastrnn.torch's module against torch.nn's (torch installed only);
 * language-model cases: a full training step (embedding, 2-layer LSTM, linear, softmax
   cross-entropy, backward, clipping, Adam) of a character and a word model, and generation
   of 500 tokens from the character model at batch 1 and 64.
@@ -11,9 +13,10 @@ a group, so --benchmark-group-by=group shows them side by side.
 """
 import pytest
 
-from fastrnn_bench import kernel_cases, lm_cases, torch_available
+from fastrnn_bench import kernel_cases, lm_cases, torch_available, torch_bridge_cases
 
-CASES = kernel_cases() + lm_cases()
+# torch_bridge_cases is empty without torch (both of its columns need it)
+CASES = kernel_cases() + lm_cases() + torch_bridge_cases()
 
 
 def _extra_info(benchmark, case, library, threads):

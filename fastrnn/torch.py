@@ -321,30 +321,30 @@ def _pack_like(output, lengths, packed_input):
                           packed_input.unsorted_indices)
 
 
-def _check_init(module, device):
-    if module.proj_size:
-        raise ValueError(f"fastrnn.torch.{type(module).__name__} does not support proj_size "
-                         f"(got proj_size={module.proj_size})")
+def _check_device(cls, kwargs):
+    """Refuse a non-CPU ``device`` before torch allocates parameters there."""
+    device = kwargs.get("device")
     if device is not None and torch.device(device).type != "cpu":
-        raise ValueError(f"fastrnn.torch.{type(module).__name__} runs on the CPU only, got "
+        raise ValueError(f"fastrnn.torch.{cls.__name__} runs on the CPU only, got "
                          f"device={device!r}")
-    module._check_supported()
 
 
 class LSTM(_FastRNNMixin, torch.nn.LSTM):
     """``torch.nn.LSTM`` computed by fastrnn (same constructor, parameters and forward)."""
 
     def __init__(self, *args, **kwargs):
+        _check_device(type(self), kwargs)
         super().__init__(*args, **kwargs)
-        _check_init(self, kwargs.get("device"))
+        self._check_supported()   # proj_size, dtype
 
 
 class GRU(_FastRNNMixin, torch.nn.GRU):
     """``torch.nn.GRU`` computed by fastrnn (same constructor, parameters and forward)."""
 
     def __init__(self, *args, **kwargs):
+        _check_device(type(self), kwargs)
         super().__init__(*args, **kwargs)
-        _check_init(self, kwargs.get("device"))
+        self._check_supported()   # proj_size, dtype
 
 
 class RNN(_FastRNNMixin, torch.nn.RNN):
@@ -352,8 +352,9 @@ class RNN(_FastRNNMixin, torch.nn.RNN):
     forward)."""
 
     def __init__(self, *args, **kwargs):
+        _check_device(type(self), kwargs)
         super().__init__(*args, **kwargs)
-        _check_init(self, kwargs.get("device"))
+        self._check_supported()   # proj_size, dtype
 
 
 _TO_FASTRNN = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.RNN: RNN}
