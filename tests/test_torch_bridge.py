@@ -250,3 +250,17 @@ def test_opcheck(kind):
     for with_lengths in (False, True):
         args = op_args(kind, with_lengths, reverse=with_lengths)
         torch.library.opcheck(ft.recurrent_forward_op, args)
+
+
+def test_torch_compile_gives_the_eager_result():
+    """Dynamo does not trace into recurrent modules (a graph break: the module runs
+    eagerly inside the compiled model); the result and gradients must still be exact."""
+    torch.manual_seed(0)
+    model = ft.convert(Model("gru", torch.float64))
+    tokens = torch.randint(0, VOCAB, (B, T))
+    expected = run(model, tokens, None, None, ("out", "state"))
+    compiled = torch.compile(model)
+    got = run(compiled, tokens, None, None, ("out", "state"))
+    assert_close(got[0], expected[0], 1e-12, "compiled outputs")
+    for name in expected[2]:
+        assert_close(got[2]["_orig_mod." + name], expected[2][name], 1e-12, f"compiled grad of {name}")
