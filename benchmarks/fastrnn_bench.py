@@ -276,7 +276,9 @@ def lm_cases():
 # ---- PyTorch bridge cases (fastrnn.torch inside PyTorch's autograd) -------------------------
 
 BRIDGE_SIZES = [(32, 200, 128, 256)]
-BRIDGE_CELLS = ["lstm", "gru"]
+# (cell, packed): packed variable-length LSTM and GRU, and the padded GRU (PyTorch's GRU
+# never uses oneDNN on the CPU)
+BRIDGE_RUNS = [("lstm", True), ("gru", True), ("gru", False)]
 
 
 def _bridge_batch(B, T, I, dtype, seed=0):
@@ -289,10 +291,10 @@ def _bridge_batch(B, T, I, dtype, seed=0):
     return x, lengths
 
 
-def _bridge_step(cell, B, T, I, H, dtype, convert):
+def _bridge_step(cell, B, T, I, H, dtype, convert, packed):
     """Forward+backward through autograd of a torch.nn recurrent module (converted to
-    fastrnn.torch when ``convert``) on an unsorted PackedSequence, timed from packing to the
-    parameter gradients."""
+    fastrnn.torch when ``convert``) on an unsorted PackedSequence (``packed``) or the padded
+    batch, timed from packing to the parameter gradients."""
     def factory():
         import torch
         from torch.nn.utils.rnn import pack_padded_sequence
@@ -308,30 +310,39 @@ def _bridge_step(cell, B, T, I, H, dtype, convert):
         def step():
             module.zero_grad(set_to_none=True)
             xt.grad = None
-            packed = pack_padded_sequence(xt, lengths, enforce_sorted=False)
-            out, _ = module(packed)
-            out.data.sum().backward()
+            if packed:
+                out, _ = module(pack_padded_sequence(xt, lengths, enforce_sorted=False))
+                out.data.sum().backward()
+            else:
+                out, _ = module(xt)
+                out.sum().backward()
         return step
     return factory
 
 
-def torch_bridge_cases(cells=None, sizes=None, dtype=np.float32):
-    """Packed variable-length forward+backward through PyTorch's autograd: fastrnn.torch's
-    module (the "fastrnn" column) against the same torch.nn module (the "torch" column)."""
+def torch_bridge_cases(runs=None, sizes=None, dtype=np.float32):
+    """Forward+backward through PyTorch's autograd, packed variable-length or padded:
+    fastrnn.torch's module (the "fastrnn" column) against the same torch.nn module (the
+    "torch" column). Empty without torch."""
     if not torch_available():
         return []
     cases = []
-    for cell in cells or BRIDGE_CELLS:
+    for cell, packed in runs or BRIDGE_RUNS:
         for (B, T, I, H) in sizes or BRIDGE_SIZES:
-            group = f"torch-bridge-packed-{cell}-B{B}T{T}I{I}H{H}"
-            # about 5/8 of the padded steps are real ones (lengths uniform in [T/4, T])
-            flops = kernel_flops(cell, "forward+backward", B, T, I, H) * 5 / 8
+            layout = "packed" if packed else "padded"
+            group = f"torch-bridge-{layout}-{cell}-B{B}T{T}I{I}H{H}"
+            flops = kernel_flops(cell, "forward+backward", B, T, I, H)
+            if packed:   # about 5/8 of the steps are real ones (lengths uniform in [T/4, T])
+                flops *= 5 / 8
             cases.append(Case(name=group, group=group,
-                              make_fastrnn=_bridge_step(cell, B, T, I, H, dtype, True),
-                              make_torch=_bridge_step(cell, B, T, I, H, dtype, False),
+                              make_fastrnn=_bridge_step(cell, B, T, I, H, dtype, True, packed),
+                              make_torch=_bridge_step(cell, B, T, I, H, dtype, False, packed),
                               flops=flops,
-                              params=dict(kind="torch-bridge", cell=cell, B=B, T=T, I=I, H=H,
-                                          dtype=np.dtype(dtype).name)))
+                              params=dict(kind="torch-bridge", cell=cell, layout=layout, B=B,
+                                          T=T, I=I, H=H, dtype=np.dtype(dtype).name),
+                              # both columns allocate through torch and NumPy: tracemalloc
+                              # would see only part of fastrnn's, so no memory column
+                              host_memory=False))
     return cases
 
 
