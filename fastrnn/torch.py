@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _engine
 from ._engine import RecurrentWorkspace
-from .cells import get_cell
+from .cells import get_cell, param_names
 
 __all__ = ["LSTM", "GRU", "RNN", "convert"]
 
@@ -46,8 +46,10 @@ def _optional_numpy(t):
     return None if t is None else _numpy(t)
 
 
-def _empty_like_dtype(x):
-    return x.new_empty(_EMPTY_SHAPE)
+def _as_tensor(a, like):
+    """``a`` (a NumPy array, shared) as a tensor; an empty (0,) tensor of ``like``'s dtype
+    for None (custom ops return tensors only)."""
+    return like.new_empty(_EMPTY_SHAPE) if a is None else torch.from_numpy(a)
 
 
 @torch.library.custom_op("fastrnn::recurrent_forward", mutates_args=(), device_types="cpu")
@@ -69,14 +71,9 @@ def recurrent_forward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor
         _engine.cpu_ops(), spec.name, _numpy(x), _numpy(w_ih), _numpy(w_hh),
         _optional_numpy(b_ih), _optional_numpy(b_hh), state, _optional_numpy(lengths), reverse)
     h_T, c_T = state_T if spec.has_cell_state else (state_T, None)
-    empty = _empty_like_dtype(x)
-
-    def as_tensor(a):
-        return empty.clone() if a is None else torch.from_numpy(a)
-
     # ws.y is a row view of y: backward reads y back, so y is what we return and pass in.
-    return (torch.from_numpy(y), torch.from_numpy(h_T), as_tensor(c_T), torch.from_numpy(ws.gates),
-            as_tensor(ws.hn), as_tensor(ws.chist))
+    return (torch.from_numpy(y), torch.from_numpy(h_T), _as_tensor(c_T, x),
+            torch.from_numpy(ws.gates), _as_tensor(ws.hn, x), _as_tensor(ws.chist, x))
 
 
 @recurrent_forward_op.register_fake
@@ -123,14 +120,9 @@ def recurrent_backward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tenso
     dstate = _numpy(dh) if dc is None else (_numpy(dh), _numpy(dc))
     dx, dstate0, grads = _engine.backward(ws, _numpy(dy), dstate)
     dh0, dc0 = dstate0 if spec.has_cell_state else (dstate0, None)
-    empty = _empty_like_dtype(x)
-
-    def as_tensor(a):
-        return empty.clone() if a is None else torch.from_numpy(a)
-
     return (torch.from_numpy(dx), torch.from_numpy(grads["weight_ih"]),
-            torch.from_numpy(grads["weight_hh"]), as_tensor(grads.get("bias_ih")),
-            as_tensor(grads.get("bias_hh")), torch.from_numpy(dh0), as_tensor(dc0))
+            torch.from_numpy(grads["weight_hh"]), _as_tensor(grads.get("bias_ih"), x),
+            _as_tensor(grads.get("bias_hh"), x), torch.from_numpy(dh0), _as_tensor(dc0, x))
 
 
 @recurrent_backward_op.register_fake
@@ -278,9 +270,10 @@ class _FastRNNMixin:
         return output, ((h_n, c_n) if is_lstm else h_n)
 
     def _layer_params(self, layer, direction):
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        get = lambda name: getattr(self, name + suffix) if self.bias or "weight" in name else None  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        """(w_ih, w_hh, b_ih, b_hh) of one layer and direction; biases None without bias."""
+        names = param_names(layer, bool(direction), self.bias)
+        params = [getattr(self, name) for name in names]
+        return tuple(params) if self.bias else (params[0], params[1], None, None)
 
     def _initial_state(self, hx, is_lstm, unbatched, state_shape, x):
         """(h0, c0) each (num_layers*D, B, H) in the caller's batch order (c0 None unless

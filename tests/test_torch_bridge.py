@@ -263,4 +263,5 @@ def test_torch_compile_gives_the_eager_result():
     got = run(compiled, tokens, None, None, ("out", "state"))
     assert_close(got[0], expected[0], 1e-12, "compiled outputs")
     for name in expected[2]:
-        assert_close(got[2]["_orig_mod." + name], expected[2][name], 1e-12, f"compiled grad of {name}")
+        assert_close(got[2]["_orig_mod." + name], expected[2][name], 1e-12,
+                     f"compiled grad of {name}")
