@@ -206,10 +206,15 @@ def _torch_lm(V, E, H, L):
     return Model()
 
 
-def _torch_train_step(V, E, H, L, B, T):
+def _torch_train_step(V, E, H, L, B, T, convert=False):
+    """One PyTorch training step; ``convert``: with the model's LSTM converted to
+    fastrnn.torch (same weights)."""
     def factory():
         import torch
         model = _torch_lm(V, E, H, L)
+        if convert:
+            import fastrnn.torch
+            fastrnn.torch.convert(model)
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
         x, y = (torch.from_numpy(a) for a in _lm_batch(V, B, T))
 
@@ -343,6 +348,14 @@ def torch_bridge_cases(runs=None, sizes=None, dtype=np.float32):
                               # both columns allocate through torch and NumPy: tracemalloc
                               # would see only part of fastrnn's, so no memory column
                               host_memory=False))
+    V, E, H, L, B, T = LM_MODELS["char"]
+    group = f"torch-bridge-train-step-char-V{V}E{E}H{H}L{L}-B{B}T{T}"
+    cases.append(Case(name=group, group=group,
+                      make_fastrnn=_torch_train_step(V, E, H, L, B, T, convert=True),
+                      make_torch=_torch_train_step(V, E, H, L, B, T),
+                      flops=_lm_flops(V, E, H, L, B * T),
+                      params=dict(kind="torch-bridge", model="char", tokens=B * T),
+                      host_memory=False))
     return cases
 
 
