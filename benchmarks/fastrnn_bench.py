@@ -584,8 +584,9 @@ def main(argv=None):
                         help="time each case twice (a smoke test, not a measurement)")
     parser.add_argument("--threads", type=int, default=2, help="threads for fastrnn, BLAS and torch")
     parser.add_argument("--cases", default="kernels,lm",
-                        help=f"comma-separated case sets: {', '.join(CASE_SETS)} (torch: fastrnn.torch "
-                             f"inside PyTorch's autograd on packed sequences; gpu: the CUDA "
+                        help=f"comma-separated case sets: {', '.join(CASE_SETS)} (torch: "
+                             f"fastrnn.torch inside PyTorch's autograd, against torch.nn; "
+                             f"gpu: the CUDA "
                              f"backend against cuDNN; gpu-graphs: the same with CUDA-graph replay)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per case (best is kept)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
