@@ -357,8 +357,11 @@ class Trainer:
         :class:`fastrnn.lm.checkpoint.CheckpointError` for the file) and changes nothing.
         """
         saved, extra = LanguageModel.load(path, with_extra=True)
-        # The seed only decides initialisation and dropout streams, both restored below.
-        architecture = [{k: v for k, v in m.config().items() if k != "seed"} for m in (saved, self.model)]
+        # The seed and the init options only decide initialisation and dropout streams, both
+        # restored below.
+        initial = ("seed", "init_std", "recurrent_init", "forget_bias")
+        architecture = [{k: v for k, v in m.config().items() if k not in initial}
+                        for m in (saved, self.model)]
         if architecture[0] != architecture[1]:
             raise ValueError(f"checkpoint {path} holds a different model: {architecture[0]} vs "
                              f"{architecture[1]}")
