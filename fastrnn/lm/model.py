@@ -165,12 +165,15 @@ class LanguageModel(Module):
         h = self.output_dropout.forward(h)
         return self.output.forward(h), state
 
-    def forward(self, x, y, state=None, lengths=None):
+    def forward(self, x, y, state=None, lengths=None, mask=None):
         """Mean cross-entropy (nats per token) of targets ``y`` given inputs ``x``.
 
         x, y: int ids (T, B), ``y`` usually ``x`` shifted by one step. state: carried recurrent
         state or None (zeros). lengths: (B,) real lengths of padded sequences; padded steps
-        are masked out of the loss. Returns ``(loss, final_state)``, the loss a Python float
+        are masked out of the loss. mask: (T, B) boolean or real weights >= 0 multiplying each
+        step's loss (combined with the lengths mask): e.g. sequence-to-one training puts 1 on
+        the last step only. The mean is then the weighted sum over the sum of the weights
+        (``reduction="sum"`` on ``self.loss``: the weighted sum). Returns ``(loss, final_state)``, the loss a Python float
         and the state on the model's device; ``self.loss.n_tokens`` is the number of tokens
         counted. Ids may be NumPy or CuPy arrays: they are moved to the model's device.
         """
@@ -180,8 +183,13 @@ class LanguageModel(Module):
             y = self._check_ids(y, "y")
             if y.shape != logits.shape[:2]:
                 raise ValueError(f"y must have the shape of x {logits.shape[:2]}, got {y.shape}")
-            mask = None if lengths is None else length_mask(lengths, y.shape[0])
-            return self.loss.forward(logits, y, mask), state
+            weights = None if lengths is None else length_mask(lengths, y.shape[0])
+            if mask is not None:
+                mask = to_device(mask, self.device)
+                if mask.shape != y.shape:
+                    raise ValueError(f"mask must have the shape of x {y.shape}, got {mask.shape}")
+                weights = mask if weights is None else mask * to_device(weights, self.device)
+            return self.loss.forward(logits, y, weights), state
 
     def backward(self):
         """Backpropagate the most recent pending training-mode ``forward``'s loss (truncated

@@ -49,3 +49,69 @@ def test_init_option_errors():
         LanguageModel(vocab_size=5, init_std=0.0)
     with pytest.raises(ValueError, match="forget_bias"):
         LanguageModel(vocab_size=5, forget_bias=float("nan"))
+
+
+# ---- loss mask ----------------------------------------------------------------------------
+
+from helpers import gradient_check_error  # noqa: E402
+
+
+def _fd_model(cell="lstm"):
+    return LanguageModel(11, embed_size=5, hidden_size=6, num_layers=2, cell=cell, seed=3,
+                         dtype=np.float64)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["last_step", "weights"])
+def test_mask_gradients_match_finite_differences(cell, kind, rng):
+    model = _fd_model(cell)
+    x = rng.integers(0, 11, (7, 3))
+    y = rng.integers(0, 11, (7, 3))
+    lengths = np.array([7, 4, 6])
+    if kind == "last_step":   # sequence-to-one: the loss of each sequence's last real step
+        mask = np.zeros((7, 3), bool)
+        mask[lengths - 1, np.arange(3)] = True
+    else:
+        mask = rng.uniform(0, 2, (7, 3))
+        mask[0, 1] = 0
+
+    def loss():
+        return model.forward(x, y, None, lengths, mask=mask)[0]
+
+    loss()
+    model.zero_grad()
+    model.backward()
+    analytic = {k: g.copy() for k, g in model.grads.items()}
+    for name, param in model.params.items():
+        err = gradient_check_error(loss, param, analytic[name], rng)
+        assert err < 1e-6, f"{name}: {err:.2e}"
+
+
+def test_mask_value_is_the_weighted_mean_of_token_losses(rng):
+    model = _fd_model()
+    model.eval()
+    x = rng.integers(0, 11, (5, 2))
+    y = rng.integers(0, 11, (5, 2))
+    logits, _ = model.logits(x)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    token_loss = -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+    lengths = np.array([5, 3])
+    mask = rng.uniform(0, 1, (5, 2))
+    weights = mask * (np.arange(5)[:, None] < lengths)
+    loss, _ = model.forward(x, y, None, lengths, mask=mask)
+    np.testing.assert_allclose(loss, (token_loss * weights).sum() / weights.sum(), rtol=1e-12)
+    assert model.loss.n_tokens == 8
+    last = np.zeros((5, 2))
+    last[-1] = 1
+    np.testing.assert_allclose(model.forward(x, y, mask=last)[0], token_loss[-1].mean(), rtol=1e-12)
+
+
+def test_mask_errors(rng):
+    model = _fd_model()
+    x = rng.integers(0, 11, (5, 2))
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        model.forward(x, x, mask=np.ones((5, 3)))
+    with pytest.raises(ValueError, match="mask"):
+        model.forward(x, x, mask=-np.ones((5, 2)))
+    with pytest.raises(ValueError, match="mask"):
+        model.forward(x, x, mask=np.full((5, 2), np.nan))
