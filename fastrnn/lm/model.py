@@ -114,6 +114,7 @@ class LanguageModel(Module):
             output = Linear(self.hidden_size, self.vocab_size, dtype=self.dtype, seed=seeds[4])
         self.add_layer("output", output)
         self.add_layer("loss", SoftmaxCrossEntropy())
+        self.frozen = set()   # names of params the optimizers leave unchanged (see freeze)
         if self.init_std is not None:
             # The recurrent layer drew its own; the embedding and output layer are redrawn
             # here (on the host, so a seed gives the same model on either device).
@@ -135,6 +136,25 @@ class LanguageModel(Module):
                 "dropout": self.dropout, "tie_weights": self.tie_weights, "seed": self.seed,
                 "dtype": self.dtype.name, "init_std": self.init_std,
                 "recurrent_init": self.recurrent_init, "forget_bias": self.forget_bias}
+
+    def freeze(self, name):
+        """Keep parameter ``name`` (a key of ``params``, e.g. ``"embedding.weight"``) fixed.
+
+        Its gradient is still computed by ``backward``; every optimizer of :mod:`fastrnn.optim`
+        built with ``frozen=model.frozen`` (the :class:`~fastrnn.lm.train.Trainer` does so)
+        skips it, and the Trainer leaves it out of gradient clipping. A tied output weight is
+        the embedding's array, so freezing ``embedding.weight`` freezes both. Not saved with
+        the model: freeze again after loading.
+        """
+        if name not in self.params:
+            raise KeyError(f"no parameter named {name!r}; the names are {sorted(self.params)}")
+        self.frozen.add(name)
+
+    def unfreeze(self, name):
+        """Let the optimizers update parameter ``name`` again (see :meth:`freeze`)."""
+        if name not in self.params:
+            raise KeyError(f"no parameter named {name!r}; the names are {sorted(self.params)}")
+        self.frozen.discard(name)
 
     def _dropout_layers(self):
         return {"input": self.input_dropout, "rnn": self.rnn, "output": self.output_dropout}

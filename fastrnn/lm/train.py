@@ -139,7 +139,8 @@ class Trainer:
         kwargs = {"lr": lr, "weight_decay": weight_decay}
         if name in ("sgd", "rmsprop"):
             kwargs["momentum"] = momentum
-        return OPTIMIZERS[name](self.model.params, self.model.grads, **kwargs)
+        return OPTIMIZERS[name](self.model.params, self.model.grads, frozen=self.model.frozen,
+                                **kwargs)
 
     # ---- one step -------------------------------------------------------------------------
 
@@ -165,7 +166,8 @@ class Trainer:
                 model.clear_pending()
                 raise
             if self.clip is not None:
-                optim.clip_grad_norm(model.grads, self.clip)
+                optim.clip_grad_norm({k: g for k, g in model.grads.items()
+                                      if k not in model.frozen}, self.clip)
             self.optimizer.step()
         self.carry = state if self.mode == "stream" else None
         self.step += 1

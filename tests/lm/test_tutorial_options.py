@@ -115,3 +115,54 @@ def test_mask_errors(rng):
         model.forward(x, x, mask=-np.ones((5, 2)))
     with pytest.raises(ValueError, match="mask"):
         model.forward(x, x, mask=np.full((5, 2), np.nan))
+
+
+# ---- freezing -----------------------------------------------------------------------------
+
+from fastrnn import optim  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_every_optimizer_leaves_a_frozen_parameter_unchanged(name, rng):
+    model = LanguageModel(11, embed_size=6, hidden_size=6, num_layers=1, tie_weights=True,
+                          seed=2, dtype=np.float64)
+    kwargs = {"lr": 0.1, "weight_decay": 0.01}
+    if name in ("sgd", "rmsprop"):
+        kwargs["momentum"] = 0.9
+    opt = optim.OPTIMIZERS[name](model.params, model.grads, frozen=model.frozen, **kwargs)
+    model.freeze("embedding.weight")   # after the optimizer: the set is shared
+    before = {k: v.copy() for k, v in model.params.items()}
+    x = rng.integers(0, 11, (5, 2))
+    for step in range(3):
+        model.forward(x, x)
+        model.zero_grad()
+        model.backward()
+        assert model.grads["embedding.weight"].any()   # computed, then ignored
+        opt.step()
+    for key, value in model.params.items():
+        if key == "embedding.weight":
+            np.testing.assert_array_equal(value, before[key])
+        else:
+            assert not np.array_equal(value, before[key]), key
+    model.unfreeze("embedding.weight")
+    model.forward(x, x)
+    model.zero_grad()
+    model.backward()
+    opt.step()
+    assert not np.array_equal(model.params["embedding.weight"], before["embedding.weight"])
+    with pytest.raises(KeyError, match="no parameter named"):
+        model.freeze("embedding")
+    with pytest.raises(KeyError, match="no parameter named"):
+        optim.OPTIMIZERS[name](model.params, model.grads, frozen={"nope"}, **kwargs)
+
+
+def test_trainer_honours_freeze_and_clips_only_trainable(rng):
+    from fastrnn import Trainer
+
+    model = LanguageModel(11, embed_size=5, hidden_size=6, num_layers=1, seed=2)
+    model.freeze("rnn.weight_hh_l0")
+    before = model.params["rnn.weight_hh_l0"].copy()
+    trainer = Trainer(model, rng.integers(0, 11, 400), batch_size=4, seq_len=8,
+                      optimizer="sgd", lr=0.5, clip=1e-3, max_steps=3, progress=False)
+    trainer.fit()
+    np.testing.assert_array_equal(model.params["rnn.weight_hh_l0"], before)
