@@ -431,6 +431,22 @@ def clip_grad_norm(grads, max_norm):
     return total_norm
 
 
+CLIP_MODES = ("norm", "param_norm", "value")
+"""The Trainer's clipping modes: :func:`clip_grad_norm` over all gradients, over each
+parameter's gradient on its own, or :func:`clip_grad_value`."""
+
+
+def clip_grad_value(grads, clip_value):
+    """Clamp every gradient element to ``[-clip_value, clip_value]`` in place, like
+    ``torch.nn.utils.clip_grad_value_``. grads: dict or iterable of arrays (NumPy or CuPy)."""
+    clip_value = _check_real(clip_value, "clip_value")
+    arrays = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    for grad in {id(grad): grad for grad in arrays}.values():
+        if not _is_array(grad):
+            raise TypeError(f"grads must hold numpy (or CuPy) arrays, got {type(grad).__name__}")
+        array_module_of(grad).clip(grad, -clip_value, clip_value, out=grad)
+
+
 class _Schedule:
     """A learning-rate schedule driving ``optimizer.lr``; its state is the attributes named in
     ``_state_keys``."""

@@ -211,13 +211,14 @@ class LanguageModel(Module):
                 weights = mask if weights is None else mask * to_device(weights, self.device)
             return self.loss.forward(logits, y, weights), state
 
-    def backward(self):
+    def backward(self, scale=1.0):
         """Backpropagate the most recent pending training-mode ``forward``'s loss (truncated
         at its initial state) and accumulate into ``grads``. Each layer keeps one record per
         forward, so ``forward(a); forward(b); backward(); backward()`` gives the gradient of
-        both losses (LIFO); a forward in eval mode records nothing (RuntimeError here)."""
+        both losses (LIFO); a forward in eval mode records nothing (RuntimeError here).
+        ``scale``: backpropagate ``scale * loss`` (e.g. the token count for a summed loss)."""
         with blas_single_threaded():
-            d = self.loss.backward()
+            d = self.loss.backward(scale)
             d = self.output_dropout.backward(self.output.backward(d))
             d, _ = self.rnn.backward(d)
             self.embedding.backward(self.input_dropout.backward(d))

@@ -166,3 +166,93 @@ def test_trainer_honours_freeze_and_clips_only_trainable(rng):
                       optimizer="sgd", lr=0.5, clip=1e-3, max_steps=3, progress=False)
     trainer.fit()
     np.testing.assert_array_equal(model.params["rnn.weight_hh_l0"], before)
+
+
+# ---- Trainer options ----------------------------------------------------------------------
+
+def _trainer(model, data, **kwargs):
+    from fastrnn import Trainer
+
+    defaults = dict(batch_size=4, seq_len=8, optimizer="sgd", lr=1.0, max_steps=1, progress=False)
+    return Trainer(model, data, **{**defaults, **kwargs})
+
+
+def _lm(**kwargs):
+    return LanguageModel(11, embed_size=5, hidden_size=6, num_layers=1, seed=2,
+                         dtype=np.float64, **kwargs)
+
+
+def test_optimizer_options_reach_the_optimizer(rng):
+    data = rng.integers(0, 11, 300)
+    opt = _trainer(_lm(), data, optimizer="adadelta", optimizer_options={"rho": 0.95, "eps": 1e-6}).optimizer
+    assert (type(opt).__name__, opt.rho, opt.eps) == ("Adadelta", 0.95, 1e-6)
+    assert _trainer(_lm(), data, optimizer="adam", optimizer_options={"betas": [0.8, 0.9]}).optimizer.betas == (0.8, 0.9)
+    opt = _trainer(_lm(), data, momentum=0.9, optimizer_options={"nesterov": True}).optimizer
+    assert opt.nesterov and opt.momentum == 0.9
+    with pytest.raises(ValueError, match="adam takes"):
+        _trainer(_lm(), data, optimizer="adam", optimizer_options={"rho": 0.9})
+    with pytest.raises(ValueError, match="may not set"):
+        _trainer(_lm(), data, optimizer_options={"frozen": ()})
+
+
+@pytest.mark.parametrize("mode", ["norm", "param_norm", "value"])
+def test_clip_modes_bound_the_sgd_step(mode, rng):
+    data = rng.integers(0, 11, 300)
+    model = _lm()
+    before = {k: v.copy() for k, v in model.params.items()}
+    _trainer(model, data, clip=1e-3, clip_mode=mode).fit()   # SGD lr 1: step = -clipped grad
+    steps = {k: model.params[k] - before[k] for k in before}
+    norms = {k: np.linalg.norm(d) for k, d in steps.items()}
+    total = np.sqrt(sum(n ** 2 for n in norms.values()))
+    if mode == "norm":
+        np.testing.assert_allclose(total, 1e-3, rtol=1e-4)   # torch's max_norm / (norm + 1e-6)
+    elif mode == "param_norm":
+        np.testing.assert_allclose(list(norms.values()), 1e-3, rtol=1e-2)  # each on its own
+        assert total > 2e-3
+    else:
+        biggest = max(np.abs(d).max() for d in steps.values())
+        np.testing.assert_allclose(biggest, 1e-3, rtol=1e-9)
+        assert total > 1.1e-3   # not a norm clip
+    with pytest.raises(ValueError, match="clip_mode"):
+        _trainer(_lm(), data, clip_mode="global")
+
+
+def test_summed_loss_gives_n_tokens_times_the_mean_gradient(rng):
+    data = rng.integers(0, 11, 300)
+    mean_model, sum_model, start = _lm(), _lm(), _lm()
+    _trainer(mean_model, data, clip=None, lr=0.01).fit()
+    trainer = _trainer(sum_model, data, clip=None, lr=0.01, reduction="sum")
+    trainer.fit()
+    n_tokens = trainer.tokens
+    assert n_tokens == 32
+    for k, v in start.params.items():
+        np.testing.assert_allclose(sum_model.params[k] - v, n_tokens * (mean_model.params[k] - v),
+                                   rtol=1e-7, atol=1e-14)
+    with pytest.raises(ValueError, match="reduction"):
+        _trainer(_lm(), data, reduction="none")
+
+
+def test_no_shuffle_keeps_sentence_order_and_callback_runs_every_step(rng):
+    sentences = [rng.integers(0, 11, n) for n in (5, 7, 4, 6, 8, 3)]
+    seen = []
+
+    def callback(step, trainer):
+        seen.append((step, trainer.optimizer.lr))
+        if step == 2:
+            trainer.optimizer.lr = 0.5   # change the lr mid-run, as the tutorials do
+
+    trainer = _trainer(_lm(), sentences, batch_size=2, shuffle=False, callback=callback,
+                       max_steps=6, optimizer="sgd", lr=0.1)
+    batches = []
+    original = trainer.train_step
+    trainer.train_step = lambda batch: batches.append(batch[0].copy()) or original(batch)
+    trainer.fit()
+    assert seen == [(1, 0.1), (2, 0.1), (3, 0.5), (4, 0.5), (5, 0.5), (6, 0.5)]
+    for i, x in enumerate(batches):   # epoch after epoch, the sentences in their order
+        first = sentences[(2 * i) % 6]
+        np.testing.assert_array_equal(x[:len(first) - 1, 0], first[:-1])
+    trainer.max_steps = 8             # continue the run with more steps
+    trainer.fit()
+    assert trainer.step == 8 and seen[-1][0] == 8
+    with pytest.raises(TypeError, match="callback"):
+        _trainer(_lm(), sentences, callback=3)
