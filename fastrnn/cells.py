@@ -18,6 +18,8 @@ math itself lives once per device: csrc/cells_impl.h (reached from Cython throug
 fastrnn/_cpu/_cells.pxd) and fastrnn/_gpu/kernels.cu.
 """
 from dataclasses import dataclass
+import math
+import numbers
 
 import numpy as np
 
@@ -72,29 +74,49 @@ RECURRENT_INITS = ("uniform", "identity")
 
 
 def init_params(cell, rng, input_size, hidden_size, bias=True, dtype=np.float32,
-                recurrent_init="uniform", forget_bias=None):
+                recurrent_init="uniform", forget_bias=None, init_std=None):
     """Fresh (weight_ih, weight_hh[, bias_ih, bias_hh]) for one layer and direction.
 
     Every array is drawn from PyTorch's U(-1/sqrt(H), 1/sqrt(H)), in this order, from ``rng``
-    (a numpy Generator). ``recurrent_init="identity"`` then gives the IRNN initialisation (Le,
-    Jaitly & Hinton 2015): W_hh = I, zero biases, W_ih ~ N(0, 1e-3^2). ``forget_bias`` (LSTM
-    only) sets the forget gate's bias, all of it on bias_ih (the two biases add up).
+    (a numpy Generator). Then, each changing only what it names:
+
+    * ``init_std=σ``: the two weights are redrawn from N(0, σ²) (weight_ih first) and the
+      biases are zero (the tutorials' "small normal" initialisation, e.g. σ = 0.01).
+    * ``recurrent_init="identity"``: W_hh = I (Keras IRNN, Le, Jaitly & Hinton 2015). Nothing
+      else changes: W_ih and the biases keep their draw. (Before issue 12 it also drew W_ih
+      from N(0, 1e-3²) and zeroed the biases; ask for that with ``init_std``.)
+    * ``forget_bias`` (LSTM only): the forget gate's bias, all of it on bias_ih (the two
+      biases add up; bias_hh's forget part is zeroed).
     """
     cell = get_cell(cell)
     if recurrent_init not in RECURRENT_INITS:
         raise ValueError(f"recurrent_init must be one of {RECURRENT_INITS}, got {recurrent_init!r}")
     if forget_bias is not None and cell.name != "lstm":
         raise ValueError("forget_bias applies to LSTM only")
+    check_init_std(init_std)
     H = hidden_size
     bound = 1.0 / np.sqrt(H)
     arrays = [rng.uniform(-bound, bound, shape).astype(dtype)
               for shape in param_shapes(cell, input_size, H, bias)]
-    if recurrent_init == "identity":
-        arrays[1][...] = np.eye(*arrays[1].shape, dtype=dtype)
-        arrays[0][...] = rng.normal(0, 1e-3, arrays[0].shape)
+    if init_std is not None:
+        for w in arrays[:2]:
+            w[...] = rng.normal(0.0, init_std, w.shape)
         for b in arrays[2:]:
             b[...] = 0
+    if recurrent_init == "identity":
+        arrays[1][...] = np.eye(*arrays[1].shape, dtype=dtype)
     if forget_bias is not None and bias:
         arrays[2][H:2 * H] = forget_bias
         arrays[3][H:2 * H] = 0
     return arrays
+
+
+def check_init_std(init_std):
+    """``init_std`` must be None or a finite real number > 0 (ValueError/TypeError otherwise)."""
+    if init_std is None:
+        return None
+    if isinstance(init_std, bool) or not isinstance(init_std, numbers.Real):
+        raise TypeError(f"init_std must be a real number or None, got {init_std!r}")
+    if not (math.isfinite(init_std) and init_std > 0):
+        raise ValueError(f"init_std must be a finite number > 0, got {init_std!r}")
+    return float(init_std)

@@ -99,13 +99,24 @@ class Optimizer:
     ``_update(param, grad, state, work)``: one in-place step for one parameter, where ``work``
     is a scratch array shaped like ``param`` and ``self.step_count`` is already the 1-based
     number of the step being taken. ``grad`` must never be modified (it is the layer's buffer).
+
+    Frozen parameters: ``frozen`` holds names of ``params`` that ``step`` leaves exactly as
+    they are (no update, no weight decay, their buffers untouched); their gradients may still
+    be computed, and are ignored. A ``set`` is kept by reference, so passing a model's
+    ``frozen`` set (``LanguageModel.frozen``) makes later ``model.freeze``/``unfreeze``
+    calls take effect at the next step; :meth:`freeze`/:meth:`unfreeze` act on it too. The
+    step count stays global: a parameter unfrozen later continues with the optimizer's
+    count (torch keeps one per parameter), so Adam's bias correction is then already small.
     """
 
-    def __init__(self, params, grads, lr, weight_decay=0.0):
+    def __init__(self, params, grads, lr, weight_decay=0.0, frozen=()):
         self.params, self.grads = _check_params_and_grads(params, grads)
         self.lr = lr
         self.weight_decay = _check_real(weight_decay, "weight_decay")
         self.step_count = 0
+        self.frozen = frozen if isinstance(frozen, set) else set(frozen)
+        for name in self.frozen:
+            self._check_name(name)
         self.state = {name: self._new_state(param) for name, param in self.params.items()}
         self._work = {name: array_module_of(param).empty_like(param)
                       for name, param in self.params.items()}
@@ -119,9 +130,25 @@ class Optimizer:
     def lr(self, value):
         self._lr = _check_real(value, "lr")
 
+    def _check_name(self, name):
+        if name not in self.params:
+            raise KeyError(f"no parameter named {name!r}; the names are {sorted(self.params)}")
+
+    def freeze(self, name):
+        """Leave parameter ``name`` unchanged by later steps."""
+        self._check_name(name)
+        self.frozen.add(name)
+
+    def unfreeze(self, name):
+        """Update parameter ``name`` again from the next step."""
+        self._check_name(name)
+        self.frozen.discard(name)
+
     def step(self):
         self.step_count += 1
         for name, param in self.params.items():
+            if name in self.frozen:
+                continue
             self._update(param, self.grads[name], self.state[name], self._work[name])
 
     def zero_grad(self):
@@ -177,13 +204,14 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, like ``torch.optim.SGD``."""
 
-    def __init__(self, params, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
+    def __init__(self, params, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0,
+                 frozen=()):
         self.momentum = _check_real(momentum, "momentum")
         self.dampening = _check_real(dampening, "dampening", high=1.0)
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum == 0.0 or self.dampening != 0.0):
             raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
-        super().__init__(params, grads, lr, weight_decay)
+        super().__init__(params, grads, lr, weight_decay, frozen)
 
     def _new_state(self, param):
         xp = array_module_of(param)
@@ -214,13 +242,14 @@ class Adam(Optimizer):
     """Adam with bias correction; ``weight_decay`` is an L2 term added to the gradient, like
     ``torch.optim.Adam`` (see :class:`AdamW` for decoupled decay)."""
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 frozen=()):
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = (_check_real(betas[0], "betas[0]", high=1.0, include_high=False),
                       _check_real(betas[1], "betas[1]", high=1.0, include_high=False))
         self.eps = _check_real(eps, "eps")
-        super().__init__(params, grads, lr, weight_decay)
+        super().__init__(params, grads, lr, weight_decay, frozen)
 
     def _new_state(self, param):
         xp = array_module_of(param)
@@ -251,8 +280,9 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (``param *= 1 - lr * weight_decay`` before the Adam
     step, gradient untouched), like ``torch.optim.AdamW``."""
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, grads, lr, betas, eps, weight_decay)
+    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 frozen=()):
+        super().__init__(params, grads, lr, betas, eps, weight_decay, frozen)
 
     def _update(self, param, grad, state, work):
         param *= 1.0 - self.lr * self.weight_decay
@@ -263,10 +293,11 @@ class Adagrad(Optimizer):
     """Adagrad (per-element lr scaled by the root of the summed squared gradients), like
     ``torch.optim.Adagrad`` without lr decay."""
 
-    def __init__(self, params, grads, lr=1e-2, eps=1e-10, initial_accumulator_value=0.0, weight_decay=0.0):
+    def __init__(self, params, grads, lr=1e-2, eps=1e-10, initial_accumulator_value=0.0, weight_decay=0.0,
+                 frozen=()):
         self.eps = _check_real(eps, "eps")
         self.initial_accumulator_value = _check_real(initial_accumulator_value, "initial_accumulator_value")
-        super().__init__(params, grads, lr, weight_decay)
+        super().__init__(params, grads, lr, weight_decay, frozen)
 
     def _new_state(self, param):
         xp = array_module_of(param)
@@ -288,10 +319,10 @@ class Adadelta(Optimizer):
     """Adadelta (step sizes from running averages of squared gradients and squared updates),
     like ``torch.optim.Adadelta``."""
 
-    def __init__(self, params, grads, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+    def __init__(self, params, grads, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, frozen=()):
         self.rho = _check_real(rho, "rho", high=1.0)
         self.eps = _check_real(eps, "eps")
-        super().__init__(params, grads, lr, weight_decay)
+        super().__init__(params, grads, lr, weight_decay, frozen)
 
     def _new_state(self, param):
         xp = array_module_of(param)
@@ -321,12 +352,12 @@ class RMSprop(Optimizer):
     """RMSprop with optional momentum and centring, like ``torch.optim.RMSprop``."""
 
     def __init__(self, params, grads, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
-                 weight_decay=0.0):
+                 weight_decay=0.0, frozen=()):
         self.alpha = _check_real(alpha, "alpha", high=1.0)
         self.eps = _check_real(eps, "eps")
         self.momentum = _check_real(momentum, "momentum")
         self.centered = bool(centered)
-        super().__init__(params, grads, lr, weight_decay)
+        super().__init__(params, grads, lr, weight_decay, frozen)
 
     def _new_state(self, param):
         xp = array_module_of(param)
@@ -398,6 +429,22 @@ def clip_grad_norm(grads, max_norm):
         for grad in distinct:
             grad *= scale
     return total_norm
+
+
+CLIP_MODES = ("norm", "param_norm", "value")
+"""The Trainer's clipping modes: :func:`clip_grad_norm` over all gradients, over each
+parameter's gradient on its own, or :func:`clip_grad_value`."""
+
+
+def clip_grad_value(grads, clip_value):
+    """Clamp every gradient element to ``[-clip_value, clip_value]`` in place, like
+    ``torch.nn.utils.clip_grad_value_``. grads: dict or iterable of arrays (NumPy or CuPy)."""
+    clip_value = _check_real(clip_value, "clip_value")
+    arrays = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    for grad in {id(grad): grad for grad in arrays}.values():
+        if not _is_array(grad):
+            raise TypeError(f"grads must hold numpy (or CuPy) arrays, got {type(grad).__name__}")
+        array_module_of(grad).clip(grad, -clip_value, clip_value, out=grad)
 
 
 class _Schedule:

@@ -56,11 +56,35 @@ def test_init_params_is_the_layers_initialiser():
 def test_init_params_identity_and_errors():
     from fastrnn.cells import init_params
 
+    # Keras IRNN: W_hh = I and nothing else changed (W_ih and the biases keep their draw).
+    uniform = init_params("rnn_relu", np.random.default_rng(0), 4, 6, dtype=np.float64)
     w_ih, w_hh, b_ih, b_hh = init_params("rnn_relu", np.random.default_rng(0), 4, 6,
                                          recurrent_init="identity", dtype=np.float64)
     np.testing.assert_array_equal(w_hh, np.eye(6))
-    assert not b_ih.any() and not b_hh.any() and np.abs(w_ih).max() < 0.01
+    for got, drawn in zip((w_ih, b_ih, b_hh), (uniform[0], uniform[2], uniform[3])):
+        np.testing.assert_array_equal(got, drawn)
     with pytest.raises(ValueError, match="recurrent_init"):
         init_params("gru", np.random.default_rng(0), 4, 6, recurrent_init="orthogonal")
     with pytest.raises(ValueError, match="forget_bias applies to LSTM only"):
         init_params("gru", np.random.default_rng(0), 4, 6, forget_bias=1.0)
+
+
+def test_init_params_init_std():
+    """init_std: weights N(0, σ²), biases zero; identity and forget_bias applied on top."""
+    from fastrnn.cells import init_params
+
+    w_ih, w_hh, b_ih, b_hh = init_params("lstm", np.random.default_rng(1), 300, 200,
+                                         dtype=np.float64, init_std=0.01)
+    for w in (w_ih, w_hh):
+        assert abs(w.mean()) < 1e-4 and abs(w.std() - 0.01) < 2e-4
+    assert not b_ih.any() and not b_hh.any()
+    w_ih, w_hh, b_ih, b_hh = init_params("lstm", np.random.default_rng(1), 3, 4,
+                                         recurrent_init="identity", forget_bias=1.0, init_std=0.5)
+    np.testing.assert_array_equal(w_hh, np.eye(16, 4))
+    np.testing.assert_array_equal(b_ih, np.r_[np.zeros(4), np.ones(4), np.zeros(8)])
+    assert not b_hh.any() and w_ih.std() > 0.2
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="init_std"):
+            init_params("gru", np.random.default_rng(0), 4, 6, init_std=bad)
+    with pytest.raises(TypeError, match="init_std"):
+        init_params("gru", np.random.default_rng(0), 4, 6, init_std="0.1")

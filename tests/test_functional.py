@@ -156,7 +156,10 @@ def test_initialisers(rng):
     assert np.abs(default.params["weight_hh_l0"]).max() > 0.8 / np.sqrt(H)
     irnn = fastrnn.RNN(I, H, nonlinearity="relu", recurrent_init="identity", seed=0)
     np.testing.assert_array_equal(irnn.params["weight_hh_l0"], np.eye(H))
-    assert np.all(irnn.params["bias_hh_l0"] == 0)
+    # Keras IRNN: only W_hh changes (issue 12; it used to zero the biases and shrink W_ih too).
+    plain = fastrnn.RNN(I, H, nonlinearity="relu", seed=0)
+    for key in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
+        np.testing.assert_array_equal(irnn.params[key], plain.params[key])
     # Same seed, same model; another seed, another model.
     np.testing.assert_array_equal(fastrnn.GRU(I, H, seed=4).params["weight_ih_l0"],
                                   fastrnn.GRU(I, H, seed=4).params["weight_ih_l0"])

@@ -463,7 +463,7 @@ def test_loss_rejects_bad_input():
     with pytest.raises(ValueError, match="mask"):
         loss_fn.forward(logits, np.array([0, 1]), mask=np.ones(3, bool))
     with pytest.raises(ValueError, match="mask"):
-        loss_fn.forward(logits, np.array([0, 1]), mask=np.array([1, 2]))
+        loss_fn.forward(logits, np.array([0, 1]), mask=np.array([1, -2]))   # weights >= 0 (issue 12)
     with pytest.raises(ValueError, match="reduction"):
         SoftmaxCrossEntropy(reduction="none")
 

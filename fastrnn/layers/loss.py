@@ -24,12 +24,14 @@ class SoftmaxCrossEntropy(Layer):
 
     Numerically stable (max subtraction, log-sum-exp) and fused: no one-hot matrix and no
     log-softmax matrix are built; the only (N, V) buffer is the softmax itself, which
-    ``backward`` turns into the gradient in place. Masked positions (mask 0/False) contribute
-    nothing to the loss or to ``n_tokens`` and get exactly zero gradient; with every position
-    masked the loss is 0 and the gradient is zero (no 0/0). Every target must be a valid id,
-    masked ones included.
+    ``backward`` turns into the gradient in place. The mask is boolean or real weights >= 0
+    (each position's loss is multiplied by its weight); masked positions (weight 0/False)
+    contribute nothing to the loss or to ``n_tokens`` and get exactly zero gradient; with
+    every position masked the loss is 0 and the gradient is zero (no 0/0). Every target must
+    be a valid id, masked ones included.
 
-    ``reduction="mean"`` divides by the number of unmasked tokens, ``"sum"`` does not.
+    ``reduction="mean"`` divides the weighted sum by the sum of the weights (the number of
+    unmasked tokens for a 0/1 mask), ``"sum"`` does not divide.
 
     Works on CuPy (GPU) logits too; targets and mask are then moved to the GPU.
 
@@ -73,26 +75,28 @@ class SoftmaxCrossEntropy(Layer):
         token_loss = xp.log(sum_exp) - target_shifted
 
         if weights is None:
-            n_tokens = targets.size
+            n_tokens = weight_sum = targets.size
             total = token_loss.sum()
         else:
             n_tokens = int(xp.count_nonzero(weights))
+            weight_sum = float(weights.sum(dtype=np.float64))
             total = token_loss @ weights
         self.n_tokens = n_tokens
-        self._save_for_backward((probs, targets, weights, n_tokens, logits.shape))
-        return float(total) / self._denominator(n_tokens)
+        denominator = self._denominator(weight_sum)
+        self._save_for_backward((probs, targets, weights, denominator, logits.shape))
+        return float(total) / denominator
 
     @backward_method
     def backward(self, scale=1.0):
         """d(scale * loss)/d logits for the most recent pending forward, shape of its logits:
-        (softmax - onehot(targets)) * mask / n_tokens * scale (without the division for "sum").
+        (softmax - onehot(targets)) * mask / sum(mask) * scale (without the division for "sum").
 
         Consumes that forward's softmax buffer (it becomes the returned gradient), so each
         forward is backpropagated once.
         """
-        grad, targets, weights, n_tokens, logits_shape = self._saved_for_backward()
+        grad, targets, weights, denominator, logits_shape = self._saved_for_backward()
         # Computed before the buffer is touched: a bad ``scale`` raises with the record intact.
-        coefficient = scale / self._denominator(n_tokens)
+        coefficient = scale / denominator
         grad[array_module_of(grad).arange(targets.size), targets] -= 1
         if weights is None:
             grad *= coefficient
@@ -100,17 +104,22 @@ class SoftmaxCrossEntropy(Layer):
             grad *= (weights * coefficient)[:, None]
         return grad.reshape(logits_shape)
 
-    def _denominator(self, n_tokens):
-        # max(.., 1): an all-masked batch has loss 0 and gradient 0 rather than 0/0.
-        return max(n_tokens, 1) if self.reduction == "mean" else 1
+    def _denominator(self, weight_sum):
+        # An all-masked batch (weight sum 0) has loss 0 and gradient 0 rather than 0/0.
+        if self.reduction == "sum" or weight_sum == 0:
+            return 1.0
+        return float(weight_sum)
 
     @staticmethod
     def _mask_weights(mask, leading_shape, dtype):
-        """mask (...) bool or 0/1 -> flat 0/1 weights in the logits dtype."""
+        """mask (...) bool or real weights >= 0 -> flat weights in the logits dtype."""
         xp = array_module_of(mask)
         mask = xp.asarray(mask)
         if mask.shape != leading_shape:
             raise ValueError(f"mask must have shape {leading_shape} (logits without V), got {mask.shape}")
-        if mask.dtype != bool and not ((mask == 0) | (mask == 1)).all():
-            raise ValueError("mask must be boolean or hold only 0 and 1")
+        if mask.dtype != bool:
+            if mask.dtype.kind not in "iuf":
+                raise TypeError(f"mask must be boolean or real weights, got dtype {mask.dtype}")
+            if not (xp.isfinite(mask) & (mask >= 0)).all():
+                raise ValueError("mask must be boolean or hold finite weights >= 0")
         return mask.reshape(-1).astype(dtype)

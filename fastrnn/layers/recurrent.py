@@ -36,7 +36,8 @@ class RecurrentLayer(Layer):
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32,
-                 seed=None, recurrent_init="uniform", forget_bias=None, device="cpu"):
+                 seed=None, recurrent_init="uniform", forget_bias=None, init_std=None,
+                 device="cpu"):
         super().__init__()
         self.cell = get_cell(cell)
         if not 0.0 <= dropout < 1.0:
@@ -50,7 +51,7 @@ class RecurrentLayer(Layer):
         self.dtype = as_float_dtype(dtype)
         init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
         self._dropout_rng = np.random.default_rng(dropout_seed)
-        self._init_params(np.random.default_rng(init_seed), recurrent_init, forget_bias)
+        self._init_params(np.random.default_rng(init_seed), recurrent_init, forget_bias, init_std)
         self.to(device)
 
     # ---- parameters -----------------------------------------------------------------------
@@ -59,12 +60,12 @@ class RecurrentLayer(Layer):
         """Parameter names (weight_ih, weight_hh[, bias_ih, bias_hh]) of one layer/direction."""
         return param_names(layer, direction == 1, self.bias)
 
-    def _init_params(self, rng, recurrent_init, forget_bias):
+    def _init_params(self, rng, recurrent_init, forget_bias, init_std):
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else self.hidden_size * self.num_directions
             for d in range(self.num_directions):
                 arrays = init_params(self.cell, rng, in_size, self.hidden_size, self.bias,
-                                     self.dtype, recurrent_init, forget_bias)
+                                     self.dtype, recurrent_init, forget_bias, init_std)
                 for key, value in zip(self._layer_keys(layer, d), arrays):
                     self.params[key] = value
                     self.grads[key] = np.zeros_like(value)
@@ -214,7 +215,8 @@ class RecurrentLayer(Layer):
 class RNN(RecurrentLayer):
     """Elman RNN, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
 
-    ``recurrent_init="identity"`` gives the IRNN initialisation for ReLU RNNs.
+    ``recurrent_init="identity"`` gives the IRNN initialisation for ReLU RNNs (W_hh = I, the
+    rest as drawn; add ``init_std`` for small normal input weights and zero biases).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kwargs):

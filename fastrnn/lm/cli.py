@@ -16,6 +16,7 @@ Set FASTRNN_DEBUG=1 to see the traceback instead.
 """
 import argparse
 import importlib
+import json
 import math
 import os
 import sys
@@ -27,7 +28,7 @@ import numpy as np
 from .._gpu import GPUUnavailableError   # does not import CuPy
 from .._version import __version__
 from ..cells import CELLS
-from ..optim import OPTIMIZERS
+from ..optim import CLIP_MODES, OPTIMIZERS
 from .checkpoint import CheckpointError
 
 EXIT_USER_ERROR = 2
@@ -54,6 +55,19 @@ def _positive_float(text):
     if not value > 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def _key_value(text):
+    """KEY=VALUE of --optimizer-option; VALUE read as JSON (0.95, true, [0.9, 0.98]), else
+    taken as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(value)
+    except ValueError:
+        pass
+    return key, value
 
 
 def _positive_int(text):
@@ -168,6 +182,8 @@ def cmd_train(args):
 
     _check_device(args)
     _set_threads(args)
+    if args.optimizer_option is not None:   # repeated KEY=VALUE -> one dict, as saved
+        args.optimizer_option = dict(args.optimizer_option)
     resume_state = None
     if args.resume:
         # The device is not a saved setting: a run may resume on another device.
@@ -201,6 +217,8 @@ def cmd_train(args):
     trainer = Trainer(model, train_ids, val_ids, batch_size=settings["batch"],
                       seq_len=settings["seq_len"], optimizer=settings["optimizer"],
                       lr=settings["lr"], clip=settings["clip"] or None,
+                      optimizer_options=settings["optimizer_option"],
+                      clip_mode=settings["clip_mode"], reduction=settings["reduction"],
                       schedule=settings["schedule"], eval_every=settings["eval_every"],
                       patience=settings["patience"], max_steps=settings["max_steps"],
                       max_epochs=settings["epochs"], time_limit=settings["time_limit"],
@@ -229,7 +247,10 @@ TRAIN_DEFAULTS = {"level": "char", "batch": 32, "seq_len": 64, "optimizer": "ada
                   "clip": 5.0, "schedule": None, "eval_every": 500, "patience": None,
                   "max_steps": None, "epochs": None, "time_limit": None,
                   "checkpoint_every": None, "val_fraction": 0.1, "seed": 0, "max_vocab": None,
-                  "min_count": 1, "lowercase": False}
+                  "min_count": 1, "lowercase": False, "optimizer_option": None,
+                  "clip_mode": "norm", "reduction": "mean"}
+# Settings added after the first checkpoints: a checkpoint without them ran with the default.
+_LATER_SETTINGS = ("optimizer_option", "clip_mode", "reduction")
 TRAIN_SETTINGS = tuple(TRAIN_DEFAULTS)
 # The settings a resumed run may change: when to stop, validate and checkpoint. The others
 # decide the data, the batches and the optimizer's path, so they must match the checkpoint
@@ -274,7 +295,7 @@ def _check_saved_setting(key, value):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     optional = key in ("schedule", "patience", "max_steps", "epochs", "time_limit",
-                       "checkpoint_every", "max_vocab")
+                       "checkpoint_every", "max_vocab", "optimizer_option")
     if value is None and optional:
         return None
     if key in ("batch", "seq_len", "eval_every", "patience", "max_steps", "epochs",
@@ -293,12 +314,19 @@ def _check_saved_setting(key, value):
     elif key == "seed":
         if not is_int(value) or value < 0:
             fail("an integer >= 0")
+    elif key == "optimizer_option":
+        # Checked again by the optimizer itself; here: names and JSON scalars or lists.
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and k.isidentifier() and
+                (v is None or isinstance(v, (str, bool, int, float, list))) for k, v in value.items()):
+            fail("a dict of option names to values")
     elif key == "lowercase":
         if not isinstance(value, bool):
             fail("true or false")
     else:
         choices = {"level": ("char", "word"), "optimizer": _OPTIMIZERS,
-                   "schedule": ("plateau", "step")}[key]
+                   "schedule": ("plateau", "step"), "clip_mode": CLIP_MODES,
+                   "reduction": ("mean", "sum")}[key]
         if value not in choices:
             fail(f"one of {choices}")
     return value
@@ -338,6 +366,8 @@ def _resumed_settings(args, model, state):
         if key not in recorded:
             if key in RESUME_OVERRIDES or key in ("max_vocab", "min_count"):
                 recorded[key] = None   # older checkpoints do not record these
+            elif key in _LATER_SETTINGS:
+                recorded[key] = TRAIN_DEFAULTS[key]
             else:
                 raise CheckpointError(f"{args.resume}: the checkpoint's settings lack {key!r}")
         if _given(args, key) and getattr(args, key) != recorded[key]:
@@ -489,7 +519,17 @@ def build_parser():
     train.add_argument("--optimizer", choices=list(_OPTIMIZERS), help="default: adam")
     train.add_argument("--lr", type=_positive_float, help="learning rate (default: 0.002)")
     train.add_argument("--clip", type=_nonnegative_float,
-                       help="gradient-norm limit, 0: none (default: 5)")
+                       help="gradient clipping limit, 0: none (default: 5)")
+    train.add_argument("--clip-mode", choices=list(CLIP_MODES),
+                       help="what --clip limits: norm (all gradients' global norm, default), "
+                            "param_norm (each parameter's gradient norm), value (each element)")
+    train.add_argument("--optimizer-option", action="append", type=_key_value,
+                       metavar="KEY=VALUE",
+                       help="extra optimizer argument, repeatable, VALUE as JSON: "
+                            "rho=0.95 eps=1e-6 (adadelta), betas=[0.9,0.98] (adam), "
+                            "nesterov=true (sgd)")
+    train.add_argument("--reduction", choices=["mean", "sum"],
+                       help="train on the mean (default) or the summed loss of a batch")
     train.add_argument("--schedule", choices=["plateau", "step"], default=None,
                        help="learning-rate schedule (default: none)")
     train.add_argument("--time-limit", type=_positive_float,

@@ -4,12 +4,15 @@ The model is a thin composition of the layers in :mod:`fastrnn.layers`; every ti
 in the compiled kernels (or, with ``device="cuda"``, in the CuPy GPU backend), and sampling
 runs in the compiled loop of :mod:`fastrnn.lm.generation`.
 """
+import math
+import numbers
+
 import numpy as np
 
 from . import checkpoint
 from .._device import get_array_module, normalize_device, to_device
 from .._validation import as_float_dtype, check_int, check_token_ids
-from ..cells import get_cell, param_names, param_shapes
+from ..cells import RECURRENT_INITS, check_init_std, get_cell, param_names, param_shapes
 from ..layers import Dropout, Embedding, Linear, Module, SoftmaxCrossEntropy
 from ..layers.loss import length_mask
 from ..layers.recurrent import RecurrentLayer
@@ -36,6 +39,11 @@ class LanguageModel(Module):
         tie_weights: share the embedding matrix with the output layer (needs E == H).
         seed: seeds initialisation and dropout masks.
         dtype: float32 (default) or float64.
+        init_std: None (default: PyTorch's initialisation) or σ: every weight (embedding,
+            recurrent, output) drawn from N(0, σ²) and every bias zero.
+        recurrent_init: "uniform" (default) or "identity" (Keras IRNN: W_hh = I, nothing else
+            changed; combine with ``init_std`` for small input weights).
+        forget_bias: None or the LSTM's forget-gate bias (e.g. 1.0), on ``bias_ih``.
         device: "cpu" (default) or "cuda" (CuPy arrays on the GPU; ``pip install 'fastrnn[gpu]'``).
             The parameters are initialised on the host first, so a seed gives the same model on
             either device; ``to(device)`` moves it later.
@@ -52,7 +60,7 @@ class LanguageModel(Module):
 
     def __init__(self, vocab_size=None, embed_size=64, hidden_size=256, num_layers=2, cell="lstm",
                  dropout=0.0, tie_weights=False, seed=0, dtype=np.float32, vocab=None,
-                 device="cpu"):
+                 init_std=None, recurrent_init="uniform", forget_bias=None, device="cpu"):
         super().__init__()
         if vocab is not None:
             if not isinstance(vocab, Vocab):
@@ -77,6 +85,16 @@ class LanguageModel(Module):
                              f"and {self.hidden_size}")
         self.seed = check_int(seed, "seed", 0)
         self.dtype = as_float_dtype(dtype)
+        self.init_std = check_init_std(init_std)
+        if recurrent_init not in RECURRENT_INITS:
+            raise ValueError(f"recurrent_init must be one of {RECURRENT_INITS}, got {recurrent_init!r}")
+        self.recurrent_init = recurrent_init
+        if forget_bias is not None:
+            if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \
+                    or not math.isfinite(forget_bias):
+                raise ValueError(f"forget_bias must be a finite number or None, got {forget_bias!r}")
+            forget_bias = float(forget_bias)
+        self.forget_bias = forget_bias
 
         seeds = [int(s) for s in np.random.SeedSequence(self.seed).generate_state(5)]
         # In the order of the forward pass; the Embedding before the output Linear that may
@@ -86,7 +104,9 @@ class LanguageModel(Module):
         self.add_layer("input_dropout", Dropout(self.dropout, seed=seeds[1]))
         self.add_layer("rnn", RecurrentLayer(self.cell, self.embed_size, self.hidden_size,
                                              self.num_layers, dropout=self.dropout,
-                                             dtype=self.dtype, seed=seeds[2]))
+                                             dtype=self.dtype, seed=seeds[2],
+                                             recurrent_init=self.recurrent_init,
+                                             forget_bias=self.forget_bias, init_std=self.init_std))
         self.add_layer("output_dropout", Dropout(self.dropout, seed=seeds[3]))
         if self.tie_weights:
             output = Linear.tied_to(self.embedding, seed=seeds[4])
@@ -94,6 +114,16 @@ class LanguageModel(Module):
             output = Linear(self.hidden_size, self.vocab_size, dtype=self.dtype, seed=seeds[4])
         self.add_layer("output", output)
         self.add_layer("loss", SoftmaxCrossEntropy())
+        self.frozen = set()   # names of params the optimizers leave unchanged (see freeze)
+        if self.init_std is not None:
+            # The recurrent layer drew its own; the embedding and output layer are redrawn
+            # here (on the host, so a seed gives the same model on either device).
+            rng = np.random.default_rng([self.seed, 1])
+            for name in ("embedding.weight", "output.weight"):
+                if name in self.params:   # output.weight is absent when tied
+                    weight = self.params[name]
+                    weight[...] = rng.normal(0.0, self.init_std, weight.shape)
+            self.params["output.bias"][...] = 0
         self.to(device)
 
     # ---- modes and parameters -------------------------------------------------------------
@@ -104,7 +134,27 @@ class LanguageModel(Module):
         return {"vocab_size": self.vocab_size, "embed_size": self.embed_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "cell": self.cell.name,
                 "dropout": self.dropout, "tie_weights": self.tie_weights, "seed": self.seed,
-                "dtype": self.dtype.name}
+                "dtype": self.dtype.name, "init_std": self.init_std,
+                "recurrent_init": self.recurrent_init, "forget_bias": self.forget_bias}
+
+    def freeze(self, name):
+        """Keep parameter ``name`` (a key of ``params``, e.g. ``"embedding.weight"``) fixed.
+
+        Its gradient is still computed by ``backward``; every optimizer of :mod:`fastrnn.optim`
+        built with ``frozen=model.frozen`` (the :class:`~fastrnn.lm.train.Trainer` does so)
+        skips it, and the Trainer leaves it out of gradient clipping. A tied output weight is
+        the embedding's array, so freezing ``embedding.weight`` freezes both. Not saved with
+        the model: freeze again after loading.
+        """
+        if name not in self.params:
+            raise KeyError(f"no parameter named {name!r}; the names are {sorted(self.params)}")
+        self.frozen.add(name)
+
+    def unfreeze(self, name):
+        """Let the optimizers update parameter ``name`` again (see :meth:`freeze`)."""
+        if name not in self.params:
+            raise KeyError(f"no parameter named {name!r}; the names are {sorted(self.params)}")
+        self.frozen.discard(name)
 
     def _dropout_layers(self):
         return {"input": self.input_dropout, "rnn": self.rnn, "output": self.output_dropout}
@@ -135,12 +185,15 @@ class LanguageModel(Module):
         h = self.output_dropout.forward(h)
         return self.output.forward(h), state
 
-    def forward(self, x, y, state=None, lengths=None):
+    def forward(self, x, y, state=None, lengths=None, mask=None):
         """Mean cross-entropy (nats per token) of targets ``y`` given inputs ``x``.
 
         x, y: int ids (T, B), ``y`` usually ``x`` shifted by one step. state: carried recurrent
         state or None (zeros). lengths: (B,) real lengths of padded sequences; padded steps
-        are masked out of the loss. Returns ``(loss, final_state)``, the loss a Python float
+        are masked out of the loss. mask: (T, B) boolean or real weights >= 0 multiplying each
+        step's loss (combined with the lengths mask): e.g. sequence-to-one training puts 1 on
+        the last step only. The mean is then the weighted sum over the sum of the weights
+        (``reduction="sum"`` on ``self.loss``: the weighted sum). Returns ``(loss, final_state)``, the loss a Python float
         and the state on the model's device; ``self.loss.n_tokens`` is the number of tokens
         counted. Ids may be NumPy or CuPy arrays: they are moved to the model's device.
         """
@@ -150,16 +203,22 @@ class LanguageModel(Module):
             y = self._check_ids(y, "y")
             if y.shape != logits.shape[:2]:
                 raise ValueError(f"y must have the shape of x {logits.shape[:2]}, got {y.shape}")
-            mask = None if lengths is None else length_mask(lengths, y.shape[0])
-            return self.loss.forward(logits, y, mask), state
+            weights = None if lengths is None else length_mask(lengths, y.shape[0])
+            if mask is not None:
+                mask = to_device(mask, self.device)
+                if mask.shape != y.shape:
+                    raise ValueError(f"mask must have the shape of x {y.shape}, got {mask.shape}")
+                weights = mask if weights is None else mask * to_device(weights, self.device)
+            return self.loss.forward(logits, y, weights), state
 
-    def backward(self):
+    def backward(self, scale=1.0):
         """Backpropagate the most recent pending training-mode ``forward``'s loss (truncated
         at its initial state) and accumulate into ``grads``. Each layer keeps one record per
         forward, so ``forward(a); forward(b); backward(); backward()`` gives the gradient of
-        both losses (LIFO); a forward in eval mode records nothing (RuntimeError here)."""
+        both losses (LIFO); a forward in eval mode records nothing (RuntimeError here).
+        ``scale``: backpropagate ``scale * loss`` (e.g. the token count for a summed loss)."""
         with blas_single_threaded():
-            d = self.loss.backward()
+            d = self.loss.backward(scale)
             d = self.output_dropout.backward(self.output.backward(d))
             d, _ = self.rnn.backward(d)
             self.embedding.backward(self.input_dropout.backward(d))
@@ -393,6 +452,8 @@ MAX_PARAMETERS = 2**32
 
 _CONFIG_KEYS = ("vocab_size", "embed_size", "hidden_size", "num_layers", "cell", "dropout",
                 "tie_weights", "seed", "dtype")
+_OPTIONAL_CONFIG_KEYS = ("init_std", "recurrent_init", "forget_bias")
+"""Initialisation options (issue 12): files written before them lack them (the defaults)."""
 
 
 def parameter_shapes(config):
@@ -415,8 +476,9 @@ def _check_config(config):
     """Validate a model ``config()`` read from a file (types, ranges, the limits above)."""
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict, got {type(config).__name__}")
-    if set(config) != set(_CONFIG_KEYS):
-        raise ValueError(f"config must have the keys {sorted(_CONFIG_KEYS)}, got {sorted(config)}")
+    if not set(_CONFIG_KEYS) <= set(config) <= set(_CONFIG_KEYS + _OPTIONAL_CONFIG_KEYS):
+        raise ValueError(f"config must have the keys {sorted(_CONFIG_KEYS)} (and optionally "
+                         f"{sorted(_OPTIONAL_CONFIG_KEYS)}), got {sorted(config)}")
     for key, limit in (("vocab_size", MAX_VOCAB_SIZE), ("embed_size", MAX_WIDTH),
                        ("hidden_size", MAX_WIDTH), ("num_layers", MAX_LAYERS)):
         value = check_int(config[key], f"config {key}", 1)
@@ -432,6 +494,13 @@ def _check_config(config):
     if config["tie_weights"] and config["embed_size"] != config["hidden_size"]:
         raise ValueError("config tie_weights needs embed_size == hidden_size")
     check_int(config["seed"], "config seed", 0)
+    check_init_std(config.get("init_std"))
+    if config.get("recurrent_init", "uniform") not in RECURRENT_INITS:
+        raise ValueError(f"config recurrent_init must be one of {RECURRENT_INITS}")
+    forget_bias = config.get("forget_bias")
+    if forget_bias is not None and (isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float))
+                                    or not math.isfinite(forget_bias) or config["cell"] != "lstm"):
+        raise ValueError(f"config forget_bias must be null or a finite number (LSTM only), got {forget_bias!r}")
     if config["dtype"] not in ("float32", "float64"):
         raise ValueError(f"config dtype must be 'float32' or 'float64', got {config['dtype']!r}")
     total = sum(int(np.prod(shape)) for shape in parameter_shapes(config).values())

@@ -19,6 +19,7 @@ restored to the model's device on resume (so a checkpoint loads on either device
 """
 import collections
 import copy
+import inspect
 import math
 import time
 
@@ -34,6 +35,8 @@ from .text.corpus import SentenceBatcher, StreamBatcher
 
 OPTIMIZERS = optim.OPTIMIZERS   # the Trainer's optimizer names: fastrnn.optim's table
 SCHEDULES = (None, "plateau", "step")
+CLIP_MODES = optim.CLIP_MODES
+REDUCTIONS = ("mean", "sum")   # the loss layer's (fastrnn.layers.loss.REDUCTIONS)
 
 
 class Trainer:
@@ -51,8 +54,22 @@ class Trainer:
         batch_size, seq_len: B streams x T steps per window (stream mode); sentence mode uses
             ``batch_size`` sentences per batch.
         optimizer: one of ``OPTIMIZERS``; ``lr``, ``weight_decay`` and ``momentum`` (SGD,
-            RMSprop) go to it.
-        clip: global gradient-norm limit, or None.
+            RMSprop) go to it, and so does ``optimizer_options``, a dict of its other keyword
+            arguments (e.g. ``{"rho": 0.95, "eps": 1e-6}`` for Adadelta, ``{"betas": (0.9,
+            0.98)}`` for Adam, ``{"nesterov": True}`` for SGD).
+        clip: the clipping limit, or None. ``clip_mode`` says what it limits: "norm" (default)
+            the global L2 norm of all gradients; "param_norm" each parameter's gradient norm
+            on its own (theano_lstm's ``max_norm``); "value" each gradient element, clamped
+            to [-clip, clip]. Frozen parameters are left out.
+        reduction: "mean" (default) trains on the mean loss per token; "sum" on the summed
+            loss of the batch (gradients ``n_tokens`` times larger). ``train_step`` and the
+            history report the mean either way.
+        shuffle: sentence mode only: reshuffle the sentences every epoch (default) or keep
+            their order.
+        callback: optional ``callback(step, trainer)`` called after every training step (and
+            its validation and checkpoint), e.g. to sample, print or change
+            ``trainer.optimizer.lr``. To train further after ``fit`` returns, raise
+            ``trainer.max_steps`` (or ``max_epochs``/``time_limit``) and call ``fit`` again.
         schedule: None, "plateau" (multiply lr by ``lr_decay`` when validation loss does not
             improve) or "step" (multiply by ``lr_decay`` every ``lr_step_epochs`` epochs).
         eval_every: validate every this many steps (default: once per epoch) and at the end.
@@ -67,7 +84,9 @@ class Trainer:
     """
 
     def __init__(self, model, train_data, val_ids=None, *, batch_size=32, seq_len=64,
-                 optimizer="adam", lr=2e-3, weight_decay=0.0, momentum=0.0, clip=5.0,
+                 optimizer="adam", lr=2e-3, weight_decay=0.0, momentum=0.0,
+                 optimizer_options=None, clip=5.0, clip_mode="norm", reduction="mean",
+                 shuffle=True, callback=None,
                  schedule=None, lr_decay=0.5, lr_step_epochs=1, eval_every=None,
                  eval_batch_size=16, patience=None, max_steps=None, max_epochs=None,
                  time_limit=None, checkpoint_path=None, checkpoint_every=None, progress=True,
@@ -80,14 +99,16 @@ class Trainer:
         if isinstance(train_data, (list, tuple)):
             self.mode = "sentences"
             eos = 0 if model.vocab is None or model.vocab.eos is None else model.vocab.eos_id
-            self.batcher = SentenceBatcher(list(train_data), self.batch_size, seed=seed, pad_id=eos)
+            self.batcher = SentenceBatcher(list(train_data), self.batch_size, shuffle=shuffle,
+                                           seed=seed, pad_id=eos)
         else:
             self.mode = "stream"
             self.batcher = StreamBatcher(train_data, self.batch_size, self.seq_len)
         self.val_ids = self._check_val_ids(val_ids)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
-        self.optimizer = self._make_optimizer(optimizer, lr, weight_decay, momentum)
+        self.optimizer = self._make_optimizer(optimizer, lr, weight_decay, momentum,
+                                              optimizer_options)
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.schedule_name = schedule
@@ -98,6 +119,17 @@ class Trainer:
         else:
             self.schedule = None
         self.clip = None if clip is None else float(clip)
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip must be a finite number > 0 or None, got {clip!r}")
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
+        self.clip_mode = clip_mode
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable(step, trainer), got {type(callback).__name__}")
+        self.callback = callback
         self.eval_every = len(self.batcher) if eval_every is None else check_int(eval_every, "eval_every", 1)
         self.eval_batch_size = check_int(eval_batch_size, "eval_batch_size", 1)
         self.patience = None if patience is None else check_int(patience, "patience", 1)
@@ -135,11 +167,26 @@ class Trainer:
                              f"1-D id arrays, got shape {val_ids.shape}")
         return val_ids
 
-    def _make_optimizer(self, name, lr, weight_decay, momentum):
+    def _make_optimizer(self, name, lr, weight_decay, momentum, options):
         kwargs = {"lr": lr, "weight_decay": weight_decay}
         if name in ("sgd", "rmsprop"):
             kwargs["momentum"] = momentum
-        return OPTIMIZERS[name](self.model.params, self.model.grads, **kwargs)
+        options = {} if options is None else options
+        if not isinstance(options, dict):
+            raise TypeError(f"optimizer_options must be a dict, got {type(options).__name__}")
+        reserved = sorted(set(options) & {"params", "grads", "frozen"})
+        if reserved:
+            raise ValueError(f"optimizer_options may not set {reserved}")
+        kwargs.update(options)   # an option overrides lr/weight_decay/momentum too
+        try:
+            return OPTIMIZERS[name](self.model.params, self.model.grads, frozen=self.model.frozen,
+                                    **kwargs)
+        except TypeError as exc:
+            if "unexpected keyword" not in str(exc):
+                raise
+            accepted = [p for p in inspect.signature(OPTIMIZERS[name]).parameters
+                        if p not in ("params", "grads", "frozen")]
+            raise ValueError(f"optimizer_options {sorted(options)}: {name} takes {accepted}") from None
 
     # ---- one step -------------------------------------------------------------------------
 
@@ -157,7 +204,10 @@ class Trainer:
             loss, state = model.forward(x, y, self.carry, lengths)
             try:
                 model.zero_grad()
-                model.backward()
+                if self.reduction == "mean":
+                    model.backward()
+                else:   # the summed loss is n_tokens times the mean (0/1 masks): scaled
+                    model.backward(float(model.loss.n_tokens))
             except BaseException:
                 # Interrupted (Ctrl-C) or failed between forward and backward: drop the
                 # forward's records so that they neither hold memory nor pair with a later
@@ -165,12 +215,21 @@ class Trainer:
                 model.clear_pending()
                 raise
             if self.clip is not None:
-                optim.clip_grad_norm(model.grads, self.clip)
+                self._clip({k: g for k, g in model.grads.items() if k not in model.frozen})
             self.optimizer.step()
         self.carry = state if self.mode == "stream" else None
         self.step += 1
         self.tokens += int(model.loss.n_tokens)
         return loss
+
+    def _clip(self, grads):
+        if self.clip_mode == "norm":
+            optim.clip_grad_norm(grads, self.clip)
+        elif self.clip_mode == "param_norm":
+            for grad in grads.values():
+                optim.clip_grad_norm([grad], self.clip)
+        else:
+            optim.clip_grad_value(grads, self.clip)
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -202,6 +261,8 @@ class Trainer:
                     self._validate(float(np.mean(recent)))
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                     self.save_checkpoint()
+                if self.callback is not None:
+                    self.callback(self.step, self)
             if not self.history or self.history[-1]["step"] != self.step:
                 self._validate(float(np.mean(recent)) if recent else math.nan)
             if self.checkpoint_path is not None:
@@ -357,8 +418,11 @@ class Trainer:
         :class:`fastrnn.lm.checkpoint.CheckpointError` for the file) and changes nothing.
         """
         saved, extra = LanguageModel.load(path, with_extra=True)
-        # The seed only decides initialisation and dropout streams, both restored below.
-        architecture = [{k: v for k, v in m.config().items() if k != "seed"} for m in (saved, self.model)]
+        # The seed and the init options only decide initialisation and dropout streams, both
+        # restored below.
+        initial = ("seed", "init_std", "recurrent_init", "forget_bias")
+        architecture = [{k: v for k, v in m.config().items() if k not in initial}
+                        for m in (saved, self.model)]
         if architecture[0] != architecture[1]:
             raise ValueError(f"checkpoint {path} holds a different model: {architecture[0]} vs "
                              f"{architecture[1]}")
