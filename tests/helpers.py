@@ -67,3 +67,15 @@ def run_python(args, cwd, **kwargs):
 
     env = dict(os.environ, PYTHONPATH=str(Path(fastrnn.__file__).resolve().parents[1]))
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, **kwargs)
+
+
+def assert_model_gradients_match(model, loss, rng, tol=1e-6):
+    """Run ``loss()`` (a training-mode forward of ``model``), backpropagate it, and check every
+    parameter's gradient against central differences of ``loss`` (relative error < ``tol``)."""
+    loss()
+    model.zero_grad()
+    model.backward()
+    analytic = {k: g.copy() for k, g in model.grads.items()}
+    for name, param in model.params.items():
+        err = gradient_check_error(loss, param, analytic[name], rng)
+        assert err < tol, f"{name}: {err:.2e}"

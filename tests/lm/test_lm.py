@@ -8,7 +8,7 @@ import pytest
 from fastrnn import CharVocab, CheckpointError, LanguageModel, WordVocab
 from fastrnn.lm import checkpoint
 
-from helpers import assert_close, gradient_check_error
+from helpers import assert_close, assert_model_gradients_match
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 
@@ -34,13 +34,7 @@ def test_every_parameter_gradient_matches_finite_differences(cell, tie, use_leng
     def loss():
         return model.forward(x, y, state, lengths)[0]
 
-    loss()
-    model.zero_grad()
-    model.backward()
-    analytic = {k: g.copy() for k, g in model.grads.items()}
-    for name, param in model.params.items():
-        err = gradient_check_error(loss, param, analytic[name], rng)
-        assert err < 1e-6, f"{name}: {err:.2e}"
+    assert_model_gradients_match(model, loss, rng)
 
 
 def test_padded_steps_do_not_change_the_loss(rng):

@@ -53,7 +53,7 @@ def test_init_option_errors():
 
 # ---- loss mask ----------------------------------------------------------------------------
 
-from helpers import gradient_check_error  # noqa: E402
+from helpers import assert_model_gradients_match  # noqa: E402
 
 
 def _fd_model(cell="lstm"):
@@ -78,13 +78,7 @@ def test_mask_gradients_match_finite_differences(cell, kind, rng):
     def loss():
         return model.forward(x, y, None, lengths, mask=mask)[0]
 
-    loss()
-    model.zero_grad()
-    model.backward()
-    analytic = {k: g.copy() for k, g in model.grads.items()}
-    for name, param in model.params.items():
-        err = gradient_check_error(loss, param, analytic[name], rng)
-        assert err < 1e-6, f"{name}: {err:.2e}"
+    assert_model_gradients_match(model, loss, rng)
 
 
 def test_mask_value_is_the_weighted_mean_of_token_losses(rng):
