@@ -79,3 +79,16 @@ def assert_model_gradients_match(model, loss, rng, tol=1e-6):
     for name, param in model.params.items():
         err = gradient_check_error(loss, param, analytic[name], rng)
         assert err < tol, f"{name}: {err:.2e}"
+
+
+def cli_error_line(capsys, argv):
+    """Run the ``fastrnn`` command's main(argv), expect exit code 2 and a single line on
+    stderr (no traceback); return that line."""
+    from fastrnn.lm.cli import main
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]

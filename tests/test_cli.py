@@ -7,7 +7,7 @@ import pytest
 from fastrnn import LanguageModel
 from fastrnn.lm import checkpoint
 from fastrnn.lm.cli import main
-from helpers import run_python
+from helpers import cli_error_line as run_error, run_python
 
 TINY = ["--embed", "8", "--hidden", "16", "--layers", "1", "--batch", "4", "--seq-len", "16",
         "--no-progress"]
@@ -19,17 +19,6 @@ def trained(tmp_path, corpus):
     assert main(["train", str(corpus), "--max-steps", "30", "--eval-every", "10",
                  "--out", str(out), *TINY]) == 0
     return out
-
-
-def run_error(capsys, argv):
-    """Run the CLI, expect exit code 2 and a single line on stderr; return that line."""
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert "Traceback" not in captured.err
-    return lines[0]
 
 
 def test_train_sample_eval_info_round_trip(tmp_path, corpus, capsys):

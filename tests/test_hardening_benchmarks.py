@@ -11,7 +11,7 @@ import pytest
 import fastrnn
 import fake_cupy
 from fastrnn.lm.cli import load_benchmarks, main
-from helpers import run_python
+from helpers import cli_error_line, run_python
 
 REPO = Path(__file__).resolve().parents[1]
 benchmarks = load_benchmarks(REPO)
@@ -35,15 +35,6 @@ def received(monkeypatch):
     return calls
 
 
-def _one_error_line(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
-
-
 def test_bench_finds_the_checkout_from_a_subdirectory(monkeypatch, received):
     monkeypatch.chdir(REPO / "tests")
     assert main(["bench", "--quick", "--cases", "lm"]) == 0
@@ -60,11 +51,11 @@ def test_bench_from_names_the_checkout(monkeypatch, tmp_path, received, form):
 
 def test_bench_outside_a_checkout_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys, received):
     monkeypatch.chdir(tmp_path)
-    line = _one_error_line(capsys, ["bench", "--quick"])
+    line = cli_error_line(capsys, ["bench", "--quick"])
     assert "source checkout" in line and "--from DIR" in line and str(tmp_path) in line
-    line = _one_error_line(capsys, ["bench", "--from", str(tmp_path)])
+    line = cli_error_line(capsys, ["bench", "--from", str(tmp_path)])
     assert line.startswith(f"fastrnn: error: --from {tmp_path}: expected a fastrnn source checkout")
-    assert "expected one argument" in _one_error_line(capsys, ["bench", "--from"])
+    assert "expected one argument" in cli_error_line(capsys, ["bench", "--from"])
     assert received == []
 
 

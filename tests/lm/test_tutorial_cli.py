@@ -3,18 +3,10 @@ import pytest
 
 from fastrnn.lm import train as train_module
 from fastrnn.lm.cli import main
+from helpers import cli_error_line as run_error
 
 TINY = ["--embed", "8", "--hidden", "16", "--layers", "1", "--batch", "4", "--seq-len", "16",
         "--no-progress"]
-
-
-def run_error(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
 
 
 def test_optimizer_options_clip_mode_and_reduction_flags(tmp_path, corpus, capsys, monkeypatch):
