@@ -25,10 +25,14 @@ cdef inline int _check_len(str name, Py_ssize_t n, Py_ssize_t want) except -1:
     return 0
 
 
-cdef inline Py_ssize_t _row_stride(str name, Py_ssize_t stride, Py_ssize_t itemsize,
-                                   Py_ssize_t rows, Py_ssize_t cols) except -1:
-    """Row stride in elements of a (rows, cols) array whose rows may be strided: a positive
-    whole number of elements, at least cols (rows must not overlap), and fitting BLAS."""
+cdef inline Py_ssize_t _row_stride(str name, Py_ssize_t stride, Py_ssize_t col_stride,
+                                   Py_ssize_t itemsize, Py_ssize_t rows,
+                                   Py_ssize_t cols) except -1:
+    """Row stride in elements of a (rows, cols) array whose rows may be strided but whose
+    elements within a row are contiguous (col_stride == itemsize): a positive whole number of
+    elements, at least cols (rows must not overlap), and fitting BLAS."""
+    if col_stride != itemsize and cols > 1:
+        raise ValueError(f"{name} rows must be contiguous")
     if rows <= 1:
         return max(cols, 1)   # never used to step; BLAS wants at least the row length
     if stride % itemsize != 0 or stride // itemsize < cols:

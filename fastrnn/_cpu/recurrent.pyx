@@ -479,9 +479,8 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     _check_lengths(lengths, T, B)
     sh = _loop_shape(kind, T, B, H, reverse, lengths)
     buf = _no_buffers()
-    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], sizeof(floating), T * B, H)
-    if y.strides[1] != sizeof(floating):
-        raise ValueError("y rows must be contiguous")
+    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
+                           sizeof(floating), T * B, H)
     if kind == K_LSTM:
         if c is None or chist is None:
             raise TypeError("the LSTM needs c and chist, got None")
@@ -564,15 +563,12 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     _check_lengths(lengths, T, B)
     sh = _loop_shape(kind, T, B, H, reverse, lengths)
     buf = _no_buffers()
-    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], sizeof(floating), T * B, H)
-    if y.strides[1] != sizeof(floating):
-        raise ValueError("y rows must be contiguous")
+    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
+                           sizeof(floating), T * B, H)
     if dy is not None:
         _check_shape("dy", dy.shape[0], dy.shape[1], T * B, H)
-        if dy.strides[1] != sizeof(floating):
-            raise ValueError("dy rows must be contiguous")
-        buf.lddy = _row_stride("dy (the output gradient rows)", dy.strides[0], sizeof(floating),
-                               T * B, H)
+        buf.lddy = _row_stride("dy (the output gradient rows)", dy.strides[0], dy.strides[1],
+                               sizeof(floating), T * B, H)
         buf.dy = &dy[0, 0]
     if kind == K_LSTM:
         if c0 is None or chist is None or dc is None:
@@ -796,9 +792,8 @@ def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     _check_shape("dgh_first", dgh_first.shape[0], dgh_first.shape[1], B, GH)
     _check_shape("dw_ih", dw_ih.shape[0], dw_ih.shape[1], GH, I)
     _check_shape("dw_hh", dw_hh.shape[0], dw_hh.shape[1], GH, H)
-    gb.ldy = _row_stride("y (the output rows, out=)", y.strides[0], sizeof(floating), T * B, H)
-    if y.strides[1] != sizeof(floating):
-        raise ValueError("y rows must be contiguous")
+    gb.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
+                          sizeof(floating), T * B, H)
     if kind == K_GRU:
         if hn is None:
             raise TypeError("the GRU needs hn, got None")
