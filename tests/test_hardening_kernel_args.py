@@ -107,3 +107,14 @@ def test_generate_loop_checks_its_buffers(rng):
                                ("table", np.zeros((7, 3)), ValueError)]:
         with pytest.raises(error):
             _gen.generate_loop(**dict(good, **{name: value}))
+
+
+def test_output_rows_with_strided_elements_are_refused():
+    """The kernels walk each row of y/dy as one contiguous block: other layouts are refused
+    at the compiled entry point (functional copies such buffers before it gets there)."""
+    T_, B_, H_ = 3, 9, 4
+    strided = np.zeros((T_ * B_, 2 * H_))[:, ::2]
+    with pytest.raises(ValueError, match="rows must be contiguous"):
+        _kernels.forward_loop(0, False, T_, B_, np.zeros((H_, H_)), np.zeros(H_),
+                              np.zeros((B_, H_)), None, None, np.zeros((T_ * B_, H_)), None,
+                              None, strided, np.zeros((B_, H_)), 1)
