@@ -1,5 +1,6 @@
 """Text for language models: vocabularies, corpora and batchers, and a synthetic language."""
-from .corpus import SentenceBatcher, StreamBatcher, load_text, split_sentences, train_val_split
+from .corpus import (SentenceBatcher, StreamBatcher, load_text, split_sentences, text_to_sentences,
+                     train_val_split)
 from .synthetic import END, NONSENSE_GRAMMAR, Grammar, State, SyntheticLanguage
 from .vocab import (END_OF_SENTENCE, CharVocab, Vocab, WordVocab, load_vocab, tokenize_words,
                     vocab_from_dict)
@@ -7,6 +8,6 @@ from .vocab import (END_OF_SENTENCE, CharVocab, Vocab, WordVocab, load_vocab, to
 __all__ = [
     "CharVocab", "WordVocab", "Vocab", "vocab_from_dict", "load_vocab", "tokenize_words",
     "END_OF_SENTENCE",
-    "load_text", "train_val_split", "split_sentences", "StreamBatcher", "SentenceBatcher",
+    "load_text", "train_val_split", "split_sentences", "text_to_sentences", "StreamBatcher", "SentenceBatcher",
     "SyntheticLanguage", "Grammar", "State", "END", "NONSENSE_GRAMMAR",
 ]
