@@ -554,13 +554,26 @@ def cmd_eval(args):
 
     _check_device(args)
     _set_threads(args)
-    model = LanguageModel.load(args.model, device=args.device)
+    model, extra = LanguageModel.load(args.model, with_extra=True, device=args.device)
     text = load_text(args.file)
     vocab = model._require_vocab()
     unknown = vocab.unknown_tokens(text)
-    ids = vocab.encode(text)
-    loss = model.evaluate(ids)
-    print(f"{args.file}: {len(ids):,} tokens, {loss:.4f} nats/token, "
+    if vocab.bos is None:
+        ids = vocab.encode(text)
+        loss = model.evaluate(ids)
+        n_tokens = len(ids)
+    else:
+        # A sentence model scores each sentence alone, wrapped as in training, cut the way
+        # its training run cut them (saved with its trainer state; else by text_to_sentences).
+        settings = extra.get("trainer", {}).get("settings", {}) if isinstance(extra, dict) else {}
+        how = settings.get("sentences") if isinstance(settings, dict) else None
+        how = _check_saved_setting("sentences", how) or "text"
+        sentences = _sentence_ids(_text_sentences(text, how), vocab)
+        if not sentences:
+            raise ValueError(f"{args.file} has no sentences")
+        loss = model.evaluate(sentences)
+        n_tokens = sum(len(s) - 1 for s in sentences)
+    print(f"{args.file}: {n_tokens:,} tokens, {loss:.4f} nats/token, "
           f"{loss / math.log(2):.4f} bits/token, perplexity {math.exp(min(loss, 700)):.2f}")
     if unknown:
         print(f"({len(unknown)} distinct tokens were not in the vocabulary and scored as unknown)")

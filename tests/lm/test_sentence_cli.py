@@ -132,3 +132,20 @@ def test_sentence_mode_errors_are_one_line(options, message, tmp_path, prose, ca
                               "--out", str(tmp_path / "x.npz"), *TINY])
     assert message in line
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_eval_scores_a_sentence_model_sentence_by_sentence(tmp_path, prose, capsys):
+    out = tmp_path / "m.npz"
+    assert main(["train", str(prose), "--level", "word", "--sentences", "--max-steps", "2",
+                 "--out", str(out), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), str(prose)]) == 0
+    printed = capsys.readouterr().out
+    model = LanguageModel.load(out)
+    vocab = model.vocab
+    from fastrnn.lm.text import text_to_sentences
+    wrapped = [np.concatenate([[vocab.bos_id], vocab.encode(s), [vocab.eos_id]])
+               for s in text_to_sentences(prose.read_text())]
+    expected = model.evaluate(wrapped)
+    n_tokens = sum(len(s) - 1 for s in wrapped)
+    assert f"{n_tokens:,} tokens, {expected:.4f} nats/token" in printed
