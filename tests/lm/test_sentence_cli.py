@@ -149,3 +149,21 @@ def test_eval_scores_a_sentence_model_sentence_by_sentence(tmp_path, prose, caps
     expected = model.evaluate(wrapped)
     n_tokens = sum(len(s) - 1 for s in wrapped)
     assert f"{n_tokens:,} tokens, {expected:.4f} nats/token" in printed
+
+
+def test_resuming_a_checkpoint_from_before_sentence_mode(tmp_path, corpus, capsys):
+    """Checkpoints written before --sentences/--bos/--eos/--unk existed resume as word runs
+    with their vocabulary's special tokens (which the options may repeat)."""
+    out = tmp_path / "m.npz"
+    assert main(["train", str(corpus), "--level", "word", "--max-steps", "2",
+                 "--out", str(out), *TINY]) == 0
+    model, extra = LanguageModel.load(out, with_extra=True)
+    for key in ("sentences", "bos", "eos", "unk"):
+        del extra["trainer"]["settings"][key]
+    model.save(out, extra=extra)
+    assert main(["train", str(corpus), "--resume", str(out), "--max-steps", "4",
+                 "--unk", "<unk>", "--eos", "</s>", "--no-progress"]) == 0
+    capsys.readouterr()
+    line = run_error(capsys, ["train", str(corpus), "--resume", str(out), "--max-steps", "6",
+                              "--sentences", "--no-progress"])
+    assert "--sentences text does not match the checkpoint (None)" in line

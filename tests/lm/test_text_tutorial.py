@@ -92,12 +92,14 @@ def test_tokenizer_errors_name_the_argument(tmp_path):
 
 
 def test_special_tokens_are_never_lower_cased_or_split():
-    text = "SENTENCE_START Hello, World! SENTENCE_END\nSENTENCE_START <unk> Bye SENTENCE_END\n"
+    text = ("SENTENCE_START Hello, World! SENTENCE_END\n"
+            "SENTENCE_START <unk> <PAD> Bye SENTENCE_END\n")
     vocab = WordVocab.build(text, lowercase=True, bos="SENTENCE_START", eos="SENTENCE_END",
-                            specials=["<unk>"])
+                            specials=["<PAD>"])
     assert vocab.tokenize(text) == [
         "SENTENCE_START", "hello", ",", "world", "!", "SENTENCE_END",
-        "SENTENCE_START", "<unk>", "bye", "SENTENCE_END"]
+        "SENTENCE_START", "<unk>", "<PAD>", "bye", "SENTENCE_END"]
+    assert vocab.specials == ["<unk>", "SENTENCE_START", "SENTENCE_END", "<PAD>"]
     assert "sentence_start" not in vocab.tokens
     # Only where they stand alone: inside a longer word they are ordinary text.
     assert vocab.tokenize("XSENTENCE_START") == ["xsentence_start"]
