@@ -9,7 +9,8 @@ from .vocab import (END_OF_SENTENCE, CharVocab, Vocab, WordVocab, load_vocab, to
 __all__ = [
     "CharVocab", "WordVocab", "Vocab", "vocab_from_dict", "load_vocab", "tokenize_words",
     "END_OF_SENTENCE",
-    "load_text", "train_val_split", "split_sentences", "text_to_sentences", "StreamBatcher", "SentenceBatcher",
+    "load_text", "train_val_split", "split_sentences", "text_to_sentences", "StreamBatcher",
+    "SentenceBatcher",
     "SyntheticLanguage", "Grammar", "State", "END", "NONSENSE_GRAMMAR", "THEANO_LSTM_GRAMMAR",
     "theano_lstm_grammar", "hyphenated_pairs",
 ]

@@ -1,12 +1,16 @@
 """A built-in nonsense language whose exact entropy is known: the floor for any model's loss.
 
-Sentences come from a probabilistic finite-state grammar. Each state emits one word from its
-word class (every word belongs to exactly one class, with fixed probabilities within the
-class), then moves to a next state or ends the sentence. The states that may follow any one
-state emit from *different* classes, so each word determines the next state: every token
+Sentences come from a probabilistic finite-state grammar. Each state emits one entry of its
+word class (a word, or a phrase of several tokens, with fixed probabilities within the class),
+then moves to a next state or ends the sentence. The states that may follow any one state
+emit from classes with no first token in common, so each token determines the next state
+(a word may be in several classes, as long as no state can move to two of them): every token
 sequence has at most one derivation, and the next-token distribution given a prefix depends
 only on the state reached. That makes the exact log-probability of a text, and the exact
-entropy rate of the language, computable.
+entropy rate of the language, computable. ``Grammar`` takes any such tables;
+``NONSENSE_GRAMMAR`` (below, one word per token, every word in one class) is the default
+language, and ``THEANO_LSTM_GRAMMAR`` is theano_lstm's notebook language (phrases, a word
+shared between classes, hyphenated noun pairs, no end token).
 
 Word classes (probability of each word within its class)::
 
@@ -153,8 +157,9 @@ class Grammar:
             for phrase, lp in zip(self.classes[name].outcomes, self.classes[name].log_probs):
                 if phrase[0] in first:
                     raise ValueError(
-                        f"classes[{name!r}] has entries {first[phrase[0]][0]!r} and {phrase!r} that "
-                        f"start with the same token {phrase[0]!r}: the grammar would be ambiguous")
+                        f"classes[{name!r}] has entries {first[phrase[0]][0]!r} and {phrase!r} "
+                        f"that start with the same token {phrase[0]!r}: the grammar would be "
+                        "ambiguous")
                 first[phrase[0]] = (phrase, lp)
             self._first[name] = first
         if END in states:
@@ -397,7 +402,8 @@ def hyphenated_pairs(left, right, sep="-"):
     {word: probability} tables (each summing to 1, so the result does too)."""
     for name, table in (("left", left), ("right", right)):
         if not isinstance(table, dict) or not table:
-            raise ValueError(f"{name} must be a non-empty dict of word probabilities, got {table!r}")
+            raise ValueError(f"{name} must be a non-empty dict of word probabilities, "
+                             f"got {table!r}")
     if not isinstance(sep, str):
         raise TypeError(f"sep must be a str, got {type(sep).__name__}")
     return {f"{a}{sep}{b}": pa * pb for a, pa in left.items() for b, pb in right.items()}

@@ -238,8 +238,8 @@ class Vocab:
         if self.unk is None:
             unknown = {t for t in tokens if t not in self._ids}
             if unknown:
-                raise ValueError(
-                    f"{name} has tokens not in the vocabulary (which has no unk): {_listed(unknown)}")
+                raise ValueError(f"{name} has tokens not in the vocabulary (which has no unk): "
+                                 f"{_listed(unknown)}")
         unk_id = self.unk_id
         return np.fromiter((self._ids.get(t, unk_id) for t in tokens),
                            dtype=np.int64, count=len(tokens))
