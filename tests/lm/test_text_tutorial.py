@@ -374,3 +374,18 @@ def test_hyphenated_pairs():
 def test_nonsense_grammar_is_unchanged():
     assert NONSENSE_GRAMMAR.end_token == END_OF_SENTENCE
     assert NONSENSE_GRAMMAR.entropy_per_token() == pytest.approx(1.7743265, abs=1e-6)
+
+
+def test_a_model_keeps_its_vocabulary_counts_and_tokenizer_name(tmp_path):
+    from fastrnn.lm import LanguageModel
+    vocab = WordVocab.build(TEXT, tokenizer=str.split)
+    model = LanguageModel(vocab=vocab, embed_size=4, hidden_size=4, num_layers=1)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    loaded = LanguageModel.load(path)
+    assert loaded.vocab.counts == vocab.counts and loaded.vocab.tokens == vocab.tokens
+    assert len(loaded.generate(5, seed=0)) == 1   # sampling needs no tokenizer
+    with pytest.raises(ValueError, match="custom tokenizer 'str.split'"):
+        loaded.generate(5, prime="the boat-lantern")
+    loaded.vocab.tokenizer = str.split
+    assert len(loaded.generate(5, prime="the boat-lantern", seed=0)) == 1
