@@ -38,7 +38,7 @@ def spy_trainer(monkeypatch):
 def test_sentence_mode_trains_on_wrapped_sentences_and_resumes(tmp_path, prose, capsys,
                                                                spy_trainer):
     out = tmp_path / "m.npz"
-    argv = ["train", str(prose), "--level", "word", "--sentences", "--lowercase", *SPECIALS,
+    argv = ["train", "--level", "word", "--sentences", str(prose), "--lowercase", *SPECIALS,
             "--out", str(out), *TINY]
     assert main([*argv, "--max-steps", "3"]) == 0
     printed = capsys.readouterr().out
@@ -70,7 +70,7 @@ def test_sentence_mode_trains_on_wrapped_sentences_and_resumes(tmp_path, prose, 
 
 def test_sentence_mode_by_lines_and_default_specials(tmp_path, corpus, capsys, spy_trainer):
     out = tmp_path / "m.npz"
-    assert main(["train", str(corpus), "--level", "word", "--sentences", "lines",
+    assert main(["train", "--level", "word", "--sentence-lines", str(corpus),
                  "--val-fraction", "0.25", "--max-steps", "2", "--out", str(out), *TINY]) == 0
     (model, train_data, val_data), _ = spy_trainer[-1]
     vocab = model.vocab
@@ -125,7 +125,7 @@ def test_sample_from_a_sentence_model_starts_at_bos_and_stops_at_eos(tmp_path, p
     (["--level", "word", "--sentences", "--eos", "END OF"], "--eos must be one token"),
     (["--level", "word", "--sentences", "--val-fraction", "0.01"],
      "text has 40 sentences: too few to hold out --val-fraction 0.01"),
-    (["--level", "word", "--sentences", "words"], "invalid choice: 'words'"),
+    (["--level", "word", "--sentences", "--sentence-lines"], "not allowed with argument"),
 ])
 def test_sentence_mode_errors_are_one_line(options, message, tmp_path, prose, capsys):
     line = run_error(capsys, ["train", str(prose), *options, "--max-steps", "1",
