@@ -130,12 +130,70 @@ def _split_text(text, val_fraction):
     return train, val
 
 
-def _build_vocab(text, level, max_vocab, min_count, lowercase):
+def _build_vocab(text, settings):
     from .text import CharVocab, WordVocab
-    if level == "char":
-        return CharVocab.build(text, max_size=max_vocab, min_count=min_count, lowercase=lowercase)
-    return WordVocab.build(text, max_size=max_vocab or 10000, min_count=min_count,
-                           lowercase=lowercase)
+    if settings["level"] == "char":
+        return CharVocab.build(text, max_size=settings["max_vocab"],
+                               min_count=settings["min_count"], lowercase=settings["lowercase"])
+    return WordVocab.build(text, max_size=settings["max_vocab"] or 10000,
+                           min_count=settings["min_count"], lowercase=settings["lowercase"],
+                           unk=settings["unk"], bos=settings["bos"], eos=settings["eos"])
+
+
+# Special tokens of a new word-level run when --unk/--eos/--bos are not given (bos only in
+# sentence mode: it is what marks a model as a sentence model for ``fastrnn sample``).
+_WORD_SPECIALS = {"unk": "<unk>", "eos": "</s>", "bos": "<s>"}
+
+
+def _special_settings(settings):
+    """Fill in (and check) the --unk/--eos/--bos settings of a new run, in place."""
+    given = [_option(key) for key in _WORD_SPECIALS if settings[key] is not None]
+    if settings["level"] != "word":
+        if settings["sentences"] is not None:
+            raise ValueError("--sentences needs --level word")
+        if given:
+            raise ValueError(f"{', '.join(given)}: special tokens need --level word")
+        return
+    if settings["bos"] is not None and settings["sentences"] is None:
+        raise ValueError("--bos needs --sentences (sentence mode starts each sentence with it)")
+    for key, default in _WORD_SPECIALS.items():
+        if settings[key] is None and (key != "bos" or settings["sentences"] is not None):
+            settings[key] = default
+    named = [(key, settings[key]) for key in _WORD_SPECIALS if settings[key] is not None]
+    for key, token in named:
+        if not token.strip() or token != token.strip() or len(token.split()) != 1:
+            raise ValueError(f"{_option(key)} must be one token without spaces, got {token!r}")
+    tokens = [token for _, token in named]
+    if len(set(tokens)) != len(tokens):
+        raise ValueError(f"--unk, --eos and --bos must be different tokens, got "
+                         f"{dict(named)}")
+
+
+def _text_sentences(text, how):
+    """The sentences of ``text``: cut by text_to_sentences ("text") or one per non-blank
+    line ("lines"), each a str."""
+    from .text import text_to_sentences
+    if how == "lines":
+        return [" ".join(line.split()) for line in text.split("\n") if line.strip()]
+    return text_to_sentences(text)
+
+
+def _split_sentences(sentences, val_fraction):
+    """(train, val) lists of sentences; the last ``round(n * val_fraction)`` validate."""
+    if val_fraction == 0:
+        return sentences, None
+    n_val = round(len(sentences) * val_fraction)
+    if n_val < 1 or n_val >= len(sentences):
+        raise ValueError(f"text has {len(sentences)} sentences: too few to hold out "
+                         f"--val-fraction {val_fraction} of them for validation")
+    return sentences[:-n_val], sentences[-n_val:]
+
+
+def _sentence_ids(sentences, vocab):
+    """Each sentence as int64 ids wrapped in the vocabulary's bos and eos."""
+    bos, eos = np.array([vocab.bos_id]), np.array([vocab.eos_id])
+    return [np.concatenate([bos, vocab.encode(sentence), eos]).astype(np.int64)
+            for sentence in sentences]
 
 
 # ---- commands -----------------------------------------------------------------------------
@@ -195,24 +253,43 @@ def cmd_train(args):
         out = args.out or args.resume
     else:
         settings = {key: _given_or_default(args, key) for key in TRAIN_SETTINGS}
+        _special_settings(settings)
         model = vocab = None
         out = args.out or "model.npz"
     text = load_text(args.file)
-    train_text, val_text = _split_text(text, settings["val_fraction"])
+    if settings["sentences"] is None:
+        train_text, val_text = _split_text(text, settings["val_fraction"])
+    else:
+        train_sentences, val_sentences = _split_sentences(
+            _text_sentences(text, settings["sentences"]), settings["val_fraction"])
+        train_text = "".join(sentence + "\n" for sentence in train_sentences)
     if model is None:
         options = {key: _given_or_default(args, key) for key in MODEL_OPTIONS}
-        vocab = _build_vocab(train_text, settings["level"], settings["max_vocab"],
-                             settings["min_count"], settings["lowercase"])
+        vocab = _build_vocab(train_text, settings)
         model = LanguageModel(vocab=vocab, embed_size=options["embed"],
                               hidden_size=options["hidden"], num_layers=options["layers"],
                               cell=options["cell"], dropout=options["dropout"],
                               tie_weights=options["tie_weights"], seed=settings["seed"],
                               dtype=np.dtype(options["dtype"]), device=args.device)
-    train_ids = vocab.encode(train_text)
-    val_ids = None if val_text is None else vocab.encode(val_text)
     unit = "char" if settings["level"] == "char" else "word"
-    print(f"{args.file}: {len(train_ids):,} training and "
-          f"{0 if val_ids is None else len(val_ids):,} validation {unit}s, vocabulary {len(vocab):,}.")
+    if settings["sentences"] is None:
+        train_ids = vocab.encode(train_text)
+        val_ids = None if val_text is None else vocab.encode(val_text)
+        print(f"{args.file}: {len(train_ids):,} training and "
+              f"{0 if val_ids is None else len(val_ids):,} validation {unit}s, "
+              f"vocabulary {len(vocab):,}.")
+    else:
+        if vocab.bos is None or vocab.eos is None:
+            raise CheckpointError(f"{args.resume}: its vocabulary has no begin and end of "
+                                  "sentence tokens, which sentence mode needs")
+        train_ids = _sentence_ids(train_sentences, vocab)
+        val_ids = None if val_sentences is None else _sentence_ids(val_sentences, vocab)
+        print(f"{args.file}: {len(train_ids):,} training and "
+              f"{0 if val_ids is None else len(val_ids):,} validation sentences "
+              f"({sum(map(len, train_ids)):,} training tokens with {vocab.bos} and "
+              f"{vocab.eos}), vocabulary {len(vocab):,}.")
+    if resume_state is None and vocab.kind == "word":
+        _print_counts(vocab)
     print(f"{model!r}", flush=True)
     trainer = Trainer(model, train_ids, val_ids, batch_size=settings["batch"],
                       seq_len=settings["seq_len"], optimizer=settings["optimizer"],
@@ -240,6 +317,19 @@ def cmd_train(args):
     return 0
 
 
+def _print_counts(vocab):
+    """003's report on a new word vocabulary: tokens found (special tokens aside), and the
+    rarest one kept."""
+    specials = set(vocab.specials)
+    counts = {token: n for token, n in (vocab.counts or {}).items() if token not in specials}
+    kept = [token for token in vocab.tokens if token in counts]
+    line = f"found {len(counts):,} unique tokens"
+    if kept:
+        rarest = min(kept, key=lambda token: (counts[token], token))
+        line += f"; least frequent kept: {rarest!r} ({counts[rarest]:,} times)"
+    print(line)
+
+
 # Training options saved in checkpoints so that --resume continues with the same settings,
 # with their defaults. The options' argparse defaults are None ("not given"), so that a resume
 # can tell the options given on its command line from the ones to take from the checkpoint.
@@ -248,9 +338,10 @@ TRAIN_DEFAULTS = {"level": "char", "batch": 32, "seq_len": 64, "optimizer": "ada
                   "max_steps": None, "epochs": None, "time_limit": None,
                   "checkpoint_every": None, "val_fraction": 0.1, "seed": 0, "max_vocab": None,
                   "min_count": 1, "lowercase": False, "optimizer_option": None,
-                  "clip_mode": "norm", "reduction": "mean"}
+                  "clip_mode": "norm", "reduction": "mean", "sentences": None, "bos": None,
+                  "eos": None, "unk": None}
 # Settings added after the first checkpoints: a checkpoint without them ran with the default.
-_LATER_SETTINGS = ("optimizer_option", "clip_mode", "reduction")
+_LATER_SETTINGS = ("optimizer_option", "clip_mode", "reduction", "sentences", "bos", "eos", "unk")
 TRAIN_SETTINGS = tuple(TRAIN_DEFAULTS)
 # The settings a resumed run may change: when to stop, validate and checkpoint. The others
 # decide the data, the batches and the optimizer's path, so they must match the checkpoint
@@ -295,7 +386,8 @@ def _check_saved_setting(key, value):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     optional = key in ("schedule", "patience", "max_steps", "epochs", "time_limit",
-                       "checkpoint_every", "max_vocab", "optimizer_option")
+                       "checkpoint_every", "max_vocab", "optimizer_option", "sentences", "bos",
+                       "eos", "unk")
     if value is None and optional:
         return None
     if key in ("batch", "seq_len", "eval_every", "patience", "max_steps", "epochs",
@@ -323,10 +415,13 @@ def _check_saved_setting(key, value):
     elif key == "lowercase":
         if not isinstance(value, bool):
             fail("true or false")
+    elif key in ("bos", "eos", "unk"):
+        if not isinstance(value, str) or not value:
+            fail("a token (str)")
     else:
         choices = {"level": ("char", "word"), "optimizer": _OPTIMIZERS,
                    "schedule": ("plateau", "step"), "clip_mode": CLIP_MODES,
-                   "reduction": ("mean", "sum")}[key]
+                   "reduction": ("mean", "sum"), "sentences": ("text", "lines")}[key]
         if value not in choices:
             fail(f"one of {choices}")
     return value
@@ -358,6 +453,8 @@ def _resumed_settings(args, model, state):
     # What the vocabulary records itself wins over the settings.
     recorded["level"] = model.vocab.kind
     recorded["lowercase"] = model.vocab.lowercase
+    for key in _WORD_SPECIALS:
+        recorded[key] = getattr(model.vocab, key) if model.vocab.kind == "word" else None
     settings = {}
     for key in TRAIN_SETTINGS:
         if key in RESUME_OVERRIDES and _given(args, key):
@@ -410,6 +507,8 @@ def cmd_sample(args):
     _set_threads(args)
     # A GPU model samples with the CPU loop from host copies (see LanguageModel.generate_ids).
     model = LanguageModel.load(args.model, device=args.device)
+    if model.vocab is not None and model.vocab.bos is not None:
+        return _sample_sentences(model, args)
     samples = model.generate(args.length, prime=args.prime, num_samples=args.num_samples,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              greedy=args.greedy, stop=args.stop, seed=args.seed)
@@ -420,19 +519,61 @@ def cmd_sample(args):
     return 0
 
 
+def _sample_sentences(model, args):
+    """``fastrnn sample`` for a sentence model (its vocabulary has a bos token): every sample
+    starts from bos (then --prime, if given), stops at eos (or --stop) and never draws the
+    unknown token or bos; the text printed leaves bos and the final eos out."""
+    vocab = model.vocab
+    prime = args.prime or ""
+    unknown = vocab.unknown_tokens(prime)
+    if unknown:
+        listed = ", ".join(repr(t) for t in sorted(unknown)[:10])
+        raise ValueError(f"prime has tokens that are not in the model's vocabulary: {listed}")
+    prime_ids = np.concatenate([[vocab.bos_id], vocab.encode(prime)]).astype(np.int64)
+    stop = vocab.eos if args.stop is None else args.stop
+    if not vocab.has(stop):
+        raise ValueError(f"stop token {stop!r} is not in the vocabulary")
+    banned = tuple(i for i in (vocab.unk_id, vocab.bos_id) if i is not None)
+    tokens, lengths = model.generate_ids(
+        prime_ids, args.length, num_samples=args.num_samples, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+        stop_id=vocab.token_to_id(stop), banned_ids=banned, seed=args.seed)
+    for i, (row, n) in enumerate(zip(tokens, lengths)):
+        ids = row[:n]
+        if ids.size and ids[-1] == vocab.eos_id:
+            ids = ids[:-1]
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        print(" ".join(piece for piece in (prime.strip(), vocab.decode(ids)) if piece))
+    return 0
+
+
 def cmd_eval(args):
     from .model import LanguageModel
     from .text import load_text
 
     _check_device(args)
     _set_threads(args)
-    model = LanguageModel.load(args.model, device=args.device)
+    model, extra = LanguageModel.load(args.model, with_extra=True, device=args.device)
     text = load_text(args.file)
     vocab = model._require_vocab()
     unknown = vocab.unknown_tokens(text)
-    ids = vocab.encode(text)
-    loss = model.evaluate(ids)
-    print(f"{args.file}: {len(ids):,} tokens, {loss:.4f} nats/token, "
+    if vocab.bos is None:
+        ids = vocab.encode(text)
+        loss = model.evaluate(ids)
+        n_tokens = len(ids)
+    else:
+        # A sentence model scores each sentence alone, wrapped as in training, cut the way
+        # its training run cut them (saved with its trainer state; else by text_to_sentences).
+        settings = extra.get("trainer", {}).get("settings", {}) if isinstance(extra, dict) else {}
+        how = settings.get("sentences") if isinstance(settings, dict) else None
+        how = _check_saved_setting("sentences", how) or "text"
+        sentences = _sentence_ids(_text_sentences(text, how), vocab)
+        if not sentences:
+            raise ValueError(f"{args.file} has no sentences")
+        loss = model.evaluate(sentences)
+        n_tokens = sum(len(s) - 1 for s in sentences)
+    print(f"{args.file}: {n_tokens:,} tokens, {loss:.4f} nats/token, "
           f"{loss / math.log(2):.4f} bits/token, perplexity {math.exp(min(loss, 700)):.2f}")
     if unknown:
         print(f"({len(unknown)} distinct tokens were not in the vocabulary and scored as unknown)")
@@ -547,6 +688,17 @@ def build_parser():
     train.add_argument("--lowercase", action="store_true", default=None,
                        help="lowercase the text (char and word level); the model's vocabulary "
                             "records it, so sample, eval and --prime lowercase too")
+    train.add_argument("--sentences", nargs="?", const="text", choices=["text", "lines"],
+                       help="sentence mode (--level word): train on whole sentences, each "
+                            "wrapped in --bos and --eos, in padded shuffled batches, and "
+                            "validate on held-out sentences; 'text' (the default) cuts the "
+                            "text after . ! ? before a capital and at blank lines, 'lines' "
+                            "takes each line as a sentence")
+    train.add_argument("--bos", help="begin-of-sentence token in sentence mode (default: <s>)")
+    train.add_argument("--eos", help="end-of-sentence token, and what a line break becomes "
+                                     "(--level word; default: </s>)")
+    train.add_argument("--unk", help="token for words left out of the vocabulary "
+                                     "(--level word; default: <unk>)")
     train.add_argument("--dtype", choices=["float32", "float64"], help="default: float32")
     train.add_argument("--out", help="model/checkpoint file to write (default: model.npz, or "
                                      "the --resume file)")
@@ -567,7 +719,10 @@ def build_parser():
     sample.add_argument("--top-p", type=float, default=1.0)
     sample.add_argument("--greedy", action="store_true")
     sample.add_argument("--num-samples", type=_positive_int, default=1)
-    sample.add_argument("--stop", default=None, help="token that ends a sample")
+    sample.add_argument("--stop", default=None,
+                        help="token that ends a sample (default for a model trained with "
+                             "--sentences: its end-of-sentence token; such a model also starts "
+                             "every sample from its begin-of-sentence token)")
     _add_runtime_options(sample)
     sample.add_argument("--seed", type=int, default=None)
     sample.set_defaults(func=cmd_sample)

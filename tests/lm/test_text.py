@@ -495,8 +495,10 @@ def test_tiny_grammars_have_hand_computed_entropy():
           states={"a": State("A", {"b1": .5, "b2": .5}), "b1": State("B", {END: 1.0}),
                   "b2": State("B", {END: 1.0})},
           start={"a": 1.0}), "ambiguous"),
+    # A word may be in two classes, but not in two that the same state may move to.
     (dict(classes={"A": {"x": 1.0}, "B": {"x": 1.0}},
-          states={"a": State("A", {END: 1.0})}, start={"a": 1.0}), "both classes"),
+          states={"a": State("A", {END: 1.0}), "b": State("B", {END: 1.0})},
+          start={"a": .5, "b": .5}), "classes 'A' and 'B' both have an entry starting with 'x'"),
     (dict(classes={"A": {"x": .5, "y": .4}},
           states={"a": State("A", {END: 1.0})}, start={"a": 1.0}), "sum to 1"),
     (dict(classes={"A": {"x": 1.0}},

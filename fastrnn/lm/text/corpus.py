@@ -12,6 +12,7 @@ with the very batch that would have come next.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,37 @@ def load_text(path):
     if not text.strip():
         raise ValueError(f"text file {path} is empty")
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# A sentence end candidate: a run of . ! ? with any closing quotes or brackets after it, then
+# whitespace. It ends a sentence if the next character opens one (see text_to_sentences).
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")
+_OPENS_SENTENCE = "\"'“‘(["
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
+
+
+def text_to_sentences(text):
+    """Cut ``text`` (str) into sentences: a list of str, in order, none empty.
+
+    A simple rule in place of a trained splitter (such as nltk's ``sent_tokenize``): a sentence
+    ends after a run of ``.``, ``!`` or ``?`` (and any closing quotes or brackets right after
+    it) that is followed by whitespace and then an upper-case letter, an opening quote or
+    bracket, or the end of the text; and at every blank line. Runs of whitespace inside a
+    sentence (line breaks included) become one space, and each sentence is stripped. It knows
+    no abbreviations: "Mr. Smith" is cut after "Mr.".
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    sentences = []
+    for paragraph in _BLANK_LINE.split(text):
+        start = 0
+        for match in _SENTENCE_END.finditer(paragraph):
+            rest = paragraph[match.end():].lstrip()
+            if not rest or rest[0].isupper() or rest[0] in _OPENS_SENTENCE:
+                sentences.append(paragraph[start:match.end()])
+                start = match.end()
+        sentences.append(paragraph[start:])
+    return [" ".join(s.split()) for s in sentences if s.strip()]
 
 
 def train_val_split(ids, val_fraction=0.1, min_tokens=2):
