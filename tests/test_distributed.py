@@ -129,3 +129,12 @@ def test_distributed_refuses_what_it_cannot_do_exactly():
     with pytest.raises(ValueError, match="dropout"):
         Trainer(LanguageModel(7, 4, 5, dropout=0.2), ids, batch_size=4, seq_len=5,
                 max_steps=1, distributed="mpi")
+
+
+@needs_mpi
+def test_scaling_benchmark_runs_under_mpiexec(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "mpi_scaling.py"
+    result = _run([str(script), "--threads", "1", "--steps", "1", "--warmup", "1", "--batch", "4",
+                   "--seq-len", "5", "--hidden", "8", "--embed", "4"], tmp_path, ranks=2)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("2 rank(s) x 1 thread(s)") and "all-reduce of" in result.stdout
