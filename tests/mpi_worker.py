@@ -3,9 +3,11 @@
 rank 0, every case's final parameters, validation losses and the largest difference between
 the ranks' parameters to the .npz file named by argv[2].
 
-    python mpi_worker.py mpi|single OUT.npz [fail]
+    python mpi_worker.py mpi|single OUT.npz [fail|stop]
 
-"fail" instead raises an error on the last rank at step 2 (the test expects every rank to end).
+"fail" instead raises an error on the last rank at step 2 (the test expects every rank to
+end); "stop" trains on a time limit with early stopping and saves every rank's step count and
+number of validations (they must agree).
 """
 import sys
 import tempfile
@@ -40,9 +42,8 @@ def trainer(case, distributed, **extra):
                               dtype=np.float64, seed=4)
         train, val = d["stream"], d["val_stream"]
         options = dict(batch_size=6, seq_len=9, reduction="mean", clip=0.05)
-    options.update(extra)
-    return Trainer(model, train, val, optimizer="adam", lr=0.01, eval_every=2,
-                   eval_batch_size=3, progress=False, distributed=distributed, **options)
+    options.update(dict(optimizer="adam", lr=0.01, eval_every=2, eval_batch_size=3), **extra)
+    return Trainer(model, train, val, progress=False, distributed=distributed, **options)
 
 
 def final(trainer):
@@ -59,6 +60,17 @@ def main(argv):
             if step == 2 and trainer.distributed.rank == last:
                 raise RuntimeError("deliberate failure")
         trainer("stream", distributed, max_steps=50, callback=fail).fit()
+        return
+    if argv[2:] == ["stop"]:
+        from mpi4py import MPI
+        on_time = trainer("stream", distributed, time_limit=0.3, eval_every=10 ** 6)
+        on_time.fit()
+        early = trainer("stream", distributed, max_steps=100, patience=2, eval_every=1, lr=0.5)
+        early.fit()
+        counts = MPI.COMM_WORLD.gather([(t.step, len(t.history), t.stopped_early)
+                                        for t in (on_time, early)], root=0)
+        if MPI.COMM_WORLD.rank == 0:
+            np.savez(out, counts=np.array(counts))
         return
     results = {}
     for case in ("stream", "sentences"):

@@ -106,6 +106,15 @@ def test_one_rank_failing_ends_every_rank(tmp_path):
     assert "error on rank 1 of 2: RuntimeError: deliberate failure" in result.stderr
 
 
+@needs_mpi
+def test_ranks_stop_together_on_the_time_limit_and_early_stopping(tmp_path):
+    out = tmp_path / "stop.npz"
+    result = _run([str(WORKER), "mpi", str(out), "stop"], tmp_path, ranks=2)
+    assert result.returncode == 0, result.stderr
+    counts = np.load(out)["counts"]   # (step, validations, stopped early) of each rank
+    assert (counts == counts[0]).all(), counts
+
+
 def test_distributed_without_mpi4py_says_what_to_install(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "mpi4py", None)   # import mpi4py now fails
     (tmp_path / "corpus.txt").write_text(CORPUS)
