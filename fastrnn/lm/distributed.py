@@ -232,6 +232,8 @@ def abort(comm, exc, code=1):
     print(f"fastrnn: error on rank {comm.Get_rank()} of {comm.Get_size()}: {describe(exc)} "
           f"(ending all ranks)", file=sys.stderr, flush=True)
     comm.Abort(code)
+    # MPICH's MPI_Abort can return before the launcher kills this process: go no further.
+    os._exit(code)
 
 
 def run_command(command, args, user_errors=()):
