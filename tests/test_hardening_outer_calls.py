@@ -41,7 +41,7 @@ def test_interrupted_step_leaves_no_pending_records(monkeypatch, rng):
     trainer = Trainer(model, ids, ids[:50], batch_size=2, seq_len=5, max_steps=3,
                       progress=False)
 
-    def interrupted():
+    def interrupted(scale=1.0):   # LanguageModel.backward(scale)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(model, "backward", interrupted)

@@ -234,6 +234,13 @@ def cmd_demo(args):
 
 
 def cmd_train(args):
+    if args.distributed:   # under mpiexec: rank 0 prints, one rank's error ends all
+        from .distributed import run_command
+        return run_command(_train, args, USER_ERRORS)
+    return _train(args)
+
+
+def _train(args):
     from .model import LanguageModel
     from .text import load_text
     from .train import Trainer
@@ -300,7 +307,8 @@ def cmd_train(args):
                       patience=settings["patience"], max_steps=settings["max_steps"],
                       max_epochs=settings["epochs"], time_limit=settings["time_limit"],
                       checkpoint_path=out, checkpoint_every=settings["checkpoint_every"],
-                      progress=not args.no_progress, log=_print_record, seed=settings["seed"])
+                      progress=not args.no_progress, log=_print_record, seed=settings["seed"],
+                      distributed="mpi" if args.distributed else None)
     if resume_state is not None:
         # The model already holds the checkpoint's parameters; this restores the rest.
         trainer.load_state_dict(resume_state)
@@ -706,6 +714,9 @@ def build_parser():
                        help="also save every this many steps *")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the ranks of mpiexec (needs fastrnn[mpi]); "
+                            "--batch is the global batch")
     _add_runtime_options(train)
     train.add_argument("--seed", type=int, help="default: 0")
     train.set_defaults(func=cmd_train)

@@ -81,6 +81,12 @@ class Trainer:
         progress: show a tqdm progress bar with loss and tokens/s.
         log: optional callable receiving each validation record (a dict).
         seed: seeds the sentence shuffling.
+        distributed: None (one process) or "mpi": data-parallel over the ranks of ``mpiexec``
+            (:mod:`fastrnn.lm.distributed`, needs mpi4py). Every rank builds the same Trainer;
+            ``batch_size`` is the global batch, each rank computing its share; the result is
+            one process's (float64: within 1e-10). Rank 0 alone logs, shows progress and
+            writes checkpoints (``save_checkpoint`` and ``state_dict`` are then collective:
+            call them on every rank); ``callback`` runs on every rank.
     """
 
     def __init__(self, model, train_data, val_ids=None, *, batch_size=32, seq_len=64,
@@ -90,7 +96,7 @@ class Trainer:
                  schedule=None, lr_decay=0.5, lr_step_epochs=1, eval_every=None,
                  eval_batch_size=16, patience=None, max_steps=None, max_epochs=None,
                  time_limit=None, checkpoint_path=None, checkpoint_every=None, progress=True,
-                 log=None, seed=0):
+                 log=None, seed=0, distributed=None):
         if not isinstance(model, LanguageModel):
             raise TypeError(f"model must be a LanguageModel, got {type(model).__name__}")
         self.model = model
@@ -154,6 +160,10 @@ class Trainer:
         self.best_val = math.inf
         self.evals_without_improvement = 0
         self.stopped_early = False
+        self.distributed = None
+        if distributed is not None:   # imports mpi4py only here
+            from .distributed import DataParallel
+            self.distributed = DataParallel(self, distributed)
 
     def _check_val_ids(self, val_ids):
         """Host copies of the validation data: None, a list of sentences or a 1-D stream."""
@@ -193,33 +203,38 @@ class Trainer:
     def train_step(self, batch):
         """Forward, backward, clip and update on one batch; returns the mean loss (nats)."""
         model = self.model
-        if self.mode == "stream":
-            x, y = batch
-            lengths = None
-        else:
-            x, y, lengths = batch
+        x, y, lengths = batch if self.mode == "sentences" else (*batch, None)
+        n_batch = None   # tokens in the whole batch, of which this process has n_tokens
+        if self.distributed is not None:   # this rank's share of the global batch
+            x, y, lengths, n_batch = self.distributed.local_batch(x, y, lengths)
         # BLAS stays on one thread for the whole step: fastrnn's kernels bring their own
         # threads, and idle BLAS workers would spin on the same cores (see fastrnn/_matmul.py).
         with blas_single_threaded():
-            loss, state = model.forward(x, y, self.carry, lengths)
-            try:
-                model.zero_grad()
-                if self.reduction == "mean":
-                    model.backward()
-                else:   # the summed loss is n_tokens times the mean (0/1 masks): scaled
-                    model.backward(float(model.loss.n_tokens))
-            except BaseException:
-                # Interrupted (Ctrl-C) or failed between forward and backward: drop the
-                # forward's records so that they neither hold memory nor pair with a later
-                # step's backward.
-                model.clear_pending()
-                raise
+            model.zero_grad()
+            loss, state, n_tokens = 0.0, None, 0
+            if x is not None:   # None: an empty share of a short last batch
+                loss, state = model.forward(x, y, self.carry, lengths)
+                n_tokens = int(model.loss.n_tokens)
+                n_batch = n_tokens if n_batch is None else n_batch
+                try:
+                    # The summed loss is n_tokens times the mean (0/1 masks); a share of a
+                    # mean is weighted by its share of the batch's tokens.
+                    model.backward(n_tokens / n_batch if self.reduction == "mean"
+                                   else float(n_tokens))
+                except BaseException:
+                    # Interrupted (Ctrl-C) or failed between forward and backward: drop the
+                    # forward's records so that they neither hold memory nor pair with a
+                    # later step's backward.
+                    model.clear_pending()
+                    raise
+            if self.distributed is not None:   # the sums over the ranks: the whole batch's
+                loss = self.distributed.allreduce_grads(loss * n_tokens) / n_batch
             if self.clip is not None:
                 self._clip({k: g for k, g in model.grads.items() if k not in model.frozen})
             self.optimizer.step()
         self.carry = state if self.mode == "stream" else None
         self.step += 1
-        self.tokens += int(model.loss.n_tokens)
+        self.tokens += n_batch
         return loss
 
     def _clip(self, grads):
@@ -237,7 +252,8 @@ class Trainer:
         """Train until a stopping condition; returns ``history`` (list of validation records)."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress,
+        root = self.distributed is None or self.distributed.is_root
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not (self.progress and root),
                    unit="step", dynamic_ncols=True, mininterval=0.5)
         self.model.train()
         recent = collections.deque(maxlen=50)   # the last losses, for the progress bar
@@ -250,6 +266,8 @@ class Trainer:
                 started = time.perf_counter()
                 loss = self.train_step(batch)
                 self.train_seconds += time.perf_counter() - started
+                if self.distributed is not None:   # one clock, so all ranks stop together
+                    self.train_seconds = self.distributed.root_seconds(self.train_seconds)
                 recent.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(recent):.3f}",
@@ -267,6 +285,10 @@ class Trainer:
                 self._validate(float(np.mean(recent)) if recent else math.nan)
             if self.checkpoint_path is not None:
                 self.save_checkpoint()
+        except BaseException as exc:
+            if self.distributed is not None:   # one rank's error ends all ranks, no hang
+                self.distributed.fail(exc)
+            raise
         finally:
             bar.close()
         return self.history
@@ -286,7 +308,8 @@ class Trainer:
                   "tokens_per_second": self.tokens / max(self.train_seconds, 1e-9),
                   "train_loss": train_loss, "lr": self.optimizer.lr}
         if self.val_ids is not None:
-            val = self.model.evaluate(self.val_ids, batch_size=self.eval_batch_size)
+            val = (self.model if self.distributed is None else self.distributed).evaluate(
+                self.val_ids, batch_size=self.eval_batch_size)
             self.model.train()
             record.update(val_loss=val, val_perplexity=math.exp(min(val, 700.0)),
                           val_bits_per_token=val / math.log(2))
@@ -299,7 +322,7 @@ class Trainer:
             if self.schedule_name == "plateau":
                 self.schedule.step(val)
         self.history.append(record)
-        if self.log is not None:
+        if self.log is not None and (self.distributed is None or self.distributed.is_root):
             self.log(record)
         return record
 
@@ -313,6 +336,8 @@ class Trainer:
             carry = [to_device(c, "cpu") for c in carry]
         elif carry is not None:
             carry = to_device(carry, "cpu")
+        if self.distributed is not None:   # the whole batch's state, from every rank's share
+            carry = self.distributed.gather_carry(carry)
         optimizer = self.optimizer.state_dict()
         optimizer["state"] = {name: {key: to_device(buf, "cpu") for key, buf in buffers.items()}
                               for name, buffers in optimizer["state"].items()}
@@ -347,6 +372,8 @@ class Trainer:
             self.carry = tuple(to_device(c, device) for c in carry)
         else:
             self.carry = None if carry is None else to_device(carry, device)
+        if self.distributed is not None:   # this rank's share of the whole batch's state
+            self.carry = self.distributed.local_carry(self.carry)
         self.history = [dict(record) for record in state["history"]]
         self.best_val = state["best_val"]
         self.evals_without_improvement = state["evals_without_improvement"]
@@ -408,7 +435,9 @@ class Trainer:
         path = self.checkpoint_path if path is None else path
         if path is None:
             raise ValueError("no checkpoint path: pass path or set checkpoint_path")
-        self.model.save(path, extra={"trainer": self.state_dict()})
+        state = self.state_dict()   # collective when distributed
+        if self.distributed is None or self.distributed.is_root:
+            self.model.save(path, extra={"trainer": state})
 
     def load_checkpoint(self, path):
         """Restore the parameters and trainer state saved by :meth:`save_checkpoint`.
