@@ -7,9 +7,9 @@ and says which on its first line.
     rows = run_kernel_benchmarks(threads=2)
     print(format_table(rows))
 
-or ``fastrnn bench [--quick] [--threads N] [--cases kernels,lm,torch,jax,gpu]`` (:func:`main`). The same
-cases drive the pytest-benchmark suite next to this file (test_cases.py), and the GPU cases
-(fastrnn_bench_gpu.py) run on this module's timer and table.
+or ``fastrnn bench [--quick] [--threads N] [--cases kernels,lm,torch,jax,gpu]``
+(:func:`main`). The same cases drive the pytest-benchmark suite next to this file
+(test_cases.py), and the GPU cases (fastrnn_bench_gpu.py) run on this module's timer and table.
 
 A case is a :class:`Case`: a name, a group (fastrnn and torch rows of one case share it), a
 factory that prepares inputs and returns the zero-argument callable to time for fastrnn,
@@ -672,8 +672,8 @@ def main(argv=None):
     parser.add_argument("--cases", default="kernels,lm",
                         help=f"comma-separated case sets: {', '.join(CASE_SETS)} (torch: "
                              f"fastrnn.torch inside PyTorch's autograd, against torch.nn; "
-                             f"jax: fastrnn.jax under jax.jit(jax.grad), against a pure-JAX "
-                             f"lax.scan LSTM; "
+                             f"jax: fastrnn.jax under jax.jit(jax.grad), against a "
+                             f"pure-JAX lax.scan LSTM; "
                              f"gpu: the CUDA "
                              f"backend against cuDNN; gpu-graphs: the same with CUDA-graph replay)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per case (best is kept)")

@@ -194,7 +194,8 @@ def _structure(params, num_layers, bidirectional):
     layers = [_PARAM_KEY.fullmatch(k) if isinstance(k, str) else None for k in params]
     if not any(layers):
         raise KeyError("params has none of PyTorch's recurrent parameter names (weight_ih_l0, "
-                       f"weight_hh_l0, bias_ih_l0, bias_hh_l0, ...), got keys {sorted(map(str, params))}")
+                       "weight_hh_l0, bias_ih_l0, bias_hh_l0, ...), got keys "
+                       f"{sorted(map(str, params))}")
     if num_layers is None:
         num_layers = 1 + max(int(m.group(2)) for m in layers if m)
     elif isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
