@@ -3,7 +3,8 @@
 ::
 
     import jax, fastrnn.jax as fj
-    params = {k: jnp.asarray(v.numpy()) for k, v in torch_lstm.state_dict().items()}
+    params = fj.init_params("lstm", I, H, num_layers=2, bidirectional=True)
+    # or a PyTorch module's: {k: jnp.asarray(v.numpy()) for k, v in lstm.state_dict().items()}
     y, (h_n, c_n) = fj.lstm(params, x, lengths=lengths)          # x (T, B, I)
     grads = jax.jit(jax.grad(loss))(params, x)                      # loss calls fj.lstm
 
@@ -43,10 +44,10 @@ import numpy as np
 
 from . import _engine
 from ._engine import RecurrentWorkspace
-from ._validation import FLOAT_DTYPES
-from .cells import get_cell, param_names
+from ._validation import FLOAT_DTYPES, as_float_dtype, check_int
+from .cells import get_cell, init_params as _init_layer_params, param_names
 
-__all__ = ["lstm", "gru", "rnn"]
+__all__ = ["lstm", "gru", "rnn", "init_params"]
 
 
 # ---- one layer, one direction: the custom_vjp over the compiled kernels ---------------------
@@ -146,6 +147,33 @@ def _layer_bwd(cell, reverse, residuals, cotangents):
 _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
+# ---- parameters -----------------------------------------------------------------------------
+
+def init_params(cell, input_size, hidden_size, *, num_layers=1, bidirectional=False, bias=True,
+                dtype=np.float32, seed=0):
+    """A fresh params dict for :func:`lstm`/:func:`gru`/:func:`rnn`: PyTorch's names, shapes
+    and initialisation (every array from U(-1/sqrt(H), 1/sqrt(H))), as JAX arrays.
+
+    cell: "lstm", "gru", "rnn_tanh" or "rnn_relu". ``seed``: an int or a NumPy Generator
+    (the arrays are drawn in PyTorch's parameter order, as :mod:`fastrnn.cells` does).
+    """
+    spec = get_cell(cell)
+    dtype = _check_float_dtype(as_float_dtype(dtype, "dtype"), "dtype")
+    input_size = check_int(input_size, "input_size", 1)
+    hidden_size = check_int(hidden_size, "hidden_size", 1)
+    num_layers = check_int(num_layers, "num_layers", 1)
+    rng = np.random.default_rng(seed)
+    D = 2 if bidirectional else 1
+    params = {}
+    for layer in range(num_layers):
+        for direction in range(D):
+            arrays = _init_layer_params(spec, rng, input_size if layer == 0 else D * hidden_size,
+                                        hidden_size, bias, dtype)
+            names = param_names(layer, bool(direction), bias)
+            params.update((k, jnp.asarray(a)) for k, a in zip(names, arrays))
+    return params
+
+
 # ---- the multi-layer, bidirectional front end ----------------------------------------------
 
 def _dtype_of(a, name):
@@ -166,13 +194,19 @@ def _as_jax(a, name, shape, dtype):
     return jnp.asarray(a)
 
 
+def _check_float_dtype(dtype, name):
+    """float64 only where JAX keeps it (it casts to float32 without jax_enable_x64)."""
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise TypeError(f"{name} is float64 but JAX would compute in float32: enable float64 "
+                        "with jax.config.update('jax_enable_x64', True)")
+    return dtype
+
+
 def _check_x(x):
     dtype = _dtype_of(x, "x")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float32 or float64, got {dtype}")
-    if dtype == np.float64 and not jax.config.jax_enable_x64:
-        raise TypeError("x is float64 but JAX would compute in float32: enable float64 with "
-                        "jax.config.update('jax_enable_x64', True)")
+    _check_float_dtype(dtype, "x")
     if np.ndim(x) != 3:
         raise ValueError(f"x must be 3-D, (T, B, I) (or (B, T, I) with batch_first), got shape "
                          f"{tuple(np.shape(x))}")

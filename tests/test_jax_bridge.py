@@ -4,7 +4,6 @@ vmap; clear errors for bad arguments."""
 import numpy as np
 import pytest
 
-from fastrnn.cells import init_params, param_names
 from helpers import assert_close, gradient_check_error, run_python
 
 jax = pytest.importorskip("jax")
@@ -27,15 +26,10 @@ def float64_enabled():
 
 
 def make_params(kind, dtype=np.float64, num_layers=2, bidirectional=True, bias=True, seed=0):
-    """A params dict of NumPy arrays with PyTorch's names (PyTorch's init ranges)."""
-    rng = np.random.default_rng(seed)
-    D = 2 if bidirectional else 1
-    params = {}
-    for layer in range(num_layers):
-        for direction in range(D):
-            arrays = init_params(kind, rng, I if layer == 0 else D * H, H, bias, dtype)
-            params.update(zip(param_names(layer, bool(direction), bias), arrays))
-    return params
+    """fj.init_params as writable NumPy arrays (the finite differences perturb them)."""
+    params = fj.init_params(kind, I, H, num_layers=num_layers, bidirectional=bidirectional,
+                            bias=bias, dtype=dtype, seed=seed)
+    return {k: np.array(v) for k, v in params.items()}
 
 
 def call(kind, params, x, h0=None, lengths=None, **kwargs):
@@ -306,10 +300,45 @@ def test_lengths_out_of_range_under_jit_fail_the_computation():
 
 
 def test_float64_without_x64_is_refused():
+    params = make_params("gru")
     jax.config.update("jax_enable_x64", False)   # the fixture restores it
     x = np.zeros((T, B, I))
-    with pytest.raises(TypeError, match="jax_enable_x64"):
-        fj.gru(make_params("gru"), x)
+    with pytest.raises(TypeError, match="x is float64.*jax_enable_x64"):
+        fj.gru(params, x)
+    with pytest.raises(TypeError, match="dtype is float64.*jax_enable_x64"):
+        fj.init_params("gru", I, H, dtype=np.float64)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_init_params_is_pytorchs_layout(kind):
+    """The names and shapes of torch.nn's state_dict, PyTorch's init range, the dtype."""
+    torch = pytest.importorskip("torch")
+    params = fj.init_params(kind, I, H, num_layers=2, bidirectional=True, dtype=np.float32,
+                            seed=4)
+    if kind.startswith("rnn"):
+        module = torch.nn.RNN(I, H, num_layers=2, bidirectional=True, nonlinearity=kind[4:])
+    else:
+        module = getattr(torch.nn, kind.upper())(I, H, num_layers=2, bidirectional=True)
+    expected = module.state_dict()
+    assert list(params) == list(expected)
+    for name, value in params.items():
+        assert value.shape == tuple(expected[name].shape) and value.dtype == np.float32, name
+        assert float(abs(value).max()) <= 1 / np.sqrt(H)
+    assert not np.array_equal(params["weight_hh_l0"], params["weight_hh_l0_reverse"])
+    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
+    no_bias = fj.init_params(kind, I, H, bias=False)
+    assert list(no_bias) == ["weight_ih_l0", "weight_hh_l0"]
+
+
+def test_init_params_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="cell must be one of"):
+        fj.init_params("transformer", I, H)
+    with pytest.raises(ValueError, match="hidden_size must be >= 1"):
+        fj.init_params("gru", I, 0)
+    with pytest.raises(TypeError, match="num_layers must be an integer"):
+        fj.init_params("gru", I, H, num_layers=1.5)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        fj.init_params("gru", I, H, dtype=np.int32)
 
 
 def test_import_fastrnn_does_not_import_jax(tmp_path):
