@@ -7,9 +7,9 @@ and says which on its first line.
     rows = run_kernel_benchmarks(threads=2)
     print(format_table(rows))
 
-or ``fastrnn bench [--quick] [--threads N] [--cases kernels,lm,gpu]`` (:func:`main`). The same
-cases drive the pytest-benchmark suite next to this file (test_cases.py), and the GPU cases
-(fastrnn_bench_gpu.py) run on this module's timer and table.
+or ``fastrnn bench [--quick] [--threads N] [--cases kernels,lm,torch,jax,gpu]``
+(:func:`main`). The same cases drive the pytest-benchmark suite next to this file
+(test_cases.py), and the GPU cases (fastrnn_bench_gpu.py) run on this module's timer and table.
 
 A case is a :class:`Case`: a name, a group (fastrnn and torch rows of one case share it), a
 factory that prepares inputs and returns the zero-argument callable to time for fastrnn,
@@ -34,7 +34,7 @@ import fastrnn
 from fastrnn import functional as F
 from fastrnn import threads as _threads
 from fastrnn._gpu import GPUUnavailableError   # does not import CuPy
-from fastrnn.cells import get_cell
+from fastrnn.cells import get_cell, param_names
 
 # (batch, steps, input, hidden)
 KERNEL_SIZES = [(32, 64, 128, 256), (64, 100, 512, 512), (256, 50, 256, 256), (1, 100, 512, 512)]
@@ -60,6 +60,9 @@ class Case:
     warmup: int = 1
     # Peak memory is measured on the host (tracemalloc, torch's CPU profiler): cpu cases only.
     host_memory: bool = True
+    # What the "torch" column times: PyTorch, or another library the case names (then the
+    # case set is empty when that library is missing, and the table says what it was).
+    reference: str = "torch"
 
 
 class CaseUnavailable(Exception):
@@ -359,6 +362,84 @@ def torch_bridge_cases(runs=None, sizes=None, dtype=np.float32):
     return cases
 
 
+# ---- JAX bridge cases (fastrnn.jax inside jax.jit(jax.grad)) --------------------------------
+
+JAX_BRIDGE_SIZES = [(32, 64, 128, 256)]
+JAX_REFERENCE = "pure JAX (lax.scan)"
+
+
+def jax_available():
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _jax_lstm_scan(params, x):
+    """A one-layer LSTM in pure JAX (PyTorch's gate order): the input projection of all
+    steps as one product, then ``lax.scan`` over the steps. Returns y (T, B, H)."""
+    import jax
+    import jax.numpy as jnp
+    gates_x = x @ params["weight_ih_l0"].T + params["bias_ih_l0"] + params["bias_hh_l0"]
+    w_hh_t = params["weight_hh_l0"].T
+    H = w_hh_t.shape[0]
+
+    def step(carry, gx):
+        h, c = carry
+        i, f, g, o = jnp.split(gx + h @ w_hh_t, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (h, c), h
+
+    zeros = jnp.zeros((x.shape[1], H), x.dtype)
+    _, y = jax.lax.scan(step, (zeros, zeros), gates_x)
+    return y
+
+
+def _jax_grad_step(B, T, I, H, dtype, use_fastrnn):
+    """``jax.jit(jax.grad(loss))`` with respect to the weights and x of a one-layer LSTM,
+    loss = sum(y * dy): fastrnn.jax.lstm (``use_fastrnn``) or :func:`_jax_lstm_scan`, the
+    same weights and inputs; timed until the gradients are ready."""
+    def factory():
+        import jax
+        import jax.numpy as jnp
+        x, weights, dy = _kernel_inputs("lstm", B, T, I, H, dtype)
+        params = {k: jnp.asarray(w) for k, w in zip(param_names(0, False), weights)}
+        x, dy = jnp.asarray(x), jnp.asarray(dy)
+        if use_fastrnn:
+            import fastrnn.jax
+
+            def lstm(params, x):
+                return fastrnn.jax.lstm(params, x)[0]
+        else:
+            lstm = _jax_lstm_scan
+        grad = jax.jit(jax.grad(lambda p, x: (lstm(p, x) * dy).sum(), argnums=(0, 1)))
+        return lambda: jax.block_until_ready(grad(params, x))
+    return factory
+
+
+def jax_bridge_cases(sizes=None, dtype=np.float32):
+    """LSTM forward+backward as ``jax.jit(jax.grad(...))``: fastrnn.jax (the "fastrnn"
+    column) against the same LSTM in pure JAX with ``lax.scan`` (the reference column).
+    Empty without JAX. XLA sizes its CPU thread pool once, from the cores the process may
+    use (it has no thread setting): run under ``taskset -c 0,1`` to compare on 2 cores."""
+    if not jax_available():
+        return []
+    cases = []
+    for (B, T, I, H) in sizes or JAX_BRIDGE_SIZES:
+        group = f"jax-bridge-lstm-B{B}T{T}I{I}H{H}"
+        cases.append(Case(name=group, group=group,
+                          make_fastrnn=_jax_grad_step(B, T, I, H, dtype, True),
+                          make_torch=_jax_grad_step(B, T, I, H, dtype, False),
+                          flops=kernel_flops("lstm", "forward+backward", B, T, I, H),
+                          params=dict(kind="jax-bridge", cell="lstm", B=B, T=T, I=I, H=H,
+                                      dtype=np.dtype(dtype).name),
+                          # XLA's buffers are invisible to tracemalloc
+                          host_memory=False, reference=JAX_REFERENCE))
+    return cases
+
+
 def _gpu_cases(cuda_graphs=False):
     import fastrnn_bench_gpu   # next to this file; imported on demand (it needs CuPy)
     return fastrnn_bench_gpu.gpu_cases(cuda_graphs=cuda_graphs)
@@ -366,6 +447,7 @@ def _gpu_cases(cuda_graphs=False):
 
 # Named case sets for --cases; new kinds of cases get an entry here.
 CASE_SETS = {"kernels": kernel_cases, "lm": lm_cases, "torch": torch_bridge_cases,
+             "jax": jax_bridge_cases,
              "gpu": _gpu_cases,
              "gpu-graphs": lambda: _gpu_cases(cuda_graphs=True)}
 
@@ -462,7 +544,7 @@ def run_case(case, repeat=5, memory=True, with_torch=True):
     tc = None
     torch_note = None
     if with_torch and case.make_torch is not None:
-        if torch_available():
+        if case.reference != "torch" or torch_available():
             try:
                 tc = case.make_torch()
             except CaseUnavailable as exc:
@@ -483,7 +565,7 @@ def run_case(case, repeat=5, memory=True, with_torch=True):
         if tc is not None:
             tc_times.append(_timed(tc))
     row = dict(case=case.name, group=case.group, **case.params, device=case.device,
-               flops=case.flops,
+               flops=case.flops, reference=case.reference,
                fastrnn_s=min(fr_times), fastrnn_median_s=statistics.median(fr_times),
                torch_s=min(tc_times) if tc_times else None,
                torch_median_s=statistics.median(tc_times) if tc_times else None,
@@ -570,6 +652,10 @@ def format_table(rows):
         lines.append(f"threads {rows[0]['threads']}; {rate_text}; "
                      f"ratio = torch / fastrnn (> 1: fastrnn faster); "
                      f"times are the best of the repeats")
+        for reference in dict.fromkeys(r.get("reference", "torch") for r in rows):
+            if reference != "torch":
+                names = ", ".join(r["case"] for r in rows if r.get("reference") == reference)
+                lines.append(f"the torch column of {names} times {reference}")
     return "\n".join(lines)
 
 
@@ -586,6 +672,8 @@ def main(argv=None):
     parser.add_argument("--cases", default="kernels,lm",
                         help=f"comma-separated case sets: {', '.join(CASE_SETS)} (torch: "
                              f"fastrnn.torch inside PyTorch's autograd, against torch.nn; "
+                             f"jax: fastrnn.jax under jax.jit(jax.grad), against a "
+                             f"pure-JAX lax.scan LSTM; "
                              f"gpu: the CUDA "
                              f"backend against cuDNN; gpu-graphs: the same with CUDA-graph replay)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per case (best is kept)")

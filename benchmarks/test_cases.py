@@ -5,6 +5,9 @@ Cases come from fastrnn_bench.py (the same lists `fastrnn bench` runs):
   (B, T, I, H) in {(32, 64, 128, 256), (64, 100, 512, 512), (256, 50, 256, 256), (1, 100, 512, 512)};
 * torch-bridge cases: packed variable-length LSTM/GRU (32, 200, 128, 256) forward+backward
   through PyTorch's autograd, fastrnn.torch's module against torch.nn's (torch installed only);
+* jax-bridge case: jax.jit(jax.grad) of a (32, 64, 128, 256) LSTM, fastrnn.jax against the
+  same LSTM in pure JAX with lax.scan (in the "torch" test, library "pure JAX (lax.scan)";
+  JAX installed only);
 * language-model cases: a full training step (embedding, 2-layer LSTM, linear, softmax
   cross-entropy, backward, clipping, Adam) of a character and a word model, and generation
   of 500 tokens from the character model at batch 1 and 64.
@@ -13,10 +16,12 @@ a group, so --benchmark-group-by=group shows them side by side.
 """
 import pytest
 
-from fastrnn_bench import kernel_cases, lm_cases, torch_available, torch_bridge_cases
+from fastrnn_bench import (jax_bridge_cases, kernel_cases, lm_cases, torch_available,
+                           torch_bridge_cases)
 
-# torch_bridge_cases is empty without torch (both of its columns need it)
-CASES = kernel_cases() + lm_cases() + torch_bridge_cases()
+# torch_bridge_cases is empty without torch, jax_bridge_cases without JAX (both of their
+# columns need it)
+CASES = kernel_cases() + lm_cases() + torch_bridge_cases() + jax_bridge_cases()
 
 
 def _extra_info(benchmark, case, library, threads):
@@ -33,7 +38,8 @@ def test_fastrnn(benchmark, run_benchmark, threads, case):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_torch(benchmark, run_benchmark, threads, case):
-    if not torch_available():
+    """The reference column: PyTorch, or the library the case names (case.reference)."""
+    if case.reference == "torch" and not torch_available():
         pytest.skip("torch is not installed")
-    _extra_info(benchmark, case, "torch", threads)
+    _extra_info(benchmark, case, case.reference, threads)
     run_benchmark(benchmark, case.make_torch())

@@ -71,3 +71,25 @@ def test_gemm_rate_is_positive():
 @contextlib.contextmanager
 def _no_thread_settings(threads):
     yield
+
+
+def test_jax_bridge_case_rows_name_their_reference():
+    pytest.importorskip("jax")
+    cases = benchmarks.jax_bridge_cases(sizes=[(2, 3, 4, 5)])
+    assert [c.reference for c in cases] == [benchmarks.JAX_REFERENCE]
+    rows = benchmarks.run_kernel_benchmarks(cases, threads=1, quick=True, memory=False)
+    assert rows[0]["fastrnn_s"] > 0 and rows[0]["torch_s"] > 0   # JAX runs without torch
+    assert rows[0]["reference"] == benchmarks.JAX_REFERENCE
+    table = benchmarks.format_table(rows)
+    assert ("the torch column of jax-bridge-lstm-B2T3I4H5 times "
+            f"{benchmarks.JAX_REFERENCE}") in table
+
+
+def test_jax_bridge_reference_is_the_same_lstm():
+    """The pure-JAX LSTM of the reference column computes PyTorch's LSTM (fastrnn.jax's)."""
+    pytest.importorskip("jax")
+    fj = pytest.importorskip("fastrnn.jax")
+    x, weights, _ = benchmarks._kernel_inputs("lstm", 2, 3, 4, 5, np.float32)
+    params = dict(zip(benchmarks.param_names(0, False), weights))
+    np.testing.assert_allclose(benchmarks._jax_lstm_scan(params, x),
+                               fj.lstm(params, x)[0], rtol=1e-5, atol=1e-6)
