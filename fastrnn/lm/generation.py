@@ -31,7 +31,7 @@ def generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_toke
                     banned_ids=(), seed=None):
     """Generate ``n_tokens`` tokens for every row of ``prime`` with a stacked unidirectional RNN.
 
-    cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+    cell: "lstm", "gru", "rnn_tanh", "rnn_relu" or "rnn_identity".
     layers: list over layers of ``(w_ih (G*H, in), w_hh (G*H, H), b_ih (G*H,) or None,
     b_hh (G*H,) or None)`` in PyTorch's layout; ``in`` is E for layer 0 and H above.
     embedding (V, E); out_weight (V, H); out_bias (V,) or None. One float dtype for all

@@ -32,7 +32,7 @@ class LanguageModel(Module):
         embed_size: E, the embedding width.
         hidden_size: H, units per recurrent layer.
         num_layers: stacked recurrent layers.
-        cell: "lstm", "gru", "rnn_tanh" or "rnn_relu", or its :class:`fastrnn.cells.CellSpec`;
+        cell: "lstm", "gru", "rnn_tanh", "rnn_relu" or "rnn_identity" (linear), or its :class:`fastrnn.cells.CellSpec`;
             ``cell`` is then the CellSpec, as on the recurrent layers (``cell.name`` the name).
         dropout: probability applied to the embeddings, between recurrent layers and to the
             last layer's output (training mode only).
