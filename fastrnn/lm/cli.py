@@ -77,6 +77,13 @@ def _positive_int(text):
     return value
 
 
+def _nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _nonnegative_float(text):
     value = float(text)
     if not value >= 0 or not math.isfinite(value):
@@ -408,11 +415,14 @@ def cmd_sample(args):
 
     _check_device(args)
     _set_threads(args)
+    if args.min_length and args.stop is None:
+        raise ValueError("--min-length needs --stop: the end token it suppresses")
     # A GPU model samples with the CPU loop from host copies (see LanguageModel.generate_ids).
     model = LanguageModel.load(args.model, device=args.device)
     samples = model.generate(args.length, prime=args.prime, num_samples=args.num_samples,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             greedy=args.greedy, stop=args.stop, seed=args.seed)
+                             greedy=args.greedy, stop=args.stop, seed=args.seed,
+                             min_length=args.min_length)
     for i, sample in enumerate(samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
@@ -568,6 +578,9 @@ def build_parser():
     sample.add_argument("--greedy", action="store_true")
     sample.add_argument("--num-samples", type=_positive_int, default=1)
     sample.add_argument("--stop", default=None, help="token that ends a sample")
+    sample.add_argument("--min-length", type=_nonnegative_int, default=0,
+                        help="suppress the --stop token until this many tokens are generated "
+                             "(its probability set to zero, the rest renormalised)")
     _add_runtime_options(sample)
     sample.add_argument("--seed", type=int, default=None)
     sample.set_defaults(func=cmd_sample)
