@@ -23,6 +23,7 @@
 #define FR_K_RNN_RELU 1
 #define FR_K_GRU 2
 #define FR_K_LSTM 3
+#define FR_K_RNN_IDENTITY 4
 
 #define FR_BODY "cells_impl.h"
 #include "instantiate.h"

@@ -57,13 +57,20 @@ FR_INLINE void FN(fr_gru_fwd)(int j0, int j1, REAL *restrict gr, REAL *restrict 
     }
 }
 
-FR_INLINE void FN(fr_rnn_fwd)(int j0, int j1, int relu, REAL *restrict g,
+/* The three Elman cells: kind picks act = relu, identity (linear recurrence) or tanh. */
+FR_INLINE void FN(fr_rnn_fwd)(int j0, int j1, int kind, REAL *restrict g,
                                   const REAL *restrict gh, const REAL *restrict b,
                                   REAL *restrict h) {
-    if (relu) {
+    if (kind == FR_K_RNN_RELU) {
         for (int j = j0; j < j1; j++) {
             REAL a = g[j] + gh[j] + b[j];
             a = a < 0 ? 0 : a;
+            g[j] = a;
+            h[j] = a;
+        }
+    } else if (kind == FR_K_RNN_IDENTITY) {
+        for (int j = j0; j < j1; j++) {
+            REAL a = g[j] + gh[j] + b[j];
             g[j] = a;
             h[j] = a;
         }
@@ -91,7 +98,7 @@ FR_HOT static void FN(fr_cell_forward)(int kind, int H, int j0, int j1, REAL *g,
         FN(fr_gru_fwd)(j0, j1, g, g + H, g + 2 * H, gh, gh + H, gh + 2 * H, b_hh, b_hh + H,
                        b_hh + 2 * H, h_prev, hn, h);
     else
-        FN(fr_rnn_fwd)(j0, j1, kind == FR_K_RNN_RELU, g, gh, b_hh, h);
+        FN(fr_rnn_fwd)(j0, j1, kind, g, gh, b_hh, h);
 }
 
 /* ---- backward ---------------------------------------------------------------------------- */
@@ -127,8 +134,18 @@ FR_INLINE void FN(fr_gru_bwd)(int j0, int j1, REAL *restrict gr, REAL *restrict 
     }
 }
 
-FR_INLINE void FN(fr_rnn_bwd)(int j0, int j1, int relu, REAL *restrict g,
+/* g holds act(a); the derivative is written in terms of it (relu: a > 0; tanh: 1 - h^2;
+ * identity: 1). */
+FR_INLINE void FN(fr_rnn_bwd)(int j0, int j1, int kind, REAL *restrict g,
                                   REAL *restrict dh) {
+    if (kind == FR_K_RNN_IDENTITY) {
+        for (int j = j0; j < j1; j++) {
+            g[j] = dh[j];
+            dh[j] = 0;
+        }
+        return;
+    }
+    int relu = kind == FR_K_RNN_RELU;
     for (int j = j0; j < j1; j++) {
         REAL a = g[j];
         g[j] = relu ? (a > 0 ? dh[j] : 0) : dh[j] * (1 - a * a);
@@ -152,7 +169,7 @@ FR_HOT static void FN(fr_cell_backward)(int kind, int H, int j0, int j1, REAL *g
     else if (kind == FR_K_GRU)
         FN(fr_gru_bwd)(j0, j1, g, g + H, g + 2 * H, hn, h_prev, dh);
     else
-        FN(fr_rnn_bwd)(j0, j1, kind == FR_K_RNN_RELU, g, dh);
+        FN(fr_rnn_bwd)(j0, j1, kind, g, dh);
 }
 
 #undef REAL

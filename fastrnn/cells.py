@@ -2,7 +2,8 @@
 
 Equations (PyTorch's, gate order as in its weight layout):
 
-RNN    h' = act(W_ih x + b_ih + W_hh h + b_hh),  act = tanh or relu
+RNN    h' = act(W_ih x + b_ih + W_hh h + b_hh),  act = tanh, relu or identity (the linear
+       recurrence of theano_lstm's default RNN; PyTorch has no such cell)
 GRU    r  = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
        z  = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
        n  = tanh(W_in x + b_in + r * (W_hn h + b_hn))
@@ -26,7 +27,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CellSpec:
-    name: str            # "rnn_tanh", "rnn_relu", "gru", "lstm"
+    name: str            # "rnn_tanh", "rnn_relu", "rnn_identity", "gru", "lstm"
     kind: int            # the kernels' cell id (FR_K_* in csrc/cells.h, FR_* in kernels.cu)
     gates: int           # G: weight_ih has shape (G * hidden, input)
     has_cell_state: bool  # LSTM carries (h, c); the others h only
@@ -37,6 +38,8 @@ CELLS = {
     "rnn_relu": CellSpec("rnn_relu", 1, 1, False),
     "gru": CellSpec("gru", 2, 3, False),
     "lstm": CellSpec("lstm", 3, 4, True),
+    # Added after the others: ids are compiled into the kernels, so they are never reused.
+    "rnn_identity": CellSpec("rnn_identity", 4, 1, False),
 }
 
 

@@ -5,8 +5,9 @@ This is the layer to embed in other training code::
     y, state, ws = recurrent_forward("lstm", x, w_ih, w_hh, b_ih, b_hh, state=(h0, c0))
     dx, dstate0, grads = recurrent_backward(ws, dy, dstate=(dh_T, dc_T))
 
-``lstm_forward``/``gru_forward``/``rnn_tanh_forward``/``rnn_relu_forward`` (and the matching
-``*_backward``) are the same with the cell fixed. Shapes (time-major):
+``lstm_forward``/``gru_forward``/``rnn_tanh_forward``/``rnn_relu_forward`` and
+``rnn_identity_forward`` (the linear recurrence ``h' = W_ih x + b_ih + W_hh h + b_hh``), and
+the matching ``*_backward``, are the same with the cell fixed. Shapes (time-major):
 
     x (T, B, I)   w_ih (G*H, I)   w_hh (G*H, H)   b_ih, b_hh (G*H,)   G = 1 RNN, 3 GRU, 4 LSTM
     state  h (B, H), or (h, c) for the LSTM; None means zeros
@@ -26,8 +27,8 @@ def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, len
                       reverse=False, out=None):
     """Run one recurrent layer in one direction over a whole sequence.
 
-    cell: "rnn_tanh", "rnn_relu", "gru" or "lstm". x: (T, B, I) float32 or float64; weights
-    and state must have x's dtype. A CuPy ``x`` runs on the GPU (weights and biases must be
+    cell: "rnn_tanh", "rnn_relu", "rnn_identity", "gru" or "lstm". x: (T, B, I) float32 or
+    float64; weights and state must have x's dtype. A CuPy ``x`` runs on the GPU (weights and biases must be
     CuPy arrays too; states, ``lengths`` and ``dy`` may be either), anything else on the CPU.
     ``reverse=True`` walks each sequence from its own last step. ``out`` is an optional
     (T, B, H) array (of x's array type) of x's dtype to write y into: any
@@ -84,3 +85,4 @@ lstm_forward, lstm_backward = _bind("lstm")
 gru_forward, gru_backward = _bind("gru")
 rnn_tanh_forward, rnn_tanh_backward = _bind("rnn_tanh")
 rnn_relu_forward, rnn_relu_backward = _bind("rnn_relu")
+rnn_identity_forward, rnn_identity_backward = _bind("rnn_identity")

@@ -342,10 +342,16 @@ class GRU(_FastRNNMixin, torch.nn.GRU):
 
 class RNN(_FastRNNMixin, torch.nn.RNN):
     """``torch.nn.RNN`` (tanh or relu) computed by fastrnn (same constructor, parameters and
-    forward)."""
+    forward). torch.nn.RNN has no linear cell, so ``nonlinearity="identity"`` is refused:
+    use ``fastrnn.RNN(..., nonlinearity="identity")``."""
 
     def __init__(self, *args, **kwargs):
         _check_device(type(self), kwargs)
+        nonlinearity = kwargs.get("nonlinearity", args[3] if len(args) > 3 else "tanh")
+        if nonlinearity == "identity":
+            raise ValueError("fastrnn.torch.RNN mirrors torch.nn.RNN, which has no "
+                             "nonlinearity='identity' (only 'tanh' or 'relu'); the linear cell "
+                             "is fastrnn.RNN(..., nonlinearity='identity') outside PyTorch")
         super().__init__(*args, **kwargs)
         self._check_supported()   # proj_size, dtype
 

@@ -288,7 +288,9 @@ def test_long_sequences_split_weight_gradients_along_time(cell, rng):
         lambda: _forward_backward(cell, x, w, dy, None, False, np.float64))
     for name in g1:
         np.testing.assert_array_equal(g1[name], g2[name])
-    module = (torch.nn.RNN(Il, Hl, nonlinearity=cell[4:]) if cell.startswith("rnn")
+    from torch_linear_rnn import LinearRNN   # torch.nn.RNN has no linear cell
+    rnn_class = LinearRNN if cell == "rnn_identity" else torch.nn.RNN
+    module = (rnn_class(Il, Hl, nonlinearity=cell[4:]) if cell.startswith("rnn")
               else {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](Il, Hl)).double()
     with torch.no_grad():
         for p, v in zip((module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,

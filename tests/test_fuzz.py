@@ -32,9 +32,11 @@ def _sigmoid(a):
 def _step(cell, xg, h, c, w_hh, b_hh):
     """One step for the active rows. xg: x @ w_ih.T + b_ih. Returns (h', c', saved)."""
     gh = h @ w_hh.T + b_hh
-    if cell in ("rnn_tanh", "rnn_relu"):
+    if cell.startswith("rnn"):
         pre = xg + gh
-        h_new = np.tanh(pre) if cell == "rnn_tanh" else np.maximum(pre, 0.0)
+        act = {"rnn_tanh": np.tanh, "rnn_relu": lambda a: np.maximum(a, 0.0),
+               "rnn_identity": lambda a: a}[cell]
+        h_new = act(pre)
         return h_new, None, (pre, h_new)
     if cell == "gru":
         (xr, xz, xn), (hr, hz, hn) = np.split(xg, 3, axis=1), np.split(gh, 3, axis=1)
@@ -50,9 +52,9 @@ def _step(cell, xg, h, c, w_hh, b_hh):
 def _step_backward(cell, saved, h, c, dh, dc):
     """Gradients of one step: (d x-side pre-activations, d h-side pre-activations, dh_prev
     without the W_hh term, dc_prev)."""
-    if cell in ("rnn_tanh", "rnn_relu"):
+    if cell.startswith("rnn"):
         pre, h_new = saved
-        d = dh * ((1 - h_new ** 2) if cell == "rnn_tanh" else (pre > 0))
+        d = dh * {"rnn_tanh": 1 - h_new ** 2, "rnn_relu": pre > 0, "rnn_identity": 1.0}[cell]
         return d, d, 0.0, None
     if cell == "gru":
         r, z, n, hn = saved

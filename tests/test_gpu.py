@@ -19,7 +19,7 @@ if not fastrnn.gpu_available():
 
 T, B, I, H = 7, 5, 4, 6
 LENGTHS = np.array([7, 1, 3, 2, 5])
-CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+CELLS = ("rnn_tanh", "rnn_relu", "rnn_identity", "gru", "lstm")
 
 
 def make_layer(cell, num_layers, bidirectional, dtype, device="cpu", seed=0, **kw):

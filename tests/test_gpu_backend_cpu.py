@@ -121,7 +121,7 @@ def test_backend_workspace_is_consumed_once(rng):
 
 @pytest.mark.parametrize("cell,num_layers,bidirectional,with_lengths", [
     ("lstm", 2, True, True), ("gru", 2, True, False), ("rnn_tanh", 1, True, True),
-    ("rnn_relu", 2, False, True), ("lstm", 1, False, False)])
+    ("rnn_relu", 2, False, True), ("rnn_identity", 2, True, True), ("lstm", 1, False, False)])
 def test_layer_plumbing_with_backend_logic(cell, num_layers, bidirectional, with_lengths,
                                            monkeypatch, rng):
     def make():
@@ -241,7 +241,8 @@ def test_tied_linear_follows_the_owner_arrays():
 def test_kernel_names_are_in_the_source():
     source = GB.KERNEL_SOURCE.read_text()
     names = GB.all_kernel_names()
-    assert len(names) == 16 and len(set(names)) == 16
+    n = 2 * 2 * len(GATES)   # kernels x dtypes x cells of the table
+    assert len(names) == n and len(set(names)) == n
     for which in ("fr_forward_step", "fr_backward_step"):
         assert f"__global__ void {which}(" in source
 
@@ -257,4 +258,4 @@ def test_cuda_source_compiles(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     ptx = (tmp_path / "check.ptx").read_text()
-    assert ptx.count(".entry") == 16
+    assert ptx.count(".entry") == 2 * 2 * len(GATES)

@@ -9,6 +9,7 @@ from helpers import gradient_check_error
 
 LAYERS = {"rnn_tanh": lambda **k: fastrnn.RNN(nonlinearity="tanh", **k),
           "rnn_relu": lambda **k: fastrnn.RNN(nonlinearity="relu", **k),
+          "rnn_identity": lambda **k: fastrnn.RNN(nonlinearity="identity", **k),
           "gru": lambda **k: fastrnn.GRU(**k),
           "lstm": lambda **k: fastrnn.LSTM(**k)}
 T, B, I, H = 5, 3, 3, 4

@@ -1,4 +1,5 @@
-"""Outputs and every gradient against PyTorch's nn.RNN/GRU/LSTM loaded with the same weights."""
+"""Outputs and every gradient against PyTorch's nn.RNN/GRU/LSTM loaded with the same weights
+(the linear cell against a PyTorch loop under autograd: tests/torch_linear_rnn.py)."""
 import itertools
 
 import numpy as np
@@ -8,10 +9,12 @@ import fastrnn
 from helpers import assert_close
 
 torch = pytest.importorskip("torch")
+from torch_linear_rnn import LinearRNN  # noqa: E402
 
 T, B, I, H = 6, 4, 5, 7
 LENGTHS = np.array([2, 6, 5, 1])
 RTOL = {np.float32: 1e-5, np.float64: 1e-10}
+CELLS = ["rnn_tanh", "rnn_relu", "rnn_identity", "gru", "lstm"]
 
 
 def make_pair(cell, num_layers, bidirectional, dtype, batch_first=False, bias=True):
@@ -20,7 +23,8 @@ def make_pair(cell, num_layers, bidirectional, dtype, batch_first=False, bias=Tr
                   bias=bias)
     if cell.startswith("rnn"):
         nl = cell[4:]
-        reference = torch.nn.RNN(I, H, nonlinearity=nl, dtype=tdtype, **kwargs)
+        reference_class = LinearRNN if nl == "identity" else torch.nn.RNN
+        reference = reference_class(I, H, nonlinearity=nl, dtype=tdtype, **kwargs)
         ours = fastrnn.RNN(I, H, nonlinearity=nl, dtype=dtype, **kwargs)
     else:
         reference = getattr(torch.nn, cell.upper())(I, H, dtype=tdtype, **kwargs)
@@ -93,7 +97,7 @@ def compare(cell, num_layers, bidirectional, with_lengths, with_state, with_dsta
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (2, False), (2, True)])
 @pytest.mark.parametrize("with_lengths,with_state,with_dstate",
                          list(itertools.product([False, True], repeat=3)))
@@ -102,13 +106,13 @@ def test_matches_torch(cell, num_layers, bidirectional, with_lengths, with_state
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("bidirectional,with_lengths", [(False, False), (True, True)])
 def test_batch_first_matches_torch(cell, bidirectional, with_lengths, dtype):
     compare(cell, 2, bidirectional, with_lengths, True, True, dtype, batch_first=True)
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_identity", "gru", "lstm"])
 def test_without_bias_matches_torch(cell):
     compare(cell, 2, True, True, True, True, np.float64, bias=False)
 

@@ -211,6 +211,14 @@ def test_unsupported_options_are_named():
         rnn(torch.randn(T, B, EMB), torch.zeros(2, B, H))
 
 
+def test_the_linear_cell_is_refused_with_its_alternative():
+    """torch.nn.RNN has no nonlinearity="identity": the bridge says so and names fastrnn.RNN."""
+    for make in (lambda: ft.RNN(EMB, H, nonlinearity="identity"),
+                 lambda: ft.RNN(EMB, H, 1, "identity")):
+        with pytest.raises(ValueError, match=r"no nonlinearity='identity'.*fastrnn\.RNN"):
+            make()
+
+
 def test_import_fastrnn_does_not_import_torch():
     import subprocess
     import sys

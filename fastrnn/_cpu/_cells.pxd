@@ -26,6 +26,7 @@ cdef extern from "cells.h" nogil:
         K_RNN_RELU "FR_K_RNN_RELU"
         K_GRU "FR_K_GRU"
         K_LSTM "FR_K_LSTM"
+        K_RNN_IDENTITY "FR_K_RNN_IDENTITY"
 
 
 cdef inline int gate_count(int kind) noexcept nogil:

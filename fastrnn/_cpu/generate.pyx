@@ -6,7 +6,8 @@ Per network step, for every layer: input gates (layer 0 from a precomputed (V, G
 above from the layer below), recurrent product h @ W_hh^T, the shared fused gate math
 (_cells.pxd); then the output layer, a float64 softmax with temperature, banned ids, top-k
 (partial selection), top-p (sorted nucleus), one draw from a pre-drawn uniform, and the
-drawn token is fed back.
+drawn token is fed back. Before ``min_length`` tokens have been drawn, the stop token is
+treated as banned (probability zero, the rest renormalised).
 
 Steps: the prime's P tokens, then the generated tokens except the last (which is emitted but
 not consumed), so a call makes P + n_tokens - 1 network steps and n_tokens draws. A row that
@@ -60,6 +61,7 @@ ctypedef struct Ctx:
     int top_k
     double temperature, top_p
     int64_t stop_id
+    Py_ssize_t min_length       # draws t < min_length never give stop_id
     const int64_t* prime        # (B, P)
     const double* uniforms      # (n_tokens, B), NULL when greedy
     const uint8_t* banned       # (V,)
@@ -137,25 +139,28 @@ cdef void _select_top(Pair* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
 
 
 cdef int64_t _sample_row(const floating* logits, Py_ssize_t V, const uint8_t* banned,
-                         bint greedy, double temperature, int top_k, double top_p, double u,
-                         Pair* pairs) noexcept nogil:
+                         int64_t also_banned, bint greedy, double temperature, int top_k,
+                         double top_p, double u, Pair* pairs) noexcept nogil:
+    """One token from one row of logits. Tokens with ``banned[v]`` and the token
+    ``also_banned`` (-1: none) get probability zero: they are left out of the softmax, so the
+    others are renormalised among themselves. The caller guarantees one token is allowed."""
     cdef Py_ssize_t v, n = 0, i
     cdef int64_t best = -1
     cdef double m = -INFINITY, z, total, cum, target
     if greedy:
         for v in range(V):
-            if banned[v]:
+            if banned[v] or v == also_banned:
                 continue
             if best < 0 or logits[v] > logits[best]:
                 best = v
         return best
     for v in range(V):
-        if not banned[v]:
+        if not banned[v] and v != also_banned:
             z = <double>logits[v] / temperature
             if z > m:
                 m = z
     for v in range(V):
-        if not banned[v]:
+        if not banned[v] and v != also_banned:
             pairs[n].p = exp(<double>logits[v] / temperature - m)
             pairs[n].i = v
             n += 1
@@ -346,8 +351,9 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
         for b in range(s0, s1):
             if ctx.done[b]:
                 continue
-            tok = _sample_row(logits + b * V, V, ctx.banned, ctx.greedy, ctx.temperature,
-                              ctx.top_k, ctx.top_p,
+            tok = _sample_row(logits + b * V, V, ctx.banned,
+                              ctx.stop_id if t < ctx.min_length else -1, ctx.greedy,
+                              ctx.temperature, ctx.top_k, ctx.top_p,
                               ctx.uniforms[t * B + b] if ctx.uniforms != NULL else 0.0, pairs)
             ctx.tokens[b * ctx.n_tokens + t] = tok
             ctx.lengths[b] = t + 1
@@ -423,13 +429,16 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
                   Py_ssize_t n_tokens, const double[:, ::1] uniforms,
                   floating[:, :, ::1] h not None, floating[:, :, ::1] c,
                   double temperature, int top_k, double top_p, bint greedy, int64_t stop_id,
-                  const uint8_t[::1] banned not None, int num_threads, bint split_rows):
+                  const uint8_t[::1] banned not None, int num_threads, bint split_rows,
+                  Py_ssize_t min_length=0):
     """Generate ``n_tokens`` tokens per row.
 
     h (L, B, H) in: the state before the prime; out: each row's final state. c likewise
     (LSTM; None otherwise). w_ih, w_hh, b_ih, b_hh: lists over layers of C-contiguous arrays
     (biases never None). table: (V, G*H) layer-0 input gates or None. uniforms (n_tokens, B)
     in [0, 1), None when greedy. stop_id < 0: no stop token. banned (V,) uint8.
+    min_length >= 0: the first min_length draws of a row never give stop_id (it is banned
+    for them); needs a token other than stop_id that is not banned.
     Returns (tokens (B, n_tokens) int64, -1 after a stop; lengths (B,) int64).
     """
     cdef Py_ssize_t L = h.shape[0], B = h.shape[1], H = h.shape[2], V = out_w.shape[0]
@@ -451,6 +460,15 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
     _check_len("out_b", out_b.shape[0], V)
     _check_shape("prime", prime.shape[0], P, B, P)
     _check_len("banned", banned.shape[0], V)
+    if min_length < 0:
+        raise ValueError(f"min_length must be >= 0, got {min_length}")
+    # Every draw needs an allowed token (_sample_row would otherwise return an unset id).
+    allowed = np.asarray(banned) == 0
+    if min_length > 0 and 0 <= stop_id < V:
+        allowed[stop_id] = False
+    if not allowed.any():
+        raise ValueError("banned (and stop_id while min_length applies) must leave at least "
+                         "one token allowed")
     if table is not None:
         _check_shape("table", table.shape[0], table.shape[1], V, GH)
     if not greedy:
@@ -532,6 +550,7 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
         ctx.kind, ctx.L, ctx.H, ctx.G, ctx.E, ctx.V, ctx.B, ctx.P = kind, L, H, G, E, V, B, P
         ctx.n_tokens, ctx.nt, ctx.split_rows, ctx.greedy = n_tokens, nt, split_rows, greedy
         ctx.top_k, ctx.temperature, ctx.top_p, ctx.stop_id = top_k, temperature, top_p, stop_id
+        ctx.min_length = min_length
         ctx.prime = &prime[0, 0]
         ctx.uniforms = &uniforms[0, 0] if uniforms is not None else NULL
         ctx.banned = &banned[0]

@@ -52,7 +52,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm
-from ._cells cimport K_GRU, K_LSTM, K_RNN_RELU, K_RNN_TANH, cell_backward_row, cell_forward_row, gate_count
+from ._cells cimport (K_GRU, K_LSTM, K_RNN_IDENTITY, K_RNN_RELU, K_RNN_TANH, cell_backward_row,
+                      cell_forward_row, gate_count)
 from ._checks cimport _blas_int, _check_len, _check_shape, _row_stride
 from ._gemm_packed cimport gemm_packed, matvec_cols_acc, matvec_rows, pack_panels, panel_width
 from ._openmp cimport fr_omp_barrier, fr_omp_team_size, fr_team_threads, join_fork_guard
@@ -62,7 +63,8 @@ join_fork_guard()
 
 # The cell ids and gate counts this module was compiled with (csrc/cells.h), for the test
 # that checks them against fastrnn/cells.py.
-CELL_IDS = {"rnn_tanh": K_RNN_TANH, "rnn_relu": K_RNN_RELU, "gru": K_GRU, "lstm": K_LSTM}
+CELL_IDS = {"rnn_tanh": K_RNN_TANH, "rnn_relu": K_RNN_RELU, "gru": K_GRU, "lstm": K_LSTM,
+            "rnn_identity": K_RNN_IDENTITY}
 CELL_GATES = {kind: gate_count(kind) for kind in CELL_IDS.values()}
 
 

@@ -4,7 +4,7 @@ reference implementation of the gate math.
 :class:`StepOps` runs the recurrence one step at a time, all batch rows at once: a GEMM for
 the recurrent term, then one ``forward_step``/``backward_step`` call; the input projection
 and the weight gradients are GEMMs over all steps. Subclasses supply the two step
-functions: :class:`ReferenceOps` with the four cells' equations in ``xp`` (NumPy or CuPy,
+functions: :class:`ReferenceOps` with the cells' equations in ``xp`` (NumPy or CuPy,
 used by the tests), :class:`fastrnn._engine.cuda.CudaOps` with the fused CUDA kernels.
 """
 import contextlib
@@ -13,7 +13,8 @@ import numpy as np
 
 from ..cells import get_cell
 
-RNN_TANH, RNN_RELU, GRU, LSTM = (get_cell(n).kind for n in ("rnn_tanh", "rnn_relu", "gru", "lstm"))
+RNN_TANH, RNN_RELU, RNN_IDENTITY, GRU, LSTM = (
+    get_cell(n).kind for n in ("rnn_tanh", "rnn_relu", "rnn_identity", "gru", "lstm"))
 
 
 class StepOps:
@@ -160,7 +161,10 @@ class ReferenceOps(StepOps):
             gates[rows] = xp.concatenate([r, z, n], axis=1)
         else:
             a = pre + rec
-            a = xp.tanh(a) if kind == RNN_TANH else xp.where(a < 0, 0, a)
+            if kind == RNN_TANH:
+                a = xp.tanh(a)
+            elif kind == RNN_RELU:
+                a = xp.where(a < 0, 0, a)   # RNN_IDENTITY: a as it is
             gates[rows] = a
             h[b] = a
         y_rows[rows] = h[b]
@@ -201,7 +205,12 @@ class ReferenceOps(StepOps):
             hn[rows] = dn
             dh[b] = d * z
         else:
-            out = d * (1 - g * g) if kind == RNN_TANH else xp.where(g > 0, d, 0)
+            if kind == RNN_TANH:
+                out = d * (1 - g * g)
+            elif kind == RNN_RELU:
+                out = xp.where(g > 0, d, 0)
+            else:   # RNN_IDENTITY
+                out = d
             dh[b] = 0
         gates[rows] = out
         dgh[b] = out

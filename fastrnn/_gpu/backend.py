@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cells import CELLS
 from .._engine.cuda import cuda_graphs_enabled, set_cuda_graphs  # noqa: F401 (re-exported)
 
 KERNEL_SOURCE = Path(__file__).with_name("kernels.cu")
@@ -24,7 +25,9 @@ def kernel_name(which, dtype, kind):
 
 
 def all_kernel_names():
-    return [kernel_name(w, dt, k) for w in _KERNEL_NAMES for dt in _CTYPES for k in range(4)]
+    """Every instance: each kernel, dtype and cell of the table (fastrnn/cells.py)."""
+    return [kernel_name(w, dt, spec.kind) for w in _KERNEL_NAMES for dt in _CTYPES
+            for spec in CELLS.values()]
 
 
 _MODULES = {}

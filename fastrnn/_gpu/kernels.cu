@@ -26,6 +26,7 @@
 #define FR_RNN_RELU 1
 #define FR_GRU 2
 #define FR_LSTM 3
+#define FR_RNN_IDENTITY 4
 
 template <typename T> __device__ __forceinline__ T fr_exp(T x);
 template <> __device__ __forceinline__ float fr_exp<float>(float x) { return expf(x); }
@@ -57,9 +58,9 @@ struct RnnCell {
         T a = g[j] + gh[j] + b_hh[j];
         if (KIND == FR_RNN_TANH) {
             a = fr_tanh<T>(a);
-        } else if (a < T(0)) {
+        } else if (KIND == FR_RNN_RELU && a < T(0)) {
             a = T(0);
-        }
+        }   /* FR_RNN_IDENTITY: a as it is */
         g[j] = a;
         h[j] = a;
     }
@@ -69,8 +70,10 @@ struct RnnCell {
         T a = g[j];
         if (KIND == FR_RNN_TANH) {
             g[j] = dh * (T(1) - a * a);
-        } else {
+        } else if (KIND == FR_RNN_RELU) {
             g[j] = a > T(0) ? dh : T(0);
+        } else {   /* FR_RNN_IDENTITY */
+            g[j] = dh;
         }
         dh = T(0);
     }
@@ -144,6 +147,7 @@ struct LstmCell {
 template <typename T, int KIND> struct CellOps;
 template <typename T> struct CellOps<T, FR_RNN_TANH> : RnnCell<T, FR_RNN_TANH> {};
 template <typename T> struct CellOps<T, FR_RNN_RELU> : RnnCell<T, FR_RNN_RELU> {};
+template <typename T> struct CellOps<T, FR_RNN_IDENTITY> : RnnCell<T, FR_RNN_IDENTITY> {};
 template <typename T> struct CellOps<T, FR_GRU> : GruCell<T> {};
 template <typename T> struct CellOps<T, FR_LSTM> : LstmCell<T> {};
 

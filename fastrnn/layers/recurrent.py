@@ -212,16 +212,24 @@ class RecurrentLayer(Layer):
                 f"num_layers={self.num_layers}{extra}, dtype={self.dtype})")
 
 
+NONLINEARITIES = ("tanh", "relu", "identity")
+"""fastrnn.RNN's activations; each names the cell ``rnn_<nonlinearity>`` of fastrnn/cells.py."""
+
+
 class RNN(RecurrentLayer):
-    """Elman RNN, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
+    """Elman RNN, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh, relu or identity.
+
+    ``nonlinearity``: "tanh" (cell "rnn_tanh"), "relu" ("rnn_relu") or "identity"
+    ("rnn_identity": the linear recurrence ``h' = W_ih x + b_ih + W_hh h + b_hh`` of
+    theano_lstm's default RNN; PyTorch has no such cell, so the PyTorch bridge refuses it).
 
     ``recurrent_init="identity"`` gives the IRNN initialisation for ReLU RNNs (W_hh = I, the
     rest as drawn; add ``init_std`` for small normal input weights and zero biases).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kwargs):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, **kwargs)
 

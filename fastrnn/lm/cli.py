@@ -77,6 +77,13 @@ def _positive_int(text):
     return value
 
 
+def _nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _nonnegative_float(text):
     value = float(text)
     if not value >= 0 or not math.isfinite(value):
@@ -516,10 +523,13 @@ def cmd_sample(args):
     # A GPU model samples with the CPU loop from host copies (see LanguageModel.generate_ids).
     model = LanguageModel.load(args.model, device=args.device)
     if model.vocab is not None and model.vocab.bos is not None:
-        return _sample_sentences(model, args)
+        return _sample_sentences(model, args)   # stops at the model's eos unless --stop
+    if args.min_length and args.stop is None:
+        raise ValueError("--min-length needs --stop: the end token it suppresses")
     samples = model.generate(args.length, prime=args.prime, num_samples=args.num_samples,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             greedy=args.greedy, stop=args.stop, seed=args.seed)
+                             greedy=args.greedy, stop=args.stop, seed=args.seed,
+                             min_length=args.min_length)
     for i, sample in enumerate(samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
@@ -545,7 +555,8 @@ def _sample_sentences(model, args):
     tokens, lengths = model.generate_ids(
         prime_ids, args.length, num_samples=args.num_samples, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
-        stop_id=vocab.token_to_id(stop), banned_ids=banned, seed=args.seed)
+        stop_id=vocab.token_to_id(stop), banned_ids=banned, seed=args.seed,
+        min_length=args.min_length)
     for i, (row, n) in enumerate(zip(tokens, lengths)):
         ids = row[:n]
         if ids.size and ids[-1] == vocab.eos_id:
@@ -734,6 +745,9 @@ def build_parser():
                         help="token that ends a sample (default for a model trained with "
                              "--sentences: its end-of-sentence token; such a model also starts "
                              "every sample from its begin-of-sentence token)")
+    sample.add_argument("--min-length", type=_nonnegative_int, default=0,
+                        help="suppress the stop token until this many tokens are generated "
+                             "(its probability set to zero, the rest renormalised)")
     _add_runtime_options(sample)
     sample.add_argument("--seed", type=int, default=None)
     sample.set_defaults(func=cmd_sample)

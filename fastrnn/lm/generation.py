@@ -28,10 +28,10 @@ ROW_SPLIT_MAX_ROWS_PER_THREAD = 4
 
 def generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tokens, state=None,
                     temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_id=None,
-                    banned_ids=(), seed=None):
+                    banned_ids=(), seed=None, min_length=0):
     """Generate ``n_tokens`` tokens for every row of ``prime`` with a stacked unidirectional RNN.
 
-    cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+    cell: "lstm", "gru", "rnn_tanh", "rnn_relu" or "rnn_identity".
     layers: list over layers of ``(w_ih (G*H, in), w_hh (G*H, H), b_ih (G*H,) or None,
     b_hh (G*H,) or None)`` in PyTorch's layout; ``in`` is E for layer 0 and H above.
     embedding (V, E); out_weight (V, H); out_bias (V,) or None. One float dtype for all
@@ -53,14 +53,22 @@ def generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_toke
     logits instead (temperature, top_k, top_p and seed then have no effect). The draws use
     ``np.random.default_rng(seed).random((n_tokens, B))``, so a seed gives the same tokens
     whatever the thread count.
+
+    min_length: an int >= 0 (needs ``stop_id`` when > 0). While fewer than ``min_length``
+    tokens have been generated in a row, ``stop_id`` is suppressed: its probability is set to
+    zero and the others are renormalised (exactly as a banned id; greedy takes the best other
+    token). So a row that stops has at least ``min_length`` tokens before its stop token
+    (003's "sentences of at least N words"). Suppressing is not rejection: the rows are drawn
+    from the model conditioned step by step, not from whole samples filtered by length.
     """
     return _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tokens,
-                            state, temperature, top_k, top_p, greedy, stop_id, banned_ids, seed)
+                            state, temperature, top_k, top_p, greedy, stop_id, banned_ids, seed,
+                            min_length)
 
 
 def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tokens, state=None,
                      temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_id=None,
-                     banned_ids=(), seed=None, *, layer0_table=None, split=None):
+                     banned_ids=(), seed=None, min_length=0, *, layer0_table=None, split=None):
     """generate_tokens, with its automatic choices open to tests and benchmarks:
     ``layer0_table`` (True/False: build layer 0's (V, G*H) input-gate table or project per
     token) and ``split`` ("rows"/"batch": how the threads share the work)."""
@@ -139,6 +147,16 @@ def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tok
             raise ValueError(f"stop_id must be a token id in [0, {V}), got {stop_id}")
         stop = int(stop_id)
     banned = _banned_mask(banned_ids, V)
+    min_length = check_int(min_length, "min_length", 0)
+    if min_length > 0:
+        if stop_id is None:
+            raise ValueError(f"min_length={min_length} needs stop_id: the end token it "
+                             "suppresses before min_length tokens")
+        others_allowed = banned == 0
+        others_allowed[stop] = False
+        if not others_allowed.any():
+            raise ValueError(f"min_length={min_length} suppresses stop_id {stop}, and "
+                             "banned_ids ban every other token: no token could be drawn")
 
     if greedy:
         uniforms = None
@@ -173,7 +191,7 @@ def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tok
         tokens, lengths = _kernel.generate_loop(
             spec.kind, embedding, w_ih_list, w_hh_list, b_ih_list, b_hh_list, table,
             out_weight, out_bias, prime_arr, n_tokens, uniforms, h, c, float(temperature),
-            top_k, float(top_p), greedy, stop, banned, nt, split_rows)
+            top_k, float(top_p), greedy, stop, banned, nt, split_rows, min_length)
     final_state = (h, c) if spec.has_cell_state else h
     return tokens, lengths, final_state
 

@@ -32,7 +32,7 @@ class LanguageModel(Module):
         embed_size: E, the embedding width.
         hidden_size: H, units per recurrent layer.
         num_layers: stacked recurrent layers.
-        cell: "lstm", "gru", "rnn_tanh" or "rnn_relu", or its :class:`fastrnn.cells.CellSpec`;
+        cell: "lstm", "gru", "rnn_tanh", "rnn_relu" or "rnn_identity" (linear), or its :class:`fastrnn.cells.CellSpec`;
             ``cell`` is then the CellSpec, as on the recurrent layers (``cell.name`` the name).
         dropout: probability applied to the embeddings, between recurrent layers and to the
             last layer's output (training mode only).
@@ -310,11 +310,15 @@ class LanguageModel(Module):
     # ---- generation -----------------------------------------------------------------------
 
     def generate_ids(self, prime_ids, n_tokens, num_samples=1, temperature=1.0, top_k=0,
-                     top_p=1.0, greedy=False, stop_id=None, banned_ids=(), seed=None):
+                     top_p=1.0, greedy=False, stop_id=None, banned_ids=(), seed=None,
+                     min_length=0):
         """Sample continuations of ``prime_ids`` (1-D, at least one id) in compiled code.
 
         Returns ``(tokens (num_samples, n_tokens) int64, lengths (num_samples,))``; a row that
-        drew ``stop_id`` ends there (included), later positions hold -1.
+        drew ``stop_id`` ends there (included), later positions hold -1. ``min_length`` (needs
+        ``stop_id``): before that many tokens have been generated, ``stop_id`` has probability
+        zero and the other tokens are renormalised (see
+        :func:`fastrnn.lm.generation.generate_tokens`).
 
         A model on the GPU samples on the CPU too, from host copies of its weights: sampling
         is one token at a time for a few sequences, so it is bound by latency, and at these
@@ -338,17 +342,22 @@ class LanguageModel(Module):
             self.cell.name, layers, host(self.embedding.params["weight"]), host(self.output.weight),
             host(self.output.bias), np.ascontiguousarray(prime), n_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, greedy=greedy, stop_id=stop_id, banned_ids=banned_ids,
-            seed=seed)
+            seed=seed, min_length=min_length)
         return tokens, lengths
 
     def generate(self, n_tokens=200, prime=None, num_samples=1, temperature=1.0, top_k=0,
-                 top_p=1.0, greedy=False, stop=None, allow_unknown=False, seed=None):
+                 top_p=1.0, greedy=False, stop=None, allow_unknown=False, seed=None,
+                 min_length=0):
         """Sample ``num_samples`` texts of up to ``n_tokens`` tokens (needs ``vocab``).
 
         prime: text to continue (every token must be in the vocabulary); None starts from the
         end-of-sentence token if the vocabulary has one, else a newline, else token 0.
         stop: a token (e.g. "\\n" or "</s>") that ends a sample. allow_unknown=False never
-        emits the unknown token. Returns a list of str, the generated text without the prime.
+        emits the unknown token. min_length (needs ``stop``): the stop token is suppressed
+        until ``min_length`` tokens have been generated, i.e. its probability is set to zero
+        and the rest renormalised, so a finished sample has at least ``min_length`` tokens
+        before its stop token (sentences of at least N words). Returns a list of str, the
+        generated text without the prime.
         """
         vocab = self._require_vocab()
         prime_ids = self._prime_ids(prime)
@@ -357,10 +366,12 @@ class LanguageModel(Module):
             if not vocab.has(stop):
                 raise ValueError(f"stop token {stop!r} is not in the vocabulary")
             stop_id = vocab.token_to_id(stop)
+        if check_int(min_length, "min_length", 0) > 0 and stop_id is None:
+            raise ValueError(f"min_length={min_length} needs stop: the end token it suppresses")
         banned = () if allow_unknown or vocab.unk is None or not vocab.has(vocab.unk) \
             else (vocab.unk_id,)
         tokens, lengths = self.generate_ids(prime_ids, n_tokens, num_samples, temperature, top_k,
-                                            top_p, greedy, stop_id, banned, seed)
+                                            top_p, greedy, stop_id, banned, seed, min_length)
         return [vocab.decode(row[:n]) for row, n in zip(tokens, lengths)]
 
     def _require_vocab(self):

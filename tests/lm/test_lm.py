@@ -10,7 +10,7 @@ from fastrnn.lm import checkpoint
 
 from helpers import assert_close, assert_model_gradients_match
 
-CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_identity"]
 
 
 def small_model(cell="lstm", tie=False, dtype=np.float64, **kwargs):
@@ -55,7 +55,9 @@ def test_padded_steps_do_not_change_the_loss(rng):
 def test_loss_and_gradients_match_pytorch(cell, tie, rng):
     torch = pytest.importorskip("torch")
     model = small_model(cell, tie)
-    rnn_class = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}.get(cell, torch.nn.RNN)
+    from torch_linear_rnn import LinearRNN   # torch.nn.RNN has no linear cell
+    rnn_class = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU,
+                 "rnn_identity": LinearRNN}.get(cell, torch.nn.RNN)
     extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
     emb = torch.nn.Embedding(11, model.embed_size).double()
     rnn = rnn_class(model.embed_size, 6, 2, **extra).double()
