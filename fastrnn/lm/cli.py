@@ -707,12 +707,17 @@ def build_parser():
     train.add_argument("--lowercase", action="store_true", default=None,
                        help="lowercase the text (char and word level); the model's vocabulary "
                             "records it, so sample, eval and --prime lowercase too")
-    train.add_argument("--sentences", nargs="?", const="text", choices=["text", "lines"],
-                       help="sentence mode (--level word): train on whole sentences, each "
-                            "wrapped in --bos and --eos, in padded shuffled batches, and "
-                            "validate on held-out sentences; 'text' (the default) cuts the "
-                            "text after . ! ? before a capital and at blank lines, 'lines' "
-                            "takes each line as a sentence")
+    # Two flags, not an optional value after --sentences: that would swallow a file name
+    # written after it.
+    sentence_mode = train.add_mutually_exclusive_group()
+    sentence_mode.add_argument(
+        "--sentences", action="store_const", const="text", default=None,
+        help="sentence mode (--level word): train on whole sentences, each wrapped in --bos "
+             "and --eos, in padded shuffled batches, and validate on held-out sentences; the "
+             "text is cut after . ! ? before a capital and at blank lines")
+    sentence_mode.add_argument(
+        "--sentence-lines", dest="sentences", action="store_const", const="lines",
+        help="sentence mode with each non-blank line one sentence")
     train.add_argument("--bos", help="begin-of-sentence token in sentence mode (default: <s>)")
     train.add_argument("--eos", help="end-of-sentence token, and what a line break becomes "
                                      "(--level word; default: </s>)")

@@ -114,6 +114,13 @@ def test_sample_from_a_sentence_model_starts_at_bos_and_stops_at_eos(tmp_path, p
     assert "not in the model's vocabulary" in line and "'zebra'" in line
     line = run_error(capsys, ["sample", str(out), "--stop", "zebra"])
     assert "stop token 'zebra' is not in the vocabulary" in line
+    # --min-length suppresses the model's eos (the default stop token of a sentence model).
+    assert main(["sample", str(out), "--num-samples", "8", "--length", "12", "--seed", "2",
+                 "--min-length", "6"]) == 0
+    kwargs, tokens, lengths = calls[-1][1:]
+    assert kwargs["min_length"] == 6 and kwargs["stop_id"] == vocab.eos_id
+    for row, n in zip(tokens, lengths):
+        assert n >= 7 and vocab.eos_id not in row[:6].tolist()
 
 
 @pytest.mark.parametrize("options, message", [
