@@ -186,7 +186,9 @@ def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tok
         raise ValueError(f"split must be None, 'rows' or 'batch', got {split!r}")
 
     with threads.blas_single_threaded():
-        tokens, lengths = _kernel.generate_loop(
+        # The specialisation named, not found from the arguments: the embedding may be None.
+        kernel = _kernel.generate_loop["float" if dtype == np.float32 else "double"]
+        tokens, lengths = kernel(
             spec.kind, embedding, w_ih_list, w_hh_list, b_ih_list, b_hh_list, table,
             out_weight, out_bias, prime_arr, n_tokens, uniforms, h, c, float(temperature),
             top_k, float(top_p), greedy, stop, banned, nt, split_rows)
