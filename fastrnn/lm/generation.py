@@ -173,7 +173,9 @@ def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tok
             use_table = bool(layer0_table)
         table = None
         if use_table:
-            table = embedding @ w_ih_list[0].T
+            # On one BLAS thread, as the loop: woken BLAS workers would spin beside it.
+            with threads.blas_single_threaded():
+                table = embedding @ w_ih_list[0].T
             table += b_ih_list[0]
             table = np.ascontiguousarray(table, dtype=dtype)
 
