@@ -477,7 +477,8 @@ class LanguageModel(Module):
 MAX_VOCAB_SIZE = 2**21
 """Largest vocabulary a model file may declare (2,097,152 tokens)."""
 MAX_WIDTH = 2**16
-"""Largest ``embed_size`` / ``hidden_size`` a model file may declare (65,536)."""
+"""Largest ``embed_size`` / ``hidden_size`` (each layer's) a model file may declare (65,536);
+a one-hot model's ``embed_size`` is its vocabulary size (``MAX_VOCAB_SIZE``)."""
 MAX_LAYERS = 256
 """Most recurrent layers a model file may declare."""
 MAX_PARAMETERS = 2**32
