@@ -37,8 +37,9 @@ def trainer(case, distributed, **extra):
                               dtype=np.float64, seed=3)
         train, val = d["sentences"], d["val_sentences"]
         options = dict(batch_size=5, reduction="sum", clip=0.5)
-    else:   # LSTM, mean loss, carried state across windows; 3 validation streams on 2 ranks
-        model = LanguageModel(V, embed_size=5, hidden_size=7, num_layers=2, cell="lstm",
+    else:   # LSTM, mean loss, carried state across windows; 3 validation streams on 2 ranks;
+        # per-layer sizes, so the carried state is a list over layers (the CLI test has one size)
+        model = LanguageModel(V, embed_size=5, hidden_size=[7, 6], cell="lstm",
                               dtype=np.float64, seed=4)
         train, val = d["stream"], d["val_stream"]
         options = dict(batch_size=6, seq_len=9, reduction="mean", clip=0.05)

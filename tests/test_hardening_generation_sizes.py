@@ -15,7 +15,7 @@ def test_scratch_of_the_reported_case_is_exact():
     # 1024-unit LSTM, 233017 rows, 2 threads, split batch: each thread's scratch holds its
     # own half of the rows, and the sizes are exact integers past 2^31 elements.
     G, L, B, H, E, V = 4, 1, 233017, 1024, 64, 65
-    sizes = _gen._buffer_sizes(G, L, B, H, E, V, 200, 2, False, 4)
+    sizes = _gen._buffer_sizes(G, B, [H] * L, E, V, 200, 2, False, 4)
     rows = (B + 1) // 2
     stride = 2 * rows * G * H + rows * H + 2 * L * G * H + H + 16
     assert stride * 2 > 2 ** 31
@@ -29,13 +29,13 @@ def test_row_split_scratch_covers_the_one_thread_fallback():
     # the buffer sized for nt threads must hold that thread's scratch.
     for H in (1, 15, 16, 17, 100, 1024):
         for nt in (2, 3, 4):
-            rows, units = _gen._thread_layout(4, 5, H, nt, True)
+            rows, units = _gen._thread_layout(4, 5, [H, 7], nt, True)
             assert nt * _gen._scratch_stride(4, 2, rows, units) >= _gen._scratch_stride(4, 2, 5, H)
 
 
 def test_sizes_that_cannot_be_addressed_raise_memory_error():
     with pytest.raises(MemoryError, match="generation would need .* bytes"):
-        _gen._buffer_sizes(4, 2, 1 << 30, 1 << 20, 16, 100, 1 << 40, 2, False, 4)
+        _gen._buffer_sizes(4, 1 << 30, [1 << 20] * 2, 16, 100, 1 << 40, 2, False, 4)
 
 
 def test_generate_loop_refuses_before_allocating(rng):
@@ -46,7 +46,7 @@ def test_generate_loop_refuses_before_allocating(rng):
                 b_ih=[np.zeros(G * H)], b_hh=[np.zeros(G * H)], table=None,
                 out_w=rng.standard_normal((V, H)), out_b=np.zeros(V),
                 prime=np.zeros((2, 1), dtype=np.int64), n_tokens=1 << 62, uniforms=None,
-                h=np.zeros((1, 2, H)), c=np.zeros((1, 2, H)), temperature=1.0, top_k=0,
+                h=[np.zeros((2, H))], c=[np.zeros((2, H))], temperature=1.0, top_k=0,
                 top_p=1.0, greedy=True, stop_id=-1, banned=np.zeros(V, dtype=np.uint8),
                 num_threads=1, split_rows=False)
     with pytest.raises(MemoryError, match="generation would need"):

@@ -88,8 +88,8 @@ def _generate_args(rng, V=7, E=4, L=2, Bg=2, P=3, n_tokens=5):
                 b_ih=[l[2] for l in layers], b_hh=[l[3] for l in layers], table=None,
                 out_w=rng.standard_normal((V, H)), out_b=np.zeros(V),
                 prime=np.zeros((Bg, P), dtype=np.int64), n_tokens=n_tokens,
-                uniforms=rng.random((n_tokens, Bg)), h=np.zeros((L, Bg, H)),
-                c=np.zeros((L, Bg, H)), temperature=1.0, top_k=0, top_p=1.0, greedy=False,
+                uniforms=rng.random((n_tokens, Bg)), h=list(np.zeros((L, Bg, H))),
+                c=list(np.zeros((L, Bg, H))), temperature=1.0, top_k=0, top_p=1.0, greedy=False,
                 stop_id=-1, banned=np.zeros(V, dtype=np.uint8), num_threads=1,
                 split_rows=True)
 
@@ -99,7 +99,7 @@ def test_generate_loop_checks_its_buffers(rng):
     tokens, lengths = _gen.generate_loop(**good)
     assert tokens.shape == (2, 5)
     for name, value, error in [("c", None, TypeError), ("uniforms", None, TypeError),
-                               ("embedding", None, TypeError), ("banned", None, TypeError),
+                               ("embedding", None, (TypeError, ValueError)), ("banned", None, TypeError),
                                ("out_w", np.zeros((7, H + 1)), ValueError),
                                ("uniforms", np.zeros((2, 2)), ValueError),
                                ("prime", np.full((2, 3), 7, dtype=np.int64), ValueError),

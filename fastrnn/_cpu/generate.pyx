@@ -1,9 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Compiled autoregressive generation: the whole per-token loop without the GIL.
 
-Per network step, for every layer: input gates (layer 0 from a precomputed (V, G*H) table
+Per network step, for every layer: input gates (layer 0 from a precomputed (V, G*H_0) table
 ``embedding @ W_ih^T + b_ih`` or a per-token projection of the gathered embeddings; layers
-above from the layer below), recurrent product h @ W_hh^T, the shared fused gate math
+above from the layer below, whose size H_{l-1} may differ), recurrent product h @ W_hh^T, the shared fused gate math
 (_cells.pxd); then the output layer, a float64 softmax with temperature, banned ids, top-k
 (partial selection), top-p (sorted nucleus), one draw from a pre-drawn uniform, and the
 drawn token is fed back. Before ``min_length`` tokens have been drawn, the stop token is
@@ -56,7 +56,10 @@ ctypedef struct Pair:
 
 ctypedef struct Ctx:
     int kind, nt
-    Py_ssize_t L, H, G, E, V, B, P, n_tokens
+    Py_ssize_t L, G, E, V, B, P, n_tokens
+    const Py_ssize_t* hs        # (L,) hidden size of each layer
+    const Py_ssize_t* hoff      # (L,) offset of layer l's (B, H_l) states in hbuf: B * sum(H_m, m < l)
+    Py_ssize_t hbuf_half        # B * sum(H_l): one parity of hbuf
     bint split_rows, greedy
     int top_k
     double temperature, top_p
@@ -65,20 +68,21 @@ ctypedef struct Ctx:
     const int64_t* prime        # (B, P)
     const double* uniforms      # (n_tokens, B), NULL when greedy
     const uint8_t* banned       # (V,)
-    void** w_ih                 # L pointers: (G*H, in_l)
-    void** w_hh                 # L pointers: (G*H, H)
-    void** b_ih                 # L pointers: (G*H,)
-    void** b_hh                 # L pointers: (G*H,)
-    void* table                 # (V, G*H) or NULL
-    void* emb                   # (V, E)
+    void** w_ih                 # L pointers: (G*H_l, in_l), in_l = E or H_{l-1}
+    void** w_hh                 # L pointers: (G*H_l, H_l)
+    void** b_ih                 # L pointers: (G*H_l,)
+    void** b_hh                 # L pointers: (G*H_l,)
+    void** c                    # L pointers: (B, H_l) LSTM cell states, in place; NULL otherwise
+    void* table                 # (V, G*H_0) or NULL
+    void* emb                   # (V, E), or NULL when table is given
     void* out_b                 # (V,)
-    void* hbuf                  # (2, L, B, H): previous / new hidden states, by parity
-    void* c                     # (L, B, H) LSTM cell state, in place; NULL otherwise
+    void* hbuf                  # 2 parities of the packed (B, H_l) hidden states of every layer
     void* xbuf                  # (B, E) gathered embeddings (no table)
     void* logits                # (B, V)
     void* scratch               # (nt, S) per-thread gate buffers and local biases
     Py_ssize_t scratch_stride   # S (_scratch_stride)
     Py_ssize_t scratch_rows     # rows of the batch a thread's gate buffers hold
+    Py_ssize_t scratch_units    # the most hidden units a thread owns in one layer
     Pair* pairs                 # (nt, V)
     int64_t* tokens             # (B, n_tokens)
     int64_t* lengths            # (B,)
@@ -219,9 +223,19 @@ cdef void _feed(Ctx* ctx, const floating* emb, Py_ssize_t b, int64_t tok) noexce
         memcpy(<floating*>ctx.xbuf + b * ctx.E, emb + tok * ctx.E, ctx.E * sizeof(floating))
 
 
+cdef inline Py_ssize_t _unit_start(Ctx* ctx, Py_ssize_t H, int tid) noexcept nogil:
+    """First hidden unit of a layer of H units this thread owns (all units: split batch)."""
+    return _split_at(H, tid, ctx.nt) if ctx.split_rows else 0
+
+
+cdef inline Py_ssize_t _unit_stop(Ctx* ctx, Py_ssize_t H, int tid) noexcept nogil:
+    return _split_at(H, tid + 1, ctx.nt) if ctx.split_rows else H
+
+
 cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
-    cdef Py_ssize_t L = ctx.L, H = ctx.H, G = ctx.G, E = ctx.E, V = ctx.V, B = ctx.B, P = ctx.P
-    cdef Py_ssize_t GH = G * H, nt = ctx.nt
+    cdef Py_ssize_t L = ctx.L, G = ctx.G, E = ctx.E, V = ctx.V, B = ctx.B, P = ctx.P
+    cdef Py_ssize_t nt = ctx.nt, H, Hin, GH0 = G * ctx.hs[0], Htop = ctx.hs[ctx.L - 1]
+    cdef Py_ssize_t half = ctx.hbuf_half, U = ctx.scratch_units
     cdef int kind = ctx.kind
     cdef bint sync = ctx.split_rows and nt > 1
     cdef Py_ssize_t j0, j1, v0, v1, b0, b1, s0, s1, nj, nv, GL
@@ -229,8 +243,6 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
     cdef Py_ssize_t n_steps = P + ctx.n_tokens - 1
     cdef int64_t tok
     if ctx.split_rows:
-        j0 = _split_at(H, tid, nt)
-        j1 = _split_at(H, tid + 1, nt)
         v0 = _share(V, tid, nt)
         v1 = _share(V, tid + 1, nt)
         b0 = 0
@@ -238,30 +250,28 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
         s0 = _share(B, tid, nt)
         s1 = _share(B, tid + 1, nt)
     else:
-        j0 = 0
-        j1 = H
         v0 = 0
         v1 = V
         b0 = _share(B, tid, nt)
         b1 = _share(B, tid + 1, nt)
         s0 = b0
         s1 = b1
-    nj = j1 - j0
     nv = v1 - v0
-    GL = G * nj
-    # Thread scratch (_scratch_stride): for the R = ctx.scratch_rows rows from b0 (all rows
-    # when splitting rows, its own slice when splitting the batch), gates (R, GL), recurrent
-    # gates (R, GL), GRU hn (R, nj); then the biases of this thread's units in block layout
-    # (k * nj + jj), per layer, then a copy of one row's c_{t-1} (nj). Row b is at b - b0.
+    # Thread scratch (_scratch_stride), sized for U = ctx.scratch_units, the most units this
+    # thread owns in any layer: for the R = ctx.scratch_rows rows from b0 (all rows when
+    # splitting rows, its own slice when splitting the batch), gates (R, G*nj), recurrent
+    # gates (R, G*nj), GRU hn (R, nj) of the current layer (nj = its units there); then the
+    # biases of this thread's units in block layout (k * nj + jj), layer l's at l * G * U,
+    # then a copy of one row's c_{t-1} (nj). Row b is at b - b0.
     cdef Py_ssize_t R = ctx.scratch_rows
     cdef floating* g = <floating*>ctx.scratch + tid * ctx.scratch_stride
-    cdef floating* gh = g + R * GL
-    cdef floating* hn = gh + R * GL
-    cdef floating* bih = hn + R * nj
-    cdef floating* bhh = bih + L * GL
-    cdef floating* c_prev = bhh + L * GL
+    cdef floating* gh = g + R * G * U
+    cdef floating* hn = gh + R * G * U
+    cdef floating* bih = hn + R * U
+    cdef floating* bhh = bih + L * G * U
+    cdef floating* c_prev = bhh + L * G * U
     cdef floating* hbuf = <floating*>ctx.hbuf
-    cdef floating* cst = <floating*>ctx.c
+    cdef floating* cst = NULL
     cdef floating* logits = <floating*>ctx.logits
     cdef floating* hp
     cdef floating* hw
@@ -272,9 +282,12 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
     cdef const floating* out_b = <const floating*>ctx.out_b
     cdef Pair* pairs = ctx.pairs + tid * V
     for l in range(L):
+        H = ctx.hs[l]
+        j0 = _unit_start(ctx, H, tid)
+        nj = _unit_stop(ctx, H, tid) - j0
         for k in range(G):
-            memcpy(bih + l * GL + k * nj, <floating*>ctx.b_ih[l] + k * H + j0, nj * sizeof(floating))
-            memcpy(bhh + l * GL + k * nj, <floating*>ctx.b_hh[l] + k * H + j0, nj * sizeof(floating))
+            memcpy(bih + l * G * U + k * nj, <floating*>ctx.b_ih[l] + k * H + j0, nj * sizeof(floating))
+            memcpy(bhh + l * G * U + k * nj, <floating*>ctx.b_hh[l] + k * H + j0, nj * sizeof(floating))
 
     for s in range(n_steps):
         # Rows still running: the window [lo, hi) of this thread's rows (same for all threads
@@ -288,26 +301,32 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
         while ctx.done[hi - 1]:
             hi -= 1
         nb = hi - lo
-        if nj > 0:
-            for l in range(L):
-                hp = hbuf + (par * L + l) * B * H
-                hw = hbuf + ((1 - par) * L + l) * B * H
+        for l in range(L):
+            H = ctx.hs[l]
+            j0 = _unit_start(ctx, H, tid)
+            j1 = _unit_stop(ctx, H, tid)
+            nj = j1 - j0
+            GL = G * nj
+            if nj > 0:
+                hp = hbuf + par * half + ctx.hoff[l]
+                hw = hbuf + (1 - par) * half + ctx.hoff[l]
+                cst = <floating*>ctx.c[l] if ctx.c != NULL else NULL
                 if l == 0 and table != NULL:
                     for b in range(lo, hi):
                         if not ctx.done[b]:
                             for k in range(G):
-                                memcpy(g + (b - b0) * GL + k * nj, table + ctx.cur[b] * GH + k * H + j0,
+                                memcpy(g + (b - b0) * GL + k * nj, table + ctx.cur[b] * GH0 + k * H + j0,
                                        nj * sizeof(floating))
                 else:
                     if l == 0:
                         xin = <const floating*>ctx.xbuf
                         in_dim = E
                     else:
-                        xin = hbuf + ((1 - par) * L + l - 1) * B * H
-                        in_dim = H
+                        xin = hbuf + (1 - par) * half + ctx.hoff[l - 1]
+                        in_dim = ctx.hs[l - 1]
                     w = <const floating*>ctx.w_ih[l]
                     for b in range(lo, hi):
-                        memcpy(g + (b - b0) * GL, bih + l * GL, GL * sizeof(floating))
+                        memcpy(g + (b - b0) * GL, bih + l * G * U, GL * sizeof(floating))
                     for k in range(G):
                         _rows_times_wt(nb, nj, in_dim, xin + lo * in_dim, in_dim,
                                        w + (k * H + j0) * in_dim, in_dim, <floating>1,
@@ -321,15 +340,12 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
                         continue
                     if cst != NULL:
                         # The gate math takes c_{t-1} and c_t as distinct (restrict) arrays.
-                        memcpy(c_prev, cst + (l * B + b) * H + j0, nj * sizeof(floating))
-                    cell_forward_row(kind, nj, 0, nj, g + (b - b0) * GL, gh + (b - b0) * GL, bhh + l * GL,
-                                     hp + b * H + j0, hw + b * H + j0, c_prev,
-                                     cst + (l * B + b) * H + j0 if cst != NULL else NULL,
+                        memcpy(c_prev, cst + b * H + j0, nj * sizeof(floating))
+                    cell_forward_row(kind, nj, 0, nj, g + (b - b0) * GL, gh + (b - b0) * GL,
+                                     bhh + l * G * U, hp + b * H + j0, hw + b * H + j0, c_prev,
+                                     cst + b * H + j0 if cst != NULL else NULL,
                                      hn + (b - b0) * nj)
-                if sync:
-                    fr_omp_barrier()
-        elif sync:
-            for l in range(L):
+            if sync:
                 fr_omp_barrier()
         par = 1 - par
         if s < P - 1:
@@ -340,11 +356,11 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
             continue
         # Output layer on the newest top-layer state.
         if nv > 0:
-            hp = hbuf + (par * L + L - 1) * B * H
+            hp = hbuf + par * half + ctx.hoff[L - 1]
             for b in range(lo, hi):
                 memcpy(logits + b * V + v0, out_b + v0, nv * sizeof(floating))
-            _rows_times_wt(nb, nv, H, hp + lo * H, H, out_w + v0 * H, H, <floating>1,
-                           logits + lo * V + v0, V)
+            _rows_times_wt(nb, nv, Htop, hp + lo * Htop, Htop, out_w + v0 * Htop, Htop,
+                           <floating>1, logits + lo * V + v0, V)
         if sync:
             fr_omp_barrier()
         t = s - P + 1
@@ -385,11 +401,13 @@ cdef void _team_worker(Ctx* ctx, const floating* out_w, int tid, int* team_ok) n
 
 # The size helpers take and return Python ints (untyped on purpose): exact at any size.
 
-def _thread_layout(G, B, H, nt, split_rows):
-    """(rows, units): the most batch rows and hidden units one thread's gate buffers hold."""
+def _thread_layout(G, B, hidden_sizes, nt, split_rows):
+    """(rows, units): the most batch rows and hidden units (in any one layer of
+    ``hidden_sizes``) one thread's gate buffers hold."""
     if split_rows:
-        return B, max(_split_at(H, t + 1, nt) - _split_at(H, t, nt) for t in range(nt))
-    return max(_share(B, t + 1, nt) - _share(B, t, nt) for t in range(nt)), H
+        return B, max(_split_at(H, t + 1, nt) - _split_at(H, t, nt)
+                      for H in hidden_sizes for t in range(nt))
+    return max(_share(B, t + 1, nt) - _share(B, t, nt) for t in range(nt)), max(hidden_sizes)
 
 
 def _scratch_stride(G, L, rows, units):
@@ -398,17 +416,19 @@ def _scratch_stride(G, L, rows, units):
     return 2 * rows * G * units + rows * units + 2 * L * G * units + units + 16
 
 
-def _buffer_sizes(G, L, B, H, E, V, n_tokens, nt, split_rows, itemsize):
+def _buffer_sizes(G, B, hidden_sizes, E, V, n_tokens, nt, split_rows, itemsize):
     """Bytes of each buffer generate_loop allocates, computed exactly before it allocates any.
 
-    Raises MemoryError when the total cannot be addressed (more than sys.maxsize bytes).
-    The scratch also serves the one-thread fallback of the row split (stride for one thread,
-    all rows): nt * stride(nt) >= stride(1), since the units of nt threads cover H.
+    hidden_sizes: the size of each layer. Raises MemoryError when the total cannot be
+    addressed (more than sys.maxsize bytes). The scratch also serves the one-thread fallback
+    of the row split (stride for one thread, all rows, the largest layer):
+    nt * stride(nt) >= stride(1), since the units of nt threads cover that layer.
     """
-    rows, units = _thread_layout(G, B, H, nt, split_rows)
+    L = len(hidden_sizes)
+    rows, units = _thread_layout(G, B, hidden_sizes, nt, split_rows)
     sizes = {
         "tokens": B * n_tokens * 8,
-        "hidden states": 2 * L * B * H * itemsize,
+        "hidden states": 2 * B * sum(hidden_sizes) * itemsize,
         "embeddings": B * E * itemsize,
         "logits": B * V * itemsize,
         "scratch": nt * _scratch_stride(G, L, rows, units) * itemsize,
@@ -422,41 +442,64 @@ def _buffer_sizes(G, L, B, H, E, V, n_tokens, nt, split_rows, itemsize):
     return sizes
 
 
-def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih not None,
+def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih not None,
                   list w_hh not None, list b_ih not None, list b_hh not None,
                   const floating[:, ::1] table, const floating[:, ::1] out_w not None,
                   const floating[::1] out_b not None, const int64_t[:, ::1] prime not None,
                   Py_ssize_t n_tokens, const double[:, ::1] uniforms,
-                  floating[:, :, ::1] h not None, floating[:, :, ::1] c,
+                  list h not None, list c,
                   double temperature, int top_k, double top_p, bint greedy, int64_t stop_id,
                   const uint8_t[::1] banned not None, int num_threads, bint split_rows,
                   Py_ssize_t min_length=0):
     """Generate ``n_tokens`` tokens per row.
 
-    h (L, B, H) in: the state before the prime; out: each row's final state. c likewise
-    (LSTM; None otherwise). w_ih, w_hh, b_ih, b_hh: lists over layers of C-contiguous arrays
-    (biases never None). table: (V, G*H) layer-0 input gates or None. uniforms (n_tokens, B)
-    in [0, 1), None when greedy. stop_id < 0: no stop token. banned (V,) uint8.
-    min_length >= 0: the first min_length draws of a row never give stop_id (it is banned
-    for them); needs a token other than stop_id that is not banned.
+    Layer l has H_l = w_hh[l].shape[1] units. h: list over layers of (B, H_l) C-contiguous
+    arrays, in: the state before the prime; out: each row's final state. c likewise (LSTM;
+    None otherwise). w_ih, w_hh, b_ih, b_hh: lists over layers of C-contiguous arrays
+    (biases never None). embedding (V, E), or None when table is given (then E is
+    w_ih[0].shape[1], e.g. V for one-hot inputs). table: (V, G*H_0) layer-0 input gates or
+    None. uniforms (n_tokens, B) in [0, 1), None when greedy. stop_id < 0: no stop token.
+    banned (V,) uint8. min_length >= 0: the first min_length draws of a row never give
+    stop_id (it is banned for them); needs a token other than stop_id that is not banned.
     Returns (tokens (B, n_tokens) int64, -1 after a stop; lengths (B,) int64).
     """
-    cdef Py_ssize_t L = h.shape[0], B = h.shape[1], H = h.shape[2], V = out_w.shape[0]
-    cdef Py_ssize_t E = embedding.shape[1], P = prime.shape[1], G = gate_count(kind), GH = G * H
+    cdef Py_ssize_t L = len(h), B, V = out_w.shape[0], H, Htop, Hsum = 0
+    cdef Py_ssize_t E, P = prime.shape[1], G = gate_count(kind)
     cdef Py_ssize_t l, b, stride, stride1, rows, units
     cdef int nt = num_threads if num_threads > 0 and fr_openmp_enabled() else 1, tid, team
     cdef int team_ok = 1
     cdef const floating[:, ::1] mv2
     cdef const floating[::1] mv1
+    cdef floating[:, ::1] state_mv
+    if L < 1:
+        raise ValueError("h must hold one (B, H_l) array per layer, got an empty list")
+    for name, arrays in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        if len(arrays) != L:
+            raise ValueError(f"{name} must hold {L} arrays (one per layer), got {len(arrays)}")
+    hidden_sizes = []
+    for l in range(L):
+        mv2 = w_hh[l]
+        hidden_sizes.append(mv2.shape[1])
+    Htop = hidden_sizes[L - 1]
+    if embedding is None:
+        if table is None:
+            raise TypeError("embedding is required when there is no table, got None")
+        mv2 = w_ih[0]
+        E = mv2.shape[1]
+    else:
+        E = embedding.shape[1]
+    state_mv = h[0]
+    B = state_mv.shape[0]
     # Shapes, and the sizes that reach BLAS (C int).
-    if L < 1 or B < 1 or H < 1 or V < 1 or E < 1 or P < 1 or n_tokens < 1:
+    if B < 1 or min(hidden_sizes) < 1 or V < 1 or E < 1 or P < 1 or n_tokens < 1:
         raise ValueError(f"L, B, H, V, E, P and n_tokens must be >= 1, got L={L}, B={B}, "
-                         f"H={H}, V={V}, E={E}, P={P}, n_tokens={n_tokens}")
-    for size, what in ((GH, "G*H (gate columns)"), (B, "the number of rows B"),
+                         f"H={hidden_sizes}, V={V}, E={E}, P={P}, n_tokens={n_tokens}")
+    for size, what in ((G * max(hidden_sizes), "G*H (gate columns)"), (B, "the number of rows B"),
                        (V, "the vocabulary size V"), (E, "the embedding size E")):
         _blas_int(size, what)
-    _check_shape("embedding", embedding.shape[0], E, V, E)
-    _check_shape("out_w", V, out_w.shape[1], V, H)
+    if embedding is not None:
+        _check_shape("embedding", embedding.shape[0], E, V, E)
+    _check_shape("out_w", V, out_w.shape[1], V, Htop)
     _check_len("out_b", out_b.shape[0], V)
     _check_shape("prime", prime.shape[0], P, B, P)
     _check_len("banned", banned.shape[0], V)
@@ -470,29 +513,33 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
         raise ValueError("banned (and stop_id while min_length applies) must leave at least "
                          "one token allowed")
     if table is not None:
-        _check_shape("table", table.shape[0], table.shape[1], V, GH)
+        _check_shape("table", table.shape[0], table.shape[1], V, G * hidden_sizes[0])
     if not greedy:
         if uniforms is None:
             raise TypeError("uniforms must be given unless greedy, got None")
         _check_shape("uniforms", uniforms.shape[0], uniforms.shape[1], n_tokens, B)
-    if c is not None:
-        if c.shape[0] != L or c.shape[1] != B or c.shape[2] != H:
-            raise ValueError(f"c must have shape ({L}, {B}, {H}), got "
-                             f"({c.shape[0]}, {c.shape[1]}, {c.shape[2]})")
-    elif kind == K_LSTM:
+    if c is None and kind == K_LSTM:
         raise TypeError("the LSTM needs c, got None")
-    for name, arrays in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
-        if len(arrays) != L:
-            raise ValueError(f"{name} must hold {L} arrays (one per layer), got {len(arrays)}")
+    for name, states in (("h", h), ("c", c)):
+        if states is None:
+            continue
+        if len(states) != L:
+            raise ValueError(f"{name} must hold {L} arrays (one per layer), got {len(states)}")
+        for l in range(L):
+            state_mv = states[l]
+            _check_shape(f"{name}[{l}]", state_mv.shape[0], state_mv.shape[1], B, hidden_sizes[l])
     for l in range(L):
+        H = hidden_sizes[l]
         mv2 = w_ih[l]
-        _check_shape(f"w_ih[{l}]", mv2.shape[0], mv2.shape[1], GH, E if l == 0 else H)
+        _check_shape(f"w_ih[{l}]", mv2.shape[0], mv2.shape[1], G * H,
+                     E if l == 0 else hidden_sizes[l - 1])
         mv2 = w_hh[l]
-        _check_shape(f"w_hh[{l}]", mv2.shape[0], mv2.shape[1], GH, H)
+        _check_shape(f"w_hh[{l}]", mv2.shape[0], mv2.shape[1], G * H, H)
         mv1 = b_ih[l]
-        _check_len(f"b_ih[{l}]", mv1.shape[0], GH)
+        _check_len(f"b_ih[{l}]", mv1.shape[0], G * H)
         mv1 = b_hh[l]
-        _check_len(f"b_hh[{l}]", mv1.shape[0], GH)
+        _check_len(f"b_hh[{l}]", mv1.shape[0], G * H)
+    H = max(hidden_sizes)
     if split_rows:
         if nt > (H + COL_ALIGN - 1) // COL_ALIGN:
             nt = <int>max(1, (H + COL_ALIGN - 1) // COL_ALIGN)
@@ -501,9 +548,9 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
     team = fr_team_threads(nt)   # threads that may run them: 1 in a forked child
     dtype = np.float32 if floating is float else np.float64
     # Python ints from here to the allocations: exact at any size.
-    _buffer_sizes(int(G), int(L), int(B), int(H), int(E), int(V), int(n_tokens), int(nt),
-                  split_rows, int(sizeof(floating)))
-    rows, units = _thread_layout(int(G), int(B), int(H), int(nt), split_rows)
+    _buffer_sizes(int(G), int(B), hidden_sizes, int(E) if embedding is not None else 0, int(V),
+                  int(n_tokens), int(nt), split_rows, int(sizeof(floating)))
+    rows, units = _thread_layout(int(G), int(B), hidden_sizes, int(nt), split_rows)
     stride = _scratch_stride(int(G), int(L), rows, units)
     stride1 = _scratch_stride(int(G), int(L), int(B), int(H))   # one-thread fallback, row split
     assert stride1 <= nt * stride
@@ -514,29 +561,36 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
     cur = np.array(prime[:, 0], dtype=np.int64)   # a writable copy: prime may be read-only
     done = np.zeros(B, dtype=np.uint8)
     par_of = np.zeros(B, dtype=np.uint8)
-    hbuf = np.empty((2, L, B, H), dtype=dtype)
-    hbuf[0] = h
-    hbuf[1] = h
-    xbuf = np.empty((B, E), dtype=dtype)
+    # Layer l's (B, H_l) states at offset hoff[l] of each parity.
+    offsets = np.cumsum([0] + hidden_sizes[:L - 1]).astype(np.intp) * B
+    hs_arr = np.array(hidden_sizes, dtype=np.intp)
+    Hsum = sum(hidden_sizes)
+    hbuf = np.empty((2, B * Hsum), dtype=dtype)
+    for l in range(L):
+        hbuf[0, offsets[l]:offsets[l] + B * hidden_sizes[l]] = np.asarray(h[l]).reshape(-1)
+    hbuf[1] = hbuf[0]
+    xbuf = np.empty((B, E if table is None else 1), dtype=dtype)
     if table is None:
         xbuf[...] = np.asarray(embedding)[cur]
     logits = np.empty((B, V), dtype=dtype)
     scratch = np.empty(nt * stride, dtype=dtype)
     pairs_arr = np.empty(nt * V * sizeof(Pair) + 16, dtype=np.uint8)
+    cdef Py_ssize_t[::1] hs_mv = hs_arr, hoff_mv = offsets
 
     cdef int64_t[:, ::1] tok_mv = tokens
     cdef int64_t[::1] len_mv = lengths, cur_mv = cur
     cdef uint8_t[::1] done_mv = done, par_mv = par_of, pairs_mv = pairs_arr
-    cdef floating[:, :, :, ::1] hbuf_mv = hbuf
+    cdef floating[:, ::1] hbuf_mv = hbuf
     cdef floating[:, ::1] xbuf_mv = xbuf, logits_mv = logits
     cdef floating[::1] scratch_mv = scratch
     cdef Ctx ctx
-    ctx.w_ih = <void**>malloc(4 * L * sizeof(void*))
+    ctx.w_ih = <void**>malloc(5 * L * sizeof(void*))
     if ctx.w_ih == NULL:
         raise MemoryError()
     ctx.w_hh = ctx.w_ih + L
     ctx.b_ih = ctx.w_ih + 2 * L
     ctx.b_hh = ctx.w_ih + 3 * L
+    ctx.c = ctx.w_ih + 4 * L if c is not None else NULL
     try:
         for l in range(L):
             mv2 = w_ih[l]
@@ -547,7 +601,11 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
             ctx.b_ih[l] = <void*>&mv1[0]
             mv1 = b_hh[l]
             ctx.b_hh[l] = <void*>&mv1[0]
-        ctx.kind, ctx.L, ctx.H, ctx.G, ctx.E, ctx.V, ctx.B, ctx.P = kind, L, H, G, E, V, B, P
+            if c is not None:
+                state_mv = c[l]   # updated in place
+                ctx.c[l] = <void*>&state_mv[0, 0]
+        ctx.kind, ctx.L, ctx.G, ctx.E, ctx.V, ctx.B, ctx.P = kind, L, G, E, V, B, P
+        ctx.hs, ctx.hoff, ctx.hbuf_half = &hs_mv[0], &hoff_mv[0], B * Hsum
         ctx.n_tokens, ctx.nt, ctx.split_rows, ctx.greedy = n_tokens, nt, split_rows, greedy
         ctx.top_k, ctx.temperature, ctx.top_p, ctx.stop_id = top_k, temperature, top_p, stop_id
         ctx.min_length = min_length
@@ -555,14 +613,13 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
         ctx.uniforms = &uniforms[0, 0] if uniforms is not None else NULL
         ctx.banned = &banned[0]
         ctx.table = <void*>&table[0, 0] if table is not None else NULL
-        ctx.emb = <void*>&embedding[0, 0]
+        ctx.emb = <void*>&embedding[0, 0] if embedding is not None else NULL
         ctx.out_b = <void*>&out_b[0]
-        ctx.hbuf = <void*>&hbuf_mv[0, 0, 0, 0]
-        ctx.c = <void*>&c[0, 0, 0] if c is not None else NULL
+        ctx.hbuf = <void*>&hbuf_mv[0, 0]
         ctx.xbuf = <void*>&xbuf_mv[0, 0]
         ctx.logits = <void*>&logits_mv[0, 0]
         ctx.scratch = <void*>&scratch_mv[0]
-        ctx.scratch_stride, ctx.scratch_rows = stride, rows
+        ctx.scratch_stride, ctx.scratch_rows, ctx.scratch_units = stride, rows, units
         ctx.pairs = <Pair*>&pairs_mv[0]
         ctx.tokens = &tok_mv[0, 0]
         ctx.lengths = &len_mv[0]
@@ -584,7 +641,7 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
                     # One thread, all units and rows: its scratch stride fits in nt strides
                     # (see _buffer_sizes).
                     ctx.nt = 1
-                    ctx.scratch_stride, ctx.scratch_rows = stride1, B
+                    ctx.scratch_stride, ctx.scratch_rows, ctx.scratch_units = stride1, B, H
                     _worker(&ctx, &out_w[0, 0], 0)
             else:
                 # No barriers: a smaller team (one thread in a forked child) runs the same
@@ -594,5 +651,7 @@ def generate_loop(int kind, const floating[:, ::1] embedding not None, list w_ih
     finally:
         free(ctx.w_ih)
     # Final states: each row's h from the parity that holds it (c is updated in place).
-    np.asarray(h)[...] = hbuf[par_of.astype(np.intp), :, np.arange(B), :].transpose(1, 0, 2)
+    for l in range(L):
+        layer = hbuf[:, offsets[l]:offsets[l] + B * hidden_sizes[l]].reshape(2, B, hidden_sizes[l])
+        np.asarray(h[l])[...] = layer[par_of.astype(np.intp), np.arange(B)]
     return tokens, lengths

@@ -102,3 +102,37 @@ class Embedding(Layer):
             ids, rows = ids[keep], rows[keep]
         scatter_add_rows(self.grads["weight"], ids, rows)
         return None
+
+
+class OneHot(Layer):
+    """Maps integer token ids of any shape ``S`` to one-hot vectors, shape ``S + (V,)``: a
+    fixed input encoding with no parameters (the inputs of fast.ai's and MXNet's char RNNs).
+
+    The (*S, V) vectors are materialised in the layer dtype (the recurrent layer then
+    projects them like any input, so every engine and gradient path is the usual one); the
+    ids carry no gradient, so ``backward`` returns None.
+    """
+
+    def __init__(self, num_classes, dtype=np.float32, device="cpu"):
+        super().__init__()
+        self.num_classes = check_int(num_classes, "num_classes", 1)
+        self.dtype = as_float_dtype(dtype)
+        self.to(device)
+
+    @forward_method
+    def forward(self, ids):
+        """ids: int array of any shape S, values in [0, V). Returns (*S, V) in the layer dtype."""
+        ids = to_device(ids, self.device)
+        ids = check_token_ids(ids, "ids", self.num_classes)
+        self._save_for_backward(ids.shape)
+        xp = self.xp
+        return (ids[..., None] == xp.arange(self.num_classes)).astype(self.dtype)
+
+    @backward_method
+    def backward(self, dy):
+        """dy: (*S, V) gradient of the most recent pending forward's output, checked and
+        dropped (ids have no gradient). Returns None."""
+        shape = self._saved_for_backward()
+        dy = to_device(dy, self.device)
+        check_array(dy, "dy", dtype=self.dtype, shape=shape + (self.num_classes,))
+        return None

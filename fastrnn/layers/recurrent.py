@@ -14,6 +14,23 @@ from ..cells import get_cell, init_params, param_names
 from .base import Layer, backward_method, forward_method
 
 
+def hidden_sizes_per_layer(hidden_size, num_layers=None):
+    """The per-layer hidden sizes, a tuple of ints >= 1, of a ``hidden_size`` argument (an int
+    for every layer, or a list/tuple of per-layer sizes) and ``num_layers`` (None: the list's
+    length, or 1 for an int). A list whose length is not ``num_layers`` raises ValueError."""
+    if isinstance(hidden_size, (list, tuple)):
+        if len(hidden_size) == 0:
+            raise ValueError("hidden_size must be an int or a non-empty list of ints, got []")
+        sizes = tuple(check_int(h, f"hidden_size[{i}]", 1) for i, h in enumerate(hidden_size))
+        if num_layers is not None and check_int(num_layers, "num_layers", 1) != len(sizes):
+            raise ValueError(f"hidden_size lists {len(sizes)} layer sizes {list(sizes)} but "
+                             f"num_layers is {num_layers}: give one size per layer (or leave "
+                             "num_layers out)")
+        return sizes
+    size = check_int(hidden_size, "hidden_size", 1)
+    return (size,) * (1 if num_layers is None else check_int(num_layers, "num_layers", 1))
+
+
 class RecurrentLayer(Layer):
     """Common implementation of :class:`RNN`, :class:`GRU` and :class:`LSTM`.
 
@@ -21,9 +38,17 @@ class RecurrentLayer(Layer):
     ...), so ``load_state_dict({k: v.numpy() for k, v in torch_module.state_dict().items()})``
     reproduces a PyTorch model exactly.
 
+    hidden_size: H, one int for every layer, or a list of per-layer sizes ``[H_0, H_1, ...]``
+    (``num_layers`` then defaults to its length and must equal it). Layer l's input is layer
+    l-1's output (D*H_{l-1} features), so ``weight_ih_l1`` has shape (G*H_1, D*H_0).
+
     forward(x, state=None, lengths=None) -> (y, state)
-        x: (T, B, I), or (B, T, I) with batch_first. y: (T, B, D*H) (or batch first), D = 2 if
-        bidirectional. state: h (L*D, B, H), or (h, c) for the LSTM; None means zeros.
+        x: (T, B, I), or (B, T, I) with batch_first. y: (T, B, D*H_last) (or batch first),
+        D = 2 if bidirectional. state: h (L*D, B, H), or (h, c) for the LSTM; None means
+        zeros. When the layers' sizes differ the states cannot stack into one array: h (and
+        c) is then a list over layers of (D, B, H_l) arrays (the states of L one-layer
+        PyTorch modules), e.g. ``([h0, h1], [c0, c1])`` for an LSTM. :meth:`zero_state`
+        builds either form.
     backward(dy, dstate=None) -> (dx, dstate0)
         Backpropagates through the most recent pending training-mode forward (LIFO, see
         :class:`fastrnn.layers.Layer`: a layer applied to several steps or segments before
@@ -34,7 +59,7 @@ class RecurrentLayer(Layer):
     gives the same model on either device.
     """
 
-    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
+    def __init__(self, cell, input_size, hidden_size, num_layers=None, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32,
                  seed=None, recurrent_init="uniform", forget_bias=None, init_std=None,
                  device="cpu"):
@@ -43,8 +68,11 @@ class RecurrentLayer(Layer):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.input_size = check_int(input_size, "input_size", 1)
-        self.hidden_size = check_int(hidden_size, "hidden_size", 1)
-        self.num_layers = check_int(num_layers, "num_layers", 1)
+        self.hidden_sizes = hidden_sizes_per_layer(hidden_size, num_layers)
+        self.num_layers = len(self.hidden_sizes)
+        # The constructor's argument: an int when every layer has that size.
+        self.hidden_size = (self.hidden_sizes[0] if self.uniform
+                            else list(self.hidden_sizes))
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
@@ -60,11 +88,25 @@ class RecurrentLayer(Layer):
         """Parameter names (weight_ih, weight_hh[, bias_ih, bias_hh]) of one layer/direction."""
         return param_names(layer, direction == 1, self.bias)
 
+    @property
+    def uniform(self):
+        """True when every layer has the same hidden size (the state is then one array)."""
+        return len(set(self.hidden_sizes)) == 1
+
+    @property
+    def output_size(self):
+        """Features of the output: D * H of the last layer."""
+        return self.num_directions * self.hidden_sizes[-1]
+
+    def layer_input_size(self, layer):
+        """Input features of ``layer``: input_size for layer 0, D*H_{l-1} above."""
+        return self.input_size if layer == 0 else self.num_directions * self.hidden_sizes[layer - 1]
+
     def _init_params(self, rng, recurrent_init, forget_bias, init_std):
         for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else self.hidden_size * self.num_directions
+            in_size = self.layer_input_size(layer)
             for d in range(self.num_directions):
-                arrays = init_params(self.cell, rng, in_size, self.hidden_size, self.bias,
+                arrays = init_params(self.cell, rng, in_size, self.hidden_sizes[layer], self.bias,
                                      self.dtype, recurrent_init, forget_bias, init_std)
                 for key, value in zip(self._layer_keys(layer, d), arrays):
                     self.params[key] = value
@@ -97,38 +139,77 @@ class RecurrentLayer(Layer):
 
     # ---- state helpers --------------------------------------------------------------------
 
-    def _state_shape(self, B):
-        return (self.num_layers * self.num_directions, B, self.hidden_size)
+    def state_shapes(self, batch_size):
+        """Shapes of the arrays that make up h (and c alike): ``[(L*D, B, H)]`` when every
+        layer has the same size, else ``[(D, B, H_0), (D, B, H_1), ...]``."""
+        B, D = batch_size, self.num_directions
+        if self.uniform:
+            return [(self.num_layers * D, B, self.hidden_sizes[0])]
+        return [(D, B, H) for H in self.hidden_sizes]
+
+    def zero_state(self, batch_size):
+        """A zero state for ``batch_size`` sequences in the format ``forward`` takes and
+        returns (see the class docstring), on the layer's device."""
+        xp = self.xp
+        shapes = self.state_shapes(check_int(batch_size, "batch_size", 1))
+
+        def part():
+            arrays = [xp.zeros(shape, self.dtype) for shape in shapes]
+            return arrays[0] if self.uniform else arrays
+        return (part(), part()) if self.cell.has_cell_state else part()
+
+    def _check_part(self, part, B, name):
+        """One of h, c: a list, per layer*direction index, of (B, H_l) views."""
+        shapes = self.state_shapes(B)
+        if self.uniform:
+            if isinstance(part, (tuple, list)):
+                raise ValueError(f"{name} must be one array of shape {shapes[0]}, not a "
+                                 f"{type(part).__name__}")
+            part = check_array(part, name, shape=shapes[0], dtype=self.dtype, contiguous=False)
+            return [part[i] for i in range(shapes[0][0])]
+        if not isinstance(part, (tuple, list)) or len(part) != self.num_layers:
+            raise ValueError(f"{name} must be a list of {self.num_layers} arrays, one per layer "
+                             f"(the hidden sizes {list(self.hidden_sizes)} differ), shaped "
+                             f"{shapes}")
+        views = []
+        for layer, (a, shape) in enumerate(zip(part, shapes)):
+            a = check_array(a, f"{name}[{layer}]", shape=shape, dtype=self.dtype, contiguous=False)
+            views.extend(a[d] for d in range(self.num_directions))
+        return views
 
     def _check_state(self, state, B, name):
         """Return a list, per layer*direction index, of per-direction states (or None)."""
-        shape = self._state_shape(B)
         if state is None:
-            return [None] * shape[0]
+            return [None] * (self.num_layers * self.num_directions)
         if self.cell.has_cell_state:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise ValueError(f"{name} must be a tuple (h, c) for an LSTM")
-            h = check_array(state[0], f"{name} h", shape=shape, dtype=self.dtype, contiguous=False)
-            c = check_array(state[1], f"{name} c", shape=shape, dtype=self.dtype, contiguous=False)
-            return [(h[i], c[i]) for i in range(shape[0])]
-        if isinstance(state, (tuple, list)):
+            h = self._check_part(state[0], B, f"{name} h")
+            c = self._check_part(state[1], B, f"{name} c")
+            return list(zip(h, c))
+        if self.uniform and isinstance(state, (tuple, list)):
             raise ValueError(f"{name} must be a single array h for {type(self).__name__}, not a tuple")
-        h = check_array(state, name, shape=shape, dtype=self.dtype, contiguous=False)
-        return [h[i] for i in range(shape[0])]
+        return self._check_part(state, B, name)
 
     def _stack_states(self, states):
-        xp = self.xp
+        """The per layer*direction states in the format of the class docstring."""
+        xp, D = self.xp, self.num_directions
+
+        def stack(arrays):
+            if self.uniform:
+                return xp.stack(arrays)
+            return [xp.stack(arrays[layer * D:(layer + 1) * D]) for layer in range(self.num_layers)]
         if self.cell.has_cell_state:
-            return xp.stack([s[0] for s in states]), xp.stack([s[1] for s in states])
-        return xp.stack(states)
+            return stack([s[0] for s in states]), stack([s[1] for s in states])
+        return stack(states)
 
     def _on_device(self, a):
         """An array, or an (h, c) pair, on the layer's device (no copy when it is there
         already); None stays None."""
         if a is None:
             return None
-        if isinstance(a, (tuple, list)):
-            return type(a)(to_device(v, self.device) for v in a)
+        if isinstance(a, (tuple, list)):   # (h, c), or a list over layers
+            return type(a)(self._on_device(v) for v in a)
         return to_device(a, self.device)
 
     # ---- forward / backward ---------------------------------------------------------------
@@ -150,11 +231,12 @@ class RecurrentLayer(Layer):
         T, B, _ = x.shape
         state = self._on_device(state)
         states = self._check_state(state, B, "state")
-        H, D = self.hidden_size, self.num_directions
+        D = self.num_directions
 
         workspaces, masks, final = [], [], []
         layer_input = x
         for layer in range(self.num_layers):
+            H = self.hidden_sizes[layer]
             out = xp.empty((T, B, D * H), self.dtype)
             for d in range(D):
                 _, st, ws = F.recurrent_forward(
@@ -178,11 +260,11 @@ class RecurrentLayer(Layer):
     @backward_method
     def backward(self, dy, dstate=None):
         workspaces, masks, T, B = self._saved_for_backward()
-        H, D = self.hidden_size, self.num_directions
+        D, out_size = self.num_directions, self.output_size
         xp = self.xp
         if dy is not None:
             dy = self._on_device(dy)
-            expected = (B, T, D * H) if self.batch_first else (T, B, D * H)
+            expected = (B, T, out_size) if self.batch_first else (T, B, out_size)
             dy = check_array(dy, "dy", shape=expected, dtype=self.dtype, contiguous=False)
             if self.batch_first:
                 dy = xp.ascontiguousarray(dy.transpose(1, 0, 2))
@@ -191,8 +273,8 @@ class RecurrentLayer(Layer):
 
         dstate0 = [None] * (self.num_layers * D)
         for layer in reversed(range(self.num_layers)):
-            in_size = self.input_size if layer == 0 else D * H
-            dx = xp.zeros((T, B, in_size), self.dtype)
+            H = self.hidden_sizes[layer]
+            dx = xp.zeros((T, B, self.layer_input_size(layer)), self.dtype)
             for d in range(D):
                 idx = layer * D + d
                 _, dstate0[idx], _ = F.recurrent_backward(
@@ -208,7 +290,7 @@ class RecurrentLayer(Layer):
         extra = ", bidirectional=True" if self.bidirectional else ""
         if self.device != "cpu":
             extra += f", device={self.device!r}"
-        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size!r}, "
                 f"num_layers={self.num_layers}{extra}, dtype={self.dtype})")
 
 
@@ -227,7 +309,7 @@ class RNN(RecurrentLayer):
     rest as drawn; add ``init_std`` for small normal input weights and zero biases).
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kwargs):
+    def __init__(self, input_size, hidden_size, num_layers=None, nonlinearity="tanh", **kwargs):
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -237,7 +319,7 @@ class RNN(RecurrentLayer):
 class GRU(RecurrentLayer):
     """GRU with PyTorch's equations (gates r, z, n; ``b_hn`` inside the reset product)."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, **kwargs):
+    def __init__(self, input_size, hidden_size, num_layers=None, **kwargs):
         super().__init__("gru", input_size, hidden_size, num_layers, **kwargs)
 
 
@@ -247,5 +329,5 @@ class LSTM(RecurrentLayer):
     ``forget_bias=1.0`` sets the forget-gate bias (on ``bias_ih``; ``bias_hh``'s is zeroed).
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, **kwargs):
+    def __init__(self, input_size, hidden_size, num_layers=None, **kwargs):
         super().__init__("lstm", input_size, hidden_size, num_layers, **kwargs)

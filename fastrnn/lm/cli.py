@@ -84,6 +84,19 @@ def _nonnegative_int(text):
     return value
 
 
+def _hidden_sizes(text):
+    """--hidden: one size for every layer ("256") or one per layer ("128,512")."""
+    parts = text.split(",")
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or a comma list of them "
+                                         f"(one per layer), got {text!r}") from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _nonnegative_float(text):
     value = float(text)
     if not value >= 0 or not math.isfinite(value):
@@ -284,7 +297,8 @@ def _train(args):
                               hidden_size=options["hidden"], num_layers=options["layers"],
                               cell=options["cell"], dropout=options["dropout"],
                               tie_weights=options["tie_weights"], seed=settings["seed"],
-                              dtype=np.dtype(options["dtype"]), device=args.device)
+                              dtype=np.dtype(options["dtype"]), one_hot=options["one_hot"],
+                              device=args.device)
     unit = "char" if settings["level"] == "char" else "word"
     if settings["sentences"] is None:
         train_ids = vocab.encode(train_text)
@@ -364,12 +378,14 @@ TRAIN_SETTINGS = tuple(TRAIN_DEFAULTS)
 RESUME_OVERRIDES = ("max_steps", "epochs", "time_limit", "eval_every", "checkpoint_every",
                     "patience")
 # The model's shape, fixed by the checkpoint's model (LanguageModel.config() names).
-MODEL_DEFAULTS = {"cell": "lstm", "embed": 64, "hidden": 256, "layers": 2, "dropout": 0.0,
-                  "tie_weights": False, "dtype": "float32"}
+# None: LanguageModel's own default (embed: 64, or V with --one-hot; layers: the length of a
+# --hidden list, else 2).
+MODEL_DEFAULTS = {"cell": "lstm", "embed": None, "hidden": 256, "layers": None, "dropout": 0.0,
+                  "tie_weights": False, "dtype": "float32", "one_hot": False}
 MODEL_OPTIONS = tuple(MODEL_DEFAULTS)
 _CONFIG_NAMES = {"cell": "cell", "embed": "embed_size", "hidden": "hidden_size",
                  "layers": "num_layers", "dropout": "dropout", "tie_weights": "tie_weights",
-                 "dtype": "dtype"}
+                 "dtype": "dtype", "one_hot": "one_hot"}
 # The names come from the code's own tables, so a new cell or optimizer needs no CLI edit.
 _CELLS = tuple(CELLS)
 _OPTIMIZERS = tuple(OPTIMIZERS)
@@ -670,8 +686,14 @@ def build_parser():
     train.add_argument("--cell", choices=list(_CELLS),
                        help="default: lstm")
     train.add_argument("--embed", type=_positive_int, help="embedding width (default: 64)")
-    train.add_argument("--hidden", type=_positive_int, help="units per layer (default: 256)")
-    train.add_argument("--layers", type=_positive_int, help="recurrent layers (default: 2)")
+    train.add_argument("--hidden", type=_hidden_sizes,
+                       help="units per layer, or a comma list with one size per layer, e.g. "
+                            "128,512 (default: 256)")
+    train.add_argument("--layers", type=_positive_int,
+                       help="recurrent layers (default: the length of a --hidden list, else 2)")
+    train.add_argument("--one-hot", action="store_true", default=None,
+                       help="feed tokens as one-hot vectors: no embedding (--embed: none or "
+                            "the vocabulary size)")
     train.add_argument("--dropout", type=_fraction, help="default: 0")
     train.add_argument("--tie-weights", action="store_true", default=None)
     train.add_argument("--seq-len", type=_positive_int, help="BPTT steps per batch (default: 64)")

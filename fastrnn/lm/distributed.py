@@ -187,23 +187,19 @@ class DataParallel:
     # ---- the carried state (stream mode) -------------------------------------------------
 
     def gather_carry(self, carry):
-        """The whole batch's carried state from every rank's share (host arrays; h, or a
-        list [h, c]), on every rank: checkpoints hold the one-process layout."""
+        """The whole batch's carried state from every rank's share (host arrays: h, or
+        [h, c], each an (L, b, H) array or a list over layers of (1, b, H_l) arrays), on every
+        rank: checkpoints hold the one-process layout."""
         if carry is None:
             return None
-        parts = self.comm.allgather(carry)
-        if isinstance(carry, list):
-            return [np.concatenate([p[i] for p in parts], axis=1) for i in range(len(carry))]
-        return np.concatenate(parts, axis=1)
+        return _concatenate_columns(self.comm.allgather(carry))
 
     def local_carry(self, carry):
         """This rank's columns of a whole batch's carried state."""
         if carry is None:
             return None
         lo, hi = self.stream_share
-        if isinstance(carry, tuple):
-            return tuple(np.ascontiguousarray(c[:, lo:hi]) for c in carry)
-        return np.ascontiguousarray(carry[:, lo:hi])
+        return _map_arrays(carry, lambda a: np.ascontiguousarray(a[:, lo:hi]))
 
     # ---- failing together -----------------------------------------------------------------
 
@@ -212,6 +208,23 @@ class DataParallel:
         other ranks would otherwise wait forever in their next collective). With one rank,
         returns (the caller re-raises)."""
         abort(self.comm, exc)
+
+
+def _concatenate_columns(parts):
+    """One state from the ranks' shares (same nesting, arrays with the batch on axis 1)."""
+    first = parts[0]
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concatenate_columns([part[i] for part in parts])
+                           for i in range(len(first)))
+    return np.concatenate(parts, axis=1)
+
+
+def _map_arrays(state, fn):
+    """``state`` (an array or nested tuples/lists of arrays) with ``fn`` applied to each array,
+    the nesting and its sequence types kept."""
+    if isinstance(state, (tuple, list)):
+        return type(state)(_map_arrays(part, fn) for part in state)
+    return fn(state)
 
 
 def describe(exc):

@@ -32,13 +32,17 @@ def generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_toke
     """Generate ``n_tokens`` tokens for every row of ``prime`` with a stacked unidirectional RNN.
 
     cell: "lstm", "gru", "rnn_tanh", "rnn_relu" or "rnn_identity".
-    layers: list over layers of ``(w_ih (G*H, in), w_hh (G*H, H), b_ih (G*H,) or None,
-    b_hh (G*H,) or None)`` in PyTorch's layout; ``in`` is E for layer 0 and H above.
-    embedding (V, E); out_weight (V, H); out_bias (V,) or None. One float dtype for all
-    (float32 or float64).
+    layers: list over layers of ``(w_ih (G*H_l, in_l), w_hh (G*H_l, H_l), b_ih (G*H_l,) or
+    None, b_hh (G*H_l,) or None)`` in PyTorch's layout; ``in_l`` is E for layer 0 and
+    H_{l-1} above. The layers' sizes H_l may differ.
+    embedding (V, E), or None for one-hot inputs (layer 0's w_ih is then (G*H_0, V): a token's
+    input gates are a column of it); out_weight (V, H_last); out_bias (V,) or None. One
+    float dtype for all (float32 or float64).
     prime: int array (B, P), P >= 1, ids in [0, V). Each row is fed token by token; the
     distribution after its last token gives the first generated token.
-    state: None (zeros), h (L, B, H), or (h, c) for the LSTM: the state before the prime.
+    state: None (zeros), h, or (h, c) for the LSTM: the state before the prime, in the
+    format of :class:`fastrnn.layers.RecurrentLayer`: h an (L, B, H) array when every layer
+    has H units, else a list over layers of (1, B, H_l) arrays.
 
     Returns ``(tokens, lengths, final_state)``: tokens (B, n_tokens) int64, lengths (B,)
     int64. A row stops at ``stop_id`` (included in its tokens and counted in its length);
@@ -74,32 +78,39 @@ def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tok
     token) and ``split`` ("rows"/"batch": how the threads share the work)."""
     spec = get_cell(cell)
     G = spec.gates
-    embedding = np.asarray(embedding) if embedding is not None else None
-    if embedding is None:
-        raise ValueError("embedding is required, got None")
-    dtype = as_float_dtype(embedding.dtype, "embedding.dtype")
-    embedding = check_array(embedding, "embedding", ndim=2, dtype=dtype)
-    V, E = embedding.shape
-    if V < 1 or E < 1:
-        raise ValueError(f"embedding must have shape (V, E) with V, E >= 1, got {embedding.shape}")
+    one_hot = embedding is None
+    if one_hot:   # V and the dtype from the output layer; E = V
+        out_weight = np.asarray(out_weight)
+        dtype = as_float_dtype(out_weight.dtype, "out_weight.dtype")
+        out_weight = check_array(out_weight, "out_weight", ndim=2, dtype=dtype)
+        V = E = out_weight.shape[0]
+        if V < 1:
+            raise ValueError(f"out_weight must have shape (V, H) with V >= 1, got {out_weight.shape}")
+    else:
+        embedding = np.asarray(embedding)
+        dtype = as_float_dtype(embedding.dtype, "embedding.dtype")
+        embedding = check_array(embedding, "embedding", ndim=2, dtype=dtype)
+        V, E = embedding.shape
+        if V < 1 or E < 1:
+            raise ValueError(f"embedding must have shape (V, E) with V, E >= 1, got {embedding.shape}")
 
     if not isinstance(layers, (list, tuple)) or len(layers) == 0:
         raise ValueError("layers must be a non-empty list of (w_ih, w_hh, b_ih, b_hh) tuples")
     w_ih_list, w_hh_list, b_ih_list, b_hh_list = [], [], [], []
-    H = None
+    hidden_sizes = []
     for l, layer in enumerate(layers):
         if not isinstance(layer, (list, tuple)) or len(layer) != 4:
             raise ValueError(f"layers[{l}] must be a tuple (w_ih, w_hh, b_ih, b_hh)")
         w_ih, w_hh, b_ih, b_hh = layer
         w_hh = check_array(w_hh, f"layers[{l}] w_hh", ndim=2, dtype=dtype)
-        if H is None:
-            H = w_hh.shape[1]
-            if H < 1:
-                raise ValueError(f"layers[0] w_hh must have H >= 1 columns, got {w_hh.shape}")
+        H = w_hh.shape[1]
+        if H < 1:
+            raise ValueError(f"layers[{l}] w_hh must have H >= 1 columns, got {w_hh.shape}")
         if w_hh.shape != (G * H, H):
             raise ValueError(f"layers[{l}] w_hh must have shape ({G * H}, {H}) for a {spec.name} "
                              f"cell with hidden size {H}, got {w_hh.shape}")
-        in_dim = E if l == 0 else H
+        in_dim = E if l == 0 else hidden_sizes[-1]
+        hidden_sizes.append(H)
         w_ih = check_array(w_ih, f"layers[{l}] w_ih", ndim=2, shape=(G * H, in_dim), dtype=dtype)
         b_ih = (np.zeros(G * H, dtype) if b_ih is None else
                 check_array(b_ih, f"layers[{l}] b_ih", ndim=1, shape=(G * H,), dtype=dtype))
@@ -109,9 +120,8 @@ def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tok
         w_hh_list.append(w_hh)
         b_ih_list.append(b_ih)
         b_hh_list.append(b_hh)
-    L = len(layers)
-
-    out_weight = check_array(out_weight, "out_weight", ndim=2, shape=(V, H), dtype=dtype)
+    out_weight = check_array(out_weight, "out_weight", ndim=2, shape=(V, hidden_sizes[-1]),
+                             dtype=dtype)
     out_bias = (np.zeros(V, dtype) if out_bias is None else
                 check_array(out_bias, "out_bias", ndim=1, shape=(V,), dtype=dtype))
 
@@ -125,7 +135,7 @@ def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tok
     B, P = prime_arr.shape
     n_tokens = check_int(n_tokens, "n_tokens", 1)
 
-    h, c = _initial_state(spec, state, L, B, H, dtype)
+    h, c = _initial_state(spec, state, hidden_sizes, B, dtype)
 
     if not isinstance(greedy, (bool, np.bool_)):
         raise TypeError(f"greedy must be a bool, got {type(greedy).__name__}")
@@ -168,16 +178,24 @@ def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tok
                             f"got {seed!r}") from exc
         uniforms = rng.random((n_tokens, B))
 
-    if layer0_table is None:
-        consumed = B * (P + n_tokens - 1)
-        use_table = (V * G * H * dtype.itemsize <= TABLE_MAX_BYTES and V <= 4 * consumed)
+    GH0 = G * hidden_sizes[0]
+    if one_hot:
+        # A one-hot input's gates are a column of W_ih plus b_ih: the table is W_ih^T + b_ih,
+        # read by the kernel as for an embedding (never a (V, V) identity).
+        table = np.ascontiguousarray(w_ih_list[0].T + b_ih_list[0], dtype=dtype)
     else:
-        use_table = bool(layer0_table)
-    table = None
-    if use_table:
-        table = embedding @ w_ih_list[0].T
-        table += b_ih_list[0]
-        table = np.ascontiguousarray(table, dtype=dtype)
+        if layer0_table is None:
+            consumed = B * (P + n_tokens - 1)
+            use_table = (V * GH0 * dtype.itemsize <= TABLE_MAX_BYTES and V <= 4 * consumed)
+        else:
+            use_table = bool(layer0_table)
+        table = None
+        if use_table:
+            # On one BLAS thread, as the loop: woken BLAS workers would spin beside it.
+            with threads.blas_single_threaded():
+                table = embedding @ w_ih_list[0].T
+            table += b_ih_list[0]
+            table = np.ascontiguousarray(table, dtype=dtype)
 
     nt = threads.get_num_threads()
     if split is None:
@@ -188,33 +206,61 @@ def _generate_tokens(cell, layers, embedding, out_weight, out_bias, prime, n_tok
         raise ValueError(f"split must be None, 'rows' or 'batch', got {split!r}")
 
     with threads.blas_single_threaded():
-        tokens, lengths = _kernel.generate_loop(
+        # The specialisation named, not found from the arguments: the embedding may be None.
+        kernel = _kernel.generate_loop["float" if dtype == np.float32 else "double"]
+        tokens, lengths = kernel(
             spec.kind, embedding, w_ih_list, w_hh_list, b_ih_list, b_hh_list, table,
             out_weight, out_bias, prime_arr, n_tokens, uniforms, h, c, float(temperature),
             top_k, float(top_p), greedy, stop, banned, nt, split_rows, min_length)
-    final_state = (h, c) if spec.has_cell_state else h
+    h = _state_format(h, hidden_sizes)
+    final_state = (h, _state_format(c, hidden_sizes)) if spec.has_cell_state else h
     return tokens, lengths, final_state
 
 
-def _initial_state(spec, state, L, B, H, dtype):
-    """Fresh (L, B, H) arrays for h (and c): the kernel updates them in place."""
-    shape = (L, B, H)
+def _state_format(arrays, hidden_sizes):
+    """The kernel's per-layer (B, H_l) arrays in the layers' state format: one (L, B, H) array
+    when the sizes are equal, else a list of (1, B, H_l) arrays."""
+    if len(set(hidden_sizes)) == 1:
+        return np.stack(arrays)
+    return [a[None] for a in arrays]
+
+
+def _state_part(part, name, hidden_sizes, B, dtype):
+    """Fresh C-contiguous (B, H_l) arrays, one per layer, of one of h, c (zeros for None):
+    the kernel updates them in place."""
+    L = len(hidden_sizes)
+    if part is None:
+        return [np.zeros((B, H), dtype) for H in hidden_sizes]
+    if len(set(hidden_sizes)) == 1:
+        if isinstance(part, (tuple, list)):
+            raise ValueError(f"{name} must be one ({L}, {B}, {hidden_sizes[0]}) array, "
+                             f"not a {type(part).__name__}")
+        part = check_array(part, name, ndim=3, shape=(L, B, hidden_sizes[0]), dtype=dtype,
+                           contiguous=False)
+        return [np.array(part[l], dtype=dtype, order="C") for l in range(L)]
+    if not isinstance(part, (tuple, list)) or len(part) != L:
+        raise ValueError(f"{name} must be a list of {L} arrays shaped (1, B, H_l), one per "
+                         f"layer (the hidden sizes {hidden_sizes} differ)")
+    return [np.array(check_array(a, f"{name}[{l}]", ndim=3, shape=(1, B, H), dtype=dtype,
+                                 contiguous=False)[0], dtype=dtype, order="C")
+            for l, (a, H) in enumerate(zip(part, hidden_sizes))]
+
+
+def _initial_state(spec, state, hidden_sizes, B, dtype):
+    """``(h, c)`` as lists of fresh (B, H_l) arrays (c None without a cell state)."""
     if spec.has_cell_state:
         if state is None:
-            return np.zeros(shape, dtype), np.zeros(shape, dtype)
+            return (_state_part(None, "state h", hidden_sizes, B, dtype),
+                    _state_part(None, "state c", hidden_sizes, B, dtype))
         if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise ValueError(f"state must be None or a tuple (h, c) for an LSTM, got "
                              f"{type(state).__name__}")
-        h = check_array(state[0], "state h", ndim=3, shape=shape, dtype=dtype, contiguous=False)
-        c = check_array(state[1], "state c", ndim=3, shape=shape, dtype=dtype, contiguous=False)
-        return np.array(h, dtype=dtype, order="C"), np.array(c, dtype=dtype, order="C")
-    if state is None:
-        return np.zeros(shape, dtype), None
-    if isinstance(state, (tuple, list)):
+        return (_state_part(state[0], "state h", hidden_sizes, B, dtype),
+                _state_part(state[1], "state c", hidden_sizes, B, dtype))
+    if state is not None and len(set(hidden_sizes)) == 1 and isinstance(state, (tuple, list)):
         raise ValueError(f"state must be None or a single array h for a {spec.name} cell, "
                          f"not a tuple")
-    h = check_array(state, "state", ndim=3, shape=shape, dtype=dtype, contiguous=False)
-    return np.array(h, dtype=dtype, order="C"), None
+    return _state_part(state, "state", hidden_sizes, B, dtype), None
 
 
 def _banned_mask(banned_ids, V):

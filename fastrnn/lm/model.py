@@ -10,12 +10,12 @@ import numbers
 import numpy as np
 
 from . import checkpoint
-from .._device import get_array_module, normalize_device, to_device
+from .._device import normalize_device, to_device
 from .._validation import as_float_dtype, check_int, check_token_ids
 from ..cells import RECURRENT_INITS, check_init_std, get_cell, param_names, param_shapes
-from ..layers import Dropout, Embedding, Linear, Module, SoftmaxCrossEntropy
+from ..layers import Dropout, Embedding, Linear, Module, OneHot, SoftmaxCrossEntropy
 from ..layers.loss import length_mask
-from ..layers.recurrent import RecurrentLayer
+from ..layers.recurrent import RecurrentLayer, hidden_sizes_per_layer
 from .text.corpus import SentenceBatcher
 from ..threads import blas_single_threaded
 from .text.vocab import Vocab, vocab_from_dict
@@ -29,14 +29,23 @@ class LanguageModel(Module):
     Args:
         vocab_size: V, or pass ``vocab`` (a CharVocab/WordVocab) and V is taken from it; the
             vocabulary is then saved with the model so sampling needs no corpus.
-        embed_size: E, the embedding width.
-        hidden_size: H, units per recurrent layer.
-        num_layers: stacked recurrent layers.
-        cell: "lstm", "gru", "rnn_tanh", "rnn_relu" or "rnn_identity" (linear), or its :class:`fastrnn.cells.CellSpec`;
+        embed_size: E, the embedding width (default 64; with ``one_hot``, None or V).
+        hidden_size: H, units per recurrent layer: one int for every layer, or a list of
+            per-layer sizes, e.g. ``[128, 512]`` (layer l's input is layer l-1's output;
+            ``rnn.weight_ih_l1`` then has shape (G*512, 128)).
+        num_layers: stacked recurrent layers (default: the length of a ``hidden_size`` list,
+            else 2); with a list it must equal the list's length.
+        cell: "lstm", "gru", "rnn_tanh", "rnn_relu" or "rnn_identity" (linear), or its
+            :class:`fastrnn.cells.CellSpec`;
             ``cell`` is then the CellSpec, as on the recurrent layers (``cell.name`` the name).
         dropout: probability applied to the embeddings, between recurrent layers and to the
             last layer's output (training mode only).
-        tie_weights: share the embedding matrix with the output layer (needs E == H).
+        tie_weights: share the embedding matrix with the output layer (needs E == the last
+            layer's H; not with ``one_hot``).
+        one_hot: feed each token as a one-hot vector of size V instead of an embedding: no
+            embedding parameters (``embedding.weight`` is absent from ``params``,
+            ``state_dict`` and files), layer 0's ``weight_ih`` is (G*H_0, V). Input dropout,
+            if any, applies to the one-hot vectors as it does to embeddings.
         seed: seeds initialisation and dropout masks.
         dtype: float32 (default) or float64.
         init_std: None (default: PyTorch's initialisation) or σ: every weight (embedding,
@@ -50,6 +59,11 @@ class LanguageModel(Module):
 
     Parameters are exposed in one flat dict, ``params`` (and ``grads``), with the layer as a
     prefix: ``embedding.weight``, ``rnn.weight_ih_l0``, ..., ``output.weight``, ``output.bias``.
+
+    The recurrent state (``state`` of ``forward``, ``initial_state``) is h, or (h, c) for an
+    LSTM, with h and c each one (L, B, H) array when every layer has H units, and a list of
+    L arrays shaped (1, B, H_l) when the sizes differ (see
+    :class:`fastrnn.layers.RecurrentLayer`).
     They are the layers' own arrays, so build an optimizer from them after moving the model.
 
     A :class:`fastrnn.layers.Module`: ``train``/``eval``, ``zero_grad``, ``state_dict``,
@@ -58,9 +72,10 @@ class LanguageModel(Module):
     ``output`` and ``loss``.
     """
 
-    def __init__(self, vocab_size=None, embed_size=64, hidden_size=256, num_layers=2, cell="lstm",
-                 dropout=0.0, tie_weights=False, seed=0, dtype=np.float32, vocab=None,
-                 init_std=None, recurrent_init="uniform", forget_bias=None, device="cpu"):
+    def __init__(self, vocab_size=None, embed_size=None, hidden_size=256, num_layers=None,
+                 cell="lstm", dropout=0.0, tie_weights=False, seed=0, dtype=np.float32,
+                 vocab=None, init_std=None, recurrent_init="uniform", forget_bias=None,
+                 one_hot=False, device="cpu"):
         super().__init__()
         if vocab is not None:
             if not isinstance(vocab, Vocab):
@@ -72,17 +87,31 @@ class LanguageModel(Module):
             raise ValueError("give vocab_size or vocab")
         self.vocab = vocab
         self.vocab_size = check_int(vocab_size, "vocab_size", 1)
-        self.embed_size = check_int(embed_size, "embed_size", 1)
-        self.hidden_size = check_int(hidden_size, "hidden_size", 1)
-        self.num_layers = check_int(num_layers, "num_layers", 1)
+        if not isinstance(one_hot, (bool, np.bool_)):
+            raise TypeError(f"one_hot must be True or False, got {one_hot!r}")
+        self.one_hot = bool(one_hot)
+        if self.one_hot:
+            if embed_size is not None and embed_size != self.vocab_size:
+                raise ValueError(f"embed_size must be None or vocab_size ({self.vocab_size}) "
+                                 f"with one_hot=True (the inputs are one-hot vectors), got "
+                                 f"{embed_size!r}")
+            if tie_weights:
+                raise ValueError("tie_weights cannot be used with one_hot=True: there is no "
+                                 "embedding matrix to share")
+            embed_size = self.vocab_size
+        self.embed_size = check_int(64 if embed_size is None else embed_size, "embed_size", 1)
+        if num_layers is None and not isinstance(hidden_size, (list, tuple)):
+            num_layers = 2
+        self.hidden_sizes = hidden_sizes_per_layer(hidden_size, num_layers)
+        self.num_layers = len(self.hidden_sizes)
         self.cell = get_cell(cell)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
         self.tie_weights = bool(tie_weights)
-        if self.tie_weights and self.embed_size != self.hidden_size:
-            raise ValueError(f"tie_weights needs embed_size == hidden_size, got {self.embed_size} "
-                             f"and {self.hidden_size}")
+        if self.tie_weights and self.embed_size != self.hidden_sizes[-1]:
+            raise ValueError(f"tie_weights needs embed_size == the last layer's hidden_size, got "
+                             f"{self.embed_size} and {self.hidden_sizes[-1]}")
         self.seed = check_int(seed, "seed", 0)
         self.dtype = as_float_dtype(dtype)
         self.init_std = check_init_std(init_std)
@@ -99,10 +128,13 @@ class LanguageModel(Module):
         seeds = [int(s) for s in np.random.SeedSequence(self.seed).generate_state(5)]
         # In the order of the forward pass; the Embedding before the output Linear that may
         # share its weight (``to`` moves the children in this order).
-        self.add_layer("embedding", Embedding(self.vocab_size, self.embed_size, dtype=self.dtype,
-                                              seed=seeds[0]))
+        if self.one_hot:
+            self.add_layer("embedding", OneHot(self.vocab_size, dtype=self.dtype))
+        else:
+            self.add_layer("embedding", Embedding(self.vocab_size, self.embed_size,
+                                                  dtype=self.dtype, seed=seeds[0]))
         self.add_layer("input_dropout", Dropout(self.dropout, seed=seeds[1]))
-        self.add_layer("rnn", RecurrentLayer(self.cell, self.embed_size, self.hidden_size,
+        self.add_layer("rnn", RecurrentLayer(self.cell, self.embed_size, list(self.hidden_sizes),
                                              self.num_layers, dropout=self.dropout,
                                              dtype=self.dtype, seed=seeds[2],
                                              recurrent_init=self.recurrent_init,
@@ -111,8 +143,10 @@ class LanguageModel(Module):
         if self.tie_weights:
             output = Linear.tied_to(self.embedding, seed=seeds[4])
         else:
-            output = Linear(self.hidden_size, self.vocab_size, dtype=self.dtype, seed=seeds[4])
+            output = Linear(self.hidden_sizes[-1], self.vocab_size, dtype=self.dtype, seed=seeds[4])
         self.add_layer("output", output)
+        # An int when every layer has that size (as given before per-layer sizes), else the list.
+        self.hidden_size = self.rnn.hidden_size
         self.add_layer("loss", SoftmaxCrossEntropy())
         self.frozen = set()   # names of params the optimizers leave unchanged (see freeze)
         if self.init_std is not None:
@@ -135,7 +169,8 @@ class LanguageModel(Module):
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "cell": self.cell.name,
                 "dropout": self.dropout, "tie_weights": self.tie_weights, "seed": self.seed,
                 "dtype": self.dtype.name, "init_std": self.init_std,
-                "recurrent_init": self.recurrent_init, "forget_bias": self.forget_bias}
+                "recurrent_init": self.recurrent_init, "forget_bias": self.forget_bias,
+                "one_hot": self.one_hot}
 
     def freeze(self, name):
         """Keep parameter ``name`` (a key of ``params``, e.g. ``"embedding.weight"``) fixed.
@@ -169,10 +204,8 @@ class LanguageModel(Module):
 
     def initial_state(self, batch_size):
         """Zero recurrent state for ``batch_size`` streams: h, or (h, c) for an LSTM (on the
-        model's device)."""
-        shape = (self.num_layers, check_int(batch_size, "batch_size", 1), self.hidden_size)
-        h = get_array_module(self.device).zeros(shape, self.dtype)
-        return (h, h.copy()) if self.cell.has_cell_state else h
+        model's device), in the format of the class docstring."""
+        return self.rnn.zero_state(batch_size)
 
     # ---- forward / backward ---------------------------------------------------------------
 
@@ -339,7 +372,7 @@ class LanguageModel(Module):
         layers = [tuple(host(w) for w in weights) for weights in self.rnn.all_weights]
         prime = np.broadcast_to(prime_ids, (num_samples, prime_ids.size))
         tokens, lengths, _ = generate_tokens(
-            self.cell.name, layers, host(self.embedding.params["weight"]), host(self.output.weight),
+            self.cell.name, layers, host(self.embedding.params.get("weight")), host(self.output.weight),
             host(self.output.bias), np.ascontiguousarray(prime), n_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, greedy=greedy, stop_id=stop_id, banned_ids=banned_ids,
             seed=seed, min_length=min_length)
@@ -446,6 +479,7 @@ class LanguageModel(Module):
         return (f"LanguageModel(vocab_size={self.vocab_size}, embed_size={self.embed_size}, "
                 f"hidden_size={self.hidden_size}, num_layers={self.num_layers}, cell={self.cell.name!r}, "
                 f"dropout={self.dropout}, tie_weights={self.tie_weights}, "
+                + ("one_hot=True, " if self.one_hot else "") +
                 f"params={self.num_params():,}"
                 + ("" if self.device == "cpu" else f", device={self.device!r}") + ")")
 
@@ -455,7 +489,8 @@ class LanguageModel(Module):
 MAX_VOCAB_SIZE = 2**21
 """Largest vocabulary a model file may declare (2,097,152 tokens)."""
 MAX_WIDTH = 2**16
-"""Largest ``embed_size`` / ``hidden_size`` a model file may declare (65,536)."""
+"""Largest ``embed_size`` / ``hidden_size`` (each layer's) a model file may declare (65,536);
+a one-hot model's ``embed_size`` is its vocabulary size (``MAX_VOCAB_SIZE``)."""
 MAX_LAYERS = 256
 """Most recurrent layers a model file may declare."""
 MAX_PARAMETERS = 2**32
@@ -463,22 +498,23 @@ MAX_PARAMETERS = 2**32
 
 _CONFIG_KEYS = ("vocab_size", "embed_size", "hidden_size", "num_layers", "cell", "dropout",
                 "tie_weights", "seed", "dtype")
-_OPTIONAL_CONFIG_KEYS = ("init_std", "recurrent_init", "forget_bias")
-"""Initialisation options (issue 12): files written before them lack them (the defaults)."""
+_OPTIONAL_CONFIG_KEYS = ("init_std", "recurrent_init", "forget_bias", "one_hot")
+"""Options of issue 12: files written before them lack them (the defaults)."""
 
 
 def parameter_shapes(config):
     """``{name: shape}`` of the parameters of a model with this ``config()``, computed without
     building it (the names of ``LanguageModel.params``)."""
-    V, E, H = config["vocab_size"], config["embed_size"], config["hidden_size"]
+    V, E = config["vocab_size"], config["embed_size"]
+    sizes = hidden_sizes_per_layer(config["hidden_size"], config["num_layers"])
     cell = get_cell(config["cell"])
-    shapes = {"embedding.weight": (V, E)}
-    for layer in range(config["num_layers"]):
-        in_size = E if layer == 0 else H
+    shapes = {} if config.get("one_hot", False) else {"embedding.weight": (V, E)}
+    for layer, H in enumerate(sizes):
+        in_size = E if layer == 0 else sizes[layer - 1]
         for name, shape in zip(param_names(layer, False), param_shapes(cell, in_size, H)):
             shapes[f"rnn.{name}"] = shape
     if not config["tie_weights"]:
-        shapes["output.weight"] = (V, H)
+        shapes["output.weight"] = (V, sizes[-1])
     shapes["output.bias"] = (V,)
     return shapes
 
@@ -490,20 +526,33 @@ def _check_config(config):
     if not set(_CONFIG_KEYS) <= set(config) <= set(_CONFIG_KEYS + _OPTIONAL_CONFIG_KEYS):
         raise ValueError(f"config must have the keys {sorted(_CONFIG_KEYS)} (and optionally "
                          f"{sorted(_OPTIONAL_CONFIG_KEYS)}), got {sorted(config)}")
-    for key, limit in (("vocab_size", MAX_VOCAB_SIZE), ("embed_size", MAX_WIDTH),
-                       ("hidden_size", MAX_WIDTH), ("num_layers", MAX_LAYERS)):
+    one_hot = config.get("one_hot", False)
+    if not isinstance(one_hot, bool):
+        raise ValueError(f"config one_hot must be true or false, got {one_hot!r}")
+    for key, limit in (("vocab_size", MAX_VOCAB_SIZE),
+                       ("embed_size", MAX_VOCAB_SIZE if one_hot else MAX_WIDTH),
+                       ("num_layers", MAX_LAYERS)):
         value = check_int(config[key], f"config {key}", 1)
         if value > limit:
             raise ValueError(f"config {key} is {value:,}, more than the {limit:,} a model file "
                              "may declare")
+    hidden = config["hidden_size"]
+    for i, value in enumerate(hidden if isinstance(hidden, list) else [hidden]):
+        value = check_int(value, "config hidden_size" + (f"[{i}]" if isinstance(hidden, list) else ""), 1)
+        if value > MAX_WIDTH:
+            raise ValueError(f"config hidden_size is {value:,}, more than the {MAX_WIDTH:,} a "
+                             "model file may declare")
+    sizes = hidden_sizes_per_layer(hidden, config["num_layers"])
+    if one_hot and (config["embed_size"] != config["vocab_size"] or config["tie_weights"]):
+        raise ValueError("config one_hot needs embed_size == vocab_size and no tie_weights")
     get_cell(config["cell"])
     dropout = config["dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"config dropout must be a number in [0, 1), got {dropout!r}")
     if not isinstance(config["tie_weights"], bool):
         raise ValueError(f"config tie_weights must be true or false, got {config['tie_weights']!r}")
-    if config["tie_weights"] and config["embed_size"] != config["hidden_size"]:
-        raise ValueError("config tie_weights needs embed_size == hidden_size")
+    if config["tie_weights"] and config["embed_size"] != sizes[-1]:
+        raise ValueError("config tie_weights needs embed_size == the last layer's hidden_size")
     check_int(config["seed"], "config seed", 0)
     check_init_std(config.get("init_std"))
     if config.get("recurrent_init", "uniform") not in RECURRENT_INITS:

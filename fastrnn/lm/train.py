@@ -331,11 +331,7 @@ class Trainer:
     def state_dict(self):
         """Everything besides the parameters that decides the rest of the run; arrays are
         host (NumPy) copies, whatever the model's device, so that checkpoints can hold them."""
-        carry = self.carry
-        if isinstance(carry, tuple):
-            carry = [to_device(c, "cpu") for c in carry]
-        elif carry is not None:
-            carry = to_device(carry, "cpu")
+        carry = _map_state(self.carry, lambda a: to_device(a, "cpu"), list)
         if self.distributed is not None:   # the whole batch's state, from every rank's share
             carry = self.distributed.gather_carry(carry)
         optimizer = self.optimizer.state_dict()
@@ -368,12 +364,12 @@ class Trainer:
         self.batcher.load_state_dict(state["batcher"])
         self.model.set_rng_state(copy.deepcopy(state["rng"]))
         carry, device = state["carry"], self.model.device
-        if isinstance(carry, list):
-            self.carry = tuple(to_device(c, device) for c in carry)
-        else:
-            self.carry = None if carry is None else to_device(carry, device)
+        carry = _map_state(carry, lambda a: to_device(a, device), list)
+        if carry is not None and self.model.cell.has_cell_state:
+            carry = tuple(carry)   # (h, c), each an array or a list over layers
         if self.distributed is not None:   # this rank's share of the whole batch's state
-            self.carry = self.distributed.local_carry(self.carry)
+            carry = self.distributed.local_carry(carry)
+        self.carry = carry
         self.history = [dict(record) for record in state["history"]]
         self.best_val = state["best_val"]
         self.evals_without_improvement = state["evals_without_improvement"]
@@ -423,12 +419,20 @@ class Trainer:
         if self.mode != "stream":
             raise ValueError("trainer state carry must be null in sentence mode")
         model = self.model
-        shape = (model.num_layers, self.batch_size, model.hidden_size)
+        shapes = model.rnn.state_shapes(self.batch_size)
         parts = 2 if model.cell.has_cell_state else 1
         if parts == 2 and not (isinstance(carry, list) and len(carry) == 2):
             raise ValueError("trainer state carry must be a list [h, c] for an LSTM")
         for i, part in enumerate(carry if parts == 2 else [carry]):
-            _check_saved_array(part, f"carry[{i}]", shape, model.dtype)
+            if model.rnn.uniform:
+                _check_saved_array(part, f"carry[{i}]", shapes[0], model.dtype)
+                continue
+            # Layers of different sizes: a list of per-layer arrays (the state format).
+            if not (isinstance(part, list) and len(part) == len(shapes)):
+                raise ValueError(f"trainer state carry[{i}] must be a list of {len(shapes)} "
+                                 "arrays, one per layer (the hidden sizes differ)")
+            for layer, (array, shape) in enumerate(zip(part, shapes)):
+                _check_saved_array(array, f"carry[{i}][{layer}]", shape, model.dtype)
 
     def save_checkpoint(self, path=None):
         """Model + trainer state to ``path`` (default ``checkpoint_path``), atomically."""
@@ -470,6 +474,16 @@ class Trainer:
 
 def _is_real(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _map_state(state, fn, sequence_type):
+    """A recurrent state (None, an array, or nested tuples/lists of arrays) with ``fn``
+    applied to each array and every tuple/list made a ``sequence_type``."""
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return sequence_type(_map_state(part, fn, sequence_type) for part in state)
+    return fn(state)
 
 
 def _check_saved_array(value, name, shape, dtype):

@@ -360,7 +360,7 @@ def _replace_layer(layers, l, i, value):
     (dict(cell="transformer"), ValueError, "cell must be one of"),
     (dict(layers=[]), ValueError, "layers must be a non-empty"),
     (dict(layers="abc"), ValueError, "layers must be a non-empty"),
-    (dict(embedding=None), ValueError, "embedding is required"),
+    (dict(embedding=None), ValueError, r"layers\[0\] w_ih must have shape"),   # one-hot: (G*H, V)
     (dict(embedding=np.zeros((11, 6), np.int32)), TypeError, "embedding.dtype"),
     (dict(embedding=np.zeros(11)), ValueError, "embedding must be 2-D"),
     (dict(embedding=np.zeros((11, 6), np.float32)), TypeError, "w_hh must have dtype"),

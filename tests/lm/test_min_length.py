@@ -121,7 +121,7 @@ def test_the_kernel_refuses_what_it_cannot_draw_from():
     args = dict(kind=0, embedding=np.ones((V, E)), w_ih=[np.zeros((H, E))],
                 w_hh=[np.zeros((H, H))], b_ih=[np.zeros(H)], b_hh=[np.zeros(H)], table=None,
                 out_w=np.zeros((V, H)), out_b=np.zeros(V), prime=np.zeros((1, 1), np.int64),
-                n_tokens=3, uniforms=np.full((3, 1), 0.5), h=np.zeros((1, 1, H)), c=None,
+                n_tokens=3, uniforms=np.full((3, 1), 0.5), h=[np.zeros((1, H))], c=None,
                 temperature=1.0, top_k=0, top_p=1.0, greedy=False, stop_id=2,
                 banned=np.array([1, 1, 0], np.uint8), num_threads=1, split_rows=False)
     tokens, _ = _gen.generate_loop(**args)
