@@ -153,9 +153,9 @@ def main(argv=None):
         return dict(batch_size=BATCH, optimizer="adam", lr=1e-3, clip=None,
                     max_steps=steps_for(train8, epochs), time_limit=args.time, progress=False)
 
-    def sequence_model():
+    def sequence_model(dtype=np.float32):
         return model_with(vocab, args.seed, hidden_size=N_HIDDEN, cell="rnn_relu",
-                          recurrent_init="identity")
+                          recurrent_init="identity", dtype=dtype)
 
     model = sequence_model()
     describe(model, "sequence model (return_sequences)")
@@ -179,8 +179,8 @@ def main(argv=None):
     # -- 5. stateful LSTM: windows continue each other, state carried ---------------------
     train_ids, val_ids = fastrnn.train_val_split(ids, 0.1)
 
-    def stateful_model():
-        return model_with(vocab, args.seed, hidden_size=N_HIDDEN, cell="lstm")
+    def stateful_model(dtype=np.float32):
+        return model_with(vocab, args.seed, hidden_size=N_HIDDEN, cell="lstm", dtype=dtype)
 
     stateful = dict(batch_size=BATCH, seq_len=8, optimizer="adam", lr=1e-3, clip=None,
                     progress=False)

@@ -177,15 +177,17 @@ def main(argv=None):
     train = [windows[i] for i in order[n_val:]]
     print(f"\n{len(windows)} semi-redundant sequences of {maxlen} characters, {len(chars)} characters")
 
-    def char_lstm(dropout):
+    def char_lstm(dropout, dtype=np.float32):
         # GUARD(issue 12): per-layer hidden sizes and one_hot=True land with the model
         # features; until then two layers of 128 on an embedding stand in. Remove after merging.
         try:
             return fastrnn.LanguageModel(vocab=chars, one_hot=True, hidden_size=[128, 512],
-                                         num_layers=2, cell="lstm", dropout=dropout, seed=args.seed)
+                                         num_layers=2, cell="lstm", dropout=dropout, seed=args.seed,
+                                         dtype=dtype)
         except TypeError:
             return fastrnn.LanguageModel(vocab=chars, embed_size=len(chars), hidden_size=128,
-                                         num_layers=2, cell="lstm", dropout=dropout, seed=args.seed)
+                                         num_layers=2, cell="lstm", dropout=dropout, seed=args.seed,
+                                         dtype=dtype)
 
     model = char_lstm(0.4)   # TFLearn's dropout(0.6) keeps 60%
     optimizer = fastrnn.optim.Adam(model.params, model.grads, lr=1e-3, frozen=model.frozen)
@@ -214,7 +216,7 @@ def main(argv=None):
 
     print("\n-- PyTorch from the same weights on the same batches (no dropout)")
     compared = print_side_by_side(side_by_side(
-        lambda: char_lstm(0.0), train, args.torch_steps or (5 if args.quick else 30),
+        lambda dtype: char_lstm(0.0, dtype), train, args.torch_steps or (5 if args.quick else 30),
         dict(batch_size=batch_size, optimizer="adam", lr=1e-3, clip=5.0, seed=1),
         mask=last_step_mask))
 
