@@ -78,6 +78,10 @@ def main(argv):
         t = trainer(case, distributed, max_steps=7)
         t.fit()
         results[case] = final(t)
+    # Truncated BPTT: each rank's windows of its share, a mean over the whole batch's tokens.
+    t = trainer("sentences", distributed, max_steps=7, bptt_truncate=3, reduction="mean")
+    t.fit()
+    results["truncated"] = final(t)
     # Resumed: 4 steps and a checkpoint, then a new trainer from it to step 7.
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "ckpt.npz")

@@ -63,7 +63,7 @@ def test_two_ranks_give_one_process_parameters(tmp_path):
     assert float(distributed.pop("spread")) == 0.0   # the ranks hold identical parameters
     single.pop("spread")
     assert distributed.keys() == single.keys()
-    for case in ("stream", "sentences", "resumed"):
+    for case in ("stream", "sentences", "truncated", "resumed"):
         keys = [k for k in single if k.startswith(case + "/")]
         assert len(keys) > 5, keys
         for key in keys:

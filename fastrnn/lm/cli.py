@@ -1,4 +1,4 @@
-"""The ``fastrnn`` command: demo, train, sample, eval, info, bench.
+"""The ``fastrnn`` command: demo, train, sample, eval, info, plot, bench.
 
 ``fastrnn bench`` runs code that is not installed with the package: the benchmark harness
 lives in a source checkout's ``benchmarks/`` directory (``benchmarks/fastrnn_bench.py``). The
@@ -30,13 +30,14 @@ from .._version import __version__
 from ..cells import CELLS
 from ..optim import CLIP_MODES, OPTIMIZERS
 from .checkpoint import CheckpointError
+from .curves import X_KEYS, JsonLinesLog, MissingExtraError, trim_log
 
 EXIT_USER_ERROR = 2
 # Errors the library raises for bad input, with messages meant for the user. Of the
 # RuntimeErrors, only the "no CuPy / no GPU" one is the user's to fix: others are bugs and
 # keep their traceback.
 USER_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError,
-               GPUUnavailableError)
+               GPUUnavailableError, MissingExtraError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +102,13 @@ def _nonnegative_float(text):
     value = float(text)
     if not value >= 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _decay(text):
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
     return value
 
 
@@ -218,6 +226,9 @@ def _sentence_ids(sentences, vocab):
 
 # ---- commands -----------------------------------------------------------------------------
 
+DEMO_TIME_LIMIT = 60.0
+
+
 def cmd_demo(args):
     """Learn the built-in synthetic language and compare the loss with its true entropy."""
     from .model import LanguageModel
@@ -237,11 +248,16 @@ def cmd_demo(args):
     print(f"fastrnn demo: a {len(vocab)}-word synthetic language ({len(train_ids):,} training "
           f"tokens, {len(val_ids):,} validation tokens).")
     print(f"Its true entropy is {entropy:.4f} nats/token: no model can score lower.")
+    # --max-steps alone makes the result independent of the machine's speed and load.
+    time_limit = args.time_limit if args.time_limit is not None or args.max_steps is not None \
+        else DEMO_TIME_LIMIT
+    limits = [f"{args.max_steps} steps" if args.max_steps else None,
+              f"{time_limit:g} s" if time_limit else None]
     print(f"Model: {model!r}; Adam, batch {args.batch} x {args.seq_len} steps, "
-          f"{args.time_limit:g} s of training.\n", flush=True)
+          f"{' or '.join(filter(None, limits))} of training.\n", flush=True)
     trainer = Trainer(model, train_ids, val_ids, batch_size=args.batch, seq_len=args.seq_len,
                       lr=args.lr, schedule="plateau", eval_every=args.eval_every,
-                      time_limit=args.time_limit, progress=False,
+                      max_steps=args.max_steps, time_limit=time_limit, progress=False,
                       log=lambda r: _print_record(r, entropy))
     trainer.fit()
     final = trainer.history[-1]["val_loss"]
@@ -269,27 +285,49 @@ def _train(args):
     _set_threads(args)
     if args.optimizer_option is not None:   # repeated KEY=VALUE -> one dict, as saved
         args.optimizer_option = dict(args.optimizer_option)
+    if args.val_file is not None:
+        if _given(args, "val_fraction"):
+            raise ValueError("--val-file and --val-fraction exclude each other: validation "
+                             "text comes from a separate file or from a split of the training text")
+        args.val_file = os.path.abspath(args.val_file)   # as saved: resumable from elsewhere
     resume_state = None
     if args.resume:
         # The device is not a saved setting: a run may resume on another device.
         model, extra = LanguageModel.load(args.resume, with_extra=True, device=args.device)
         resume_state = _resume_state(args.resume, extra)
         settings = _resumed_settings(args, model, resume_state)
+        if settings["val_file"] is not None and not _given(args, "val_file"):
+            # Equal to the saved path when given (checked above): a path to read comes
+            # from the command line only, never from the checkpoint.
+            raise ValueError(f"{args.resume} validates on --val-file {settings['val_file']}: "
+                             "give --val-file again to resume it")
         _check_work_left(args.resume, resume_state, settings)
         vocab = model.vocab
         out = args.out or args.resume
     else:
         settings = {key: _given_or_default(args, key) for key in TRAIN_SETTINGS}
         _special_settings(settings)
+        if settings["val_file"] is not None:
+            settings["val_fraction"] = 0.0   # the whole training text is for training
         model = vocab = None
         out = args.out or "model.npz"
+    _check_schedule_options(args, settings)
+    if args.log is not None and not args.resume and os.path.exists(args.log) \
+            and os.path.getsize(args.log) > 0:
+        raise ValueError(f"--log {args.log} already holds records: give a new file (a run "
+                         "resumed with --resume appends to its log)")
     text = load_text(args.file)
+    val_file_text = None if settings["val_file"] is None else load_text(settings["val_file"])
     if settings["sentences"] is None:
         train_text, val_text = _split_text(text, settings["val_fraction"])
+        if val_file_text is not None:
+            val_text = val_file_text
     else:
         train_sentences, val_sentences = _split_sentences(
             _text_sentences(text, settings["sentences"]), settings["val_fraction"])
         train_text = "".join(sentence + "\n" for sentence in train_sentences)
+        if val_file_text is not None:   # cut into sentences as the training text is
+            val_sentences = _text_sentences(val_file_text, settings["sentences"])
     if model is None:
         options = {key: _given_or_default(args, key) for key in MODEL_OPTIONS}
         vocab = _build_vocab(train_text, settings)
@@ -316,6 +354,12 @@ def _train(args):
               f"{0 if val_ids is None else len(val_ids):,} validation sentences "
               f"({sum(map(len, train_ids)):,} training tokens with {vocab.bos} and "
               f"{vocab.eos}), vocabulary {len(vocab):,}.")
+    if settings["bptt_truncate"] is not None and settings["sentences"] is None:
+        raise ValueError("--bptt-truncate applies to sentence mode (--sentences); in stream "
+                         "mode --seq-len is the truncation length")
+    if val_file_text is not None and (not val_ids if settings["sentences"] else len(val_ids) < 2):
+        raise ValueError(f"--val-file {settings['val_file']}: needs at least 2 tokens of "
+                         f"validation text (a sentence in sentence mode)")
     if resume_state is None and vocab.kind == "word":
         _print_counts(vocab)
     print(f"{model!r}", flush=True)
@@ -324,7 +368,9 @@ def _train(args):
                       lr=settings["lr"], clip=settings["clip"] or None,
                       optimizer_options=settings["optimizer_option"],
                       clip_mode=settings["clip_mode"], reduction=settings["reduction"],
-                      schedule=settings["schedule"], eval_every=settings["eval_every"],
+                      schedule=settings["schedule"], lr_decay=settings["lr_decay"],
+                      lr_step_epochs=settings["lr_step_epochs"],
+                      bptt_truncate=settings["bptt_truncate"], eval_every=settings["eval_every"],
                       patience=settings["patience"], max_steps=settings["max_steps"],
                       max_epochs=settings["epochs"], time_limit=settings["time_limit"],
                       checkpoint_path=out, checkpoint_every=settings["checkpoint_every"],
@@ -337,7 +383,21 @@ def _train(args):
             trainer.stopped_early = trainer.evals_without_improvement >= settings["patience"]
         print(f"resumed from {args.resume} at step {trainer.step}", flush=True)
     trainer.settings = settings   # what the next --resume of this run starts from
-    trainer.fit()
+    # The log is rank 0's alone in a distributed run (the Trainer logs there only).
+    log_path = args.log if trainer.distributed is None or trainer.distributed.is_root else None
+    if log_path is not None and args.resume and os.path.exists(log_path):
+        dropped = trim_log(log_path, trainer.step)
+        if dropped:
+            print(f"{log_path}: dropped {dropped} record(s) after step {trainer.step}, the "
+                  "checkpoint's (those steps are trained again)", flush=True)
+    run_log = None if log_path is None else JsonLinesLog(log_path)   # appends
+    if run_log is not None:
+        trainer.log = lambda record: (_print_record(record), run_log(record))
+    try:
+        trainer.fit()
+    finally:
+        if run_log is not None:
+            run_log.close()
     last = trainer.history[-1]
     if "val_loss" in last:
         print(f"final validation loss {last['val_loss']:.4f} nats/{unit} "
@@ -359,6 +419,14 @@ def _print_counts(vocab):
     print(line)
 
 
+def _check_schedule_options(args, settings):
+    """--lr-decay and --lr-step-epochs only mean something with the schedule that uses them."""
+    if _given(args, "lr_decay") and settings["schedule"] is None:
+        raise ValueError("--lr-decay applies with --schedule step or plateau")
+    if _given(args, "lr_step_epochs") and settings["schedule"] != "step":
+        raise ValueError("--lr-step-epochs applies with --schedule step only")
+
+
 # Training options saved in checkpoints so that --resume continues with the same settings,
 # with their defaults. The options' argparse defaults are None ("not given"), so that a resume
 # can tell the options given on its command line from the ones to take from the checkpoint.
@@ -368,9 +436,11 @@ TRAIN_DEFAULTS = {"level": "char", "batch": 32, "seq_len": 64, "optimizer": "ada
                   "checkpoint_every": None, "val_fraction": 0.1, "seed": 0, "max_vocab": None,
                   "min_count": 1, "lowercase": False, "optimizer_option": None,
                   "clip_mode": "norm", "reduction": "mean", "sentences": None, "bos": None,
-                  "eos": None, "unk": None}
+                  "eos": None, "unk": None, "lr_decay": 0.5, "lr_step_epochs": 1,
+                  "val_file": None, "bptt_truncate": None}
 # Settings added after the first checkpoints: a checkpoint without them ran with the default.
-_LATER_SETTINGS = ("optimizer_option", "clip_mode", "reduction", "sentences", "bos", "eos", "unk")
+_LATER_SETTINGS = ("optimizer_option", "clip_mode", "reduction", "sentences", "bos", "eos", "unk",
+                   "lr_decay", "lr_step_epochs", "val_file", "bptt_truncate")
 TRAIN_SETTINGS = tuple(TRAIN_DEFAULTS)
 # The settings a resumed run may change: when to stop, validate and checkpoint. The others
 # decide the data, the batches and the optimizer's path, so they must match the checkpoint
@@ -418,11 +488,12 @@ def _check_saved_setting(key, value):
 
     optional = key in ("schedule", "patience", "max_steps", "epochs", "time_limit",
                        "checkpoint_every", "max_vocab", "optimizer_option", "sentences", "bos",
-                       "eos", "unk")
+                       "eos", "unk", "val_file", "bptt_truncate")
     if value is None and optional:
         return None
     if key in ("batch", "seq_len", "eval_every", "patience", "max_steps", "epochs",
-               "checkpoint_every", "max_vocab", "min_count"):
+               "checkpoint_every", "max_vocab", "min_count", "lr_step_epochs",
+               "bptt_truncate"):
         if not is_int(value) or value < 1:
             fail("a positive integer")
     elif key in ("lr", "time_limit"):
@@ -431,6 +502,12 @@ def _check_saved_setting(key, value):
     elif key == "clip":
         if not is_real(value) or value < 0:
             fail("a number >= 0")
+    elif key == "lr_decay":
+        if not is_real(value) or not 0 < value < 1:
+            fail("a number in (0, 1)")
+    elif key == "val_file":
+        if not isinstance(value, str) or not value:
+            fail("a file name")
     elif key == "val_fraction":
         if not is_real(value) or not 0 <= value < 1:
             fail("a number in [0, 1)")
@@ -637,6 +714,14 @@ def cmd_info(args):
     return 0
 
 
+def cmd_plot(args):
+    from .curves import plot_logs
+
+    out = plot_logs(args.logs, args.out, x=args.x, y=args.y)
+    print(f"wrote {out}: {args.y} against {args.x} for {len(args.logs)} run(s)")
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------
 
 _TRAIN_EPILOG = """\
@@ -664,7 +749,11 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="train on the built-in synthetic language and sample")
-    demo.add_argument("--time-limit", type=_positive_float, default=60.0, help="seconds of training")
+    demo.add_argument("--time-limit", type=_positive_float,
+                      help=f"seconds of training (default: {DEMO_TIME_LIMIT:g}, or none with "
+                           "--max-steps)")
+    demo.add_argument("--max-steps", type=_positive_int,
+                      help="training steps: a result that does not depend on the machine's load")
     demo.add_argument("--sentences", type=_positive_int, default=20000)
     demo.add_argument("--cell", default="lstm", choices=list(_CELLS))
     demo.add_argument("--hidden", type=_positive_int, default=64)
@@ -714,6 +803,13 @@ def build_parser():
                        help="train on the mean (default) or the summed loss of a batch")
     train.add_argument("--schedule", choices=["plateau", "step"], default=None,
                        help="learning-rate schedule (default: none)")
+    train.add_argument("--lr-decay", type=_decay,
+                       help="factor on the lr at each --schedule decay (default: 0.5)")
+    train.add_argument("--lr-step-epochs", type=_positive_int,
+                       help="--schedule step: decay every this many epochs (default: 1)")
+    train.add_argument("--bptt-truncate", type=_positive_int, metavar="K",
+                       help="sentence mode: backpropagate in consecutive windows of K steps "
+                            "(state carried, gradient cut between windows; one update per batch)")
     train.add_argument("--time-limit", type=_positive_float,
                        help="stop after this many seconds of training in total *")
     train.add_argument("--max-steps", type=_positive_int, help="stop at this total step count *")
@@ -724,6 +820,9 @@ def build_parser():
                        help="stop after this many validations without improvement *")
     train.add_argument("--val-fraction", type=_fraction,
                        help="share of the text held out for validation (default: 0.1)")
+    train.add_argument("--val-file", metavar="PATH",
+                       help="validate on this text file instead (encoded with the training "
+                            "vocabulary); the whole training file is then trained on")
     train.add_argument("--max-vocab", type=_positive_int)
     train.add_argument("--min-count", type=_positive_int, help="default: 1")
     train.add_argument("--lowercase", action="store_true", default=None,
@@ -755,6 +854,9 @@ def build_parser():
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the ranks of mpiexec (needs fastrnn[mpi]); "
                             "--batch is the global batch")
+    train.add_argument("--log", metavar="RUN.jsonl",
+                       help="append every validation record to this file as a JSON line "
+                            "(fastrnn plot draws it); a resumed run appends to its log")
     _add_runtime_options(train)
     train.add_argument("--seed", type=int, help="default: 0")
     train.set_defaults(func=cmd_train)
@@ -788,6 +890,18 @@ def build_parser():
     info = sub.add_parser("info", help="describe a model file")
     info.add_argument("model")
     info.set_defaults(func=cmd_info)
+
+    plot = sub.add_parser("plot", help="draw learning curves from --log files (needs matplotlib: "
+                                       'pip install "fastrnn[plot]")')
+    plot.add_argument("logs", nargs="+", metavar="RUN.jsonl",
+                      help="logs written by fastrnn train --log: one curve each")
+    plot.add_argument("-o", "--out", required=True,
+                      help="image to write (format from its extension: .png, .pdf, .svg, ...)")
+    plot.add_argument("--x", choices=list(X_KEYS), default="step", help="default: step")
+    plot.add_argument("--y", default="val_loss",
+                      help="record key to draw: val_loss (default), train_loss, "
+                           "val_bits_per_token, val_perplexity, lr, tokens_per_second")
+    plot.set_defaults(func=cmd_plot)
 
     # Listed for --help only: main() hands "fastrnn bench ..." to _bench.
     sub.add_parser("bench", help="time fastrnn against PyTorch, from a source checkout "

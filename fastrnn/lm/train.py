@@ -7,6 +7,8 @@ Two ways to batch a corpus:
   and cut for the gradient (stateful truncated BPTT). The state is reset at each epoch.
 * sentences (``train_data`` is a list of 1-D id arrays): padded batches of whole sentences
   with their lengths, each starting from a zero state; padding costs no loss or gradient.
+  ``bptt_truncate=K`` runs the batch's time axis in consecutive windows of K steps, carrying
+  the state forward and cutting the gradient between windows (see :meth:`Trainer.train_step`).
 
 Everything that decides the next step (parameters, optimizer buffers, schedule, batch
 position, dropout generators, the carried state) is saved in checkpoints, so a resumed run
@@ -66,6 +68,10 @@ class Trainer:
             history report the mean either way.
         shuffle: sentence mode only: reshuffle the sentences every epoch (default) or keep
             their order.
+        bptt_truncate: sentence mode only: None (default: backpropagate through whole
+            sentences) or K >= 1: truncated BPTT in consecutive windows of K steps (chunked
+            form; see :meth:`train_step`). Stream mode refuses it: there ``seq_len`` is the
+            truncation length.
         callback: optional ``callback(step, trainer)`` called after every training step (and
             its validation and checkpoint), e.g. to sample, print or change
             ``trainer.optimizer.lr``. To train further after ``fit`` returns, raise
@@ -92,7 +98,7 @@ class Trainer:
     def __init__(self, model, train_data, val_ids=None, *, batch_size=32, seq_len=64,
                  optimizer="adam", lr=2e-3, weight_decay=0.0, momentum=0.0,
                  optimizer_options=None, clip=5.0, clip_mode="norm", reduction="mean",
-                 shuffle=True, callback=None,
+                 shuffle=True, bptt_truncate=None, callback=None,
                  schedule=None, lr_decay=0.5, lr_step_epochs=1, eval_every=None,
                  eval_batch_size=16, patience=None, max_steps=None, max_epochs=None,
                  time_limit=None, checkpoint_path=None, checkpoint_every=None, progress=True,
@@ -110,6 +116,12 @@ class Trainer:
         else:
             self.mode = "stream"
             self.batcher = StreamBatcher(train_data, self.batch_size, self.seq_len)
+        self.bptt_truncate = None if bptt_truncate is None else \
+            check_int(bptt_truncate, "bptt_truncate", 1)
+        if self.bptt_truncate is not None and self.mode == "stream":
+            raise ValueError("bptt_truncate is for sentence mode (train_data a list of "
+                             "sentences); in stream mode seq_len is the truncation length: "
+                             "set seq_len instead")
         self.val_ids = self._check_val_ids(val_ids)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
@@ -118,12 +130,16 @@ class Trainer:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.schedule_name = schedule
-        if schedule == "plateau":
-            self.schedule = optim.ReduceOnPlateau(self.optimizer, factor=lr_decay)
-        elif schedule == "step":
-            self.schedule = optim.StepLR(self.optimizer, lr_step_epochs, gamma=lr_decay)
-        else:
-            self.schedule = None
+        try:
+            if schedule == "plateau":
+                self.schedule = optim.ReduceOnPlateau(self.optimizer, factor=lr_decay)
+            elif schedule == "step":
+                self.schedule = optim.StepLR(self.optimizer, lr_step_epochs, gamma=lr_decay)
+            else:
+                self.schedule = None
+        except (TypeError, ValueError) as exc:   # the schedules name their own arguments
+            name = "lr_step_epochs" if str(exc).startswith("step_size") else "lr_decay"
+            raise type(exc)(f"{name}: {exc}") from None
         self.clip = None if clip is None else float(clip)
         if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
             raise ValueError(f"clip must be a finite number > 0 or None, got {clip!r}")
@@ -201,7 +217,22 @@ class Trainer:
     # ---- one step -------------------------------------------------------------------------
 
     def train_step(self, batch):
-        """Forward, backward, clip and update on one batch; returns the mean loss (nats)."""
+        """Forward, backward, clip and update on one batch; returns the mean loss (nats).
+
+        With ``bptt_truncate=K`` and a sentence batch of more than K steps, the batch's
+        padded time axis is cut into consecutive windows ``[0, K), [K, 2K), ...``. Each
+        window runs forward from the previous window's final state (without dropout the
+        forward values and the loss are the untruncated ones, up to rounding; dropout draws
+        its masks window by window) and is backpropagated at once, treating that incoming
+        state as a constant (detached): the gradient of a token's loss flows back to the
+        start of its window only, i.e. ``t mod K + 1`` steps for step ``t`` (from 0).
+        The windows' gradients add up to the gradient of the batch's loss (mean over all of
+        the batch's tokens, or their sum) with the state cut every K steps; then it is
+        clipped once and the optimizer makes one update. Sentences that have ended drop out
+        of the later windows. (003's numpy ``bptt_truncate=K`` instead lets every output's
+        gradient flow back K + 1 steps, a sliding window that costs K + 1 backward steps per
+        output; the chunked form costs one backward pass, like untruncated training.)
+        """
         model = self.model
         x, y, lengths = batch if self.mode == "sentences" else (*batch, None)
         n_batch = None   # tokens in the whole batch, of which this process has n_tokens
@@ -212,7 +243,12 @@ class Trainer:
         with blas_single_threaded():
             model.zero_grad()
             loss, state, n_tokens = 0.0, None, 0
-            if x is not None:   # None: an empty share of a short last batch
+            if x is not None and self.bptt_truncate is not None \
+                    and x.shape[0] > self.bptt_truncate:
+                n_tokens = int(np.sum(lengths))
+                n_batch = n_tokens if n_batch is None else n_batch
+                loss = self._truncated_backward(x, y, lengths, n_batch)
+            elif x is not None:   # None: an empty share of a short last batch
                 loss, state = model.forward(x, y, self.carry, lengths)
                 n_tokens = int(model.loss.n_tokens)
                 n_batch = n_tokens if n_batch is None else n_batch
@@ -236,6 +272,40 @@ class Trainer:
         self.step += 1
         self.tokens += n_batch
         return loss
+
+    def _truncated_backward(self, x, y, lengths, n_batch):
+        """Gradients of one sentence batch ``x, y (T, B), lengths (B,)`` by truncated BPTT in
+        windows of ``bptt_truncate`` steps, accumulated into the zeroed ``model.grads``
+        (see :meth:`train_step`); ``n_batch``: the tokens of the whole batch (more than these
+        when this is one rank's share), which a mean loss is divided by. Returns the mean
+        loss over these sentences' tokens."""
+        model, window = self.model, self.bptt_truncate
+        lengths = np.asarray(lengths, dtype=np.int64)
+        rows = np.arange(x.shape[1])   # the batch's sentences still running in this window
+        total, state = 0.0, None
+        for start in range(0, x.shape[0], window):
+            running = lengths[rows] > start
+            if not running.any():
+                break
+            if not running.all():   # drop the ended sentences' rows from the carried state
+                keep = to_device(np.flatnonzero(running), model.device)
+                state = None if state is None else \
+                    (tuple(s[:, keep] for s in state) if isinstance(state, tuple) else state[:, keep])
+                rows = rows[running]
+            stop = min(start + window, x.shape[0])
+            window_lengths = np.minimum(lengths[rows] - start, stop - start)
+            loss, state = model.forward(x[start:stop, rows], y[start:stop, rows], state,
+                                        window_lengths)
+            n_tokens = int(model.loss.n_tokens)
+            try:
+                # This window's share of the batch's mean (or sum): its mean loss times
+                # n_tokens / n_batch (or n_tokens). The state it started from is a constant.
+                model.backward(n_tokens / n_batch if self.reduction == "mean" else float(n_tokens))
+            except BaseException:
+                model.clear_pending()
+                raise
+            total += loss * n_tokens
+        return total / int(lengths.sum())
 
     def _clip(self, grads):
         if self.clip_mode == "norm":
