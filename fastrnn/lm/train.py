@@ -84,7 +84,8 @@ class Trainer:
         distributed: None (one process) or "mpi": data-parallel over the ranks of ``mpiexec``
             (:mod:`fastrnn.lm.distributed`, needs mpi4py). Every rank builds the same Trainer;
             ``batch_size`` is the global batch, each rank computing its share; the result is
-            one process's (float64: within 1e-10). Rank 0 alone logs, shows progress and
+            one process's (float64: within 1e-10), dropout included (each rank applies its
+            share of one process's masks). Rank 0 alone logs, shows progress and
             writes checkpoints (``save_checkpoint`` and ``state_dict`` are then collective:
             call them on every rank); ``callback`` runs on every rank.
     """
@@ -205,15 +206,17 @@ class Trainer:
         model = self.model
         x, y, lengths = batch if self.mode == "sentences" else (*batch, None)
         n_batch = None   # tokens in the whole batch, of which this process has n_tokens
+        part = None   # where this process's share lies in the whole batch (for dropout)
         if self.distributed is not None:   # this rank's share of the global batch
-            x, y, lengths, n_batch = self.distributed.local_batch(x, y, lengths)
+            x, y, lengths, n_batch, part = self.distributed.local_batch(x, y, lengths)
         # BLAS stays on one thread for the whole step: fastrnn's kernels bring their own
         # threads, and idle BLAS workers would spin on the same cores (see fastrnn/_matmul.py).
         with blas_single_threaded():
             model.zero_grad()
             loss, state, n_tokens = 0.0, None, 0
             if x is not None:   # None: an empty share of a short last batch
-                loss, state = model.forward(x, y, self.carry, lengths)
+                with model.batch_part(part):   # part: this share of the whole batch's masks
+                    loss, state = model.forward(x, y, self.carry, lengths)
                 n_tokens = int(model.loss.n_tokens)
                 n_batch = n_tokens if n_batch is None else n_batch
                 try:
