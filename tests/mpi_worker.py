@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py, under ``mpiexec -n N`` (``distributed="mpi"``) or alone
-(one process): train tiny float64 language models through the Python API and save, from
-rank 0, every case's final parameters, validation losses and the largest difference between
-the ranks' parameters to the .npz file named by argv[2].
+(one process): train tiny float64 language models through the Python API, without and with
+dropout, and save, from rank 0, every case's final parameters, validation losses and the
+largest difference between the ranks' parameters to the .npz file named by argv[2].
 
     python mpi_worker.py mpi|single OUT.npz [fail|stop]
 
@@ -30,17 +30,17 @@ def data():
             "val_sentences": [rng.integers(0, V, rng.integers(1, 9)) for _ in range(7)]}
 
 
-def trainer(case, distributed, **extra):
+def trainer(case, distributed, dropout=0.0, **extra):
     d = data()
     if case == "sentences":   # GRU, summed loss, sentences of all lengths
         model = LanguageModel(V, embed_size=5, hidden_size=7, num_layers=2, cell="gru",
-                              dtype=np.float64, seed=3)
+                              dropout=dropout, dtype=np.float64, seed=3)
         train, val = d["sentences"], d["val_sentences"]
         options = dict(batch_size=5, reduction="sum", clip=0.5)
     else:   # LSTM, mean loss, carried state across windows; 3 validation streams on 2 ranks;
         # per-layer sizes, so the carried state is a list over layers (the CLI test has one size)
         model = LanguageModel(V, embed_size=5, hidden_size=[7, 6], cell="lstm",
-                              dtype=np.float64, seed=4)
+                              dropout=dropout, dtype=np.float64, seed=4)
         train, val = d["stream"], d["val_stream"]
         options = dict(batch_size=6, seq_len=9, reduction="mean", clip=0.05)
     options.update(dict(optimizer="adam", lr=0.01, eval_every=2, eval_batch_size=3), **extra)
@@ -74,28 +74,32 @@ def main(argv):
             np.savez(out, counts=np.array(counts))
         return
     results = {}
-    for case in ("stream", "sentences"):
-        t = trainer(case, distributed, max_steps=7)
-        t.fit()
-        results[case] = final(t)
     # Truncated BPTT: each rank's windows of its share, a mean over the whole batch's tokens.
     t = trainer("sentences", distributed, max_steps=7, bptt_truncate=3, reduction="mean")
     t.fit()
     results["truncated"] = final(t)
-    # Resumed: 4 steps and a checkpoint, then a new trainer from it to step 7.
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "ckpt.npz")
-        if distributed:   # every rank reads rank 0's file
-            from mpi4py import MPI
-            path = MPI.COMM_WORLD.bcast(path, root=0)
-        first = trainer("stream", distributed, max_steps=4, checkpoint_path=path)
-        first.fit()
-        resumed = trainer("stream", distributed, max_steps=7)
-        resumed.load_checkpoint(path)
-        resumed.fit()
-        results["resumed"] = final(resumed)
-        if distributed:
-            MPI.COMM_WORLD.Barrier()   # rank 0 removes the directory after all have read it
+    # "+dropout": every layer's masks (input, between the recurrent layers, output) must be
+    # one process's, the sentence case with a rank whose share of the last batch is empty.
+    for suffix, dropout in (("", 0.0), ("+dropout", 0.3)):
+        for case in ("stream", "sentences"):
+            t = trainer(case, distributed, dropout=dropout, max_steps=7)
+            t.fit()
+            results[case + suffix] = final(t)
+        # Resumed: 4 steps and a checkpoint, then a new trainer from it to step 7.
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "ckpt.npz")
+            if distributed:   # every rank reads rank 0's file
+                from mpi4py import MPI
+                path = MPI.COMM_WORLD.bcast(path, root=0)
+            first = trainer("stream", distributed, dropout=dropout, max_steps=4,
+                            checkpoint_path=path)
+            first.fit()
+            resumed = trainer("stream", distributed, dropout=dropout, max_steps=7)
+            resumed.load_checkpoint(path)
+            resumed.fit()
+            results["resumed" + suffix] = final(resumed)
+            if distributed:
+                MPI.COMM_WORLD.Barrier()   # rank 0 removes the directory after all have read it
     spread = 0.0
     if distributed:   # every rank must hold the same parameters
         from mpi4py import MPI

@@ -4,8 +4,45 @@ import copy
 import numpy as np
 
 from .._device import array_module_of, device_of, to_device
-from .._validation import as_float_dtype
+from .._validation import as_float_dtype, check_int
 from .base import Layer, backward_method, forward_method
+
+
+def check_batch_share(share, name="batch_share"):
+    """``share`` (None, or ``(steps, batch, start)``) as None or a tuple of ints, or a
+    ValueError naming ``name``: steps >= 1, batch >= 1 and 0 <= start <= batch."""
+    if share is None:
+        return None
+    if not isinstance(share, (tuple, list)) or len(share) != 3:
+        raise ValueError(f"{name} must be None or (steps, batch, start), got {share!r}")
+    steps = check_int(share[0], f"{name} steps", 1)
+    batch = check_int(share[1], f"{name} batch", 1)
+    start = check_int(share[2], f"{name} start", 0)
+    if start > batch:
+        raise ValueError(f"{name} start ({start}) must be at most batch ({batch})")
+    return steps, batch, start
+
+
+def mask_uniforms(rng, shape, dtype, batch_share):
+    """Uniform [0, 1) numbers from ``rng`` for a dropout mask of ``shape``:
+    ``rng.random(shape, dtype=dtype)``.
+
+    With ``batch_share`` = ``(steps, batch, start)``, ``shape`` is time-major (T, B, ...) and
+    the batch is rows ``[:T]`` and columns ``[start:start + B]`` of a whole (steps, batch, ...)
+    batch (a rank's share in data-parallel training): the whole batch's numbers are drawn,
+    exactly as one process holding it draws them (so ``rng`` moves as that process's does),
+    and this part of them is returned.
+    """
+    if batch_share is None:
+        return rng.random(shape, dtype=dtype)
+    steps, batch, start = check_batch_share(batch_share)
+    if len(shape) < 2 or shape[0] > steps or start + shape[1] > batch:
+        raise ValueError(f"an input of shape {tuple(shape)} is not part of the (steps, batch) = "
+                         f"({steps}, {batch}) batch of batch_share={batch_share}: the layer "
+                         f"needs time-major (T, B, ...) inputs with T <= {steps} and "
+                         f"start + B <= {batch}")
+    whole = rng.random((steps, batch, *shape[2:]), dtype=dtype)
+    return whole[:shape[0], start:start + shape[1]]
 
 
 class Dropout(Layer):
@@ -18,6 +55,12 @@ class Dropout(Layer):
 
     CuPy (GPU) inputs work too: the mask is drawn by the same host generator (so a GPU run
     uses exactly the masks of a CPU run with the same seed) and copied to the device.
+
+    ``batch_share`` (attribute; default None): ``(steps, batch, start)`` when the inputs are
+    time-major (T, B, ...) parts, rows ``[:T]`` and columns ``[start:start + B]``, of a whole
+    (steps, batch, ...) batch held by several processes (data-parallel training): each
+    forward then draws the whole batch's mask and applies its part, so the processes together
+    apply one process's masks and their generators stay in step (see :func:`mask_uniforms`).
     """
 
     def __init__(self, p=0.5, seed=None):
@@ -26,6 +69,7 @@ class Dropout(Layer):
             raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
         self.p = float(p)
         self._rng = np.random.default_rng(seed)
+        self.batch_share = None
 
     @forward_method
     def forward(self, x):
@@ -40,7 +84,7 @@ class Dropout(Layer):
         if self.p == 0.0:
             self._save_for_backward((None, x.shape))
             return x
-        keep = self._rng.random(x.shape, dtype=x.dtype) >= self.p
+        keep = mask_uniforms(self._rng, x.shape, x.dtype, self.batch_share) >= self.p
         scaled_mask = keep.astype(x.dtype)
         scaled_mask *= 1.0 / (1.0 - self.p)
         # Drawn on the host (the same masks on either device), then moved to x's device.
@@ -57,6 +101,13 @@ class Dropout(Layer):
         if dy.shape != shape:
             raise ValueError(f"dy must have shape {shape} (the forward's input), got {dy.shape}")
         return dy if scaled_mask is None else dy * scaled_mask
+
+    def skip_masks(self, shape, dtype):
+        """Move the generator as a training-mode forward on an input of ``shape`` (the whole
+        batch's, ``batch_share`` aside) and ``dtype`` does, computing nothing (a rank with no
+        share of a batch keeps its generator in step with the others')."""
+        if self.training and self.p > 0.0:
+            self._rng.random(shape, dtype=as_float_dtype(dtype, "dtype"))
 
     def rng_state(self):
         """A copy of the mask generator's state (a plain dict, safe to pickle)."""

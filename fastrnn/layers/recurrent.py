@@ -12,6 +12,7 @@ from .._device import to_device
 from .._validation import as_float_dtype, check_array, check_int
 from ..cells import get_cell, init_params, param_names
 from .base import Layer, backward_method, forward_method
+from .dropout import mask_uniforms
 
 
 def hidden_sizes_per_layer(hidden_size, num_layers=None):
@@ -57,6 +58,11 @@ class RecurrentLayer(Layer):
     ``device="cuda"`` (or ``.to("cuda")``) runs on the GPU with CuPy arrays (inputs given as
     numpy arrays are copied over); parameters are initialised on the host first, so a seed
     gives the same model on either device.
+
+    ``batch_share`` (attribute; default None): ``(steps, batch, start)`` when the inputs are
+    parts (T steps, columns ``[start:start + B]``) of a whole (steps, batch) batch held by
+    several processes (data-parallel training): the dropout between layers then draws the
+    whole batch's masks and applies this part, as :class:`fastrnn.layers.Dropout` does.
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=None, bias=True,
@@ -79,6 +85,7 @@ class RecurrentLayer(Layer):
         self.dtype = as_float_dtype(dtype)
         init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
         self._dropout_rng = np.random.default_rng(dropout_seed)
+        self.batch_share = None
         self._init_params(np.random.default_rng(init_seed), recurrent_init, forget_bias, init_std)
         self.to(device)
 
@@ -136,6 +143,15 @@ class RecurrentLayer(Layer):
 
     def set_rng_state(self, state):
         self._dropout_rng.bit_generator.state = state
+
+    def skip_dropout_masks(self, steps, batch):
+        """Move the dropout generator as a training-mode forward on a whole (steps, batch)
+        batch does, computing nothing (a rank with no share of a batch keeps its generator in
+        step with the others')."""
+        if self.training and self.dropout > 0:
+            for layer in range(self.num_layers - 1):
+                features = self.num_directions * self.hidden_sizes[layer]
+                self._dropout_rng.random((steps, batch, features))
 
     # ---- state helpers --------------------------------------------------------------------
 
@@ -248,7 +264,8 @@ class RecurrentLayer(Layer):
             mask = None
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = 1.0 - self.dropout
-                mask = (self._dropout_rng.random(out.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+                uniforms = mask_uniforms(self._dropout_rng, out.shape, np.float64, self.batch_share)
+                mask = (uniforms < keep).astype(self.dtype) / self.dtype.type(keep)
                 mask = to_device(mask, self.device)   # drawn on the host: the same masks on either device
                 out = out * mask   # a new array: the kernels' workspace still needs the raw output
             masks.append(mask)

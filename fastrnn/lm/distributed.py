@@ -11,6 +11,14 @@ one slot for the weighted loss); then every rank clips with the global norm and 
 same update, so the parameters stay identical (up to the order of the floating-point sums:
 within 1e-10 of one process in float64).
 
+Dropout is one process's too: under ``model.batch_part`` every rank's dropout layers draw the
+masks of the whole global batch from their generators (in the same state on every rank, as
+one process's) and apply the rank's share of them (a rank with an empty share draws them
+and applies none). The generators thus move exactly as one process's, on every rank, so a
+checkpoint (rank 0's) resumes on any number of ranks. Drawing the whole batch's random
+numbers on each rank costs little beside the step (T x B x width numbers per dropout layer,
+against the matrix products).
+
 Rank 0 alone writes checkpoints, logs and the progress bar. Validation is split across the
 ranks and its (loss sum, token count) pairs reduced, so it equals one process's. The training
 clock is rank 0's, broadcast after each step, so every rank takes the same stopping decision.
@@ -67,11 +75,6 @@ class DataParallel:
         if model.device != "cpu":
             raise ValueError(f"distributed training runs models on the CPU, this one is on "
                              f"{model.device!r}")
-        if model.dropout > 0:
-            # Each rank would draw masks for its own share only: a different run from one
-            # process's, and not resumable from one generator state.
-            raise ValueError(f"distributed training does not support dropout yet (the model "
-                             f"has dropout={model.dropout})")
         MPI = import_mpi()
         self._MPI = MPI
         self.comm = MPI.COMM_WORLD
@@ -113,19 +116,25 @@ class DataParallel:
     # ---- one step -------------------------------------------------------------------------
 
     def local_batch(self, x, y, lengths):
-        """This rank's share of a global batch: ``(x, y, lengths, n_batch)`` with ``n_batch``
-        the global batch's token count; x is None when the share is empty (a last sentence
-        batch with fewer sentences than ranks)."""
+        """This rank's share of a global (T, B) batch: ``(x, y, lengths, n_batch, part)`` with
+        ``n_batch`` the global batch's token count and ``part`` = (T, B, first column), for
+        ``model.batch_part``: the dropout layers draw the global batch's masks and apply this
+        share's. x is None when the share is empty (a last sentence batch with fewer
+        sentences than ranks): the dropout generators are then moved past the global batch's
+        masks here, so every rank's stay in step with one process's."""
+        steps, batch = x.shape
         if lengths is None:   # stream mode: (T, B) windows, its columns of the streams
             lo, hi = self.stream_share
-            return x[:, lo:hi], y[:, lo:hi], None, int(x.size)
+            return x[:, lo:hi], y[:, lo:hi], None, int(x.size), (steps, batch, lo)
         n_batch = int(lengths.sum())
-        lo, hi = share(len(lengths), self.rank, self.size)
+        lo, hi = share(batch, self.rank, self.size)
         if hi == lo:
-            return None, None, None, n_batch
+            self.model.skip_dropout_masks(steps, batch)
+            return None, None, None, n_batch, None
         lengths = lengths[lo:hi]
-        steps = int(lengths.max())   # no steps of padding only
-        return x[:steps, lo:hi], y[:steps, lo:hi], lengths, n_batch
+        local_steps = int(lengths.max())   # no steps of padding only
+        return (x[:local_steps, lo:hi], y[:local_steps, lo:hi], lengths, n_batch,
+                (steps, batch, lo))
 
     def allreduce_grads(self, weighted_loss):
         """Sum the model's gradients and ``weighted_loss`` over the ranks, in place: pack, one

@@ -4,6 +4,7 @@ The model is a thin composition of the layers in :mod:`fastrnn.layers`; every ti
 in the compiled kernels (or, with ``device="cuda"``, in the CuPy GPU backend), and sampling
 runs in the compiled loop of :mod:`fastrnn.lm.generation`.
 """
+import contextlib
 import math
 import numbers
 
@@ -14,6 +15,7 @@ from .._device import normalize_device, to_device
 from .._validation import as_float_dtype, check_int, check_token_ids
 from ..cells import RECURRENT_INITS, check_init_std, get_cell, param_names, param_shapes
 from ..layers import Dropout, Embedding, Linear, Module, OneHot, SoftmaxCrossEntropy
+from ..layers.dropout import check_batch_share
 from ..layers.loss import length_mask
 from ..layers.recurrent import RecurrentLayer, hidden_sizes_per_layer
 from .text.corpus import SentenceBatcher
@@ -201,6 +203,35 @@ class LanguageModel(Module):
     def set_rng_state(self, state):
         for name, layer in self._dropout_layers().items():
             layer.set_rng_state(state[name])
+
+    @contextlib.contextmanager
+    def batch_part(self, share):
+        """Inside ``with model.batch_part((steps, batch, start)):`` training forwards take a
+        part of a whole (steps, batch) batch held by several processes (data-parallel
+        training, :mod:`fastrnn.lm.distributed`): their (T, B) ids are rows ``[:T]`` and
+        columns ``[start:start + B]`` of it. Every dropout layer then draws the whole batch's
+        masks and applies this part, so the processes together apply the masks of one process
+        holding the whole batch, and their generators stay in step with its (resumable from
+        one checkpoint on any number of processes). ``share`` None: whole batches (no change).
+        """
+        share = check_batch_share(share, "share")
+        layers = self._dropout_layers().values()
+        for layer in layers:
+            layer.batch_share = share
+        try:
+            yield self
+        finally:
+            for layer in layers:
+                layer.batch_share = None
+
+    def skip_dropout_masks(self, steps, batch):
+        """Move the dropout generators as a training-mode forward on a whole (steps, batch)
+        batch of ids does, computing nothing: a process with no part of a batch (see
+        :meth:`batch_part`) keeps its generators in step with the others'."""
+        steps, batch = check_int(steps, "steps", 1), check_int(batch, "batch", 1)
+        self.input_dropout.skip_masks((steps, batch, self.embed_size), self.dtype)
+        self.rnn.skip_dropout_masks(steps, batch)
+        self.output_dropout.skip_masks((steps, batch, self.rnn.output_size), self.dtype)
 
     def initial_state(self, batch_size):
         """Zero recurrent state for ``batch_size`` streams: h, or (h, c) for an LSTM (on the

@@ -90,7 +90,8 @@ class Trainer:
         distributed: None (one process) or "mpi": data-parallel over the ranks of ``mpiexec``
             (:mod:`fastrnn.lm.distributed`, needs mpi4py). Every rank builds the same Trainer;
             ``batch_size`` is the global batch, each rank computing its share; the result is
-            one process's (float64: within 1e-10). Rank 0 alone logs, shows progress and
+            one process's (float64: within 1e-10), dropout included (each rank applies its
+            share of one process's masks). Rank 0 alone logs, shows progress and
             writes checkpoints (``save_checkpoint`` and ``state_dict`` are then collective:
             call them on every rank); ``callback`` runs on every rank.
     """
@@ -178,6 +179,13 @@ class Trainer:
         self.stopped_early = False
         self.distributed = None
         if distributed is not None:   # imports mpi4py only here
+            if self.bptt_truncate is not None and model.dropout > 0:
+                # A rank's share of a window is not a slice of the window's batch once
+                # sentences end (its rows drop out), so its dropout masks could not be one
+                # process's.
+                raise ValueError("distributed training with bptt_truncate needs dropout=0: "
+                                 "dropout masks of truncated windows cannot be split exactly "
+                                 "across ranks")
             from .distributed import DataParallel
             self.distributed = DataParallel(self, distributed)
 
@@ -236,8 +244,9 @@ class Trainer:
         model = self.model
         x, y, lengths = batch if self.mode == "sentences" else (*batch, None)
         n_batch = None   # tokens in the whole batch, of which this process has n_tokens
+        part = None   # where this process's share lies in the whole batch (for dropout)
         if self.distributed is not None:   # this rank's share of the global batch
-            x, y, lengths, n_batch = self.distributed.local_batch(x, y, lengths)
+            x, y, lengths, n_batch, part = self.distributed.local_batch(x, y, lengths)
         # BLAS stays on one thread for the whole step: fastrnn's kernels bring their own
         # threads, and idle BLAS workers would spin on the same cores (see fastrnn/_matmul.py).
         with blas_single_threaded():
@@ -245,11 +254,13 @@ class Trainer:
             loss, state, n_tokens = 0.0, None, 0
             if x is not None and self.bptt_truncate is not None \
                     and x.shape[0] > self.bptt_truncate:
+                # (distributed training refuses dropout with bptt_truncate: see __init__)
                 n_tokens = int(np.sum(lengths))
                 n_batch = n_tokens if n_batch is None else n_batch
                 loss = self._truncated_backward(x, y, lengths, n_batch)
             elif x is not None:   # None: an empty share of a short last batch
-                loss, state = model.forward(x, y, self.carry, lengths)
+                with model.batch_part(part):   # part: this share of the whole batch's masks
+                    loss, state = model.forward(x, y, self.carry, lengths)
                 n_tokens = int(model.loss.n_tokens)
                 n_batch = n_tokens if n_batch is None else n_batch
                 try:
