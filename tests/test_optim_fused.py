@@ -95,3 +95,20 @@ def test_arrays_sharing_memory_take_the_numpy_step(monkeypatch):
     optimizer = Adam({"w": param}, {"w": grad}, lr=0.1)
     optimizer.step()
     assert np.isfinite(param).all()
+
+
+def test_kernel_checks_its_arrays():
+    """The compiled entry refuses what it cannot write safely, before touching anything."""
+    update = optim._compiled.adam_update
+    a, b, c = (np.zeros(5, np.float32) for _ in range(3))
+    scalars = (0.9, 0.1, 0.999, 0.001, 1.0, 1e-8, 1e-3, False, 0.0, 1.0)
+    with pytest.raises(ValueError, match="must have param's 5 elements"):
+        update(a, b, c, np.zeros(4, np.float32), *scalars)
+    with pytest.raises(ValueError):   # not contiguous
+        update(np.zeros(10, np.float32)[::2], b, c, a, *scalars)
+    with pytest.raises((ValueError, TypeError)):   # mixed dtypes
+        update(a, b, c, np.zeros(5, np.float64), *scalars)
+    readonly = np.zeros(5, np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises((ValueError, TypeError)):
+        update(readonly, b, c, a, *scalars)
