@@ -110,3 +110,17 @@ def test_jax_bridge_reference_is_the_same_lstm():
     params = dict(zip(benchmarks.param_names(0, False), weights))
     np.testing.assert_allclose(benchmarks._jax_lstm_scan(params, x),
                                fj.lstm(params, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_step_phases_times_every_phase_of_a_training_step(capsys):
+    """benchmarks/step_phases.py (the profile of one step; loaded next to fastrnn_bench)."""
+    import importlib
+    phases = importlib.import_module("step_phases")   # benchmarks/ is on sys.path (above)
+    times = phases.step_phases("small", threads=1, steps=2, warmup=1)
+    expected = {"step", "zero_grad", "clip", "optimizer"} | {
+        f"{layer} {way}" for layer in phases.LAYERS for way in ("forward", "backward")}
+    assert set(times) == expected
+    assert all(len(v) == 2 and min(v) > 0 for v in times.values())
+    assert phases.main(["--model", "small", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "small model, 1 thread(s), 1 steps" in out and "optimizer" in out
