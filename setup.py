@@ -58,12 +58,12 @@ def _build_flags():
 compile_args, link_args, macros = _build_flags()
 
 
-def _extension(name, source):
+def _extension(name, source, extra_compile_args=()):
     return Extension(
         name,
         [source],
         include_dirs=[os.path.join(HERE, "csrc"), np.get_include()],
-        extra_compile_args=compile_args,
+        extra_compile_args=compile_args + list(extra_compile_args),
         extra_link_args=link_args,
         define_macros=macros,
         depends=[os.path.join("csrc", f) for f in sorted(os.listdir(os.path.join(HERE, "csrc")))],
@@ -71,11 +71,16 @@ def _extension(name, source):
 
 
 # One module per job: openmp (build and process facts), recurrent (the RNN layer's stages),
-# dense (the dense layers' GEMM), generate (the token loop).
+# dense (the dense layers' GEMM), generate (the token loop), update (fused optimizer steps).
 extensions = [
     _extension(f"fastrnn._cpu.{name}", f"fastrnn/_cpu/{name}.pyx")
     for name in ("openmp", "recurrent", "dense", "generate")
 ]
+# The optimizer updates equal NumPy's bit for bit: no fused multiply-adds (one rounding
+# where NumPy has two, e.g. under FASTRNN_NATIVE=1); -fno-math-errno lets sqrt vectorise
+# (its argument is never negative there) and changes no result.
+extensions.append(_extension("fastrnn._cpu.update", "fastrnn/_cpu/update.pyx",
+                             ["-ffp-contract=off", "-fno-math-errno"]))
 
 setup(
     ext_modules=cythonize(extensions, language_level=3,

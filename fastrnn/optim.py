@@ -24,8 +24,10 @@ import numbers
 
 import numpy as np
 
+from . import threads
+from ._cpu import update as _compiled
 from ._device import array_module_of, device_of, is_device_array, to_device
-from ._validation import as_float_dtype
+from ._validation import _shares_memory, as_float_dtype
 
 
 def _check_real(value, name, low=0.0, high=math.inf, include_high=True):
@@ -238,9 +240,31 @@ class SGD(Optimizer):
         param -= work
 
 
+def _fusable(param, grad, *buffers):
+    """Whether a compiled update may take these arrays: host ndarrays (not subclasses) of
+    one float dtype and size, C-contiguous (their flat views are the arrays themselves),
+    ``param`` and ``buffers`` writeable, and ``grad`` sharing no memory with ``param`` (the
+    loop reads each element once and writes it once: aliasing would change what NumPy
+    computes). The buffers are the optimizer's own arrays, never shared with anything.
+    """
+    arrays = (param, grad) + buffers
+    for a in arrays:
+        if type(a) is not np.ndarray or not a.flags.c_contiguous or a.dtype != param.dtype \
+                or a.size != param.size:
+            return False
+    if not (param.flags.writeable and all(b.flags.writeable for b in buffers)):
+        return False
+    return not _shares_memory(param, grad)
+
+
 class Adam(Optimizer):
     """Adam with bias correction; ``weight_decay`` is an L2 term added to the gradient, like
-    ``torch.optim.Adam`` (see :class:`AdamW` for decoupled decay)."""
+    ``torch.optim.Adam`` (see :class:`AdamW` for decoupled decay).
+
+    Host (NumPy) parameters take one compiled pass per parameter (fastrnn/_cpu/update.pyx)
+    on fastrnn's threads: the same operations in the same order as the NumPy code below,
+    so the same bits; CuPy parameters and unusual layouts take the NumPy code.
+    """
 
     def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  frozen=()):
@@ -256,7 +280,24 @@ class Adam(Optimizer):
         return {"exp_avg": xp.zeros_like(param), "exp_avg_sq": xp.zeros_like(param)}
 
     def _update(self, param, grad, state, work):
-        self._adam_step(param, self._with_l2_penalty(param, grad), state, work)
+        if not self._fused_step(param, grad, state, l2_decay=self.weight_decay):
+            self._adam_step(param, self._with_l2_penalty(param, grad), state, work)
+
+    def _fused_step(self, param, grad, state, l2_decay=0.0, param_scale=1.0):
+        """The compiled step (with ``param *= param_scale`` first, for AdamW); False, doing
+        nothing, when the arrays cannot take it (see :func:`_fusable`)."""
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        if not _fusable(param, grad, exp_avg, exp_avg_sq):
+            return False
+        beta1, beta2 = self.betas
+        # The scalars NumPy's path uses, rounded to the arrays' precision by the call.
+        _compiled.adam_update(
+            param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1),
+            beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+            math.sqrt(1.0 - beta2 ** self.step_count), self.eps,
+            self.lr / (1.0 - beta1 ** self.step_count), l2_decay != 0.0, l2_decay, param_scale,
+            threads.get_num_threads())
+        return True
 
     def _adam_step(self, param, grad, state, work):
         xp = array_module_of(param)
@@ -285,8 +326,9 @@ class AdamW(Adam):
         super().__init__(params, grads, lr, betas, eps, weight_decay, frozen)
 
     def _update(self, param, grad, state, work):
-        param *= 1.0 - self.lr * self.weight_decay
-        self._adam_step(param, grad, state, work)
+        if not self._fused_step(param, grad, state, param_scale=1.0 - self.lr * self.weight_decay):
+            param *= 1.0 - self.lr * self.weight_decay
+            self._adam_step(param, grad, state, work)
 
 
 class Adagrad(Optimizer):

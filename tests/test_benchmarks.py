@@ -34,17 +34,34 @@ def test_run_kernel_benchmarks_rows_and_table(tiny_case):
     assert row["case"] == "lstm-forward+backward-B2T3I4H5" and row["threads"] == 1
     assert row["fastrnn_s"] > 0 and row["gflops"] > 0 and row["gemm_gflops"] > 0
     assert row["gemm_share"] == pytest.approx(row["gflops"] / row["gemm_gflops"])
+    # the floor: the case's GEMM flops at the measured rate; each share is floor / time
+    assert row["gemm_floor_s"] == pytest.approx(row["flops"] / (row["gemm_gflops"] * 1e9))
+    assert row["gemm_share"] == pytest.approx(row["gemm_floor_s"] / row["fastrnn_s"])
     assert row["fastrnn_peak_bytes"] > 0
     if benchmarks.torch_available():
         assert row["torch_s"] > 0
         assert row["ratio"] == pytest.approx(row["torch_s"] / row["fastrnn_s"])
+        assert row["torch_gemm_share"] == pytest.approx(row["gemm_floor_s"] / row["torch_s"])
     else:
         assert row["torch_s"] is None and row["torch_note"] == benchmarks.TORCH_MISSING
+        assert row["torch_gemm_share"] is None
     table = benchmarks.format_table(rows).splitlines()
     assert table[0].split() == ["case", "fastrnn", "ms", "torch", "ms", "ratio", "GFLOP/s",
-                                "GEMM", "share", "fastrnn", "MiB", "torch", "MiB"]
+                                "GEMM", "share", "floor", "ms", "torch", "share", "fastrnn",
+                                "MiB", "torch", "MiB"]
     assert table[2].split()[0] == "lstm-forward+backward-B2T3I4H5"
     assert re.search(r"\s\d+%\s", table[2])   # GEMM share (the torch column may say "n/a (...)")
+
+
+def test_lm_cases_include_the_small_model_step():
+    """fast.ai's lesson-6 model (V 86, E 42, one LSTM of 256, B 64 x T 8) is a training-step
+    case, with the GEMM flops of its step (LSTM forward + backward, output layer x 3)."""
+    steps = {c.params["model"]: c for c in benchmarks.lm_cases() if c.params["kind"] == "train-step"}
+    assert set(steps) == {"char", "small", "word"}
+    small = steps["small"]
+    assert small.name == "train-step-small-V86E42H256L1-B64T8" and small.params["tokens"] == 512
+    lstm = 3 * 2.0 * 512 * 4 * 256 * (42 + 256)
+    assert small.flops == pytest.approx(lstm + 3 * 2.0 * 512 * 256 * 86)
 
 
 def test_torch_missing_is_reported(tiny_case, monkeypatch):
@@ -93,3 +110,17 @@ def test_jax_bridge_reference_is_the_same_lstm():
     params = dict(zip(benchmarks.param_names(0, False), weights))
     np.testing.assert_allclose(benchmarks._jax_lstm_scan(params, x),
                                fj.lstm(params, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_step_phases_times_every_phase_of_a_training_step(capsys):
+    """benchmarks/step_phases.py (the profile of one step; loaded next to fastrnn_bench)."""
+    import importlib
+    phases = importlib.import_module("step_phases")   # benchmarks/ is on sys.path (above)
+    times = phases.step_phases("small", threads=1, steps=2, warmup=1)
+    expected = {"step", "zero_grad", "clip", "optimizer"} | {
+        f"{layer} {way}" for layer in phases.LAYERS for way in ("forward", "backward")}
+    assert set(times) == expected
+    assert all(len(v) == 2 and min(v) > 0 for v in times.values())
+    assert phases.main(["--model", "small", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "small model, 1 thread(s), 1 steps" in out and "optimizer" in out
