@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 import fastrnn
+from fastrnn.lm.model import last_token_mask
 
 try:
     import torch
@@ -104,16 +105,15 @@ def _detach(state):
             for st in state]
 
 
-def side_by_side(make_model, train_data, steps, trainer_options, mask=None):
+def side_by_side(make_model, train_data, steps, trainer_options):
     """Train ``make_model(np.float64)`` with ``fastrnn.Trainer(model, train_data, **trainer_options)``
     and a PyTorch copy of its initial weights on the same ``steps`` batches.
 
     ``trainer_options`` uses the Trainer's names (optimizer, lr, optimizer_options, clip,
-    clip_mode, reduction, batch_size, seq_len, shuffle, seed). ``mask``: optional
-    ``fn(x) -> (T, B) weights`` for sequence-to-one training (then the fastrnn side runs
-    ``model.forward(x, y, mask=...)``, since the Trainer takes no mask; see the report).
+    clip_mode, reduction, loss_on, batch_size, seq_len, shuffle, seed); with
+    ``loss_on="last"`` the PyTorch side weights each sentence's last predicted token only.
     Returns None when no comparison is possible (printing why), else a list of
-    ``(step, fastrnn_loss, torch_loss)``, the mean loss per predicted token of each step.
+    ``(step, fastrnn_loss, torch_loss)``, the mean loss per counted token of each step.
     """
     model = make_model(np.float64)
     reason = why_not_comparable(model)
@@ -134,13 +134,13 @@ def side_by_side(make_model, train_data, steps, trainer_options, mask=None):
             trainer.carry, torch_state = None, None
         batch = next(iter(trainer.batcher))
         x, y = batch[0], batch[1]
-        weights = np.ones(x.shape) if len(batch) == 2 else \
-            fastrnn.SentenceBatcher.mask(batch[2], x.shape[0]).astype(np.float64)
-        if mask is None:
-            ours = trainer.train_step(batch)
+        if len(batch) == 2:
+            weights = np.ones(x.shape)
+        elif trainer.loss_on == "last":
+            weights = last_token_mask(batch[2], x.shape[0]).astype(np.float64)
         else:
-            weights = weights * mask(x)
-            ours = _masked_step(trainer, x, y, batch[2] if len(batch) == 3 else None, mask(x))
+            weights = fastrnn.SentenceBatcher.mask(batch[2], x.shape[0]).astype(np.float64)
+        ours = trainer.train_step(batch)
         for g in torch_opt.param_groups:   # follow the fastrnn schedule, if any
             g["lr"] = trainer.optimizer.lr
         torch_opt.zero_grad()
@@ -152,31 +152,6 @@ def side_by_side(make_model, train_data, steps, trainer_options, mask=None):
         torch_state = _detach(state)
         rows.append((step, float(ours), mean.item()))
     return rows
-
-
-def _masked_step(trainer, x, y, lengths, mask):
-    """One sequence-to-one step on the fastrnn side (what a Trainer with masks would do)."""
-    model = trainer.model
-    loss, _ = model.forward(x, y, None, lengths, mask=mask)
-    model.zero_grad()
-    model.backward(float(model.loss.n_tokens) if trainer.reduction == "sum" else 1.0)
-    _clip(model, trainer.clip, trainer.clip_mode)
-    trainer.optimizer.step()
-    return loss
-
-
-def _clip(model, clip, mode):
-    """The Trainer's clipping, through fastrnn.optim's public functions."""
-    if clip is None:
-        return
-    grads = {k: g for k, g in model.grads.items() if k not in model.frozen}
-    if mode == "norm":
-        fastrnn.optim.clip_grad_norm(grads, clip)
-    elif mode == "param_norm":
-        for grad in grads.values():
-            fastrnn.optim.clip_grad_norm([grad], clip)
-    else:
-        fastrnn.optim.clip_grad_value(grads, clip)
 
 
 def _torch_clip(copy, clip, mode):
@@ -208,50 +183,6 @@ def print_side_by_side(rows, every=None, label="PyTorch"):
 
 def nats_to_bits(nats):
     return nats / math.log(2)
-
-
-def last_step_mask(x):
-    """(T, B) weights putting the whole loss on the last step (sequence-to-one)."""
-    mask = np.zeros(x.shape)
-    mask[-1] = 1.0
-    return mask
-
-
-def train_sequence_to_one(model, windows, *, batch_size, steps, optimizer, clip=None,
-                          seed=0, report=None, report_every=100):
-    """Train on equal-length windows (1-D id arrays of T + 1 ids) with the loss on the
-    last step only, as Keras's and TFLearn's sequence-to-one models do.
-
-    MISSING FEATURE (issue 12 report): ``Trainer`` takes no loss mask, so this loop is the
-    glue a ``Trainer(..., loss_mask="last")`` (or mask batches) would carry. It uses only
-    public pieces: SentenceBatcher, ``model.forward(mask=...)``, ``model.backward`` and a
-    fastrnn.optim optimizer. Returns the mean loss of the last ``report_every`` steps.
-    """
-    batcher = fastrnn.SentenceBatcher(windows, batch_size, shuffle=True, seed=seed)
-    recent = []
-    model.train()
-    for step in range(1, steps + 1):
-        x, y, lengths = next(iter(batcher))
-        loss, _ = model.forward(x, y, mask=last_step_mask(x))
-        model.zero_grad()
-        model.backward()
-        _clip(model, clip, "norm")
-        optimizer.step()
-        recent = (recent + [loss])[-report_every:]
-        if report is not None and step % report_every == 0:
-            report(step, float(np.mean(recent)))
-    return float(np.mean(recent))
-
-
-def evaluate_sequence_to_one(model, windows, batch_size=256):
-    """Mean loss of the last step of each window (nats), in eval mode."""
-    model.eval()
-    total = count = 0.0
-    for x, y, _ in fastrnn.SentenceBatcher(windows, batch_size, shuffle=False):
-        loss, _ = model.forward(x, y, mask=last_step_mask(x))
-        total, count = total + loss * x.shape[1], count + x.shape[1]
-    model.train()
-    return total / count
 
 
 def add_common_options(parser, default_steps_help):

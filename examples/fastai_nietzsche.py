@@ -34,8 +34,7 @@ import numpy as np
 
 import fastrnn
 
-from _reference import (add_common_options, apply_threads, evaluate_sequence_to_one, print_side_by_side, side_by_side,
-                        train_sequence_to_one)
+from _reference import add_common_options, apply_threads, print_side_by_side, side_by_side
 
 N_FAC, N_HIDDEN, BATCH = 42, 256, 64
 
@@ -53,14 +52,7 @@ def split(windows):
 def model_with(vocab, seed, one_hot=False, **kwargs):
     """LanguageModel with the lesson's sizes; one_hot=True feeds one-hot vectors."""
     if one_hot:
-        # GUARD(issue 12): one_hot=True lands with the model features; until then an
-        # embedding of width V stands in. Remove the fallback after merging.
-        try:
-            return fastrnn.LanguageModel(vocab=vocab, one_hot=True, num_layers=1, seed=seed,
-                                         **kwargs)
-        except TypeError:
-            return fastrnn.LanguageModel(vocab=vocab, embed_size=len(vocab), num_layers=1,
-                                         seed=seed, **kwargs)
+        return fastrnn.LanguageModel(vocab=vocab, one_hot=True, num_layers=1, seed=seed, **kwargs)
     return fastrnn.LanguageModel(vocab=vocab, embed_size=N_FAC, num_layers=1, seed=seed,
                                  **kwargs)
 
@@ -115,8 +107,14 @@ def main(argv=None):
         steps = epochs * math.ceil(len(windows) / BATCH)
         return min(steps, steps_cap) if steps_cap else steps
 
-    def adam(model, lr=1e-3):
-        return fastrnn.optim.Adam(model.params, model.grads, lr=lr, frozen=model.frozen)
+    def sequence_to_one(model, train, val, epochs):
+        """Keras's model.fit on windows, the loss on each one's last character (no
+        return_sequences); returns the validation loss by the same rule."""
+        trainer = fastrnn.Trainer(model, train, val, batch_size=BATCH, optimizer="adam",
+                                  lr=1e-3, clip=None, loss_on="last",
+                                  max_steps=steps_for(train, epochs), time_limit=args.time,
+                                  progress=False)
+        return trainer.fit()[-1]["val_loss"]
 
     # -- 1. the 3-char model -------------------------------------------------------------
     train3, val3 = split(windows_of(ids, 3))
@@ -124,13 +122,10 @@ def main(argv=None):
           f"targets {[int(w[3]) for w in train3[:4]]}")
     model = model_with(vocab, args.seed, hidden_size=N_HIDDEN, cell="rnn_relu")
     describe(model, "3-char model")
-    opt = adam(model)
     # The lesson's lr changes (1e-6, 0.01, 1e-6, 0.01 over 4 x 4 epochs) are mostly typos
     # that leave Keras's lr at 1e-3 ("model.optimizer.lr = ..." sets a Python attribute);
     # 16 epochs at 1e-3 is what it ran.
-    train_sequence_to_one(model, train3, batch_size=BATCH, steps=steps_for(train3, 16),
-                          optimizer=opt)
-    results["3-char"] = evaluate_sequence_to_one(model, val3)
+    results["3-char"] = sequence_to_one(model, train3, val3, 16)
     for inp in ("phi", " th", " an"):
         print(f"get_next({inp!r}) = {get_next(model, vocab, inp)!r}")
 
@@ -142,9 +137,7 @@ def main(argv=None):
                        recurrent_init="identity")
     describe(model, "8-char RNN, identity-initialised ReLU (Keras: 3,612 + 76,544 + 22,102; "
              "fastrnn has two bias vectors)")
-    train_sequence_to_one(model, train8, batch_size=BATCH, steps=steps_for(train8, 12),
-                          optimizer=adam(model))
-    results["8-char RNN"] = evaluate_sequence_to_one(model, val8)
+    results["8-char RNN"] = sequence_to_one(model, train8, val8, 12)
     for inp in ("for thos", "part of ", "queens a"):
         print(f"get_next({inp!r}) = {get_next(model, vocab, inp)!r}")
 

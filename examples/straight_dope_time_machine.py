@@ -29,14 +29,9 @@ PREFIXES = ("The Time Ma", "The Medical Man rose, came to the lamp,")
 
 
 def make_model(vocab, hidden, seed, dtype=np.float32):
-    # GUARD(issue 12): one_hot=True lands with the model features; until then a learned
-    # embedding of width V stands in. Remove the fallback after merging.
-    try:
-        return fastrnn.LanguageModel(vocab=vocab, one_hot=True, hidden_size=hidden, num_layers=1,
-                                     cell="rnn_tanh", init_std=0.01, seed=seed, dtype=dtype)
-    except TypeError:
-        return fastrnn.LanguageModel(vocab=vocab, embed_size=len(vocab), hidden_size=hidden,
-                                     num_layers=1, cell="rnn_tanh", init_std=0.01, seed=seed, dtype=dtype)
+    """one-hot -> tanh RNN (hidden) -> softmax, every weight N(0, 0.01^2)."""
+    return fastrnn.LanguageModel(vocab=vocab, one_hot=True, hidden_size=hidden, num_layers=1,
+                                 cell="rnn_tanh", init_std=0.01, seed=seed, dtype=dtype)
 
 
 def main(argv=None):

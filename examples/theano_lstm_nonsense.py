@@ -7,9 +7,10 @@ embedding (10) -> RNN or LSTM (10) -> softmax model on the summed, masked loss w
 epoch, printing the error every 100 epochs and a greedy continuation of "the" (until ".")
 every 500. Its RNN is theano_lstm's default, a linear recurrent cell.
 
-Here the grammar is fastrnn's written-down copy of the notebook's one, which knows its exact
-entropy: the script ends with each model's held-out loss against that floor, and with
-PyTorch trained from the same weights on the same batches.
+Here the grammar is the notebook's own, written down as ``fastrnn.lm.text.THEANO_LSTM_GRAMMAR``,
+which knows its exact entropy: the script ends with each model's held-out loss against that
+floor, and with PyTorch trained from the same weights on the same batches (the LSTM; PyTorch
+has no linear RNN).
 
     python examples/theano_lstm_nonsense.py --quick        # < 60 s
     python examples/theano_lstm_nonsense.py                # the notebook's 10,000 epochs
@@ -19,9 +20,13 @@ The notebook's 100 sentences are memorised long before 10,000 epochs (the traini
 falls below the entropy, the held-out loss rises far above it); the second command trains
 on enough sentences to approach the entropy.
 
-One change from the notebook: sentences start with a begin-of-sentence token so that the
-first word is predicted too (the notebook never predicts it); that makes the loss
-comparable with the grammar's entropy per token.
+As in the notebook, a sentence's first word is given and every later word (the final "."
+included) is predicted, so the floor is the grammar's entropy per predicted token with the
+first word given, ``entropy_per_token(predict_first=False)`` = 2.3580 nats (2.3185 if the
+first word were predicted too, from a begin-of-sentence token). One change: the vocabulary
+lists every word of the language, not only those of the 100 training sentences, so that no
+held-out word becomes the unknown word (which would merge rare words and let the held-out
+loss dip below the entropy).
 """
 import argparse
 import math
@@ -30,59 +35,17 @@ import time
 import numpy as np
 
 import fastrnn
-from fastrnn.lm.text import synthetic
+from fastrnn.lm.text import THEANO_LSTM_GRAMMAR
 
 from _reference import add_common_options, apply_threads, print_side_by_side, side_by_side
 
-UNKNOWN, BOS = "**UNKNOWN**", "<s>"
-EOS = synthetic.END_OF_SENTENCE
-
-
-def nonsense_language(seed):
-    """The notebook's grammar as a fastrnn SyntheticLanguage."""
-    # GUARD(issue 12): the object that writes down seed 000's grammar (exact entropy 2.3580
-    # nats/token) lands with the Grammar extensions; its final name goes here. Until then
-    # the built-in nonsense grammar stands in. Remove the fallback after merging.
-    grammar = getattr(synthetic, "THEANO_NONSENSE_GRAMMAR", None)
-    if grammar is None:
-        print("(the notebook's grammar is not in this fastrnn yet: using the built-in one)")
-        return fastrnn.SyntheticLanguage(seed=seed)
-    return fastrnn.SyntheticLanguage(seed=seed, grammar=grammar)
-
-
-def sentences_of(tokens):
-    """A flat token list with END_OF_SENTENCE separators -> list of token lists (each
-    keeping its END_OF_SENTENCE)."""
-    sentences, current = [], []
-    for token in tokens:
-        current.append(token)
-        if token == EOS:
-            sentences.append(current)
-            current = []
-    return sentences
-
-
-def encode(vocab, sentence):
-    """[BOS] + the sentence's ids, from pre-split tokens (no re-tokenising)."""
-    # GUARD(issue 12): vocab.encode_tokens lands with the text features; remove the fallback.
-    if hasattr(vocab, "encode_tokens"):
-        ids = vocab.encode_tokens(sentence)
-    else:
-        ids = np.array([vocab.token_to_id(t) if vocab.has(t) else vocab.unk_id
-                        for t in sentence], dtype=np.int64)
-    return np.concatenate([[vocab.bos_id], ids]).astype(np.int64)
+UNKNOWN = "**UNKNOWN**"
 
 
 def make_model(vocab, cell, seed, dtype=np.float32):
-    try:
-        return fastrnn.LanguageModel(vocab=vocab, embed_size=10, hidden_size=10, num_layers=1,
-                                     cell=cell, seed=seed, dtype=dtype)
-    except ValueError:
-        # GUARD(issue 12): cell="rnn_identity" (theano_lstm's linear RNN) lands with the
-        # identity-cell feature; until then the tanh RNN stands in. Remove after merging.
-        print(f"(cell {cell!r} is not in this fastrnn yet: using 'rnn_tanh')")
-        return fastrnn.LanguageModel(vocab=vocab, embed_size=10, hidden_size=10, num_layers=1,
-                                     cell="rnn_tanh", seed=seed, dtype=dtype)
+    """embedding 10 -> ``cell`` 10 -> softmax (the notebook's sizes)."""
+    return fastrnn.LanguageModel(vocab=vocab, embed_size=10, hidden_size=10, num_layers=1,
+                                 cell=cell, seed=seed, dtype=dtype)
 
 
 def trainer_options(n_sentences, epochs):
@@ -107,22 +70,27 @@ def main(argv=None):
     torch_steps = args.torch_steps or (20 if args.quick else 100)
 
     # -- data: sentences from the grammar, as the notebook's generate_dataset(100) --------
-    language = nonsense_language(args.seed)
-    train_tokens = sentences_of(language.sample_tokens(args.sentences, rng=args.seed))
-    heldout_tokens = sentences_of(language.sample_tokens(2000, rng=args.seed + 1))
-    print(f"{len(train_tokens)} training sentences, e.g.: {' '.join(train_tokens[0][:-1])}")
+    language = fastrnn.SyntheticLanguage(seed=args.seed, grammar=THEANO_LSTM_GRAMMAR)
+    train_tokens = language.sample_sentences(args.sentences, rng=args.seed)
+    heldout_tokens = language.sample_sentences(2000, rng=args.seed + 1)
+    print(f"{len(train_tokens)} training sentences, e.g.: {' '.join(train_tokens[0])}")
 
     # -- vocabulary with an unknown word (id 0), as the notebook's Vocab -----------------
-    words = [t for sentence in train_tokens for t in sentence if t != EOS]
-    vocab = fastrnn.WordVocab([UNKNOWN, BOS, EOS] + list(dict.fromkeys(words)),
-                              unk=UNKNOWN, bos=BOS, eos=EOS)
-    print(f"vocabulary: {len(vocab)} tokens (unknown word {UNKNOWN!r} = id {vocab.unk_id})")
-    train = [encode(vocab, s) for s in train_tokens]
-    heldout = [encode(vocab, s) for s in heldout_tokens]
+    seen = list(dict.fromkeys(t for sentence in train_tokens for t in sentence))
+    unseen = sorted(set(language.word_types()) - set(seen))
+    vocab = fastrnn.WordVocab([UNKNOWN] + seen + unseen, unk=UNKNOWN)
+    print(f"vocabulary: {len(vocab)} tokens (unknown word {UNKNOWN!r} = id {vocab.unk_id}; "
+          f"{len(seen)} seen in training, {len(unseen)} more words of the language)")
+    train = [vocab.encode_tokens(s) for s in train_tokens]
+    heldout = [vocab.encode_tokens(s) for s in heldout_tokens]
     lengths = [len(s) for s in train]
     print(f"padded matrix: {len(train)} x {max(lengths)} (lengths {min(lengths)}..{max(lengths)})")
-    entropy = language.entropy_per_token()
-    print(f"exact entropy of the grammar: {entropy:.4f} nats/token; log V = {math.log(len(vocab)):.4f}")
+    # The first word is given (never predicted), as in the notebook and in sentence batches.
+    entropy = THEANO_LSTM_GRAMMAR.entropy_per_token(predict_first=False)
+    print(f"exact entropy of the grammar, first word given (as the notebook trains; "
+          f"entropy_per_token(predict_first=False)): {entropy:.4f} nats/token "
+          f"[every word predicted: {THEANO_LSTM_GRAMMAR.entropy_per_token():.4f}]; "
+          f"log V = {math.log(len(vocab)):.4f}")
 
     results = {}
     n_train_tokens = sum(len(s) - 1 for s in train)
@@ -131,7 +99,7 @@ def main(argv=None):
         print(f"\n== {model.cell.name}: embedding 10 -> {model.cell.name} 10 -> softmax "
               f"({sum(p.size for p in model.params.values())} parameters)")
         stop_id = vocab.token_to_id(".")
-        prime = [vocab.bos_id, vocab.token_to_id("the")]
+        prime = [vocab.token_to_id("the")]
 
         def report(step, trainer):
             # The notebook prints the summed training error every 100 epochs and a greedy

@@ -28,42 +28,28 @@ import time
 import numpy as np
 
 import fastrnn
-from fastrnn.lm.text import split_sentences
+from fastrnn.lm.text import split_sentences, text_to_sentences
 
-from _reference import (add_common_options, apply_threads, evaluate_sequence_to_one,
-                        last_step_mask, print_side_by_side, side_by_side, train_sequence_to_one)
+from _reference import add_common_options, apply_threads, print_side_by_side, side_by_side
 
 START, END, UNKNOWN = "SENTENCE_START", "SENTENCE_END", "UNKNOWN_TOKEN"
 
 
 def read_comments(path):
-    """The text of a reddit CSV's ``body`` column, or of a plain text file."""
+    """The text of a reddit CSV's ``body`` column (one paragraph per comment, so that no
+    sentence runs from one comment into the next), or of a plain text file."""
     if str(path).endswith(".csv"):
         with open(path, newline="", encoding="utf-8") as f:
-            return "\n".join(row["body"] for row in csv.DictReader(f))
+            return "\n\n".join(row["body"] for row in csv.DictReader(f))
     return fastrnn.load_text(path)
-
-
-def sentences_of(text):
-    """The comments' sentences, one str each."""
-    # GUARD(issue 12): fastrnn.lm.text.text_to_sentences lands with the text features;
-    # until then one line is one sentence. Remove the fallback after merging.
-    from fastrnn.lm import text as text_module
-    if hasattr(text_module, "text_to_sentences"):
-        return text_module.text_to_sentences(text)
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def generate_sentences(model, vocab, n, min_length, seed):
     """Sentences from SENTENCE_START until SENTENCE_END, never UNKNOWN_TOKEN, at least
     ``min_length`` words (the blog's generate_sentence/generate)."""
-    options = dict(num_samples=n, stop_id=vocab.eos_id, banned_ids=(vocab.unk_id,), seed=seed)
-    # GUARD(issue 12): min_length lands with the generation features; until then short
-    # sentences are shown as they come. Remove the fallback after merging.
-    try:
-        tokens, lengths = model.generate_ids([vocab.bos_id], 100, min_length=min_length, **options)
-    except TypeError:
-        tokens, lengths = model.generate_ids([vocab.bos_id], 100, **options)
+    tokens, lengths = model.generate_ids([vocab.bos_id], 100, num_samples=n, stop_id=vocab.eos_id,
+                                         banned_ids=(vocab.unk_id,), min_length=min_length,
+                                         seed=seed)
     for row, n_ids in zip(tokens, lengths):
         words = [vocab.id_to_token(i) for i in row[:n_ids] if i != vocab.eos_id]
         print(" ".join(words))
@@ -95,13 +81,7 @@ def train_with_sgd(model, sentences, epochs, bptt_truncate, lr=0.005):
     options = dict(batch_size=1, shuffle=True, optimizer="sgd", lr=lr, reduction="sum",
                    clip=None, schedule="plateau", lr_decay=0.5, max_epochs=epochs,
                    eval_every=len(sentences), log=after_epoch, progress=False, seed=10)
-    # GUARD(issue 12): Trainer(bptt_truncate=K) lands with the training features; until
-    # then BPTT runs over whole sentences. Remove the fallback after merging.
-    try:
-        trainer = fastrnn.Trainer(model, sentences, sentences, bptt_truncate=bptt_truncate,
-                                  **options)
-    except TypeError:
-        trainer = fastrnn.Trainer(model, sentences, sentences, **options)
+    trainer = fastrnn.Trainer(model, sentences, sentences, bptt_truncate=bptt_truncate, **options)
     trainer.fit()
     return trainer.history[-1]["val_loss"]
 
@@ -122,9 +102,10 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
 
     # -- data preprocessing: sentences, a 4000-word vocabulary, start/end tokens ----------
+    # Generated text: one sentence per paragraph (it has no capitals to find sentences by).
     text = read_comments(args.corpus) if args.corpus else \
-        fastrnn.SyntheticLanguage(seed=args.seed).generate_text(3000)
-    sentences = sentences_of(text)
+        fastrnn.SyntheticLanguage(seed=args.seed).generate_text(3000).replace("\n", "\n\n")
+    sentences = text_to_sentences(text)
     print(f"Parsed {len(sentences)} sentences.")
     lines = "\n".join(sentences) + "\n"
     found = fastrnn.WordVocab.build(lines, max_size=None, unk=None, lowercase=True)
@@ -133,9 +114,7 @@ def main(argv=None):
                                     eos=END, lowercase=True)
     print(f"Using vocabulary size {len(vocab)}.")
     least = vocab.tokens[-1]
-    # GUARD(issue 12): vocab.counts lands with the text features. Remove the fallback after merging.
-    times = vocab.counts[least] if hasattr(vocab, "counts") else "?"
-    print(f"Least frequent word in vocab: {least!r}, which appeared {times} times.")
+    print(f"Least frequent word in vocab: {least!r}, which appeared {vocab.counts[least]} times.")
     ids = split_sentences(vocab.encode(lines), vocab.eos_id, vocab.bos_id)
     print(f"Example sentence: '{START} {sentences[0]} {END}'")
     print(f"Example sentence after Pre-processing: {[vocab.id_to_token(i) for i in ids[0]]}")
@@ -178,47 +157,46 @@ def main(argv=None):
     print(f"\n{len(windows)} semi-redundant sequences of {maxlen} characters, {len(chars)} characters")
 
     def char_lstm(dropout, dtype=np.float32):
-        # GUARD(issue 12): per-layer hidden sizes and one_hot=True land with the model
-        # features; until then two layers of 128 on an embedding stand in. Remove after merging.
-        try:
-            return fastrnn.LanguageModel(vocab=chars, one_hot=True, hidden_size=[128, 512],
-                                         num_layers=2, cell="lstm", dropout=dropout, seed=args.seed,
-                                         dtype=dtype)
-        except TypeError:
-            return fastrnn.LanguageModel(vocab=chars, embed_size=len(chars), hidden_size=128,
-                                         num_layers=2, cell="lstm", dropout=dropout, seed=args.seed,
-                                         dtype=dtype)
+        return fastrnn.LanguageModel(vocab=chars, one_hot=True, hidden_size=[128, 512],
+                                     cell="lstm", dropout=dropout, seed=args.seed, dtype=dtype)
 
     model = char_lstm(0.4)   # TFLearn's dropout(0.6) keeps 60%
-    optimizer = fastrnn.optim.Adam(model.params, model.grads, lr=1e-3, frozen=model.frozen)
     batch_size = 64 if args.quick else 512   # 512 x 20 steps of LSTM 512 is ~80 GFLOP a step
     per_epoch = math.ceil(len(train) / batch_size)
     epochs = 10
-    steps = min(args.steps or (15 if args.quick else per_epoch * epochs), per_epoch * epochs)
-    done, char_started = 0, time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        chunk = min(per_epoch, steps - done)
-        if chunk <= 0 or (args.time and time.perf_counter() - char_started > args.time):
-            break
-        loss = train_sequence_to_one(model, train, batch_size=batch_size, steps=chunk,
-                                     optimizer=optimizer, clip=5.0, seed=epoch,
-                                     report_every=chunk)
-        done += chunk
-        print(f"Training Step: {done} | total loss: {loss:.5f}\n| Adam | epoch: {epoch:03d}")
-        start = int(rng.integers(0, len(char_ids) - maxlen))
+    # Sequence to one: the loss on each window's last character only (TFLearn's model has
+    # no return_seq); validation (10% of the windows) by the same rule.
+    char_options = dict(batch_size=batch_size, optimizer="adam", lr=1e-3, clip=5.0,
+                        loss_on="last")
+    sample_rng = np.random.default_rng(args.seed)
+
+    def after_epoch(record):
+        # TFLearn's per-epoch report, then 600 characters at temperatures 0.8 and 0.3
+        # from a random 20-character seed of the text.
+        epoch = record["epoch"] if record["step"] % per_epoch == 0 else record["epoch"] + 1
+        print(f"Training Step: {record['step']} | total loss: {record['train_loss']:.5f} | "
+              f"val_loss: {record['val_loss']:.5f}\n| Adam | epoch: {epoch:03d}")
+        start = int(sample_rng.integers(0, len(char_ids) - maxlen))
         seed_text = chars.decode(char_ids[start:start + maxlen])
         print("-- TESTING...")
         for temperature in (0.8, 0.3):
             print(f"-- Test with temperature of {temperature} --")
             print(seed_text + model.generate(600 if not args.quick else 120, prime=seed_text,
-                                             temperature=temperature, seed=epoch)[0])
-    figures["char LSTM validation"] = evaluate_sequence_to_one(model, val)
+                                             temperature=temperature, seed=record["step"])[0])
+
+    trainer = fastrnn.Trainer(model, train, val, max_epochs=epochs,
+                              max_steps=args.steps or (15 if args.quick else None),
+                              time_limit=args.time, eval_every=per_epoch, log=after_epoch,
+                              progress=False, seed=args.seed, **char_options)
+    char_started = time.perf_counter()
+    figures["char LSTM validation"] = trainer.fit()[-1]["val_loss"]
+    print(f"char LSTM: {trainer.step} steps ({trainer.batcher.epoch} epochs, "
+          f"{time.perf_counter() - char_started:.0f} s)")
 
     print("\n-- PyTorch from the same weights on the same batches (no dropout)")
     compared = print_side_by_side(side_by_side(
         lambda dtype: char_lstm(0.0, dtype), train, args.torch_steps or (5 if args.quick else 30),
-        dict(batch_size=batch_size, optimizer="adam", lr=1e-3, clip=5.0, seed=1),
-        mask=last_step_mask))
+        dict(char_options, seed=1)))
 
     print(f"\n== summary (log V = {log_v:.4f} for {len(vocab)} words; "
           f"{time.perf_counter() - started:.0f} s)")

@@ -23,6 +23,19 @@ from ..threads import blas_single_threaded
 from .text.vocab import Vocab, vocab_from_dict
 
 MODEL_KIND = "language-model"
+LOSS_ON = ("all", "last")
+"""Which predicted tokens a loss counts: every one, or each sequence's last (sequence to one)."""
+
+
+def last_token_mask(lengths, T):
+    """Boolean (T, B) loss mask, True at each sequence's last real step ``lengths[b] - 1``
+    only (nothing for a length-0 sequence): the mask of sequence-to-one training.
+    ``lengths``: (B,) non-negative ints, each <= T."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    mask = np.zeros((T, lengths.size), dtype=bool)
+    running = np.flatnonzero(lengths > 0)
+    mask[lengths[running] - 1, running] = True
+    return mask
 
 
 class LanguageModel(Module):
@@ -296,10 +309,14 @@ class LanguageModel(Module):
 
     # ---- evaluation -----------------------------------------------------------------------
 
-    def evaluate(self, ids, batch_size=16, seq_len=256):
+    def evaluate(self, ids, batch_size=16, seq_len=256, loss_on="all"):
         """Average nats per token, predicting each token from the ones before it.
 
         ids: a 1-D id stream, or a list of 1-D id arrays (sentences).
+        loss_on: "all" (default) scores every predicted token; "last" (sentences only)
+        scores each sentence's last id given the ones before it, and returns the mean of
+        those over the sentences (nats per sentence; sequence-to-one models, as
+        ``Trainer(loss_on="last")`` trains them).
 
         * Stream: cut into ``batch_size`` contiguous parts scored in parallel with state
           carried across windows of ``seq_len`` steps (the first token of each part has no
@@ -314,8 +331,13 @@ class LanguageModel(Module):
         Runs in eval mode (no dropout, nothing recorded for backward) and restores the
         previous mode. Works on either device; ids may be NumPy or CuPy.
         """
+        if loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
         if isinstance(ids, (list, tuple)):
-            return self._evaluate_sentences(ids, batch_size)
+            return self._evaluate_sentences(ids, batch_size, loss_on == "last")
+        if loss_on == "last":
+            raise ValueError("loss_on='last' needs ids as a list of sentences (each scored on "
+                             "its last token), got a stream")
         ids = check_token_ids(ids, "ids", self.vocab_size)
         if ids.ndim != 1 or ids.size < 2:
             raise ValueError(f"ids must be a 1-D stream of at least 2 tokens, got shape {ids.shape}")
@@ -349,22 +371,25 @@ class LanguageModel(Module):
                              f"{len(sentences)} sentences, all shorter")
         return checked
 
-    def _evaluate_sentences(self, sentences, batch_size):
+    def _evaluate_sentences(self, sentences, batch_size, last_only=False):
         sentences = self._check_sentences(sentences)
         # Sorted by length so that each batch pads little; the total does not depend on order.
         sentences.sort(key=len)
         batcher = SentenceBatcher(sentences, check_int(batch_size, "batch_size", 1), shuffle=False)
-        return self._mean_loss(iter(batcher), carry_state=False)
+        return self._mean_loss(iter(batcher), carry_state=False, last_only=last_only)
 
-    def _mean_loss(self, batches, carry_state):
-        """Token-weighted mean loss over ``(x, y, lengths)`` batches, in eval mode."""
+    def _mean_loss(self, batches, carry_state, last_only=False):
+        """Token-weighted mean loss over ``(x, y, lengths)`` batches, in eval mode;
+        ``last_only``: each sequence's last token only (sentence batches)."""
         was_training = self.training
         self.eval()
         total, count, state = 0.0, 0, None
         try:
             with blas_single_threaded():
                 for x, y, lengths in batches:
-                    loss, state = self.forward(x, y, state if carry_state else None, lengths)
+                    mask = last_token_mask(lengths, x.shape[0]) if last_only else None
+                    loss, state = self.forward(x, y, state if carry_state else None, lengths,
+                                               mask)
                     total += loss * self.loss.n_tokens
                     count += self.loss.n_tokens
         finally:

@@ -31,7 +31,7 @@ from .. import optim
 from .checkpoint import CheckpointError
 from .._device import to_device
 from .._validation import check_int, check_token_ids
-from .model import LanguageModel
+from .model import LOSS_ON, LanguageModel, last_token_mask
 from ..threads import blas_single_threaded
 from .text.corpus import SentenceBatcher, StreamBatcher
 
@@ -43,6 +43,10 @@ REDUCTIONS = ("mean", "sum")   # the loss layer's (fastrnn.layers.loss.REDUCTION
 
 class Trainer:
     """Fits a :class:`LanguageModel`.
+
+    After each step ``trainer.last_loss`` holds that step's mean loss (what
+    :meth:`train_step` returned; None before the first step and after a resume), e.g. for a
+    ``callback`` that prints or stores it.
 
     Args:
         model: the LanguageModel to train (updated in place), on its final device: the
@@ -68,6 +72,15 @@ class Trainer:
             history report the mean either way.
         shuffle: sentence mode only: reshuffle the sentences every epoch (default) or keep
             their order.
+        loss_on: "all" (default): every predicted token counts. "last" (sentence mode only):
+            sequence-to-one training, as Keras's and TFLearn's models without
+            ``return_sequences``: each sentence's loss is that of its last predicted token
+            (its last id given the ones before it) and nothing else; the step's loss is the
+            mean of those over the batch's sentences (``reduction="mean"``) or their sum
+            ("sum"). Validation on sentences then uses the same rule
+            (``model.evaluate(val_ids, loss_on="last")``: nats per sentence), and a stream of
+            ``val_ids`` is refused. Works with ``bptt_truncate`` (the last token's gradient
+            flows back to the start of its window); not with ``distributed``.
         bptt_truncate: sentence mode only: None (default: backpropagate through whole
             sentences) or K >= 1: truncated BPTT in consecutive windows of K steps (chunked
             form; see :meth:`train_step`). Stream mode refuses it: there ``seq_len`` is the
@@ -99,7 +112,7 @@ class Trainer:
     def __init__(self, model, train_data, val_ids=None, *, batch_size=32, seq_len=64,
                  optimizer="adam", lr=2e-3, weight_decay=0.0, momentum=0.0,
                  optimizer_options=None, clip=5.0, clip_mode="norm", reduction="mean",
-                 shuffle=True, bptt_truncate=None, callback=None,
+                 shuffle=True, loss_on="all", bptt_truncate=None, callback=None,
                  schedule=None, lr_decay=0.5, lr_step_epochs=1, eval_every=None,
                  eval_batch_size=16, patience=None, max_steps=None, max_epochs=None,
                  time_limit=None, checkpoint_path=None, checkpoint_every=None, progress=True,
@@ -123,6 +136,18 @@ class Trainer:
             raise ValueError("bptt_truncate is for sentence mode (train_data a list of "
                              "sentences); in stream mode seq_len is the truncation length: "
                              "set seq_len instead")
+        if loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+        if loss_on == "last" and self.mode == "stream":
+            raise ValueError("loss_on='last' is for sentence mode (train_data a list of "
+                             "sentences, the loss on each one's last token); a stream has no "
+                             "last token per sentence")
+        if loss_on == "last" and distributed is not None:
+            raise ValueError("loss_on='last' is not supported with distributed training yet")
+        self.loss_on = loss_on
+        if loss_on == "last" and val_ids is not None and not isinstance(val_ids, (list, tuple)):
+            raise ValueError("val_ids must be a list of sentences with loss_on='last' (each "
+                             "scored on its last token), got a stream")
         self.val_ids = self._check_val_ids(val_ids)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
@@ -177,6 +202,7 @@ class Trainer:
         self.best_val = math.inf
         self.evals_without_improvement = 0
         self.stopped_early = False
+        self.last_loss = None   # the latest step's mean loss (not saved: not needed to resume)
         self.distributed = None
         if distributed is not None:   # imports mpi4py only here
             if self.bptt_truncate is not None and model.dropout > 0:
@@ -243,6 +269,7 @@ class Trainer:
         """
         model = self.model
         x, y, lengths = batch if self.mode == "sentences" else (*batch, None)
+        mask = None if self.loss_on == "all" else last_token_mask(lengths, x.shape[0])
         n_batch = None   # tokens in the whole batch, of which this process has n_tokens
         part = None   # where this process's share lies in the whole batch (for dropout)
         if self.distributed is not None:   # this rank's share of the global batch
@@ -257,10 +284,12 @@ class Trainer:
                 # (distributed training refuses dropout with bptt_truncate: see __init__)
                 n_tokens = int(np.sum(lengths))
                 n_batch = n_tokens if n_batch is None else n_batch
-                loss = self._truncated_backward(x, y, lengths, n_batch)
+                if self.loss_on == "last":
+                    n_tokens = n_batch = int(np.count_nonzero(lengths))
+                loss = self._truncated_backward(x, y, lengths, n_batch, mask)
             elif x is not None:   # None: an empty share of a short last batch
                 with model.batch_part(part):   # part: this share of the whole batch's masks
-                    loss, state = model.forward(x, y, self.carry, lengths)
+                    loss, state = model.forward(x, y, self.carry, lengths, mask)
                 n_tokens = int(model.loss.n_tokens)
                 n_batch = n_tokens if n_batch is None else n_batch
                 try:
@@ -281,19 +310,22 @@ class Trainer:
             self.optimizer.step()
         self.carry = state if self.mode == "stream" else None
         self.step += 1
-        self.tokens += n_batch
+        # Tokens read (with loss_on="last" more than the n_batch counted in the loss).
+        self.tokens += n_batch if mask is None else int(np.sum(lengths))
+        self.last_loss = loss
         return loss
 
-    def _truncated_backward(self, x, y, lengths, n_batch):
+    def _truncated_backward(self, x, y, lengths, n_batch, mask=None):
         """Gradients of one sentence batch ``x, y (T, B), lengths (B,)`` by truncated BPTT in
         windows of ``bptt_truncate`` steps, accumulated into the zeroed ``model.grads``
         (see :meth:`train_step`); ``n_batch``: the tokens of the whole batch (more than these
-        when this is one rank's share), which a mean loss is divided by. Returns the mean
-        loss over these sentences' tokens."""
+        when this is one rank's share), which a mean loss is divided by; ``mask``: None or
+        the (T, B) 0/1 loss mask (``loss_on="last"``), cut into the same windows. Returns
+        the mean loss over these sentences' counted tokens."""
         model, window = self.model, self.bptt_truncate
         lengths = np.asarray(lengths, dtype=np.int64)
         rows = np.arange(x.shape[1])   # the batch's sentences still running in this window
-        total, state = 0.0, None
+        total, counted, state = 0.0, 0, None
         for start in range(0, x.shape[0], window):
             running = lengths[rows] > start
             if not running.any():
@@ -306,7 +338,8 @@ class Trainer:
             stop = min(start + window, x.shape[0])
             window_lengths = np.minimum(lengths[rows] - start, stop - start)
             loss, state = model.forward(x[start:stop, rows], y[start:stop, rows], state,
-                                        window_lengths)
+                                        window_lengths,
+                                        None if mask is None else mask[start:stop, rows])
             n_tokens = int(model.loss.n_tokens)
             try:
                 # This window's share of the batch's mean (or sum): its mean loss times
@@ -316,7 +349,8 @@ class Trainer:
                 model.clear_pending()
                 raise
             total += loss * n_tokens
-        return total / int(lengths.sum())
+            counted += n_tokens
+        return total / counted
 
     def _clip(self, grads):
         if self.clip_mode == "norm":
@@ -389,8 +423,11 @@ class Trainer:
                   "tokens_per_second": self.tokens / max(self.train_seconds, 1e-9),
                   "train_loss": train_loss, "lr": self.optimizer.lr}
         if self.val_ids is not None:
-            val = (self.model if self.distributed is None else self.distributed).evaluate(
-                self.val_ids, batch_size=self.eval_batch_size)
+            if self.distributed is not None:
+                val = self.distributed.evaluate(self.val_ids, batch_size=self.eval_batch_size)
+            else:
+                val = self.model.evaluate(self.val_ids, batch_size=self.eval_batch_size,
+                                          loss_on=self.loss_on)
             self.model.train()
             record.update(val_loss=val, val_perplexity=math.exp(min(val, 700.0)),
                           val_bits_per_token=val / math.log(2))

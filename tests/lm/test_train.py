@@ -93,7 +93,7 @@ def test_time_limit_and_max_epochs_stop_training():
 def test_early_stopping_after_patience_validations_without_improvement(monkeypatch):
     model = make_model()
     losses = iter([3.0, 2.0, 2.5, 2.0, 1.0, 0.5])
-    monkeypatch.setattr(model, "evaluate", lambda ids, batch_size: next(losses))
+    monkeypatch.setattr(model, "evaluate", lambda ids, batch_size, loss_on="all": next(losses))
     trainer = trainer_for(model, periodic_stream(), patience=2, max_steps=100, eval_every=1,
                           schedule=None)
     trainer.fit()
