@@ -30,6 +30,7 @@ from .._version import __version__
 from ..cells import CELLS
 from ..optim import CLIP_MODES, OPTIMIZERS
 from .checkpoint import CheckpointError
+from .model import LOSS_ON
 from .curves import X_KEYS, JsonLinesLog, MissingExtraError, trim_log
 
 EXIT_USER_ERROR = 2
@@ -357,6 +358,9 @@ def _train(args):
     if settings["bptt_truncate"] is not None and settings["sentences"] is None:
         raise ValueError("--bptt-truncate applies to sentence mode (--sentences); in stream "
                          "mode --seq-len is the truncation length")
+    if settings["loss_on"] != "all" and settings["sentences"] is None:
+        raise ValueError("--loss-on last applies to sentence mode (--sentences): the loss on "
+                         "each sentence's last token")
     if val_file_text is not None and (not val_ids if settings["sentences"] else len(val_ids) < 2):
         raise ValueError(f"--val-file {settings['val_file']}: needs at least 2 tokens of "
                          f"validation text (a sentence in sentence mode)")
@@ -370,7 +374,8 @@ def _train(args):
                       clip_mode=settings["clip_mode"], reduction=settings["reduction"],
                       schedule=settings["schedule"], lr_decay=settings["lr_decay"],
                       lr_step_epochs=settings["lr_step_epochs"],
-                      bptt_truncate=settings["bptt_truncate"], eval_every=settings["eval_every"],
+                      bptt_truncate=settings["bptt_truncate"], loss_on=settings["loss_on"],
+                      eval_every=settings["eval_every"],
                       patience=settings["patience"], max_steps=settings["max_steps"],
                       max_epochs=settings["epochs"], time_limit=settings["time_limit"],
                       checkpoint_path=out, checkpoint_every=settings["checkpoint_every"],
@@ -437,10 +442,10 @@ TRAIN_DEFAULTS = {"level": "char", "batch": 32, "seq_len": 64, "optimizer": "ada
                   "min_count": 1, "lowercase": False, "optimizer_option": None,
                   "clip_mode": "norm", "reduction": "mean", "sentences": None, "bos": None,
                   "eos": None, "unk": None, "lr_decay": 0.5, "lr_step_epochs": 1,
-                  "val_file": None, "bptt_truncate": None}
+                  "val_file": None, "bptt_truncate": None, "loss_on": "all"}
 # Settings added after the first checkpoints: a checkpoint without them ran with the default.
 _LATER_SETTINGS = ("optimizer_option", "clip_mode", "reduction", "sentences", "bos", "eos", "unk",
-                   "lr_decay", "lr_step_epochs", "val_file", "bptt_truncate")
+                   "lr_decay", "lr_step_epochs", "val_file", "bptt_truncate", "loss_on")
 TRAIN_SETTINGS = tuple(TRAIN_DEFAULTS)
 # The settings a resumed run may change: when to stop, validate and checkpoint. The others
 # decide the data, the batches and the optimizer's path, so they must match the checkpoint
@@ -529,7 +534,8 @@ def _check_saved_setting(key, value):
     else:
         choices = {"level": ("char", "word"), "optimizer": _OPTIMIZERS,
                    "schedule": ("plateau", "step"), "clip_mode": CLIP_MODES,
-                   "reduction": ("mean", "sum"), "sentences": ("text", "lines")}[key]
+                   "reduction": ("mean", "sum"), "sentences": ("text", "lines"),
+                   "loss_on": LOSS_ON}[key]
         if value not in choices:
             fail(f"one of {choices}")
     return value
@@ -810,6 +816,9 @@ def build_parser():
     train.add_argument("--bptt-truncate", type=_positive_int, metavar="K",
                        help="sentence mode: backpropagate in consecutive windows of K steps "
                             "(state carried, gradient cut between windows; one update per batch)")
+    train.add_argument("--loss-on", choices=LOSS_ON,
+                       help="sentence mode: 'last' trains on each sentence's last token only "
+                            "(sequence to one; validation likewise); default: all")
     train.add_argument("--time-limit", type=_positive_float,
                        help="stop after this many seconds of training in total *")
     train.add_argument("--max-steps", type=_positive_int, help="stop at this total step count *")

@@ -58,6 +58,8 @@ def test_step_schedule_flags_reach_the_trainer_and_are_kept_on_resume(tmp_path, 
     (["--lr-step-epochs", "0"], "--lr-step-epochs"),
     (["--bptt-truncate", "0"], "--bptt-truncate"),
     (["--bptt-truncate", "4"], "--seq-len"),                     # stream mode: seq_len truncates
+    (["--loss-on", "last"], "--loss-on last applies to sentence mode"),
+    (["--loss-on", "first"], "--loss-on"),
     (["--val-file", "missing.txt"], "missing.txt"),
     (["--val-fraction", "0.2", "--val-file", "v.txt"], "--val-file"),
 ])
@@ -249,7 +251,7 @@ def test_a_resume_drops_records_logged_after_the_checkpoint_and_a_torn_line(tmp_
 @pytest.mark.parametrize("key, bad, good", [
     ("lr_decay", 1.0, 0.5), ("lr_decay", "0.5", 0.1), ("lr_step_epochs", 0, 3),
     ("bptt_truncate", 0, 8), ("bptt_truncate", 2.5, None), ("val_file", 3, "/data/val.txt"),
-    ("val_file", "", None)])
+    ("val_file", "", None), ("loss_on", "first", "last"), ("loss_on", None, "all")])
 def test_saved_settings_of_the_new_options_are_checked(key, bad, good):
     """A checkpoint's settings are never trusted: the new options get their flags' rules."""
     from fastrnn.lm.checkpoint import CheckpointError
@@ -296,3 +298,22 @@ def test_bptt_truncate_and_val_file_in_sentence_mode(tmp_path, capsys, built):
                               str(empty), "--max-steps", "1", "--out", str(tmp_path / "n.npz"),
                               *TINY])
     assert "empty.txt" in line and "empty" in line
+
+
+def test_loss_on_last_in_sentence_mode_is_saved_and_kept_on_resume(tmp_path, capsys, built):
+    text = tmp_path / "prose.txt"
+    text.write_text("The cat sat on the mat. A dog ran home! Did the cat see it?\n" * 8,
+                    encoding="utf-8")
+    out = tmp_path / "m.npz"
+    argv = ["train", str(text), "--level", "word", "--sentences", "--loss-on", "last",
+            "--out", str(out), *TINY]
+    assert main([*argv, "--max-steps", "2"]) == 0
+    args, kwargs, trainer = built[-1]
+    assert kwargs["loss_on"] == "last" and trainer.loss_on == "last"
+    assert main(["train", str(text), "--resume", str(out), "--max-steps", "3",
+                 "--no-progress"]) == 0
+    assert built[-1][2].loss_on == "last" and built[-1][2].step == 3
+    capsys.readouterr()
+    line = run_error(capsys, ["train", str(text), "--resume", str(out), "--loss-on", "all",
+                              "--max-steps", "4", "--no-progress"])
+    assert "--loss-on all does not match the checkpoint ('last')" in line
