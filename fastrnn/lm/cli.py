@@ -27,7 +27,7 @@ import numpy as np
 
 from .._gpu import GPUUnavailableError   # does not import CuPy
 from .._version import __version__
-from ..cells import CELLS
+from ..cells import CELLS, RECURRENT_INITS
 from ..optim import CLIP_MODES, OPTIMIZERS
 from .checkpoint import CheckpointError
 from .model import LOSS_ON
@@ -337,7 +337,14 @@ def _train(args):
                               cell=options["cell"], dropout=options["dropout"],
                               tie_weights=options["tie_weights"], seed=settings["seed"],
                               dtype=np.dtype(options["dtype"]), one_hot=options["one_hot"],
-                              device=args.device)
+                              init_std=options["init_std"],
+                              recurrent_init=options["recurrent_init"],
+                              forget_bias=options["forget_bias"], device=args.device)
+    for name in settings["freeze"] or ():
+        if name not in model.params:
+            raise ValueError(f"--freeze {name}: no such parameter; the names are "
+                             f"{', '.join(sorted(model.params))}")
+        model.freeze(name)
     unit = "char" if settings["level"] == "char" else "word"
     if settings["sentences"] is None:
         train_ids = vocab.encode(train_text)
@@ -442,10 +449,10 @@ TRAIN_DEFAULTS = {"level": "char", "batch": 32, "seq_len": 64, "optimizer": "ada
                   "min_count": 1, "lowercase": False, "optimizer_option": None,
                   "clip_mode": "norm", "reduction": "mean", "sentences": None, "bos": None,
                   "eos": None, "unk": None, "lr_decay": 0.5, "lr_step_epochs": 1,
-                  "val_file": None, "bptt_truncate": None, "loss_on": "all"}
+                  "val_file": None, "bptt_truncate": None, "loss_on": "all", "freeze": None}
 # Settings added after the first checkpoints: a checkpoint without them ran with the default.
 _LATER_SETTINGS = ("optimizer_option", "clip_mode", "reduction", "sentences", "bos", "eos", "unk",
-                   "lr_decay", "lr_step_epochs", "val_file", "bptt_truncate", "loss_on")
+                   "lr_decay", "lr_step_epochs", "val_file", "bptt_truncate", "loss_on", "freeze")
 TRAIN_SETTINGS = tuple(TRAIN_DEFAULTS)
 # The settings a resumed run may change: when to stop, validate and checkpoint. The others
 # decide the data, the batches and the optimizer's path, so they must match the checkpoint
@@ -456,11 +463,13 @@ RESUME_OVERRIDES = ("max_steps", "epochs", "time_limit", "eval_every", "checkpoi
 # None: LanguageModel's own default (embed: 64, or V with --one-hot; layers: the length of a
 # --hidden list, else 2).
 MODEL_DEFAULTS = {"cell": "lstm", "embed": None, "hidden": 256, "layers": None, "dropout": 0.0,
-                  "tie_weights": False, "dtype": "float32", "one_hot": False}
+                  "tie_weights": False, "dtype": "float32", "one_hot": False, "init_std": None,
+                  "recurrent_init": "uniform", "forget_bias": None}
 MODEL_OPTIONS = tuple(MODEL_DEFAULTS)
 _CONFIG_NAMES = {"cell": "cell", "embed": "embed_size", "hidden": "hidden_size",
                  "layers": "num_layers", "dropout": "dropout", "tie_weights": "tie_weights",
-                 "dtype": "dtype", "one_hot": "one_hot"}
+                 "dtype": "dtype", "one_hot": "one_hot", "init_std": "init_std",
+                 "recurrent_init": "recurrent_init", "forget_bias": "forget_bias"}
 # The names come from the code's own tables, so a new cell or optimizer needs no CLI edit.
 _CELLS = tuple(CELLS)
 _OPTIMIZERS = tuple(OPTIMIZERS)
@@ -493,7 +502,7 @@ def _check_saved_setting(key, value):
 
     optional = key in ("schedule", "patience", "max_steps", "epochs", "time_limit",
                        "checkpoint_every", "max_vocab", "optimizer_option", "sentences", "bos",
-                       "eos", "unk", "val_file", "bptt_truncate")
+                       "eos", "unk", "val_file", "bptt_truncate", "freeze")
     if value is None and optional:
         return None
     if key in ("batch", "seq_len", "eval_every", "patience", "max_steps", "epochs",
@@ -525,6 +534,9 @@ def _check_saved_setting(key, value):
                 isinstance(k, str) and k.isidentifier() and
                 (v is None or isinstance(v, (str, bool, int, float, list))) for k, v in value.items()):
             fail("a dict of option names to values")
+    elif key == "freeze":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            fail("a list of parameter names")
     elif key == "lowercase":
         if not isinstance(value, bool):
             fail("true or false")
@@ -789,6 +801,15 @@ def build_parser():
     train.add_argument("--one-hot", action="store_true", default=None,
                        help="feed tokens as one-hot vectors: no embedding (--embed: none or "
                             "the vocabulary size)")
+    train.add_argument("--init-std", type=_positive_float, metavar="SIGMA",
+                       help="draw every weight from N(0, SIGMA^2), biases zero (default: "
+                            "PyTorch's uniform initialisation)")
+    train.add_argument("--recurrent-init", choices=list(RECURRENT_INITS),
+                       help="identity: W_hh = I (Keras IRNN; default: uniform)")
+    train.add_argument("--forget-bias", type=float,
+                       help="LSTM forget-gate bias, e.g. 1.0 (default: PyTorch's init)")
+    train.add_argument("--freeze", action="append", metavar="NAME",
+                       help="keep this parameter fixed (repeatable; e.g. embedding.weight)")
     train.add_argument("--dropout", type=_fraction, help="default: 0")
     train.add_argument("--tie-weights", action="store_true", default=None)
     train.add_argument("--seq-len", type=_positive_int, help="BPTT steps per batch (default: 64)")

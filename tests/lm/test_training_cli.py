@@ -317,3 +317,52 @@ def test_loss_on_last_in_sentence_mode_is_saved_and_kept_on_resume(tmp_path, cap
     line = run_error(capsys, ["train", str(text), "--resume", str(out), "--loss-on", "all",
                               "--max-steps", "4", "--no-progress"])
     assert "--loss-on all does not match the checkpoint ('last')" in line
+
+
+# ---- the tutorials' model options --------------------------------------------------------------
+
+def test_init_options_and_freeze_reach_the_model_and_are_kept_on_resume(tmp_path, corpus, capsys,
+                                                                       built):
+    out = tmp_path / "m.npz"
+    argv = ["train", str(corpus), "--cell", "rnn_relu", "--init-std", "0.01", "--recurrent-init",
+            "identity", "--freeze", "embedding.weight", "--out", str(out), *TINY]
+    assert main([*argv, "--max-steps", "2"]) == 0
+    model = built[-1][2].model
+    config = model.config()
+    assert (config["init_std"], config["recurrent_init"]) == (0.01, "identity")
+    # Two Adam steps of lr 2e-3 from W_hh = I.
+    np.testing.assert_allclose(model.params["rnn.weight_hh_l0"], np.eye(16), atol=5e-3)
+    fresh = LanguageModel(vocab=model.vocab, embed_size=8, hidden_size=16, num_layers=1,
+                          cell="rnn_relu", init_std=0.01, recurrent_init="identity")
+    # Frozen: the embedding is still its initial value after two Adam steps.
+    np.testing.assert_array_equal(model.params["embedding.weight"],
+                                  fresh.params["embedding.weight"])
+    assert not np.array_equal(model.params["output.weight"], fresh.params["output.weight"])
+    assert main(["train", str(corpus), "--resume", str(out), "--max-steps", "3",
+                 "--no-progress"]) == 0
+    resumed = built[-1][2].model
+    assert resumed.frozen == {"embedding.weight"}
+    np.testing.assert_array_equal(resumed.params["embedding.weight"],
+                                  fresh.params["embedding.weight"])
+    capsys.readouterr()
+    line = run_error(capsys, ["train", str(corpus), "--resume", str(out), "--init-std", "0.02",
+                              "--max-steps", "4", "--no-progress"])
+    assert "--init-std 0.02 does not match the checkpoint's model (0.01)" in line
+    assert main(["train", str(corpus), "--forget-bias", "1.0", "--max-steps", "1",
+                 "--out", str(tmp_path / "f.npz"), *TINY]) == 0
+    model = built[-1][2].model
+    assert model.config()["forget_bias"] == 1.0
+    # Gates i, f, g, o: f is the second; one Adam step of lr 2e-3 from 1.
+    np.testing.assert_allclose(model.params["rnn.bias_ih_l0"][16:32], 1.0, atol=2.5e-3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--freeze", "nope"], "--freeze nope: no such parameter"),
+    (["--recurrent-init", "orthogonal"], "--recurrent-init"),
+    (["--init-std", "0"], "--init-std"),
+    (["--forget-bias", "1", "--cell", "gru"], "forget_bias"),
+])
+def test_bad_model_options_are_one_line_errors(bad, message, tmp_path, corpus, capsys):
+    line = run_error(capsys, ["train", str(corpus), *bad, "--max-steps", "1",
+                              "--out", str(tmp_path / "x.npz"), *TINY])
+    assert message in line
