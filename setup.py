@@ -1,10 +1,11 @@
 """Build the compiled kernels.
 
 OpenMP is used when the compiler supports it and skipped otherwise (the kernels then run
-serially; see fastrnn/_cpu/_openmp.pxd). Flags are -O3 and portable: the hot GEMMs are in
-BLAS, which picks the best code for the CPU at run time, and the gate math is compiled for
-both AVX2+FMA and baseline x86-64 with the choice made at load time (FR_HOT in
-csrc/compiler.h). Set FASTRNN_NATIVE=1 to add -march=native for a local, non-portable build.
+serially; see fastrnn/_cpu/_openmp.pxd). Flags are -O3 and portable: the large GEMMs are in
+BLAS, which picks its code for the CPU at run time, and the gate math and the per-step GEMMs
+are compiled for AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and baseline x86-64 with the
+choice made at load time (FR_HOT and FR_WIDE in csrc/compiler.h). Set FASTRNN_NATIVE=1 to add
+-march=native for a local, non-portable build.
 """
 import os
 import shutil

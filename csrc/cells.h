@@ -8,7 +8,7 @@
  * reaches these through fastrnn/_cpu/_cells.pxd.
  *
  * Why C and not Cython: the loops over j must auto-vectorise, which needs `restrict`
- * pointers (Cython cannot say restrict) and the FR_HOT clones for AVX2+FMA.
+ * pointers (Cython cannot say restrict) and the FR_HOT clones for AVX-512 and AVX2+FMA.
  */
 #ifndef FASTRNN_CELLS_H
 #define FASTRNN_CELLS_H

@@ -2,18 +2,54 @@
  * the name pasting that instantiates a kernel body for float and double.
  *
  * FR_HOT marks the per-row functions (gate math, matrix-vector products, packed GEMM): with
- * gcc on x86-64 Linux they are compiled twice (AVX2+FMA and baseline) and the loader picks
- * one for the CPU, so the portable build (no -march=native) still runs 8-wide on the
- * machines that can.
+ * gcc on x86-64 Linux they are compiled three times (x86-64-v4: AVX-512; x86-64-v3:
+ * AVX2+FMA; baseline) and the loader picks one for the CPU, so the portable build (no
+ * -march=native) still runs 16-wide (8-wide) on the machines that can. Each clone computes
+ * every element with the same operations in the same order; v4 and v3 both contract a*b+c
+ * to one FMA, so they give the same bits, and baseline rounds the product separately.
+ *
+ * FR_WIDE marks the functions written for 512-bit vectors (the packed GEMM's AVX-512
+ * micro-kernel, whose register blocking differs from the 256-bit one and so cannot be a
+ * clone of it): FR_HAVE_WIDE says whether they are compiled at all, and FR_WIDE_RUNTIME
+ * whether the CPU must be asked (fr_cpu_has_wide) before calling them.
  */
 #ifndef FASTRNN_COMPILER_H
 #define FASTRNN_COMPILER_H
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(__AVX2__) && !defined(FASTRNN_NO_CLONES)
-#define FR_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FR_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FR_WIDE __attribute__((target("arch=x86-64-v4")))
+#define FR_HAVE_WIDE 1
+#define FR_WIDE_RUNTIME 1
+#elif defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512BW__) \
+    && defined(__AVX512DQ__)
+/* Built for an AVX-512 CPU (-march=native on one): no clones, the wide kernels always. */
+#define FR_HOT
+#define FR_WIDE
+#define FR_HAVE_WIDE 1
+#define FR_WIDE_RUNTIME 0
 #else
 #define FR_HOT
+#define FR_HAVE_WIDE 0
+#define FR_WIDE_RUNTIME 0
+#endif
+
+#if FR_WIDE_RUNTIME
+/* True when the CPU runs x86-64-v4 code (AVX-512 F/BW/CD/DQ/VL), the set FR_WIDE targets:
+ * asked once (the answer cannot change while the process runs). */
+static inline int fr_cpu_has_wide(void) {
+    static int has = -1;   /* atomic: threads may ask at once (and get the same answer) */
+    int known = __atomic_load_n(&has, __ATOMIC_RELAXED);
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("x86-64-v4") ? 1 : 0;
+        __atomic_store_n(&has, known, __ATOMIC_RELAXED);
+    }
+    return known;
+}
+#else
+static inline int fr_cpu_has_wide(void) { return FR_HAVE_WIDE; }
 #endif
 
 /* Everything FR_HOT calls must be inlined into each clone to be compiled for its ISA (gcc

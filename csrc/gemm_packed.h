@@ -3,7 +3,8 @@
  *
  *   fr_matvec_rows / fr_matvec_cols_acc   small batch: read W_hh once per step for all rows;
  *   fr_pack_panels / fr_gemm_packed       larger batch: W_hh packed once per call into
- *                                         panels, then a register-tiled micro-kernel.
+ *                                         panels, then a register-tiled micro-kernel
+ *                                         (AVX-512 or 256-bit: fr_panel_width).
  *
  * Each output element is summed over k in a fixed order whatever range of rows, columns or
  * panels a thread owns, which keeps results identical across thread counts. The body is in
@@ -15,6 +16,28 @@
 #include <stddef.h>
 #include <string.h>
 #include "compiler.h"
+
+/* Set by tests (recurrent.pyx's _force_narrow_panels) to run the 256-bit micro-kernel on an
+ * AVX-512 CPU, so that it stays tested there; read once per call through fr_panel_width. */
+static int fr_narrow_panels_forced = 0;
+
+static inline void fr_set_narrow_panels(int forced) {
+#if defined(__GNUC__)
+    __atomic_store_n(&fr_narrow_panels_forced, forced != 0, __ATOMIC_RELAXED);
+#else
+    fr_narrow_panels_forced = forced != 0;
+#endif
+}
+
+/* Whether the packed GEMM uses its AVX-512 micro-kernel (gemm_packed_impl.h). */
+static inline int fr_wide_panels(void) {
+#if defined(__GNUC__)
+    int forced = __atomic_load_n(&fr_narrow_panels_forced, __ATOMIC_RELAXED);
+#else
+    int forced = fr_narrow_panels_forced;
+#endif
+    return fr_cpu_has_wide() && !forced;
+}
 
 #define FR_BODY "gemm_packed_impl.h"
 #include "instantiate.h"

@@ -243,6 +243,39 @@ def test_both_time_loop_splits_are_thread_count_independent(cell, B, rng):
 
 
 @pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
+    """Where the CPU has AVX-512 the batch path's per-step GEMM runs a 512-bit micro-kernel
+    (panels of 32 floats, tiles of up to 8 rows), elsewhere a 256-bit one (16 floats, up to 6
+    rows). Both sum each element over k in order with one FMA per term, so they must agree to
+    the bit. H = 37 leaves partial panels; B = 9, 23 give tiles of every height from 4 to 8."""
+    from fastrnn._cpu import recurrent
+    wide = recurrent._panel_width(dtype)
+    recurrent._force_narrow_panels(True)
+    try:
+        if recurrent._panel_width(dtype) == wide:
+            pytest.skip("no AVX-512 on this CPU: only the 256-bit micro-kernel runs")
+        Hs, Is, Ts = 37, 5, 6
+        G = GATES[cell]
+        w = [rng.normal(scale=0.3, size=s).astype(dtype)
+             for s in ((G * Hs, Is), (G * Hs, Hs), (G * Hs,), (G * Hs,))]
+        for B in (9, 23):
+            x = rng.normal(size=(Ts, B, Is)).astype(dtype)
+            dy = rng.normal(size=(Ts, B, Hs)).astype(dtype)
+            for lengths, reverse in ((None, False), (rng.integers(1, Ts + 1, size=B), True)):
+                recurrent._force_narrow_panels(True)
+                y1, dx1, g1 = _forward_backward(cell, x, w, dy, lengths, reverse, dtype)
+                recurrent._force_narrow_panels(False)
+                y2, dx2, g2 = _forward_backward(cell, x, w, dy, lengths, reverse, dtype)
+                np.testing.assert_array_equal(y1, y2)
+                np.testing.assert_array_equal(dx1, dx2)
+                for name in g1:
+                    np.testing.assert_array_equal(g1[name], g2[name])
+    finally:
+        recurrent._force_narrow_panels(False)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
 def test_small_batch_path_matches_batch_path(cell, rng):
     """The same 3 sequences alone (small-batch path) and inside a batch of 12 (batch path)."""
     Hs, Is, Ts = 40, 5, 6

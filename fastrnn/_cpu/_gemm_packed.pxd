@@ -14,14 +14,15 @@ cdef extern from "gemm_packed.h" nogil:
                               const float* const* d, float* const* y)
     void fr_matvec_cols_acc_d(int j0, int j1, int K, const double* W, Py_ssize_t ldw, int nb,
                               const double* const* d, double* const* y)
-    void fr_pack_panels_f(int K, int N, int p0, int p1, const float* W, Py_ssize_t ldw, int trans, float* Bp)
-    void fr_pack_panels_d(int K, int N, int p0, int p1, const double* W, Py_ssize_t ldw, int trans, double* Bp)
-    void fr_gemm_packed_f(int M, int N, int K, int p0, int p1, const float* A, Py_ssize_t lda,
+    void fr_pack_panels_f(int nr, int K, int N, int p0, int p1, const float* W, Py_ssize_t ldw, int trans, float* Bp)
+    void fr_pack_panels_d(int nr, int K, int N, int p0, int p1, const double* W, Py_ssize_t ldw, int trans, double* Bp)
+    void fr_gemm_packed_f(int nr, int M, int N, int K, int p0, int p1, const float* A, Py_ssize_t lda,
                           const float* Bp, float* C, Py_ssize_t ldc, int accumulate)
-    void fr_gemm_packed_d(int M, int N, int K, int p0, int p1, const double* A, Py_ssize_t lda,
+    void fr_gemm_packed_d(int nr, int M, int N, int K, int p0, int p1, const double* A, Py_ssize_t lda,
                           const double* Bp, double* C, Py_ssize_t ldc, int accumulate)
     int fr_panel_width_f()
     int fr_panel_width_d()
+    void fr_set_narrow_panels(int forced)
 
 
 cdef inline void matvec_rows(int r0, int r1, int K, const floating* W, Py_ssize_t ldw, int nb,
@@ -43,28 +44,30 @@ cdef inline void matvec_cols_acc(int j0, int j1, int K, const floating* W, Py_ss
 
 
 cdef inline int panel_width(floating dummy) noexcept nogil:
-    """Columns per packed panel (NR): 16 floats or 8 doubles."""
+    """Columns per packed panel (NR): 32 floats or 16 doubles where the CPU has AVX-512 (the
+    wide micro-kernel), else 16 floats or 8 doubles. Ask once per call and pass the answer
+    to pack_panels and gemm_packed."""
     if floating is float:
         return fr_panel_width_f()
     else:
         return fr_panel_width_d()
 
 
-cdef inline void pack_panels(int K, int N, int p0, int p1, const floating* W, Py_ssize_t ldw,
-                             bint trans, floating* Bp) noexcept nogil:
-    """Panels [p0, p1) of Bp <- B (K x N) in panels of panel_width columns (zero-padded);
-    B = W^T if trans else W."""
+cdef inline void pack_panels(int nr, int K, int N, int p0, int p1, const floating* W,
+                             Py_ssize_t ldw, bint trans, floating* Bp) noexcept nogil:
+    """Panels [p0, p1) of Bp <- B (K x N) in panels of nr = panel_width columns
+    (zero-padded); B = W^T if trans else W."""
     if floating is float:
-        fr_pack_panels_f(K, N, p0, p1, W, ldw, trans, Bp)
+        fr_pack_panels_f(nr, K, N, p0, p1, W, ldw, trans, Bp)
     else:
-        fr_pack_panels_d(K, N, p0, p1, W, ldw, trans, Bp)
+        fr_pack_panels_d(nr, K, N, p0, p1, W, ldw, trans, Bp)
 
 
-cdef inline void gemm_packed(int M, int N, int K, int p0, int p1, const floating* A, Py_ssize_t lda,
-                             const floating* Bp, floating* C, Py_ssize_t ldc,
+cdef inline void gemm_packed(int nr, int M, int N, int K, int p0, int p1, const floating* A,
+                             Py_ssize_t lda, const floating* Bp, floating* C, Py_ssize_t ldc,
                              bint accumulate) noexcept nogil:
-    """C[:, panels p0..p1) (+)= A (M x K) @ B, with B packed by pack_panels."""
+    """C[:, panels p0..p1) (+)= A (M x K) @ B, with B packed by pack_panels with the same nr."""
     if floating is float:
-        fr_gemm_packed_f(M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate)
+        fr_gemm_packed_f(nr, M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate)
     else:
-        fr_gemm_packed_d(M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate)
+        fr_gemm_packed_d(nr, M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate)

@@ -55,7 +55,8 @@ from ._blas cimport gemm
 from ._cells cimport (K_GRU, K_LSTM, K_RNN_IDENTITY, K_RNN_RELU, K_RNN_TANH, cell_backward_row,
                       cell_forward_row, gate_count)
 from ._checks cimport _blas_int, _check_len, _check_shape, _row_stride
-from ._gemm_packed cimport gemm_packed, matvec_cols_acc, matvec_rows, pack_panels, panel_width
+from ._gemm_packed cimport (fr_set_narrow_panels, gemm_packed, matvec_cols_acc, matvec_rows,
+                            pack_panels, panel_width)
 from ._openmp cimport fr_omp_barrier, fr_omp_team_size, fr_team_threads, join_fork_guard
 from ._parts cimport COL_ALIGN, _gemm_parts, _row, _row_at, _share, _split_at
 
@@ -93,6 +94,19 @@ cdef int _check_lengths(const int64_t[::1] lengths, Py_ssize_t T, Py_ssize_t B) 
         if lengths[b] < 1 or lengths[b] > T:
             raise ValueError(f"lengths must be in [1, {T}], got {lengths[b]} at {b}")
     return 0
+
+
+def _force_narrow_panels(bint forced):
+    """Private, for tests: run the packed GEMM's 256-bit micro-kernel even where the CPU has
+    AVX-512 (forced=True), or go back to the CPU's best (False), so that both stay tested on
+    an AVX-512 machine. Takes effect from the next call; not for use while calls run."""
+    fr_set_narrow_panels(forced)
+
+
+def _panel_width(dtype):
+    """Private, for tests: the columns per packed panel the next call will use (32 float32
+    on the AVX-512 micro-kernel, 16 on the 256-bit one; half that for float64)."""
+    return panel_width(<float>0) if np.dtype(dtype) == np.float32 else panel_width(<double>0)
 
 
 def _time_space_offset(Py_ssize_t t, Py_ssize_t B, Py_ssize_t b, Py_ssize_t ld):
@@ -144,6 +158,7 @@ ctypedef struct LoopBuffers:
     # Weights:
     const void* w_hh           # (G*H, H)
     const void* w_packed       # batch slices: W_hh^T (forward) or W_hh (backward), packed
+    int nr                     # ... in panels of nr columns (panel_width, asked once per call)
     const void* b_hh           # (G*H,)
     # Unused pointers are NULL (hn unless GRU; chist, c0, dc unless LSTM; ...).
 
@@ -233,7 +248,7 @@ cdef void _forward_batch_slice(const LoopShape* sh, const LoopBuffers* buf, Py_s
                                Py_ssize_t b1, floating zero) noexcept nogil:
     """One thread's slice of the batch, rows [b0, b1): a GEMM for the slice per step, on
     W_hh^T packed once (buf.w_packed)."""
-    cdef Py_ssize_t H = sh.H, GH = sh.GH, NR = panel_width(zero), ldy = buf.ldy
+    cdef Py_ssize_t H = sh.H, GH = sh.GH, NR = buf.nr, ldy = buf.ldy
     cdef Py_ssize_t s, b, t, length, lda
     cdef Py_ssize_t steps = _slice_steps(sh, b0, b1)
     cdef floating* y = <floating*>buf.y
@@ -253,7 +268,7 @@ cdef void _forward_batch_slice(const LoopShape* sh, const LoopBuffers* buf, Py_s
                     t = _time_of_step(s, length, sh.reverse)
                     memcpy(hcat + b * H, _h_prev(sh, buf, s, t, b, zero), H * sizeof(floating))
             a, lda = hcat + b0 * H, H
-        gemm_packed(b1 - b0, GH, H, 0, (GH + NR - 1) // NR, a, lda,
+        gemm_packed(buf.nr, b1 - b0, GH, H, 0, (GH + NR - 1) // NR, a, lda,
                     <const floating*>buf.w_packed, <floating*>buf.gh + b0 * GH, GH, False)
         for b in range(b0, b1):
             if s < _length(sh, b):
@@ -335,7 +350,7 @@ cdef void _backward_batch_slice(const LoopShape* sh, const LoopBuffers* buf, Py_
                                 Py_ssize_t b1, floating zero) noexcept nogil:
     """One thread's slice of the batch, rows [b0, b1): dh += dGh W_hh per step, with W_hh
     packed once (buf.w_packed)."""
-    cdef Py_ssize_t H = sh.H, GH = sh.GH, NR = panel_width(zero)
+    cdef Py_ssize_t H = sh.H, GH = sh.GH, NR = buf.nr
     cdef Py_ssize_t s, b
     cdef Py_ssize_t steps = _slice_steps(sh, b0, b1)
     cdef floating* gates = <floating*>buf.gates
@@ -358,7 +373,7 @@ cdef void _backward_batch_slice(const LoopShape* sh, const LoopBuffers* buf, Py_
             d = gates + _row_at(_row(_time_of_step(s, sh.T, sh.reverse), sh.B, b0), GH)
         else:
             d = dgh + b0 * GH
-        gemm_packed(b1 - b0, H, GH, 0, (H + NR - 1) // NR, d, GH,
+        gemm_packed(buf.nr, b1 - b0, H, GH, 0, (H + NR - 1) // NR, d, GH,
                     <const floating*>buf.w_packed, <floating*>buf.dh + b0 * H, H, True)
 
 
@@ -504,7 +519,7 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
             free(w_packed)
             free(hcat)
             raise MemoryError()
-    buf.w_packed, buf.hcat = w_packed, hcat
+    buf.w_packed, buf.hcat, buf.nr = w_packed, hcat, NR
     try:
         with nogil:
             if columns:
@@ -519,7 +534,7 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                 with parallel(num_threads=nt):
                     tid, nth = threadid(), fr_omp_team_size()
                     # Pack W_hh^T once, each thread a share of the panels, then all use it.
-                    pack_panels(H, GH, _share(panels, tid, nth), _share(panels, tid + 1, nth),
+                    pack_panels(buf.nr, H, GH, _share(panels, tid, nth), _share(panels, tid + 1, nth),
                                 &w_hh[0, 0], H, True, w_packed)
                     fr_omp_barrier()
                     b0 = _share(B, tid, nth)
@@ -592,7 +607,7 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
         w_packed = <floating*>malloc(<size_t>(panels * NR * GH) * sizeof(floating))
         if w_packed == NULL:
             raise MemoryError()
-    buf.w_packed = w_packed
+    buf.w_packed, buf.nr = w_packed, NR
     with nogil:
         if B <= SMALL_BATCH:
             _zero_past_lengths(&sh, 0, B, &gates[0, 0], GH, GH)
@@ -607,7 +622,7 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
             with parallel(num_threads=nt):
                 tid, nth = threadid(), fr_omp_team_size()
                 # Pack W_hh once, each thread a share of the panels, then all use it.
-                pack_panels(GH, H, _share(panels, tid, nth), _share(panels, tid + 1, nth),
+                pack_panels(buf.nr, GH, H, _share(panels, tid, nth), _share(panels, tid + 1, nth),
                             &w_hh[0, 0], H, False, w_packed)
                 fr_omp_barrier()
                 b0 = _share(B, tid, nth)

@@ -1,0 +1,97 @@
+/* Body of the packed GEMM for one vector width, included by gemm_packed_impl.h (itself once
+ * per element type) with:
+ *   FR_PANEL_KIND    name part: narrow or wide (fr_gemm_packed_narrow_f, ...)
+ *   FR_PANEL_BYTES   bytes per vector: 32 (AVX2) or 64 (AVX-512)
+ *   FR_PANEL_MR      most rows per register tile (2 * MR accumulators)
+ *   FR_PANEL_TARGET  the functions' attributes (FR_HOT clones, or FR_WIDE)
+ * and undefines them at the end. No include guard on purpose. */
+#define PFN(name) FR_CAT(FR_CAT(name, FR_PANEL_KIND), FR_SFX)
+typedef REAL PFN(fr_pvec) __attribute__((vector_size(FR_PANEL_BYTES)));
+#define VEC PFN(fr_pvec)
+#define NV ((int)(FR_PANEL_BYTES / sizeof(REAL)))
+#define NR (2 * NV)
+#define MR FR_PANEL_MR
+
+/* Panels [p0, p1) of Bp <- B(k, n) = trans ? W[n * ldw + k] : W[k * ldw + n], k < K, n < N. */
+FR_PANEL_TARGET static void PFN(fr_pack_panels)(int K, int N, int p0, int p1, const REAL *W,
+                                                ptrdiff_t ldw, int trans, REAL *Bp) {
+    for (int p = p0; p < p1; p++) {
+        REAL *dst = Bp + (ptrdiff_t)p * K * NR;
+        for (int k = 0; k < K; k++)
+            for (int c = 0; c < NR; c++) {
+                int n = p * NR + c;
+                dst[(ptrdiff_t)k * NR + c] = n >= N ? 0
+                    : trans ? W[(ptrdiff_t)n * ldw + k] : W[(ptrdiff_t)k * ldw + n];
+            }
+    }
+}
+
+/* C[:mr, :nc] (+)= A[:mr, :K] panel: an mr x NR tile of C kept in 2 * mr vector registers. */
+FR_INLINE void PFN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, const REAL *panel,
+                            REAL *C, ptrdiff_t ldc, int nc, int accumulate) {
+    VEC acc[MR][2];
+    for (int i = 0; i < mr; i++)
+        acc[i][0] = acc[i][1] = (VEC){0};
+    for (int k = 0; k < K; k++) {
+        VEC b0, b1;
+        memcpy(&b0, panel + (ptrdiff_t)k * NR, sizeof b0);
+        memcpy(&b1, panel + (ptrdiff_t)k * NR + NV, sizeof b1);
+        for (int i = 0; i < mr; i++) {
+            REAL a = A[(ptrdiff_t)i * lda + k];
+            acc[i][0] += a * b0;
+            acc[i][1] += a * b1;
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        REAL *c = C + (ptrdiff_t)i * ldc;
+        REAL out[NR];
+        memcpy(out, &acc[i][0], sizeof acc[i][0]);
+        memcpy(out + NV, &acc[i][1], sizeof acc[i][1]);
+        if (accumulate)
+            for (int j = 0; j < nc; j++) c[j] += out[j];
+        else
+            for (int j = 0; j < nc; j++) c[j] = out[j];
+    }
+}
+
+/* Columns [p0 * NR, min(p1 * NR, N)) of C for all M rows (panel range [p0, p1)). The rows
+ * are cut into ceil(M / MR) tiles of nearly equal height (16 rows: 6, 5, 5 narrow; 8, 8
+ * wide), so that no tile is left with too few accumulators to hide the FMA latency. */
+FR_PANEL_TARGET static void PFN(fr_gemm_packed)(int M, int N, int K, int p0, int p1,
+                                                const REAL *A, ptrdiff_t lda, const REAL *Bp,
+                                                REAL *C, ptrdiff_t ldc, int accumulate) {
+    int tiles = (M + MR - 1) / MR;
+    for (int p = p0; p < p1; p++) {
+        const REAL *panel = Bp + (ptrdiff_t)p * K * NR;
+        int nc = N - p * NR < NR ? N - p * NR : NR;
+        int i = 0;
+        for (int t = 0; t < tiles; t++) {
+            int mr = M / tiles + (t < M % tiles);
+            const REAL *a = A + (ptrdiff_t)i * lda;
+            REAL *c = C + (ptrdiff_t)i * ldc + (ptrdiff_t)p * NR;
+            switch (mr) {   /* constant mr: acc stays in registers */
+#if MR >= 8
+                case 8: PFN(fr_tile)(8, K, a, lda, panel, c, ldc, nc, accumulate); break;
+                case 7: PFN(fr_tile)(7, K, a, lda, panel, c, ldc, nc, accumulate); break;
+#endif
+                case 6: PFN(fr_tile)(6, K, a, lda, panel, c, ldc, nc, accumulate); break;
+                case 5: PFN(fr_tile)(5, K, a, lda, panel, c, ldc, nc, accumulate); break;
+                case 4: PFN(fr_tile)(4, K, a, lda, panel, c, ldc, nc, accumulate); break;
+                case 3: PFN(fr_tile)(3, K, a, lda, panel, c, ldc, nc, accumulate); break;
+                case 2: PFN(fr_tile)(2, K, a, lda, panel, c, ldc, nc, accumulate); break;
+                default: PFN(fr_tile)(1, K, a, lda, panel, c, ldc, nc, accumulate); break;
+            }
+            i += mr;
+        }
+    }
+}
+
+#undef PFN
+#undef VEC
+#undef NV
+#undef NR
+#undef MR
+#undef FR_PANEL_KIND
+#undef FR_PANEL_BYTES
+#undef FR_PANEL_MR
+#undef FR_PANEL_TARGET
