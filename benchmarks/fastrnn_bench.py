@@ -701,6 +701,12 @@ def main(argv=None):
     print(f"timing fastrnn {fastrnn.__version__} from "
           f"{os.path.dirname(os.path.abspath(fastrnn.__file__))} with the benchmarks in "
           f"{os.path.dirname(os.path.abspath(__file__))}", flush=True)
+    # OpenBLAS picks its kernels for the CPU unless OPENBLAS_CORETYPE says otherwise: a forced
+    # older core (e.g. Haswell on an AVX-512 machine) halves every BLAS GEMM of both columns'
+    # large products, so say so beside the figures.
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        print(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set: OpenBLAS uses "
+              f"that core's kernels, whatever this CPU has", flush=True)
     rows = run_kernel_benchmarks(cases, threads=args.threads, repeat=args.repeat,
                                  quick=args.quick, memory=not args.no_memory,
                                  progress=lambda msg: print(msg, flush=True))

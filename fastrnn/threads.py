@@ -135,3 +135,6 @@ def show_config(file=None):
             print(f"  BLAS    {lib.get('internal_api')} {lib.get('version')} "
                   f"({lib.get('num_threads')} threads, {lib.get('architecture', '?')}) "
                   f"{lib.get('filepath')}", file=out)
+    if os.environ.get("OPENBLAS_CORETYPE"):   # overrides OpenBLAS's own choice of kernels
+        print(f"  OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} (OpenBLAS uses that "
+              f"core's kernels, whatever this CPU has)", file=out)
