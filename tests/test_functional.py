@@ -202,6 +202,15 @@ def test_show_config_reports_threads_and_blas(capsys):
         fastrnn.set_num_threads(0)
 
 
+def test_show_config_says_when_openblas_coretype_overrides_the_cpu(capsys, monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    fastrnn.show_config()
+    assert "OPENBLAS_CORETYPE=Haswell" in capsys.readouterr().out
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    fastrnn.show_config()
+    assert "OPENBLAS_CORETYPE" not in capsys.readouterr().out
+
+
 def _with_1_and_2_threads(run):
     """[run() on 1 thread, run() on 2 threads], restoring the default afterwards."""
     results = []
