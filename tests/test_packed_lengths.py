@@ -295,3 +295,31 @@ def test_packed_kernels_refuse_an_inconsistent_packing():
                                      np.zeros((a["N"] - 1, H)), np.zeros((a["N"], 4 * H)), None,
                                      np.zeros((4 * H, I)), np.zeros((4 * H, H)), None, None,
                                      None, 2)
+
+
+@pytest.mark.parametrize("case", ["unsorted", "all whole"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_torch_bridge_rebuilt_workspace_takes_the_forward_path(cell, case):
+    """fastrnn.torch rebuilds the workspace in its backward from the caller's lengths: it
+    must take the path its forward took (packed, or the plain loops when all are whole)."""
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as fastrnn_torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    lengths = torch.from_numpy(LENGTH_CASES[case])
+    torch.manual_seed(0)
+    make = getattr(torch.nn, cell.upper())
+    reference = make(I, H, bidirectional=True, dtype=torch.float64)
+    ours = fastrnn_torch.convert(make(I, H, bidirectional=True, dtype=torch.float64))
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    dy = torch.randn(T, B, 2 * H, dtype=torch.float64)
+    results = []
+    for module in (ours, reference):
+        xt = x.clone().requires_grad_(True)
+        out, _ = module(pack_padded_sequence(xt, lengths, enforce_sorted=False))
+        y, _ = pad_packed_sequence(out, total_length=T)
+        (y * dy).sum().backward()
+        results.append([y.detach().numpy(), xt.grad.numpy()] +
+                       [p.grad.numpy() for p in module.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -187,9 +187,7 @@ def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=
     T, B, _ = x.shape
     GH, H = w_hh.shape
     h, c = _state_pair(spec, state, "state", B, H, dtype, xp)
-    lens = check_lengths(lengths, T, B)
-    if lens is not None and lens.min() == T:
-        lens = None   # every sequence is whole: the plain loops compute the same, faster
+    lens = _loop_lengths(check_lengths(lengths, T, B), T)
     if out is None:
         out = xp.empty((T, B, H), dtype=dtype)
     else:
@@ -223,6 +221,13 @@ def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=
     if copy_back:
         out[...] = y_rows.reshape(T, B, H)
     return out, ((h, c) if spec.has_cell_state else h), ws
+
+
+def _loop_lengths(lens, T):
+    """The lengths the loops get: None when every sequence is whole (the plain loops compute
+    the same, faster). Forward and backward both apply it, so that a workspace rebuilt from
+    the caller's lengths (fastrnn.torch, fastrnn.jax) takes the same path as its forward."""
+    return None if lens is not None and lens.min() == T else lens
 
 
 def _packing_for(ops, lens, B, reverse):
@@ -324,14 +329,15 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
     _consume(ws)
     gates, hn, chist = ws.gates, ws.hn, ws.chist
     _check_saved(ws, xp, spec, GH, H, I, dtype, gates, hn, chist)
-    packing = _packing_for(ops, ws.lengths, B, ws.reverse)
+    packing = _packing_for(ops, _loop_lengths(ws.lengths, T), B, ws.reverse)
     if packing is not None:
         grads, dx_out = _backward_packed(ws, dy_rows, dh, dc, grads, dx_out)
         ws.gates = ws.hn = ws.chist = None
         return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
     dgh_first = xp.empty((B, GH), dtype)
     with ops.compute():
-        ops.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0, ws.lengths,
+        ops.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0,
+                          _loop_lengths(ws.lengths, T),
                           gates, hn, chist, ws.y, dy_rows, dh, dc, dgh_first)
         # Outputs are allocated only now, after the loop has freed its packed copy of W_hh,
         # so that the two never coexist (peak memory).
