@@ -28,6 +28,11 @@ The time loops split the work in one of two ways:
   every row, computes its gate columns with matrix-vector kernels that stream W_hh once per
   step, and the threads meet at one barrier per step.
 
+A batch above SMALL_BATCH with lengths runs packed instead (forward_loop_packed,
+backward_loop_packed, weight_grads_packed; the section at the end of this file): its
+sequences sorted by length and only their real tokens projected, stepped and summed, so
+that its cost follows the real tokens rather than T * B.
+
 Either way each output element of the loops is computed by the same sequence of operations
 whatever the thread count; with the GEMM parts above, results are identical for 1 and 2
 threads (tested bitwise in float64).
