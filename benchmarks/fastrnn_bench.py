@@ -7,7 +7,7 @@ and says which on its first line.
     rows = run_kernel_benchmarks(threads=2)
     print(format_table(rows))
 
-or ``fastrnn bench [--quick] [--threads N] [--cases kernels,lm,torch,jax,gpu]``
+or ``fastrnn bench [--quick] [--threads N] [--cases kernels,lm,torch,jax,varlen,gpu]``
 (:func:`main`). The same cases drive the pytest-benchmark suite next to this file
 (test_cases.py), and the GPU cases (fastrnn_bench_gpu.py) run on this module's timer and table.
 
@@ -443,6 +443,106 @@ def jax_bridge_cases(sizes=None, dtype=np.float32):
     return cases
 
 
+# ---- variable-length batches (lengths U[T/4, T]) against the same batch padded -------------
+
+VARLEN_SIZES = [(32, 200, 128, 256)]
+VARLEN_CELLS = ["lstm", "gru"]
+
+
+def varlen_lengths(B, T, seed=0):
+    """Unsorted lengths uniform in [T/4, T], as int64 (the varlen and torch-bridge batches)."""
+    return np.random.default_rng(seed).integers(max(1, T // 4), T + 1, size=B).astype(np.int64)
+
+
+def _fastrnn_varlen(cell, B, T, I, H, dtype, with_lengths):
+    def factory():
+        x, (w_ih, w_hh, b_ih, b_hh), dy = _kernel_inputs(cell, B, T, I, H, dtype)
+        lengths = varlen_lengths(B, T) if with_lengths else None
+
+        def step():
+            _, _, ws = F.recurrent_forward(cell, x, w_ih, w_hh, b_ih, b_hh, lengths=lengths)
+            return F.recurrent_backward(ws, dy)
+        return step
+    return factory
+
+
+def _torch_varlen(cell, B, T, I, H, dtype, with_lengths):
+    """torch.nn's module on the padded batch, or packed from it (pack_padded_sequence with
+    enforce_sorted=False) and padded back, so that both libraries take and return the same
+    padded arrays."""
+    def factory():
+        import torch
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        x, weights, dy = _kernel_inputs(cell, B, T, I, H, dtype)
+        tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+        module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H, dtype=tdtype)
+        with torch.no_grad():
+            for p, w in zip((module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
+                             module.bias_hh_l0), weights):
+                p.copy_(torch.from_numpy(w))
+        xt = torch.from_numpy(x).requires_grad_(True)
+        dyt = torch.from_numpy(dy)
+        lengths = torch.from_numpy(varlen_lengths(B, T))
+
+        def step():
+            module.zero_grad(set_to_none=True)
+            xt.grad = None
+            if with_lengths:
+                out, _ = module(pack_padded_sequence(xt, lengths, enforce_sorted=False))
+                y, _ = pad_packed_sequence(out, total_length=T)
+            else:
+                y, _ = module(xt)
+            y.backward(dyt)
+        return step
+    return factory
+
+
+def varlen_cases(cells=None, sizes=None, dtype=np.float32):
+    """One recurrent layer forward+backward on a batch with lengths uniform in [T/4, T]
+    (fastrnn with lengths against PyTorch packed) and on the same batch padded (fastrnn and
+    PyTorch without lengths): :func:`varlen_summary` puts each library's time with lengths
+    next to its padded time and the share of real tokens."""
+    cases = []
+    for cell in cells or VARLEN_CELLS:
+        for (B, T, I, H) in sizes or VARLEN_SIZES:
+            real = float(varlen_lengths(B, T).sum()) / (T * B)
+            for layout in ("lengths", "padded"):
+                with_lengths = layout == "lengths"
+                group = f"varlen-{cell}-{layout}-B{B}T{T}I{I}H{H}"
+                flops = kernel_flops(cell, "forward+backward", B, T, I, H)
+                cases.append(Case(
+                    name=group, group=group,
+                    make_fastrnn=_fastrnn_varlen(cell, B, T, I, H, dtype, with_lengths),
+                    make_torch=_torch_varlen(cell, B, T, I, H, dtype, with_lengths),
+                    flops=flops * real if with_lengths else flops,
+                    params=dict(kind="varlen", cell=cell, layout=layout, B=B, T=T, I=I, H=H,
+                                real_share=real, dtype=np.dtype(dtype).name)))
+    return cases
+
+
+def varlen_summary(rows):
+    """Lines putting each varlen case's time with lengths over its padded time, against the
+    share of real tokens (the ideal ratio; the target is at most 1.15 times it), from the
+    medians of the repeats."""
+    by_key = {(r["cell"], r["B"], r["T"], r["I"], r["H"], r["layout"]): r
+              for r in rows if r.get("kind") == "varlen"}
+    lines = []
+    for (cell, B, T, I, H, layout), r in by_key.items():
+        padded = by_key.get((cell, B, T, I, H, "padded"))
+        if layout != "lengths" or padded is None:
+            continue
+        ratio = r["fastrnn_median_s"] / padded["fastrnn_median_s"]
+        text = (f"varlen {cell} B{B}T{T}I{I}H{H}: real tokens {100 * r['real_share']:.1f}%; "
+                f"fastrnn lengths/padded {ratio:.3f} ({ratio / r['real_share']:.2f}x the real "
+                f"share)")
+        if r["torch_median_s"] is not None and padded["torch_median_s"] is not None:
+            text += (f"; PyTorch packed/padded "
+                     f"{r['torch_median_s'] / padded['torch_median_s']:.3f}; PyTorch packed / "
+                     f"fastrnn lengths {r['torch_median_s'] / r['fastrnn_median_s']:.2f}x")
+        lines.append(text + " (medians)")
+    return lines
+
+
 def _gpu_cases(cuda_graphs=False):
     import fastrnn_bench_gpu   # next to this file; imported on demand (it needs CuPy)
     return fastrnn_bench_gpu.gpu_cases(cuda_graphs=cuda_graphs)
@@ -450,7 +550,7 @@ def _gpu_cases(cuda_graphs=False):
 
 # Named case sets for --cases; new kinds of cases get an entry here.
 CASE_SETS = {"kernels": kernel_cases, "lm": lm_cases, "torch": torch_bridge_cases,
-             "jax": jax_bridge_cases,
+             "jax": jax_bridge_cases, "varlen": varlen_cases,
              "gpu": _gpu_cases,
              "gpu-graphs": lambda: _gpu_cases(cuda_graphs=True)}
 
@@ -683,7 +783,8 @@ def main(argv=None):
                         help=f"comma-separated case sets: {', '.join(CASE_SETS)} (torch: "
                              f"fastrnn.torch inside PyTorch's autograd, against torch.nn; "
                              f"jax: fastrnn.jax under jax.jit(jax.grad), against a "
-                             f"pure-JAX lax.scan LSTM; "
+                             f"pure-JAX lax.scan LSTM; varlen: LSTM and GRU with lengths "
+                             f"U[T/4, T] against the same batch padded, and PyTorch packed; "
                              f"gpu: the CUDA "
                              f"backend against cuDNN; gpu-graphs: the same with CUDA-graph replay)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per case (best is kept)")
@@ -711,6 +812,8 @@ def main(argv=None):
                                  quick=args.quick, memory=not args.no_memory,
                                  progress=lambda msg: print(msg, flush=True))
     print(format_table(rows))
+    for line in varlen_summary(rows):
+        print(line)
     return 0
 
 

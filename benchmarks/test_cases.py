@@ -8,6 +8,8 @@ Cases come from fastrnn_bench.py (the same lists `fastrnn bench` runs):
 * jax-bridge case: jax.jit(jax.grad) of a (32, 64, 128, 256) LSTM, fastrnn.jax against the
   same LSTM in pure JAX with lax.scan (in the "torch" test, library "pure JAX (lax.scan)";
   JAX installed only);
+* varlen cases: LSTM and GRU (32, 200, 128, 256) forward+backward with lengths uniform in
+  [T/4, T], fastrnn with lengths against PyTorch packed, and the same batch padded in both;
 * language-model cases: a full training step (embedding, 2-layer LSTM, linear, softmax
   cross-entropy, backward, clipping, Adam) of a character model, fast.ai's small character
   model (V 86, E 42, one LSTM of 256, B 64 x T 8) and a word model, and generation
@@ -18,11 +20,12 @@ a group, so --benchmark-group-by=group shows them side by side.
 import pytest
 
 from fastrnn_bench import (jax_bridge_cases, kernel_cases, lm_cases, torch_available,
-                           torch_bridge_cases)
+                           torch_bridge_cases, varlen_cases)
 
 # torch_bridge_cases is empty without torch, jax_bridge_cases without JAX (both of their
 # columns need it)
-CASES = kernel_cases() + lm_cases() + torch_bridge_cases() + jax_bridge_cases()
+CASES = (kernel_cases() + varlen_cases() + lm_cases() + torch_bridge_cases()
+         + jax_bridge_cases())
 
 
 def _extra_info(benchmark, case, library, threads):

@@ -124,3 +124,25 @@ def test_step_phases_times_every_phase_of_a_training_step(capsys):
     assert phases.main(["--model", "small", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "small model, 1 thread(s), 1 steps" in out and "optimizer" in out
+
+
+def test_varlen_cases_and_summary(capsys, monkeypatch):
+    """The varlen set: lengths and padded rows of each cell, and a summary line putting the
+    time with lengths over the padded time next to the share of real tokens."""
+    cases = benchmarks.varlen_cases()
+    assert {(c.params["cell"], c.params["layout"]) for c in cases} == {
+        (cell, layout) for cell in ("lstm", "gru") for layout in ("lengths", "padded")}
+    assert all((c.params["B"], c.params["T"], c.params["I"], c.params["H"]) == (32, 200, 128, 256)
+               for c in cases)
+    lengths = benchmarks.varlen_lengths(32, 200)
+    assert lengths.min() >= 50 and lengths.max() <= 200
+    tiny = benchmarks.varlen_cases(cells=["gru"], sizes=[(10, 6, 3, 4)])
+    monkeypatch.setitem(benchmarks.CASE_SETS, "varlen", lambda: tiny)
+    assert benchmarks.main(["--quick", "--threads", "1", "--no-memory", "--cases", "varlen"]) == 0
+    out = capsys.readouterr().out
+    assert "varlen-gru-lengths-B10T6I3H4" in out and "varlen-gru-padded-B10T6I3H4" in out
+    (line,) = [s for s in out.splitlines() if s.startswith("varlen gru B10T6I3H4")]
+    share = benchmarks.varlen_lengths(10, 6).sum() / 60
+    assert f"real tokens {100 * share:.1f}%" in line and "fastrnn lengths/padded" in line
+    if benchmarks.torch_available():
+        assert "PyTorch packed/padded" in line

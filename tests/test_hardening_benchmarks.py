@@ -119,7 +119,8 @@ def test_gpu_cases_use_the_shared_timer_rows_and_table(gpu_bench):
 def test_gpu_graph_cases_are_named_apart(gpu_bench):
     (case,) = gpu_bench.gpu_cases([("gru", 2, 3, 4, 5)], cuda_graphs=True)
     assert case.name.endswith("-graphs") and case.params["cuda_graphs"] is True
-    assert set(benchmarks.CASE_SETS) == {"kernels", "lm", "torch", "jax", "gpu", "gpu-graphs"}
+    assert set(benchmarks.CASE_SETS) == {"kernels", "lm", "torch", "jax", "varlen", "gpu",
+                                       "gpu-graphs"}
 
 
 def test_gpu_cases_without_cupy_are_one_line_and_exit_2(monkeypatch, capsys):

@@ -28,6 +28,11 @@ The time loops split the work in one of two ways:
   every row, computes its gate columns with matrix-vector kernels that stream W_hh once per
   step, and the threads meet at one barrier per step.
 
+A batch above SMALL_BATCH with lengths runs packed instead (forward_loop_packed,
+backward_loop_packed, weight_grads_packed; the section at the end of this file): its
+sequences sorted by length and only their real tokens projected, stepped and summed, so
+that its cost follows the real tokens rather than T * B.
+
 Either way each output element of the loops is computed by the same sequence of operations
 whatever the thread count; with the GEMM parts above, results are identical for 1 and 2
 threads (tested bitwise in float64).
@@ -125,6 +130,9 @@ cdef enum:
     # and multiplies it by W_hh per step with the packed GEMM. With a few rows, a GEMM
     # spends most of its time on packing, while the matvecs stream W_hh once.
     SMALL_BATCH = 8
+
+# Above this batch size a batch with lengths runs packed (forward_loop_packed and friends).
+PACKED_MIN_BATCH = SMALL_BATCH + 1
 
 
 ctypedef struct LoopShape:
@@ -649,14 +657,20 @@ cdef void _add_column_sums(Py_ssize_t rows, Py_ssize_t c0, Py_ssize_t c1, const 
 
 ctypedef struct GradBuffers:
     # weight_grads' operands and outputs, all of the call's float type (void*: see LoopBuffers).
-    const void* x              # (T*B, I)
+    Py_ssize_t rows            # rows of x, g, hn and dx: T*B, or the real tokens when packed
+    const void* x              # (rows, I)
     const void* w_ih           # (G*H, I)
-    const void* h0             # (B, H)
-    const void* y              # (T*B, H), rows ldy elements apart
+    const void* g              # (rows, G*H) dGh from backward_loop
+    const void* hn             # (rows, H) GRU: the x-side gradient of the n gate; else NULL
+    # dW_hh = g_paired^T y_paired over paired_rows rows (y_paired rows ldy elements apart)
+    # + dgh_first^T h0 over first_rows rows (0: none).
+    const void* g_paired
+    const void* y_paired
     Py_ssize_t ldy
-    const void* g              # (T*B, G*H) dGh from backward_loop
-    const void* hn             # (T*B, H) GRU: the x-side gradient of the n gate; else NULL
-    const void* dgh_first      # (B, G*H) dGh at each sequence's first step
+    Py_ssize_t paired_rows
+    const void* h0             # (first_rows, H)
+    const void* dgh_first      # (first_rows, G*H) dGh at each sequence's first step
+    Py_ssize_t first_rows
     void* dw_ih                # (G*H, I)
     void* dw_hh                # (G*H, H)
     void* db_ih                # (G*H,) or NULL to skip
@@ -675,12 +689,11 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
     dW afterwards); else it computes rows [lo, hi) of dW over all rows. db, dx: rows [lo, hi)
     of the output (gate columns of db; time-space rows of dx). Parts write disjoint memory."""
     cdef int kind = sh.kind
-    cdef bint reverse = sh.reverse
-    cdef Py_ssize_t T = sh.T, B = sh.B, H = sh.H, GH = sh.GH, ldy = gb.ldy
+    cdef Py_ssize_t H = sh.H, GH = sh.GH, ldy = gb.ldy
+    cdef Py_ssize_t first_rows = gb.first_rows, paired_rows = gb.paired_rows
     cdef const floating* x = <const floating*>gb.x
     cdef const floating* w_ih = <const floating*>gb.w_ih
     cdef const floating* h0 = <const floating*>gb.h0
-    cdef const floating* y = <const floating*>gb.y
     cdef const floating* g = <const floating*>gb.g
     cdef const floating* hn = <const floating*>gb.hn
     cdef const floating* dgh_first = <const floating*>gb.dgh_first
@@ -691,29 +704,24 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
     cdef floating* dx = <floating*>gb.dx
     cdef floating* tmp_ih = <floating*>gb.tmp_ih
     cdef floating* tmp_hh = <floating*>gb.tmp_hh
-    cdef Py_ssize_t TB = T * B, lo, hi, k0, k1
+    cdef Py_ssize_t TB = gb.rows, lo, hi, k0, k1
     cdef Py_ssize_t x_cols = 2 * H if kind == K_GRU else GH   # gate columns shared by both sides
-    cdef const floating* y_prev
-    cdef const floating* g_with_prev
+    cdef const floating* y_prev = <const floating*>gb.y_paired
+    cdef const floating* g_with_prev = <const floating*>gb.g_paired
     cdef floating* c_hh = dw_hh
     cdef floating* c_ih = dw_ih
     cdef floating beta = 1
-    if reverse:
-        g_with_prev = g                 # rows t = 0..T-2 pair with y[t+1]
-        y_prev = y + _row_at(B, ldy)
-    else:
-        g_with_prev = g + _row_at(B, GH)   # rows t = 1..T-1 pair with y[t-1]
-        y_prev = y
     if tmp_hh != NULL:
         # dW_hh += dGh^T h_prev over this part's rows: a K split, so that each part packs
         # only its share of both operands (an M split re-packs all of h_prev per part).
         if part > 0:
             c_hh, c_ih, beta = tmp_hh + (part - 1) * GH * H, tmp_ih + (part - 1) * GH * I, 0
-        k0, k1 = _split_at((T - 1) * B, part, parts), _split_at((T - 1) * B, part + 1, parts)
+        k0, k1 = _split_at(paired_rows, part, parts), _split_at(paired_rows, part + 1, parts)
         gemm(True, False, GH, H, k1 - k0, <floating>1, g_with_prev + _row_at(k0, GH), GH,
              y_prev + _row_at(k0, ldy), ldy, beta, c_hh, H)
-        if part == 0:
-            gemm(True, False, GH, H, B, <floating>1, dgh_first, GH, h0, H, <floating>1, dw_hh, H)
+        if part == 0 and first_rows > 0:
+            gemm(True, False, GH, H, first_rows, <floating>1, dgh_first, GH, h0, H,
+                 <floating>1, dw_hh, H)
         k0, k1 = _split_at(TB, part, parts), _split_at(TB, part + 1, parts)
         gemm(True, False, x_cols, I, k1 - k0, <floating>1, g + _row_at(k0, GH), GH,
              x + _row_at(k0, I), I, beta, c_ih, I)
@@ -724,10 +732,11 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
         # dW_hh[lo:hi] += dGh[:, lo:hi]^T h_prev.
         lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
         if hi > lo:
-            gemm(True, False, hi - lo, H, (T - 1) * B, <floating>1, g_with_prev + lo, GH,
+            gemm(True, False, hi - lo, H, paired_rows, <floating>1, g_with_prev + lo, GH,
                  y_prev, ldy, <floating>1, dw_hh + lo * H, H)
-            gemm(True, False, hi - lo, H, B, <floating>1, dgh_first + lo, GH, h0, H,
-                 <floating>1, dw_hh + lo * H, H)
+            if first_rows > 0:
+                gemm(True, False, hi - lo, H, first_rows, <floating>1, dgh_first + lo, GH, h0,
+                     H, <floating>1, dw_hh + lo * H, H)
         # Input side: the same dGh columns, except the GRU's n gate, whose gradient is in hn.
         lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
         if hi > lo:
@@ -788,12 +797,7 @@ def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     The outputs are cut into max(2, num_threads) parts shared among the OpenMP threads, each
     calling single-threaded BLAS on its parts (see project_inputs).
     """
-    cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H, I = x.shape[1], p
-    cdef int tid, nth
-    cdef int nt = fr_team_threads(num_threads)
-    cdef Py_ssize_t parts = _gemm_parts(num_threads)
-    cdef floating[::1] tmp_view
-    cdef floating* tmp_hh = NULL
+    cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H, I = x.shape[1]
     cdef LoopShape sh
     cdef GradBuffers gb
     memset(&gb, 0, sizeof(gb))
@@ -825,25 +829,395 @@ def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     if dx is not None:
         _check_shape("dx", dx.shape[0], dx.shape[1], T * B, I)
         gb.dx = &dx[0, 0]
+    sh = _loop_shape(kind, T, B, H, reverse, None)
+    gb.rows, gb.x, gb.w_ih, gb.g = T * B, &x[0, 0], &w_ih[0, 0], &gates[0, 0]
+    gb.dw_ih, gb.dw_hh = &dw_ih[0, 0], &dw_hh[0, 0]
+    # Row (t, b) pairs with y at t-1 (forward) or t+1 (reverse): rows t = 1..T-1 with y's
+    # rows 0..T-2, or rows 0..T-2 with y's rows 1..T-1; each first step with h0.
+    gb.paired_rows = (T - 1) * B
+    gb.g_paired = &gates[0, 0] if reverse else &gates[0, 0] + _row_at(B, GH)
+    gb.y_paired = &y[0, 0] + _row_at(B, gb.ldy) if reverse else &y[0, 0]
+    gb.h0, gb.dgh_first, gb.first_rows = &h0[0, 0], &dgh_first[0, 0], B
+    _run_weight_grads(&sh, I, &gb, num_threads, &dw_hh[0, 0], &dw_ih[0, 0])
+
+
+cdef int _run_weight_grads(const LoopShape* sh, Py_ssize_t I, GradBuffers* gb, int num_threads,
+                           floating* dw_hh, floating* dw_ih) except -1:
+    """The parallel part of weight_grads and weight_grads_packed, on checked buffers."""
+    cdef int tid, nth
+    cdef int nt = fr_team_threads(num_threads)
+    cdef Py_ssize_t p, GH = sh.GH, H = sh.H, parts = _gemm_parts(num_threads)
+    cdef floating[::1] tmp_view
+    cdef floating* tmp_hh = NULL
     # Split dW's GEMMs along the rows summed over (K) when there are many more of them than
     # gate columns: then re-packing the long operand per part would cost more than the
     # (parts - 1) small partial results, which are allocated through numpy so that they
     # show in memory measurements.
-    if T * B >= 16 * max(GH, max(H, I)):
+    if gb.rows >= 16 * max(GH, max(H, I)):
         tmp = np.empty((parts - 1) * GH * (H + I), dtype=np.float32 if floating is float else np.float64)
         tmp_view = tmp
         tmp_hh = &tmp_view[0]
         gb.tmp_hh, gb.tmp_ih = tmp_hh, tmp_hh + (parts - 1) * GH * H
-    sh = _loop_shape(kind, T, B, H, reverse, None)
-    gb.x, gb.w_ih, gb.h0, gb.y = &x[0, 0], &w_ih[0, 0], &h0[0, 0], &y[0, 0]
-    gb.g, gb.dgh_first, gb.dw_ih, gb.dw_hh = &gates[0, 0], &dgh_first[0, 0], &dw_ih[0, 0], &dw_hh[0, 0]
     with nogil, parallel(num_threads=nt):
         tid, nth = threadid(), fr_omp_team_size()
         for p in range(_share(parts, tid, nth), _share(parts, tid + 1, nth)):
-            _weight_grads_part(&sh, I, &gb, p, parts, <floating>0)
+            _weight_grads_part(sh, I, gb, p, parts, <floating>0)
         if tmp_hh != NULL:
             fr_omp_barrier()
             _add_parts(GH * H, _split_at(GH * H, tid, nth), _split_at(GH * H, tid + 1, nth),
-                       parts, tmp_hh, &dw_hh[0, 0])
+                       parts, tmp_hh, dw_hh)
             _add_parts(GH * I, _split_at(GH * I, tid, nth), _split_at(GH * I, tid + 1, nth),
-                       parts, <floating*>gb.tmp_ih, &dw_ih[0, 0])
+                       parts, <floating*>gb.tmp_ih, dw_ih)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed variable-length batches (batch > SMALL_BATCH with lengths): the cost follows the
+# real tokens.
+#
+# The caller (fastrnn/_engine/packing.py) sorts the sequences by decreasing length and lays
+# their real tokens out step by step, as PyTorch's PackedSequence does: packed row
+# starts[s] + k is step s of the k-th longest sequence, and step s has counts[s] rows (the
+# sequences longer than s, a prefix of the sorted order). gates, hn and chist use packed
+# rows 0..N-1 of their buffers; y and dy stay in time space, row src[r] of packed row r, so
+# that the layer's output is written where the caller reads it. Thread k of nt owns the
+# sorted sequences k, k + nt, k + 2 nt, ...: at every step its active ones are a prefix of
+# them, they sit a constant nt rows apart in the packed step (and in its per-sequence
+# buffers), so that each step is one small GEMM of exactly the active rows, the shares stay
+# balanced however the lengths are spread, and no thread waits for another.
+#
+# Each row goes through the same operations as in the time-space loops above (gemm_packed
+# sums each element in a fixed order whatever its rows, see csrc/gemm_packed.h), so h_t, c_t,
+# dh and dc come out identical; the weight gradients are sums over the real rows only.
+# ---------------------------------------------------------------------------------------------
+
+ctypedef struct PackedShape:
+    int kind                   # cell id (_cells.pxd)
+    Py_ssize_t B, H, GH        # sequences, hidden units, gate columns
+    Py_ssize_t steps           # the longest length
+    const int64_t* counts      # (steps,) rows of each step: non-increasing, counts[0] == B
+    const int64_t* starts      # (steps,) first packed row of each step
+    const int64_t* src         # (N,) time-space row of each packed row (for y and dy)
+
+
+cdef inline Py_ssize_t _owned_rows(const PackedShape* ps, Py_ssize_t s, Py_ssize_t k,
+                                   Py_ssize_t nt) noexcept nogil:
+    """Active sequences at step s among k, k + nt, ...: those below counts[s]."""
+    cdef Py_ssize_t n = <Py_ssize_t>ps.counts[s]
+    return (n - k + nt - 1) // nt if n > k else 0
+
+
+cdef inline const floating* _packed_h_prev(const PackedShape* ps, const LoopBuffers* buf,
+                                           Py_ssize_t s, Py_ssize_t b,
+                                           floating zero) noexcept nogil:
+    """h_prev of sorted sequence b at step s: h0's row b at its first step, else its y row
+    of step s - 1."""
+    if s == 0:
+        return <const floating*>buf.h0 + b * ps.H
+    return <const floating*>buf.y + _row_at(<Py_ssize_t>ps.src[ps.starts[s - 1] + b], buf.ldy)
+
+
+cdef inline const floating* _packed_c_prev(const PackedShape* ps, const LoopBuffers* buf,
+                                           Py_ssize_t s, Py_ssize_t b,
+                                           floating zero) noexcept nogil:
+    """LSTM: c_prev of sorted sequence b at step s (c0 or chist's packed row of step s - 1);
+    NULL for the other cells."""
+    if ps.kind != K_LSTM:
+        return NULL
+    if s == 0:
+        return <const floating*>buf.c0 + b * ps.H
+    return <const floating*>buf.chist + _row_at(ps.starts[s - 1] + b, ps.H)
+
+
+cdef void _forward_packed_share(const PackedShape* ps, const LoopBuffers* buf, Py_ssize_t k,
+                                Py_ssize_t nt, floating zero) noexcept nogil:
+    """Thread k of nt: per step, gather its active sequences' h_prev (nt rows apart in hcat),
+    one GEMM with W_hh^T packed once (buf.w_packed) into gh, then the gate math per row."""
+    cdef Py_ssize_t H = ps.H, GH = ps.GH, NR = buf.nr
+    cdef Py_ssize_t s, j, m, b, row
+    cdef floating* hcat = <floating*>buf.hcat
+    for s in range(ps.steps):
+        m = _owned_rows(ps, s, k, nt)
+        if m == 0:
+            break   # counts never grow again
+        for j in range(m):
+            b = k + j * nt
+            memcpy(hcat + b * H, _packed_h_prev(ps, buf, s, b, zero), H * sizeof(floating))
+        gemm_packed(buf.nr, <int>m, GH, H, 0, (GH + NR - 1) // NR, hcat + k * H, nt * H,
+                    <const floating*>buf.w_packed, <floating*>buf.gh + k * GH, nt * GH, False)
+        for j in range(m):
+            b = k + j * nt
+            row = ps.starts[s] + b
+            cell_forward_row(ps.kind, H, 0, H, <floating*>buf.gates + _row_at(row, GH),
+                             <floating*>buf.gh + b * GH, <const floating*>buf.b_hh,
+                             _packed_h_prev(ps, buf, s, b, zero),
+                             <floating*>buf.y + _row_at(<Py_ssize_t>ps.src[row], buf.ldy),
+                             _packed_c_prev(ps, buf, s, b, zero),
+                             _row_or_null(buf.chist, ps.kind == K_LSTM, row, H, zero),
+                             _row_or_null(buf.hn, ps.kind == K_GRU, row, H, zero))
+
+
+cdef void _backward_packed_share(const PackedShape* ps, const LoopBuffers* buf, Py_ssize_t k,
+                                 Py_ssize_t nt, floating zero) noexcept nogil:
+    """Thread k of nt, from the last step down: the gate backward of its active sequences
+    turns their gates rows into dGh, which sit nt rows apart in the packed step and are the
+    operand of dh += dGh W_hh (W_hh packed once, buf.w_packed)."""
+    cdef Py_ssize_t H = ps.H, GH = ps.GH, NR = buf.nr
+    cdef Py_ssize_t s, j, m, b, row, i
+    cdef floating* dh_row
+    cdef const floating* dy_row
+    for s in range(ps.steps - 1, -1, -1):
+        m = _owned_rows(ps, s, k, nt)
+        if m == 0:
+            continue
+        for j in range(m):
+            b = k + j * nt
+            row = ps.starts[s] + b
+            dh_row = <floating*>buf.dh + b * H
+            if buf.dy != NULL:
+                dy_row = <const floating*>buf.dy + _row_at(<Py_ssize_t>ps.src[row], buf.lddy)
+                for i in range(H):
+                    dh_row[i] += dy_row[i]
+            cell_backward_row(ps.kind, H, 0, H, <floating*>buf.gates + _row_at(row, GH),
+                              _row_or_null(buf.hn, ps.kind == K_GRU, row, H, zero),
+                              _row_or_null(buf.chist, ps.kind == K_LSTM, row, H, zero),
+                              _packed_c_prev(ps, buf, s, b, zero),
+                              _packed_h_prev(ps, buf, s, b, zero), dh_row,
+                              <floating*>buf.dc + b * H if ps.kind == K_LSTM else NULL)
+        gemm_packed(buf.nr, <int>m, H, GH, 0, (H + NR - 1) // NR,
+                    <floating*>buf.gates + _row_at(ps.starts[s] + k, GH), nt * GH,
+                    <const floating*>buf.w_packed, <floating*>buf.dh + k * H, nt * H, True)
+
+
+cdef object _packed_shape(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                          const int64_t[::1] counts, const int64_t[::1] src, PackedShape* ps):
+    """Check a packing against the call's sizes and fill ``ps``. Returns the numpy array
+    that holds ps.starts (keep it alive while ps is used)."""
+    cdef Py_ssize_t s, r, steps = counts.shape[0], N = 0, TB = T * B
+    cdef int64_t[::1] starts_view
+    if steps < 1 or steps > T:
+        raise ValueError(f"counts must have between 1 and T={T} steps, got {steps}")
+    for s in range(steps):
+        if counts[s] < 1 or counts[s] > (B if s == 0 else counts[s - 1]):
+            raise ValueError(f"counts must be non-increasing in [1, B={B}], got {counts[s]} "
+                             f"at step {s}")
+        N += counts[s]
+    if counts[0] != B:
+        raise ValueError(f"counts[0] must be B={B} (every sequence has a first step), got "
+                         f"{counts[0]}")
+    _check_len("src", src.shape[0], N)
+    for r in range(N):
+        if src[r] < 0 or src[r] >= TB:
+            raise ValueError(f"src must hold time-space rows in [0, {TB}), got {src[r]} at {r}")
+    starts = np.empty(steps, dtype=np.int64)
+    starts_view = starts
+    N = 0
+    for s in range(steps):
+        starts_view[s] = N
+        N += counts[s]
+    ps.kind, ps.B, ps.H, ps.GH, ps.steps = kind, B, H, gate_count(kind) * H, steps
+    ps.counts, ps.starts, ps.src = &counts[0], &starts_view[0], &src[0]
+    return starts
+
+
+cdef int _check_packed_rows(str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t N,
+                            Py_ssize_t want_cols) except -1:
+    """A buffer whose first N rows hold the packed tokens."""
+    if rows < N or cols != want_cols:
+        raise ValueError(f"{name} must have at least {N} rows (the real tokens) of {want_cols} "
+                         f"columns, got ({rows}, {cols})")
+    return 0
+
+
+def forward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1] lengths not None,
+                        const int64_t[::1] counts not None, const int64_t[::1] src not None,
+                        const floating[:, ::1] w_hh not None, const floating[::1] b_hh not None,
+                        floating[:, ::1] h not None, floating[:, ::1] c,
+                        floating[:, ::1] gates not None, floating[:, ::1] hn,
+                        floating[:, ::1] chist, floating[:, :] y not None,
+                        floating[:, ::1] gh not None, int num_threads):
+    """forward_loop on a packed batch (see the section comment above).
+
+    lengths (B,)      each sequence's length, in the caller's order (y is zeroed past them).
+    counts  (steps,)  rows of each packed step; src (N,): time-space row of each packed row.
+    h, c    (B, H)    in the sorted order: in the initial state, out the final state.
+    gates   (>= N, G*H) in: projected inputs of the packed rows, out: saved activations.
+    hn, chist (>= N, H) GRU / LSTM only, as in forward_loop, packed rows.
+    y       (T*B, H)  out: h_t in time space (zero past each length), rows may be strided.
+    gh      (B, G*H)  scratch.
+    """
+    cdef Py_ssize_t H = h.shape[1], GH = gate_count(kind) * H, N, s, b, row
+    cdef int nt = _threads_for(B, H, num_threads), tid, nth
+    cdef PackedShape ps
+    cdef LoopShape sh
+    cdef LoopBuffers buf
+    cdef floating* w_packed = NULL
+    cdef floating* hcat = NULL
+    cdef Py_ssize_t NR = panel_width(<floating>0), panels = (GH + NR - 1) // NR
+    _check_dims(T, B, H, GH)
+    _check_lengths(lengths, T, B)
+    starts = _packed_shape(kind, T, B, H, counts, src, &ps)
+    N = src.shape[0]
+    _check_shape("h", h.shape[0], h.shape[1], B, H)
+    _check_shape("w_hh", w_hh.shape[0], w_hh.shape[1], GH, H)
+    _check_len("b_hh", b_hh.shape[0], GH)
+    _check_packed_rows("gates", gates.shape[0], gates.shape[1], N, GH)
+    _check_shape("y", y.shape[0], y.shape[1], T * B, H)
+    _check_shape("gh", gh.shape[0], gh.shape[1], B, GH)
+    sh = _loop_shape(kind, T, B, H, False, lengths)
+    buf = _no_buffers()
+    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
+                           sizeof(floating), T * B, H)
+    if kind == K_LSTM:
+        if c is None or chist is None:
+            raise TypeError("the LSTM needs c and chist, got None")
+        _check_shape("c", c.shape[0], c.shape[1], B, H)
+        _check_packed_rows("chist", chist.shape[0], chist.shape[1], N, H)
+        buf.c0, buf.chist = &c[0, 0], &chist[0, 0]
+    if kind == K_GRU:
+        if hn is None:
+            raise TypeError("the GRU needs hn, got None")
+        _check_packed_rows("hn", hn.shape[0], hn.shape[1], N, H)
+        buf.hn = &hn[0, 0]
+    buf.gates, buf.y, buf.h0, buf.gh = &gates[0, 0], &y[0, 0], &h[0, 0], &gh[0, 0]
+    buf.w_hh, buf.b_hh = &w_hh[0, 0], &b_hh[0]
+    w_packed = <floating*>malloc(<size_t>(panels * NR * H) * sizeof(floating))
+    hcat = <floating*>malloc(<size_t>(B * H) * sizeof(floating))
+    if w_packed == NULL or hcat == NULL:
+        free(w_packed)
+        free(hcat)
+        raise MemoryError()
+    buf.w_packed, buf.hcat, buf.nr = w_packed, hcat, NR
+    try:
+        with nogil:
+            with parallel(num_threads=nt):
+                tid, nth = threadid(), fr_omp_team_size()
+                _zero_past_lengths(&sh, _share(B, tid, nth), _share(B, tid + 1, nth),
+                                   &y[0, 0], buf.ldy, H)
+                pack_panels(buf.nr, H, GH, _share(panels, tid, nth),
+                            _share(panels, tid + 1, nth), &w_hh[0, 0], H, True, w_packed)
+                fr_omp_barrier()
+                _forward_packed_share(&ps, &buf, tid, nth, <floating>0)
+            # h, c <- each sequence's state at its last step: sorted sequences
+            # counts[s + 1] <= b < counts[s] end at step s.
+            for s in range(ps.steps):
+                for b in range(ps.counts[s + 1] if s + 1 < ps.steps else 0, ps.counts[s]):
+                    row = ps.starts[s] + b
+                    memcpy(&h[b, 0], &y[0, 0] + _row_at(<Py_ssize_t>ps.src[row], buf.ldy),
+                           H * sizeof(floating))
+                    if kind == K_LSTM:
+                        memcpy(&c[b, 0], &chist[0, 0] + _row_at(row, H), H * sizeof(floating))
+    finally:
+        free(hcat)
+        free(w_packed)
+
+
+def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1] counts not None,
+                         const int64_t[::1] src not None, const floating[:, ::1] w_hh not None,
+                         const floating[:, ::1] h0 not None, const floating[:, ::1] c0,
+                         floating[:, ::1] gates not None, floating[:, ::1] hn,
+                         const floating[:, ::1] chist, const floating[:, :] y not None,
+                         const floating[:, :] dy, floating[:, ::1] dh not None,
+                         floating[:, ::1] dc, int num_threads):
+    """backward_loop on a packed batch (see forward_loop_packed for the layout).
+
+    h0, c0, dh, dc (B, H) in the sorted order; dh, dc in: gradient at the final state, out:
+    gradient at the initial state. gates (>= N, G*H) in: activations, out: dGh of the packed
+    rows; hn (GRU) in: W_hn h + b_hn, out: the n gate's x-side gradient. y and dy (T*B, H)
+    in time space (dy None for no output gradient). dGh of each sequence's first step is
+    packed row b (step 0), so no dgh_first is returned.
+    """
+    cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H, N
+    cdef int nt = _threads_for(B, H, num_threads), tid, nth
+    cdef PackedShape ps
+    cdef LoopBuffers buf
+    cdef floating* w_packed = NULL
+    cdef Py_ssize_t NR = panel_width(<floating>0), panels = (H + NR - 1) // NR
+    _check_dims(T, B, H, GH)
+    starts = _packed_shape(kind, T, B, H, counts, src, &ps)
+    N = src.shape[0]
+    _check_shape("w_hh", w_hh.shape[0], w_hh.shape[1], GH, H)
+    _check_shape("h0", h0.shape[0], h0.shape[1], B, H)
+    _check_packed_rows("gates", gates.shape[0], gates.shape[1], N, GH)
+    _check_shape("y", y.shape[0], y.shape[1], T * B, H)
+    _check_shape("dh", dh.shape[0], dh.shape[1], B, H)
+    buf = _no_buffers()
+    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
+                           sizeof(floating), T * B, H)
+    if dy is not None:
+        _check_shape("dy", dy.shape[0], dy.shape[1], T * B, H)
+        buf.lddy = _row_stride("dy (the output gradient rows)", dy.strides[0], dy.strides[1],
+                               sizeof(floating), T * B, H)
+        buf.dy = &dy[0, 0]
+    if kind == K_LSTM:
+        if c0 is None or chist is None or dc is None:
+            raise TypeError("the LSTM needs c0, chist and dc, got None")
+        _check_shape("c0", c0.shape[0], c0.shape[1], B, H)
+        _check_packed_rows("chist", chist.shape[0], chist.shape[1], N, H)
+        _check_shape("dc", dc.shape[0], dc.shape[1], B, H)
+        buf.c0, buf.chist, buf.dc = <void*>&c0[0, 0], <void*>&chist[0, 0], &dc[0, 0]
+    if kind == K_GRU:
+        if hn is None:
+            raise TypeError("the GRU needs hn, got None")
+        _check_packed_rows("hn", hn.shape[0], hn.shape[1], N, H)
+        buf.hn = &hn[0, 0]
+    buf.gates, buf.y, buf.h0 = &gates[0, 0], <void*>&y[0, 0], <void*>&h0[0, 0]
+    buf.dh, buf.w_hh = &dh[0, 0], &w_hh[0, 0]
+    w_packed = <floating*>malloc(<size_t>(panels * NR * GH) * sizeof(floating))
+    if w_packed == NULL:
+        raise MemoryError()
+    buf.w_packed, buf.nr = w_packed, NR
+    with nogil:
+        with parallel(num_threads=nt):
+            tid, nth = threadid(), fr_omp_team_size()
+            pack_panels(buf.nr, GH, H, _share(panels, tid, nth), _share(panels, tid + 1, nth),
+                        &w_hh[0, 0], H, False, w_packed)
+            fr_omp_barrier()
+            _backward_packed_share(&ps, &buf, tid, nth, <floating>0)
+        free(w_packed)
+
+
+def weight_grads_packed(int kind, const floating[:, ::1] x not None,
+                        const floating[:, ::1] w_ih not None,
+                        const floating[:, ::1] h_prev not None,
+                        const floating[:, ::1] gates not None, const floating[:, ::1] hn,
+                        floating[:, ::1] dw_ih not None, floating[:, ::1] dw_hh not None,
+                        floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] dx,
+                        int num_threads=1):
+    """weight_grads over the N real tokens of a packed batch: x, h_prev (each row's previous
+    hidden state), gates (dGh), hn (GRU) and dx all have N rows, packed; dW_hh = dGh^T h_prev
+    and dW_ih = dGh^T x in one GEMM each. db_* and dx may be None to skip them."""
+    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], H = h_prev.shape[1]
+    cdef Py_ssize_t GH = gate_count(kind) * H
+    cdef LoopShape sh
+    cdef GradBuffers gb
+    memset(&gb, 0, sizeof(gb))
+    _check_dims(1, N, H, GH)
+    if I < 1:
+        raise ValueError(f"x must have at least one column, got shape ({N}, {I})")
+    _blas_int(I, "the input size I")
+    _check_shape("w_ih", w_ih.shape[0], w_ih.shape[1], GH, I)
+    _check_shape("h_prev", h_prev.shape[0], h_prev.shape[1], N, H)
+    _check_shape("gates", gates.shape[0], gates.shape[1], N, GH)
+    _check_shape("dw_ih", dw_ih.shape[0], dw_ih.shape[1], GH, I)
+    _check_shape("dw_hh", dw_hh.shape[0], dw_hh.shape[1], GH, H)
+    if kind == K_GRU:
+        if hn is None:
+            raise TypeError("the GRU needs hn, got None")
+        _check_shape("hn", hn.shape[0], hn.shape[1], N, H)
+        gb.hn = &hn[0, 0]
+    if db_ih is not None:
+        _check_len("db_ih", db_ih.shape[0], GH)
+        gb.db_ih = &db_ih[0]
+    if db_hh is not None:
+        _check_len("db_hh", db_hh.shape[0], GH)
+        gb.db_hh = &db_hh[0]
+    if dx is not None:
+        _check_shape("dx", dx.shape[0], dx.shape[1], N, I)
+        gb.dx = &dx[0, 0]
+    sh = _loop_shape(kind, 1, N, H, False, None)
+    gb.rows, gb.x, gb.w_ih, gb.g = N, &x[0, 0], &w_ih[0, 0], &gates[0, 0]
+    gb.dw_ih, gb.dw_hh = &dw_ih[0, 0], &dw_hh[0, 0]
+    gb.paired_rows, gb.g_paired, gb.y_paired, gb.ldy = N, &gates[0, 0], &h_prev[0, 0], H
+    gb.first_rows = 0
+    _run_weight_grads(&sh, I, &gb, num_threads, &dw_hh[0, 0], &dw_ih[0, 0])

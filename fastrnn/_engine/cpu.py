@@ -39,5 +39,27 @@ class CpuOps:
                               grads["weight_ih"], grads["weight_hh"], grads.get("bias_ih"),
                               grads.get("bias_hh"), dx, threads.get_num_threads())
 
+    # Batches of at least this many sequences with lengths run packed (driver.py).
+    packed_min_batch = _kernels.PACKED_MIN_BATCH
+
+    @staticmethod
+    def forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist,
+                            y):
+        scratch = np.empty((B, w_hh.shape[0]), w_hh.dtype)
+        _kernels.forward_loop_packed(kind, T, B, lengths, packing.counts, packing.src, w_hh,
+                                     b_hh, h, c, gates, hn, chist, y, scratch,
+                                     threads.get_num_threads())
+
+    @staticmethod
+    def backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc):
+        _kernels.backward_loop_packed(kind, T, B, packing.counts, packing.src, w_hh, h0, c0,
+                                      gates, hn, chist, y, dy, dh, dc, threads.get_num_threads())
+
+    @staticmethod
+    def weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx):
+        _kernels.weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads["weight_ih"],
+                                     grads["weight_hh"], grads.get("bias_ih"),
+                                     grads.get("bias_hh"), dx, threads.get_num_threads())
+
     def __repr__(self):
         return "CpuOps()"

@@ -11,6 +11,14 @@ workspace handling and state logic:
                       dh, dc, dgh_first)
     ops.weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx)
 
+An Ops whose ``packed_min_batch`` is an int also runs batches of at least that many
+sequences with lengths packed (:mod:`.packing`), so that their cost follows the real tokens:
+
+    ops.forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist, y)
+    ops.backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc)
+    ops.weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx)
+
+with the states in the packing's sorted order and gates/hn/chist in its packed rows.
 ``lengths`` is always a validated host (NumPy) int64 array or None; ``y``/``dy`` are
 (T*B, H) row views (:func:`row_view`). The semantics of each primitive are those of the
 matching function of ``fastrnn/_cpu/recurrent.pyx``.
@@ -23,6 +31,7 @@ from .._device import array_module_of, is_device_array
 from .._validation import (as_float_dtype, check_array, check_no_shared_memory,
                            check_output_buffer)
 from ..cells import get_cell
+from . import packing as _packing
 
 
 class RecurrentWorkspace:
@@ -178,7 +187,7 @@ def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=
     T, B, _ = x.shape
     GH, H = w_hh.shape
     h, c = _state_pair(spec, state, "state", B, H, dtype, xp)
-    lens = check_lengths(lengths, T, B)
+    lens = _loop_lengths(check_lengths(lengths, T, B), T)
     if out is None:
         out = xp.empty((T, B, H), dtype=dtype)
     else:
@@ -201,13 +210,91 @@ def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=
     ws.chist = xp.empty((T * B, H), dtype=dtype) if spec.has_cell_state else None
     ws.y = y_rows   # the workspace keeps the buffer the kernels wrote
 
-    with ops.compute():
-        ops.project_inputs(ws.x, w_ih, b_ih, ws.gates)
-        ops.forward_loop(spec.kind, ws.reverse, T, B, w_hh, b_hh, h, c, lens, ws.gates,
-                         ws.hn, ws.chist, ws.y)
+    packing = _packing_for(ops, lens, B, ws.reverse)
+    if packing is None:
+        with ops.compute():
+            ops.project_inputs(ws.x, w_ih, b_ih, ws.gates)
+            ops.forward_loop(spec.kind, ws.reverse, T, B, w_hh, b_hh, h, c, lens, ws.gates,
+                             ws.hn, ws.chist, ws.y)
+    else:
+        _forward_packed(ws, packing, spec, b_ih, b_hh, h, c)
     if copy_back:
         out[...] = y_rows.reshape(T, B, H)
     return out, ((h, c) if spec.has_cell_state else h), ws
+
+
+def _loop_lengths(lens, T):
+    """The lengths the loops get: None when every sequence is whole (the plain loops compute
+    the same, faster). Forward and backward both apply it, so that a workspace rebuilt from
+    the caller's lengths (fastrnn.torch, fastrnn.jax) takes the same path as its forward."""
+    return None if lens is not None and lens.min() == T else lens
+
+
+def _packing_for(ops, lens, B, reverse):
+    """The :class:`.packing.Packing` of a batch with lengths that ``ops`` runs packed, else
+    None (no lengths, an Ops without packed loops, or a batch below its packed_min_batch)."""
+    min_batch = getattr(ops, "packed_min_batch", None)
+    if lens is None or min_batch is None or B < min_batch:
+        return None
+    return _packing.plan(lens, B, reverse)
+
+
+def _forward_packed(ws, packing, spec, b_ih, b_hh, h, c):
+    """forward's kernels on a packed batch: the input projection of the real tokens only
+    (gathered into packed order), the packed loop writing y in time space, and the final
+    states put back in the caller's order."""
+    ops, order, rows = ws.ops, packing.order, packing.rows
+    h_sorted = h[order]
+    c_sorted = c[order] if c is not None else None
+    x_packed = ws.x.take(packing.src, axis=0)
+    with ops.compute():
+        ops.project_inputs(x_packed, ws.w_ih, b_ih, ws.gates[:rows])
+        del x_packed
+        ops.forward_loop_packed(spec.kind, ws.T, ws.B, ws.lengths, packing, ws.w_hh, b_hh,
+                                h_sorted, c_sorted, ws.gates, ws.hn, ws.chist, ws.y)
+    h[order] = h_sorted
+    if c is not None:
+        c[order] = c_sorted
+
+
+def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
+    """backward's kernels on a packed batch (see _forward_packed). The packing is made again
+    from ws.lengths, which _check_saved has validated. Returns (grads, dx_out)."""
+    ops, spec, T, B = ws.ops, ws.cell, ws.T, ws.B
+    xp = ops.xp
+    packing = _packing.plan(ws.lengths, B, ws.reverse)
+    order, rows = packing.order, packing.rows
+    GH, H = ws.w_hh.shape
+    I = ws.x.shape[1]
+    h0 = ws.h0[order]
+    c0 = ws.c0[order] if ws.c0 is not None else None
+    dh_sorted = dh[order]
+    dc_sorted = dc[order] if dc is not None else None
+    gates = ws.gates[:rows]
+    hn = ws.hn[:rows] if ws.hn is not None else None
+    with ops.compute():
+        ops.backward_loop_packed(spec.kind, T, B, packing, ws.w_hh, h0, c0, ws.gates, ws.hn,
+                                 ws.chist, ws.y, dy_rows, dh_sorted, dc_sorted)
+        if grads is None:
+            grads = new_weight_grads(ws)
+        if dx_out is None:
+            dx_out = xp.zeros((T, B, I), dtype=ws.w_hh.dtype)
+        # Each real token's previous hidden state: h0 at the first steps (packed rows 0..B-1),
+        # else the same sequence's output one step earlier.
+        h_prev = xp.empty((rows, H), dtype=ws.w_hh.dtype)
+        h_prev[:B] = h0
+        xp.take(ws.y, packing.prev_src, axis=0, out=h_prev[B:])
+        x_packed = ws.x.take(packing.src, axis=0)
+        dx_packed = xp.zeros((rows, I), dtype=ws.w_hh.dtype)
+        ops.weight_grads_packed(spec.kind, x_packed, ws.w_ih, h_prev, gates, hn, grads,
+                                dx_packed)
+        del h_prev, x_packed
+        dx_rows = dx_out.reshape(T * B, I)
+        dx_rows[packing.src] += dx_packed   # src holds each time-space row once
+    dh[order] = dh_sorted
+    if dc is not None:
+        dc[order] = dc_sorted
+    return grads, dx_out
 
 
 def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
@@ -242,9 +329,15 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
     _consume(ws)
     gates, hn, chist = ws.gates, ws.hn, ws.chist
     _check_saved(ws, xp, spec, GH, H, I, dtype, gates, hn, chist)
+    packing = _packing_for(ops, _loop_lengths(ws.lengths, T), B, ws.reverse)
+    if packing is not None:
+        grads, dx_out = _backward_packed(ws, dy_rows, dh, dc, grads, dx_out)
+        ws.gates = ws.hn = ws.chist = None
+        return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
     dgh_first = xp.empty((B, GH), dtype)
     with ops.compute():
-        ops.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0, ws.lengths,
+        ops.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0,
+                          _loop_lengths(ws.lengths, T),
                           gates, hn, chist, ws.y, dy_rows, dh, dc, dgh_first)
         # Outputs are allocated only now, after the loop has freed its packed copy of W_hh,
         # so that the two never coexist (peak memory).
