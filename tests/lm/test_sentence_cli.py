@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from fastrnn.lm import LanguageModel
-from fastrnn.lm import train as train_module
 from fastrnn.lm.cli import main
 from helpers import cli_error_line as run_error
 
@@ -21,22 +20,8 @@ def prose(tmp_path):
     return path
 
 
-@pytest.fixture
-def spy_trainer(monkeypatch):
-    built = []
-    real = train_module.Trainer
-
-    def spy(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        built.append((args, trainer))
-        return trainer
-
-    monkeypatch.setattr(train_module, "Trainer", spy)
-    return built
-
-
 def test_sentence_mode_trains_on_wrapped_sentences_and_resumes(tmp_path, prose, capsys,
-                                                               spy_trainer):
+                                                               built):
     out = tmp_path / "m.npz"
     argv = ["train", "--level", "word", "--sentences", str(prose), "--lowercase", *SPECIALS,
             "--out", str(out), *TINY]
@@ -44,7 +29,7 @@ def test_sentence_mode_trains_on_wrapped_sentences_and_resumes(tmp_path, prose, 
     printed = capsys.readouterr().out
     assert "36 training and 4 validation sentences" in printed
     assert "found 16 unique tokens; least frequent kept: '!' (9 times)" in printed
-    (model, train_data, val_data), trainer = spy_trainer[-1]
+    (model, train_data, val_data), _, trainer = built[-1]
     vocab = model.vocab
     assert (vocab.bos, vocab.eos, vocab.unk) == ("SENTENCE_START", "SENTENCE_END", "UNKNOWN_TOKEN")
     assert vocab.lowercase and vocab.has("the") and not vocab.has("The")
@@ -59,7 +44,7 @@ def test_sentence_mode_trains_on_wrapped_sentences_and_resumes(tmp_path, prose, 
     # Resume keeps sentence mode and the special tokens; changing one is refused.
     assert main(["train", str(prose), "--resume", str(out), "--max-steps", "5",
                  "--no-progress"]) == 0
-    (_, resumed_data, _), trainer = spy_trainer[-1]
+    (_, resumed_data, _), _, trainer = built[-1]
     assert trainer.mode == "sentences" and trainer.step == 5
     assert all(np.array_equal(a, b) for a, b in zip(resumed_data, train_data))
     capsys.readouterr()
@@ -68,11 +53,11 @@ def test_sentence_mode_trains_on_wrapped_sentences_and_resumes(tmp_path, prose, 
     assert "--bos <s> does not match the checkpoint ('SENTENCE_START')" in line
 
 
-def test_sentence_mode_by_lines_and_default_specials(tmp_path, corpus, capsys, spy_trainer):
+def test_sentence_mode_by_lines_and_default_specials(tmp_path, corpus, capsys, built):
     out = tmp_path / "m.npz"
     assert main(["train", "--level", "word", "--sentence-lines", str(corpus),
                  "--val-fraction", "0.25", "--max-steps", "2", "--out", str(out), *TINY]) == 0
-    (model, train_data, val_data), _ = spy_trainer[-1]
+    (model, train_data, val_data), _, _ = built[-1]
     vocab = model.vocab
     assert (vocab.bos, vocab.eos, vocab.unk) == ("<s>", "</s>", "<unk>")
     assert (len(train_data), len(val_data)) == (60, 20)

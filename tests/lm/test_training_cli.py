@@ -7,27 +7,11 @@ import pytest
 
 from fastrnn import LanguageModel
 from fastrnn.lm import curves
-from fastrnn.lm import train as train_module
 from fastrnn.lm.cli import main
 from helpers import cli_error_line as run_error
 
 TINY = ["--embed", "8", "--hidden", "16", "--layers", "1", "--batch", "4", "--seq-len", "16",
         "--no-progress"]
-
-
-@pytest.fixture
-def built(monkeypatch):
-    """Every (kwargs, trainer) the CLI builds, in order."""
-    made = []
-    real = train_module.Trainer
-
-    def spy(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        made.append((args, kwargs, trainer))
-        return trainer
-
-    monkeypatch.setattr(train_module, "Trainer", spy)
-    return made
 
 
 def test_step_schedule_flags_reach_the_trainer_and_are_kept_on_resume(tmp_path, corpus, capsys,

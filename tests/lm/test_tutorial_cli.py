@@ -1,7 +1,6 @@
 """Issue 12: the Trainer options of the tutorials on the command line."""
 import pytest
 
-from fastrnn.lm import train as train_module
 from fastrnn.lm.cli import main
 from helpers import cli_error_line as run_error
 
@@ -9,27 +8,18 @@ TINY = ["--embed", "8", "--hidden", "16", "--layers", "1", "--batch", "4", "--se
         "--no-progress"]
 
 
-def test_optimizer_options_clip_mode_and_reduction_flags(tmp_path, corpus, capsys, monkeypatch):
-    built = []
-    real = train_module.Trainer
-
-    def spy(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        built.append((kwargs, trainer))
-        return trainer
-
-    monkeypatch.setattr(train_module, "Trainer", spy)
+def test_optimizer_options_clip_mode_and_reduction_flags(tmp_path, corpus, capsys, built):
     out = tmp_path / "m.npz"
     argv = ["train", str(corpus), "--optimizer", "adadelta", "--optimizer-option", "rho=0.95",
             "--optimizer-option", "eps=1e-6", "--clip-mode", "value", "--clip", "1",
             "--reduction", "sum", "--out", str(out), *TINY]
     assert main([*argv, "--max-steps", "3"]) == 0
-    kwargs, trainer = built[-1]
+    _, kwargs, trainer = built[-1]
     assert (trainer.optimizer.rho, trainer.optimizer.eps) == (0.95, 1e-6)
     assert (trainer.clip_mode, trainer.reduction, trainer.clip) == ("value", "sum", 1.0)
     # Saved with the run: a resume keeps them, and refuses another value.
     assert main(["train", str(corpus), "--resume", str(out), "--max-steps", "5", "--no-progress"]) == 0
-    kwargs, trainer = built[-1]
+    _, kwargs, trainer = built[-1]
     assert kwargs["optimizer_options"] == {"rho": 0.95, "eps": 1e-6}
     assert (trainer.clip_mode, trainer.reduction, trainer.step) == ("value", "sum", 5)
     capsys.readouterr()
