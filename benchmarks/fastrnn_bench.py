@@ -112,20 +112,28 @@ def _fastrnn_kernel(cell, mode, B, T, I, H, dtype):
     return factory
 
 
+def _torch_layer(cell, I, H, weights, dtype):
+    """A one-layer torch.nn.RNN/GRU/LSTM of ``dtype`` holding ``weights`` (w_ih, w_hh,
+    b_ih, b_hh)."""
+    import torch
+    tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    if cell.startswith("rnn_"):
+        module = torch.nn.RNN(I, H, nonlinearity=cell[4:])
+    else:
+        module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H)
+    module = module.to(tdtype)
+    with torch.no_grad():
+        for p, w in zip((module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
+                         module.bias_hh_l0), weights):
+            p.copy_(torch.from_numpy(w))
+    return module
+
+
 def _torch_kernel(cell, mode, B, T, I, H, dtype):
     def factory():
         import torch
         x, weights, dy = _kernel_inputs(cell, B, T, I, H, dtype)
-        tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
-        if cell.startswith("rnn_"):
-            module = torch.nn.RNN(I, H, nonlinearity=cell[4:])
-        else:
-            module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H)
-        module = module.to(tdtype)
-        with torch.no_grad():
-            for p, w in zip((module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
-                             module.bias_hh_l0), weights):
-                p.copy_(torch.from_numpy(w))
+        module = _torch_layer(cell, I, H, weights, dtype)
         # x requires grad in both modes: fastrnn's forward always records what backward
         # needs, so torch's forward is timed as a training forward too, and backward
         # computes dx as fastrnn's does.
@@ -474,12 +482,7 @@ def _torch_varlen(cell, B, T, I, H, dtype, with_lengths):
         import torch
         from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
         x, weights, dy = _kernel_inputs(cell, B, T, I, H, dtype)
-        tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
-        module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](I, H, dtype=tdtype)
-        with torch.no_grad():
-            for p, w in zip((module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
-                             module.bias_hh_l0), weights):
-                p.copy_(torch.from_numpy(w))
+        module = _torch_layer(cell, I, H, weights, dtype)
         xt = torch.from_numpy(x).requires_grad_(True)
         dyt = torch.from_numpy(dy)
         lengths = torch.from_numpy(varlen_lengths(B, T))
