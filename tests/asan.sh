@@ -7,9 +7,7 @@
 # instrumented, the checkout's own build is left alone), ASan's runtime is preloaded into
 # the (uninstrumented) Python interpreter, and the suite runs there, benchmarks and slow
 # tests excluded, and the nvcc compile check (nvcc crashes with ASan's runtime preloaded,
-# which every child process inherits), and the JAX bridge tests (jaxlib's C++ exceptions trip
-# ASan's __cxa_throw interceptor in an uninstrumented library; the kernels they call are the
-# ones the other tests cover). Leak detection is off: CPython keeps objects alive until exit by design.
+# which every child process inherits). Leak detection is off: CPython keeps objects alive until exit by design.
 # Exits non-zero if a test fails or ASan reports anything (reports are printed).
 # Environment: PYTHON (default python3), CC, KEEP_ASAN_DIR=1 to keep the temporary copy.
 set -euo pipefail
@@ -37,6 +35,10 @@ if [[ ! -e "$ASAN_LIB" ]]; then
     echo "asan.sh: $CC has no libasan.so (install the compiler's AddressSanitizer runtime)" >&2
     exit 2
 fi
+# C++ extensions the tests import (jaxlib, matplotlib) throw exceptions; ASan intercepts
+# __cxa_throw and must find the real one when it starts, so libstdc++ is preloaded with it.
+STDCXX_LIB="$("$CC" -print-file-name=libstdc++.so.6)"
+[[ -e "$STDCXX_LIB" ]] && ASAN_LIB="$ASAN_LIB:$STDCXX_LIB"
 
 echo "asan.sh: building the extensions with -fsanitize=address in $WORK"
 (cd "$WORK" && CC="$CC" \
@@ -65,7 +67,6 @@ if [[ $status == 0 ]]; then
         ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86:log_path=$LOG_DIR/asan:${ASAN_OPTIONS:-}" \
         "$PYTHON" -m pytest tests -q -p no:cacheprovider -m "not slow and not bench" \
             --ignore=tests/test_benchmarks.py \
-            --ignore=tests/test_jax_bridge.py \
             --deselect tests/test_gpu_backend_cpu.py::test_cuda_source_compiles "$@") || status=$?
 fi
 
