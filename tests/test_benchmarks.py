@@ -146,3 +146,20 @@ def test_varlen_cases_and_summary(capsys, monkeypatch):
     assert f"real tokens {100 * share:.1f}%" in line and "fastrnn lengths/padded" in line
     if benchmarks.torch_available():
         assert "PyTorch packed/padded" in line
+
+
+def test_torch_char_curve_writes_records_fastrnn_plot_reads(tmp_path, monkeypatch, corpus):
+    """benchmarks/torch_char_curve.py (PyTorch's loop for the README's training curve): a
+    short run writes --log records with the keys fastrnn plot draws."""
+    pytest.importorskip("torch")
+    import importlib
+    import json
+    curve = importlib.import_module("torch_char_curve")   # benchmarks/ is on sys.path
+    log = tmp_path / "torch.jsonl"
+    monkeypatch.setattr("sys.argv", ["torch_char_curve.py", str(corpus), "--time-limit", "0.2",
+                                     "--eval-every", "2", "--threads", "1", "--log", str(log)])
+    curve.main()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records and all({"step", "train_seconds", "train_loss", "val_loss"} <= set(r)
+                           for r in records)
+    assert records[-1]["train_seconds"] >= 0.2
