@@ -148,7 +148,7 @@ def test_varlen_cases_and_summary(capsys, monkeypatch):
         assert "PyTorch packed/padded" in line
 
 
-def test_torch_char_curve_writes_records_fastrnn_plot_reads(tmp_path, monkeypatch, corpus):
+def test_torch_char_curve_writes_records_fastrnn_plot_reads(tmp_path, monkeypatch):
     """benchmarks/torch_char_curve.py (PyTorch's loop for the README's training curve): a
     short run writes --log records with the keys fastrnn plot draws."""
     pytest.importorskip("torch")
@@ -156,6 +156,8 @@ def test_torch_char_curve_writes_records_fastrnn_plot_reads(tmp_path, monkeypatc
     import json
     curve = importlib.import_module("torch_char_curve")   # benchmarks/ is on sys.path
     log = tmp_path / "torch.jsonl"
+    corpus = tmp_path / "corpus.txt"   # 32 streams x 64 steps need 2,080 training characters
+    corpus.write_text("the cat sat on the mat.\n" * 150, encoding="utf-8")
     monkeypatch.setattr("sys.argv", ["torch_char_curve.py", str(corpus), "--time-limit", "0.2",
                                      "--eval-every", "2", "--threads", "1", "--log", str(log)])
     curve.main()
