@@ -62,6 +62,11 @@ def test_kernel_entry_points_refuse_none(rng):
         bad = dict(args, **{name: None})
         with pytest.raises(TypeError):
             _kernels.backward_loop(3, False, T, B, *bad.values(), 1)
+    # Per-token buffers one row short (the functional layer checks first; the kernel again).
+    for name, short in (("gates", ws.gates[:-1]), ("chist", ws.chist[:-1])):
+        bad = dict(args, **{name: np.ascontiguousarray(short)})
+        with pytest.raises(ValueError, match=name):
+            _kernels.backward_loop(3, False, T, B, *bad.values(), 1)
     with pytest.raises(TypeError):
         _kernels.weight_grads(3, False, T, B, None, ws.w_ih, ws.h0, ws.y, ws.gates, None,
                               dgh, np.zeros_like(ws.w_ih), np.zeros_like(ws.w_hh), None, None,

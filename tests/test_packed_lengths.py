@@ -290,6 +290,14 @@ def test_packed_kernels_refuse_an_inconsistent_packing():
         _kernels.backward_loop_packed(a["kind"], T, B, a["p"].counts, a["p"].src, a["w_hh"],
                                       a["h"], a["c"], a["gates"], None, a["chist"], a["y"],
                                       None, np.zeros((B - 1, H)), np.zeros((B, H)), 2)
+    for name, short in (("gates", np.zeros((a["N"] - 1, 4 * H))),
+                        ("chist", np.zeros((a["N"] - 1, H)))):
+        args = {"gates": a["gates"], "chist": a["chist"], name: short}
+        with pytest.raises(ValueError, match=f"{name} must have at least {a['N']} rows"):
+            _kernels.backward_loop_packed(a["kind"], T, B, a["p"].counts, a["p"].src,
+                                          a["w_hh"], a["h"], a["c"], args["gates"], None,
+                                          args["chist"], a["y"], None, np.zeros((B, H)),
+                                          np.zeros((B, H)), 2)
     with pytest.raises(ValueError, match="h_prev"):
         _kernels.weight_grads_packed(a["kind"], np.zeros((a["N"], I)), np.zeros((4 * H, I)),
                                      np.zeros((a["N"] - 1, H)), np.zeros((a["N"], 4 * H)), None,

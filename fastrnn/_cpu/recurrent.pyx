@@ -579,38 +579,13 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     cdef floating* w_packed = NULL
     cdef Py_ssize_t NR = panel_width(<floating>0), panels = (H + NR - 1) // NR
     _check_dims(T, B, H, GH)
-    _check_shape("w_hh", w_hh.shape[0], w_hh.shape[1], GH, H)
-    _check_shape("h0", h0.shape[0], h0.shape[1], B, H)
-    _check_shape("gates", gates.shape[0], gates.shape[1], T * B, GH)
-    _check_shape("y", y.shape[0], y.shape[1], T * B, H)
-    _check_shape("dh", dh.shape[0], dh.shape[1], B, H)
+    buf = _no_buffers()
+    _bind_backward_buffers(&buf, kind, T, B, H, GH, T * B, False, w_hh, h0, c0, gates, hn,
+                           chist, y, dy, dh, dc)
     _check_shape("dgh", dgh.shape[0], dgh.shape[1], B, GH)
     _check_lengths(lengths, T, B)
     sh = _loop_shape(kind, T, B, H, reverse, lengths)
-    buf = _no_buffers()
-    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
-                           sizeof(floating), T * B, H)
-    if dy is not None:
-        _check_shape("dy", dy.shape[0], dy.shape[1], T * B, H)
-        buf.lddy = _row_stride("dy (the output gradient rows)", dy.strides[0], dy.strides[1],
-                               sizeof(floating), T * B, H)
-        buf.dy = &dy[0, 0]
-    if kind == K_LSTM:
-        if c0 is None or chist is None or dc is None:
-            raise TypeError("the LSTM needs c0, chist and dc, got None")
-        _check_shape("c0", c0.shape[0], c0.shape[1], B, H)
-        _check_shape("chist", chist.shape[0], chist.shape[1], T * B, H)
-        _check_shape("dc", dc.shape[0], dc.shape[1], B, H)
-        buf.c0, buf.chist, buf.dc = <void*>&c0[0, 0], <void*>&chist[0, 0], &dc[0, 0]
-    if kind == K_GRU:
-        if hn is None:
-            raise TypeError("the GRU needs hn, got None")
-        _check_shape("hn", hn.shape[0], hn.shape[1], T * B, H)
-        buf.hn = &hn[0, 0]
-    # Backward reads y, h0, c0 and chist only; they are stored as void* because the struct
-    # serves both loops.
-    buf.gates, buf.y, buf.h0 = &gates[0, 0], <void*>&y[0, 0], <void*>&h0[0, 0]
-    buf.dh, buf.dgh, buf.w_hh = &dh[0, 0], &dgh[0, 0], &w_hh[0, 0]
+    buf.dgh = &dgh[0, 0]
     if B > SMALL_BATCH:
         w_packed = <floating*>malloc(<size_t>(panels * NR * GH) * sizeof(floating))
         if w_packed == NULL:
@@ -1029,6 +1004,56 @@ cdef int _check_packed_rows(str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize
     return 0
 
 
+cdef int _check_step_rows(str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t want_rows,
+                          Py_ssize_t want_cols, bint packed) except -1:
+    """A per-token buffer: exactly want_rows (T*B) rows in time space, at least want_rows
+    (the real tokens) packed."""
+    if packed:
+        return _check_packed_rows(name, rows, cols, want_rows, want_cols)
+    return _check_shape(name, rows, cols, want_rows, want_cols)
+
+
+cdef int _bind_backward_buffers(LoopBuffers* buf, int kind, Py_ssize_t T, Py_ssize_t B,
+                                Py_ssize_t H, Py_ssize_t GH, Py_ssize_t rows, bint packed,
+                                const floating[:, ::1] w_hh, const floating[:, ::1] h0,
+                                const floating[:, ::1] c0, floating[:, ::1] gates,
+                                floating[:, ::1] hn, const floating[:, ::1] chist,
+                                const floating[:, :] y, const floating[:, :] dy,
+                                floating[:, ::1] dh, floating[:, ::1] dc) except -1:
+    """Check the arguments backward_loop and backward_loop_packed share and point ``buf`` at
+    them. gates, hn and chist have one row per token: ``rows`` = T*B in time space, or at
+    least ``rows`` (the real tokens) when ``packed``; y and dy are time space either way."""
+    _check_shape("w_hh", w_hh.shape[0], w_hh.shape[1], GH, H)
+    _check_shape("h0", h0.shape[0], h0.shape[1], B, H)
+    _check_step_rows("gates", gates.shape[0], gates.shape[1], rows, GH, packed)
+    _check_shape("y", y.shape[0], y.shape[1], T * B, H)
+    _check_shape("dh", dh.shape[0], dh.shape[1], B, H)
+    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
+                          sizeof(floating), T * B, H)
+    if dy is not None:
+        _check_shape("dy", dy.shape[0], dy.shape[1], T * B, H)
+        buf.lddy = _row_stride("dy (the output gradient rows)", dy.strides[0], dy.strides[1],
+                               sizeof(floating), T * B, H)
+        buf.dy = &dy[0, 0]
+    if kind == K_LSTM:
+        if c0 is None or chist is None or dc is None:
+            raise TypeError("the LSTM needs c0, chist and dc, got None")
+        _check_shape("c0", c0.shape[0], c0.shape[1], B, H)
+        _check_step_rows("chist", chist.shape[0], chist.shape[1], rows, H, packed)
+        _check_shape("dc", dc.shape[0], dc.shape[1], B, H)
+        buf.c0, buf.chist, buf.dc = <void*>&c0[0, 0], <void*>&chist[0, 0], &dc[0, 0]
+    if kind == K_GRU:
+        if hn is None:
+            raise TypeError("the GRU needs hn, got None")
+        _check_step_rows("hn", hn.shape[0], hn.shape[1], rows, H, packed)
+        buf.hn = &hn[0, 0]
+    # Backward reads y, h0, c0 and chist only; they are stored as void* because the struct
+    # serves both loops.
+    buf.gates, buf.y, buf.h0 = &gates[0, 0], <void*>&y[0, 0], <void*>&h0[0, 0]
+    buf.dh, buf.w_hh = &dh[0, 0], <void*>&w_hh[0, 0]
+    return 0
+
+
 def forward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1] lengths not None,
                         const int64_t[::1] counts not None, const int64_t[::1] src not None,
                         const floating[:, ::1] w_hh not None, const floating[::1] b_hh not None,
@@ -1136,33 +1161,9 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
     _check_dims(T, B, H, GH)
     starts = _packed_shape(kind, T, B, H, counts, src, &ps)
     N = src.shape[0]
-    _check_shape("w_hh", w_hh.shape[0], w_hh.shape[1], GH, H)
-    _check_shape("h0", h0.shape[0], h0.shape[1], B, H)
-    _check_packed_rows("gates", gates.shape[0], gates.shape[1], N, GH)
-    _check_shape("y", y.shape[0], y.shape[1], T * B, H)
-    _check_shape("dh", dh.shape[0], dh.shape[1], B, H)
     buf = _no_buffers()
-    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
-                           sizeof(floating), T * B, H)
-    if dy is not None:
-        _check_shape("dy", dy.shape[0], dy.shape[1], T * B, H)
-        buf.lddy = _row_stride("dy (the output gradient rows)", dy.strides[0], dy.strides[1],
-                               sizeof(floating), T * B, H)
-        buf.dy = &dy[0, 0]
-    if kind == K_LSTM:
-        if c0 is None or chist is None or dc is None:
-            raise TypeError("the LSTM needs c0, chist and dc, got None")
-        _check_shape("c0", c0.shape[0], c0.shape[1], B, H)
-        _check_packed_rows("chist", chist.shape[0], chist.shape[1], N, H)
-        _check_shape("dc", dc.shape[0], dc.shape[1], B, H)
-        buf.c0, buf.chist, buf.dc = <void*>&c0[0, 0], <void*>&chist[0, 0], &dc[0, 0]
-    if kind == K_GRU:
-        if hn is None:
-            raise TypeError("the GRU needs hn, got None")
-        _check_packed_rows("hn", hn.shape[0], hn.shape[1], N, H)
-        buf.hn = &hn[0, 0]
-    buf.gates, buf.y, buf.h0 = &gates[0, 0], <void*>&y[0, 0], <void*>&h0[0, 0]
-    buf.dh, buf.w_hh = &dh[0, 0], &w_hh[0, 0]
+    _bind_backward_buffers(&buf, kind, T, B, H, GH, N, True, w_hh, h0, c0, gates, hn, chist,
+                           y, dy, dh, dc)
     w_packed = <floating*>malloc(<size_t>(panels * NR * GH) * sizeof(floating))
     if w_packed == NULL:
         raise MemoryError()
