@@ -17,18 +17,29 @@ FR_PANEL_TARGET static void PFN(fr_pack_panels)(int K, int N, int p0, int p1, co
                                                 ptrdiff_t ldw, int trans, REAL *Bp) {
     for (int p = p0; p < p1; p++) {
         REAL *dst = Bp + (ptrdiff_t)p * K * NR;
-        for (int k = 0; k < K; k++)
-            for (int c = 0; c < NR; c++) {
-                int n = p * NR + c;
-                dst[(ptrdiff_t)k * NR + c] = n >= N ? 0
-                    : trans ? W[(ptrdiff_t)n * ldw + k] : W[(ptrdiff_t)k * ldw + n];
+        int cols = N - p * NR < NR ? N - p * NR : NR;
+        if (trans)   /* column c of the panel is row n = p * NR + c of W: read it in order */
+            for (int c = 0; c < cols; c++) {
+                const REAL *src = W + (ptrdiff_t)(p * NR + c) * ldw;
+                for (int k = 0; k < K; k++)
+                    dst[(ptrdiff_t)k * NR + c] = src[k];
             }
+        else
+            for (int k = 0; k < K; k++) {
+                const REAL *src = W + (ptrdiff_t)k * ldw + (ptrdiff_t)p * NR;
+                for (int c = 0; c < cols; c++)
+                    dst[(ptrdiff_t)k * NR + c] = src[c];
+            }
+        for (int k = 0; k < K; k++)   /* columns past N: zeros */
+            for (int c = cols; c < NR; c++)
+                dst[(ptrdiff_t)k * NR + c] = 0;
     }
 }
 
-/* C[:mr, :nc] (+)= A[:mr, :K] panel: an mr x NR tile of C kept in 2 * mr vector registers. */
-FR_INLINE void PFN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, const REAL *panel,
-                            REAL *C, ptrdiff_t ldc, int nc, int accumulate) {
+/* C[:mr, :nc] (+)= A[:mr, :K] panel: an mr x NR tile of C kept in 2 * mr vector registers.
+ * A[i, k] is A[i * lda + k * ska]: ska 1 for a row-major A, lda 1 for a transposed one. */
+FR_INLINE void PFN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, ptrdiff_t ska,
+                            const REAL *panel, REAL *C, ptrdiff_t ldc, int nc, int accumulate) {
     VEC acc[MR][2];
     for (int i = 0; i < mr; i++)
         acc[i][0] = acc[i][1] = (VEC){0};
@@ -37,7 +48,7 @@ FR_INLINE void PFN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, const R
         memcpy(&b0, panel + (ptrdiff_t)k * NR, sizeof b0);
         memcpy(&b1, panel + (ptrdiff_t)k * NR + NV, sizeof b1);
         for (int i = 0; i < mr; i++) {
-            REAL a = A[(ptrdiff_t)i * lda + k];
+            REAL a = A[(ptrdiff_t)i * lda + (ptrdiff_t)k * ska];
             acc[i][0] += a * b0;
             acc[i][1] += a * b1;
         }
@@ -57,9 +68,9 @@ FR_INLINE void PFN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, const R
 /* Columns [p0 * NR, min(p1 * NR, N)) of C for all M rows (panel range [p0, p1)). The rows
  * are cut into ceil(M / MR) tiles of nearly equal height (16 rows: 6, 5, 5 narrow; 8, 8
  * wide), so that no tile is left with too few accumulators to hide the FMA latency. */
-FR_PANEL_TARGET static void PFN(fr_gemm_packed)(int M, int N, int K, int p0, int p1,
-                                                const REAL *A, ptrdiff_t lda, const REAL *Bp,
-                                                REAL *C, ptrdiff_t ldc, int accumulate) {
+FR_INLINE void PFN(fr_gemm_tiles)(int M, int N, int K, int p0, int p1, const REAL *A,
+                                   ptrdiff_t lda, ptrdiff_t ska, const REAL *Bp, REAL *C,
+                                   ptrdiff_t ldc, int accumulate) {
     int tiles = (M + MR - 1) / MR;
     for (int p = p0; p < p1; p++) {
         const REAL *panel = Bp + (ptrdiff_t)p * K * NR;
@@ -67,23 +78,39 @@ FR_PANEL_TARGET static void PFN(fr_gemm_packed)(int M, int N, int K, int p0, int
         int i = 0;
         for (int t = 0; t < tiles; t++) {
             int mr = M / tiles + (t < M % tiles);
-            const REAL *a = A + (ptrdiff_t)i * lda;
+            const REAL *a = A + (ptrdiff_t)i * lda;   /* row i of the tile */
             REAL *c = C + (ptrdiff_t)i * ldc + (ptrdiff_t)p * NR;
             switch (mr) {   /* constant mr: acc stays in registers */
 #if MR >= 8
-                case 8: PFN(fr_tile)(8, K, a, lda, panel, c, ldc, nc, accumulate); break;
-                case 7: PFN(fr_tile)(7, K, a, lda, panel, c, ldc, nc, accumulate); break;
+                case 8: PFN(fr_tile)(8, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
+                case 7: PFN(fr_tile)(7, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
 #endif
-                case 6: PFN(fr_tile)(6, K, a, lda, panel, c, ldc, nc, accumulate); break;
-                case 5: PFN(fr_tile)(5, K, a, lda, panel, c, ldc, nc, accumulate); break;
-                case 4: PFN(fr_tile)(4, K, a, lda, panel, c, ldc, nc, accumulate); break;
-                case 3: PFN(fr_tile)(3, K, a, lda, panel, c, ldc, nc, accumulate); break;
-                case 2: PFN(fr_tile)(2, K, a, lda, panel, c, ldc, nc, accumulate); break;
-                default: PFN(fr_tile)(1, K, a, lda, panel, c, ldc, nc, accumulate); break;
+                case 6: PFN(fr_tile)(6, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
+                case 5: PFN(fr_tile)(5, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
+                case 4: PFN(fr_tile)(4, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
+                case 3: PFN(fr_tile)(3, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
+                case 2: PFN(fr_tile)(2, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
+                default: PFN(fr_tile)(1, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
             }
             i += mr;
         }
     }
+}
+
+/* fr_gemm_tiles for a row-major A (row stride lda): the recurrent products. */
+FR_PANEL_TARGET static void PFN(fr_gemm_packed)(int M, int N, int K, int p0, int p1,
+                                                const REAL *A, ptrdiff_t lda, const REAL *Bp,
+                                                REAL *C, ptrdiff_t ldc, int accumulate) {
+    PFN(fr_gemm_tiles)(M, N, K, p0, p1, A, lda, 1, Bp, C, ldc, accumulate);
+}
+
+/* fr_gemm_tiles for a transposed A: A[i, k] = At[k * ldat + i] (gemm.h's weight gradients,
+ * whose A is a gradient stored token by token). */
+FR_PANEL_TARGET static void PFN(fr_gemm_packed_at)(int M, int N, int K, int p0, int p1,
+                                                   const REAL *At, ptrdiff_t ldat,
+                                                   const REAL *Bp, REAL *C, ptrdiff_t ldc,
+                                                   int accumulate) {
+    PFN(fr_gemm_tiles)(M, N, K, p0, p1, At, 1, ldat, Bp, C, ldc, accumulate);
 }
 
 #undef PFN

@@ -83,6 +83,7 @@ def test_main_prints_the_table(capsys, monkeypatch, tiny_case):
 
 def test_gemm_rate_is_positive():
     assert benchmarks.gemm_rate(n=64, dtype=np.float32, repeat=1) > 0
+    assert benchmarks.fastrnn_gemm_rate(n=64, threads=2, repeat=1) > 0
 
 
 @contextlib.contextmanager

@@ -257,10 +257,13 @@ def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
     """Where the CPU has AVX-512 the batch path's per-step GEMM runs a 512-bit micro-kernel
     (panels of 32 floats, tiles of up to 8 rows), elsewhere a 256-bit one (16 floats, up to 6
     rows). Both sum each element over k in order with one FMA per term, so they must agree to
-    the bit. H = 37 leaves partial panels; B = 9, 23 give tiles of every height from 4 to 8."""
+    the bit. H = 37 leaves partial panels; B = 9, 23 give tiles of every height from 4 to 8.
+    The large products (whose kernel also changes with the panel width) run on BLAS in both
+    runs."""
     from fastrnn._cpu import recurrent
     wide = recurrent._panel_width(dtype)
     recurrent._force_narrow_panels(True)
+    recurrent._force_blas_gemm(True)
     try:
         if recurrent._panel_width(dtype) == wide:
             pytest.skip("no AVX-512 on this CPU: only the 256-bit micro-kernel runs")
@@ -282,6 +285,7 @@ def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
                     np.testing.assert_array_equal(g1[name], g2[name])
     finally:
         recurrent._force_narrow_panels(False)
+        recurrent._force_blas_gemm(False)
 
 
 @pytest.mark.parametrize("cell", list(GATES))

@@ -7,8 +7,25 @@
 # Sizes and leading dimensions are Py_ssize_t at the call sites (all index arithmetic in the
 # kernels is 64-bit); SciPy's BLAS takes C int, so they are narrowed here. Every entry point
 # checks first that the dimensions it can pass here fit an int (recurrent.pyx: _blas_int).
+#
+# Large products run on fastrnn's own AVX-512 packed GEMM where the CPU has AVX-512
+# (csrc/gemm.h says why); everything else, and every CPU without AVX-512, on BLAS.
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython cimport floating
+
+cdef extern from "gemm.h" nogil:
+    int fr_gemm_f(int trans_a, int trans_b, int m, int n, int k, const float* a, Py_ssize_t lda,
+                  const float* b, Py_ssize_t ldb, int beta, float* c, Py_ssize_t ldc)
+    int fr_gemm_d(int trans_a, int trans_b, int m, int n, int k, const double* a,
+                  Py_ssize_t lda, const double* b, Py_ssize_t ldb, int beta, double* c,
+                  Py_ssize_t ldc)
+    void fr_set_blas_gemm(int forced)
+
+cdef enum:
+    # Below these sizes BLAS runs the product: packing B into panels (k * n copies) would
+    # cost more than the few rows gain, and narrow products waste most of a 32-column panel.
+    OWN_GEMM_MIN_ROWS = 32
+    OWN_GEMM_MIN_COLS = 16
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -26,6 +43,14 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
     cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
     if m <= 0 or n <= 0:
         return
+    if (alpha == 1 and (beta == 0 or beta == 1) and m >= OWN_GEMM_MIN_ROWS
+            and n >= OWN_GEMM_MIN_COLS):
+        if floating is float:
+            if fr_gemm_f(trans_a, trans_b, im, in_, ik, a, lda, b, ldb, beta == 1, c, ldc) == 0:
+                return
+        else:
+            if fr_gemm_d(trans_a, trans_b, im, in_, ik, a, lda, b, ldb, beta == 1, c, ldc) == 0:
+                return
     if floating is float:
         sgemm(&tb, &ta, &in_, &im, &ik, &alpha, <float*>b, &ildb, <float*>a, &ilda, &beta, c, &ildc)
     else:

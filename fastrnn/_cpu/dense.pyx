@@ -5,12 +5,19 @@ that a training step never wakes BLAS's own thread pool."""
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
 
-from ._blas cimport gemm
+from ._blas cimport fr_set_blas_gemm, gemm
 from ._checks cimport _blas_int
 from ._openmp cimport fr_omp_team_size, fr_team_threads, join_fork_guard
 from ._parts cimport _gemm_parts, _share, _split_at
 
 join_fork_guard()
+
+
+
+def _force_blas_gemm(bint forced):
+    """Private, for tests: this module's products on BLAS even where the CPU has AVX-512
+    (see recurrent._force_blas_gemm)."""
+    fr_set_blas_gemm(forced)
 
 
 def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,

@@ -56,7 +56,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm
+from ._blas cimport fr_set_blas_gemm, gemm
 from ._cells cimport (K_GRU, K_LSTM, K_RNN_IDENTITY, K_RNN_RELU, K_RNN_TANH, cell_backward_row,
                       cell_forward_row, gate_count)
 from ._checks cimport _blas_int, _check_len, _check_shape, _row_stride
@@ -106,6 +106,13 @@ def _force_narrow_panels(bint forced):
     AVX-512 (forced=True), or go back to the CPU's best (False), so that both stay tested on
     an AVX-512 machine. Takes effect from the next call; not for use while calls run."""
     fr_set_narrow_panels(forced)
+
+
+def _force_blas_gemm(bint forced):
+    """Private, for tests: run this module's large products (input projections, weight
+    gradients) on BLAS even where the CPU has AVX-512 (forced=True; csrc/gemm.h), or go back
+    (False), so that both stay tested on an AVX-512 machine. Not for use while calls run."""
+    fr_set_blas_gemm(forced)
 
 
 def _panel_width(dtype):

@@ -1,0 +1,49 @@
+/* The large GEMMs of the kernels (input projections, weight gradients, dense layers) on
+ * fastrnn's own AVX-512 packed micro-kernel (gemm_packed.h), where the CPU has AVX-512.
+ *
+ * Why not BLAS there: a BLAS picks its kernels from its build and its environment (an
+ * OpenBLAS told OPENBLAS_CORETYPE=Haswell runs 256-bit kernels at half an AVX-512 core's
+ * rate), while the recurrent loop already owns a 512-bit micro-kernel that matches a
+ * well-configured BLAS on these shapes (~200 GFLOP/s per core, float32). Using it for the
+ * few large products keeps the whole layer at the CPU's rate whatever BLAS is installed,
+ * and sums each element in one fixed order (results do not depend on the thread count).
+ * Without AVX-512 fr_gemm declines and the caller (_blas.pxd's gemm) calls BLAS.
+ *
+ * Blocking: K in blocks of FR_GEMM_KC (each packed panel, KC x NR, stays in L1), columns in
+ * blocks of FR_GEMM_NC (the packed block of B, KC x NC, in L2/L3), rows in blocks of
+ * FR_GEMM_MC (the block of A, MC x KC, in L2; packed into rows only when A is transposed).
+ * Every C element is the sum over k of the K blocks in order, each block summed by the
+ * micro-kernel in order: a fixed order whatever the caller's split into parts.
+ */
+#ifndef FASTRNN_GEMM_H
+#define FASTRNN_GEMM_H
+#include <stdlib.h>
+#include "gemm_packed.h"
+
+enum { FR_GEMM_KC = 256, FR_GEMM_MC = 128, FR_GEMM_NC = 2048 };
+
+/* Set by tests (recurrent.pyx's _force_blas_gemm) so that the BLAS fallback stays tested on
+ * an AVX-512 CPU. */
+static int fr_blas_gemm_forced = 0;
+
+static inline void fr_set_blas_gemm(int forced) {
+#if defined(__GNUC__)
+    __atomic_store_n(&fr_blas_gemm_forced, forced != 0, __ATOMIC_RELAXED);
+#else
+    fr_blas_gemm_forced = forced != 0;
+#endif
+}
+
+static inline int fr_own_gemm(void) {
+#if defined(__GNUC__)
+    int forced = __atomic_load_n(&fr_blas_gemm_forced, __ATOMIC_RELAXED);
+#else
+    int forced = fr_blas_gemm_forced;
+#endif
+    return fr_wide_panels() && !forced;
+}
+
+#define FR_BODY "gemm_impl.h"
+#include "instantiate.h"
+
+#endif

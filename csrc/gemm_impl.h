@@ -1,0 +1,61 @@
+/* Body of gemm.h, included once per element type FR_REAL (suffix FR_SFX: f or d).
+ * No include guard on purpose. */
+#define REAL FR_REAL
+#define FN(name) FR_CAT(name, FR_SFX)
+
+/* C (m x n) = op(A) (m x k) op(B) (k x n) + beta C, row-major, beta 0 or 1 (with beta 0, C
+ * is only written). op(A)[i, k] = trans_a ? a[k * lda + i] : a[i * lda + k], likewise B.
+ * Returns 0 when done; nonzero when declined (no AVX-512, or no memory for the packed
+ * blocks), having touched nothing: the caller then runs BLAS. Sizes are at most INT_MAX
+ * (the entry points check it). */
+static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL *a,
+                       ptrdiff_t lda, const REAL *b, ptrdiff_t ldb, int beta, REAL *c,
+                       ptrdiff_t ldc) {
+    if (!fr_own_gemm())
+        return 1;
+    if (m <= 0 || n <= 0)
+        return 0;
+    if (k <= 0) {   /* C = beta C */
+        if (!beta)
+            for (int i = 0; i < m; i++)
+                memset(c + (ptrdiff_t)i * ldc, 0, (size_t)n * sizeof(REAL));
+        return 0;
+    }
+    const int nr = FN(fr_panel_width)();
+    const int kc_max = k < FR_GEMM_KC ? k : FR_GEMM_KC;
+    const int nc_max = n < FR_GEMM_NC ? n : FR_GEMM_NC;
+    const int panels_max = (nc_max + nr - 1) / nr;
+    REAL *bp = (REAL *)aligned_alloc(64, ((size_t)panels_max * kc_max * nr * sizeof(REAL) + 63)
+                                             / 64 * 64);
+    if (bp == NULL)
+        return 1;
+    for (int j0 = 0; j0 < n; j0 += FR_GEMM_NC) {
+        int nc = n - j0 < FR_GEMM_NC ? n - j0 : FR_GEMM_NC;
+        int panels = (nc + nr - 1) / nr;
+        for (int k0 = 0; k0 < k; k0 += FR_GEMM_KC) {
+            int kc = k - k0 < FR_GEMM_KC ? k - k0 : FR_GEMM_KC;
+            /* B(kk, jj) of this block: trans_b ? b[(j0 + jj) * ldb + k0 + kk]
+             *                                  : b[(k0 + kk) * ldb + j0 + jj] */
+            const REAL *bblock = trans_b ? b + (ptrdiff_t)j0 * ldb + k0
+                                         : b + (ptrdiff_t)k0 * ldb + j0;
+            FN(fr_pack_panels)(nr, kc, nc, 0, panels, bblock, ldb, trans_b, bp);
+            int accumulate = beta || k0 > 0;
+            for (int i0 = 0; i0 < m; i0 += FR_GEMM_MC) {
+                int mc = m - i0 < FR_GEMM_MC ? m - i0 : FR_GEMM_MC;
+                REAL *cblock = c + (ptrdiff_t)i0 * ldc + j0;
+                if (trans_a)   /* op(A)[i, k] = a[k * lda + i] */
+                    FN(fr_gemm_packed_at)(nr, mc, nc, kc, 0, panels,
+                                          a + (ptrdiff_t)k0 * lda + i0, lda, bp, cblock, ldc,
+                                          accumulate);
+                else
+                    FN(fr_gemm_packed)(nr, mc, nc, kc, 0, panels, a + (ptrdiff_t)i0 * lda + k0,
+                                       lda, bp, cblock, ldc, accumulate);
+            }
+        }
+    }
+    free(bp);
+    return 0;
+}
+
+#undef REAL
+#undef FN
