@@ -2,6 +2,7 @@
 import numpy as np
 
 from .._device import array_module_of, device_of, to_device
+from .._softmax import softmax_cross_entropy_rows
 from .._validation import as_float_dtype, check_int, check_nonnegative_ints, check_token_ids
 from .base import Layer, backward_method, forward_method
 
@@ -65,14 +66,8 @@ class SoftmaxCrossEntropy(Layer):
         weights = None if mask is None else self._mask_weights(to_device(mask, device), leading_shape,
                                                                logits.dtype)
 
-        shifted = logits.reshape(-1, vocab_size) - logits.max(axis=-1).reshape(-1, 1)
-        # Read the target logits before exp overwrites ``shifted`` in place.
-        target_shifted = shifted[xp.arange(targets.size), targets]
-        probs = xp.exp(shifted, out=shifted)
-        sum_exp = probs.sum(axis=1)
-        probs /= sum_exp[:, None]
-        # -log softmax[target] = log(sum exp(shifted)) - shifted[target]
-        token_loss = xp.log(sum_exp) - target_shifted
+        probs, token_loss = softmax_cross_entropy_rows(logits.reshape(-1, vocab_size),
+                                                       targets, xp)
 
         if weights is None:
             n_tokens = weight_sum = targets.size

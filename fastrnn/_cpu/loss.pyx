@@ -1,0 +1,35 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The fused softmax + cross-entropy of the loss layer for float32 NumPy arrays, rows split
+among fastrnn's OpenMP threads (csrc/softmax.h says what is fused and how exact it is)."""
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+
+from ._openmp cimport fr_team_threads, join_fork_guard
+
+join_fork_guard()
+
+cdef extern from "softmax.h" nogil:
+    double fr_softmax_xent_row_f(int V, const float* x, int target, float* probs)
+
+
+def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1] targets not None,
+                          float[:, ::1] probs not None, double[::1] token_loss not None,
+                          int num_threads=1):
+    """probs (N, V) = softmax(logits (N, V)) along V; token_loss (N,) = -log probs[r,
+    targets[r]] (float64). targets must be valid ids (the caller checks them: an id outside
+    [0, V) raises ValueError here before anything is written). probs must not overlap logits."""
+    cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], r
+    if probs.shape[0] != N or probs.shape[1] != V:
+        raise ValueError(f"probs must have shape ({N}, {V}), got ({probs.shape[0]}, "
+                         f"{probs.shape[1]})")
+    if targets.shape[0] != N or token_loss.shape[0] != N:
+        raise ValueError(f"targets and token_loss must have {N} entries, got "
+                         f"{targets.shape[0]} and {token_loss.shape[0]}")
+    if V < 1 or V > 2147483647:
+        raise ValueError(f"the vocabulary size V must be in [1, 2^31), got {V}")
+    for r in range(N):
+        if targets[r] < 0 or targets[r] >= V:
+            raise ValueError(f"targets[{r}] = {targets[r]} is not in [0, {V})")
+    cdef int nt = fr_team_threads(num_threads) if N * V >= (1 << 16) else 1
+    for r in prange(N, nogil=True, num_threads=nt, schedule="static"):
+        token_loss[r] = fr_softmax_xent_row_f(<int>V, &logits[r, 0], <int>targets[r], &probs[r, 0])

@@ -1,0 +1,32 @@
+"""The softmax and per-token cross-entropy of the loss layer, fused where it can be.
+
+float32 NumPy logits go to the compiled kernel (fastrnn/_cpu/loss.pyx: one read of the
+logits, one write of the softmax, rows split among fastrnn's threads); other dtypes (float64,
+for gradient checks) and device arrays take the array-module code below, which is exact to
+its library's exp and log.
+"""
+import numpy as np
+
+from . import threads
+from ._cpu import loss as _loss
+
+
+def softmax_cross_entropy_rows(logits, targets, xp=np):
+    """``(probs (N, V), token_loss (N,))`` of logits (N, V) and valid integer targets (N,):
+    probs = softmax(logits) along V (a new array), token_loss[r] = -log probs[r, targets[r]].
+    token_loss is float64 on the compiled path, else the logits' dtype."""
+    if type(logits) is np.ndarray and logits.dtype == np.float32:
+        probs = np.empty(logits.shape, np.float32)
+        token_loss = np.empty(logits.shape[0], np.float64)
+        _loss.softmax_cross_entropy(np.ascontiguousarray(logits),
+                                    np.ascontiguousarray(targets, dtype=np.int64), probs,
+                                    token_loss, threads.get_num_threads())
+        return probs, token_loss
+    shifted = logits - logits.max(axis=-1).reshape(-1, 1)
+    # Read the target logits before exp overwrites ``shifted`` in place.
+    target_shifted = shifted[xp.arange(targets.size), targets]
+    probs = xp.exp(shifted, out=shifted)
+    sum_exp = probs.sum(axis=1)
+    probs /= sum_exp[:, None]
+    # -log softmax[target] = log(sum exp(shifted)) - shifted[target]
+    return probs, xp.log(sum_exp) - target_shifted

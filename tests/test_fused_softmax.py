@@ -1,0 +1,86 @@
+"""The compiled softmax + cross-entropy of float32 logits (csrc/softmax.h) against the same
+computation in float64 NumPy, through the layer and directly."""
+import numpy as np
+import pytest
+
+from fastrnn._cpu import loss as loss_kernels
+from fastrnn._softmax import softmax_cross_entropy_rows
+from fastrnn.layers import SoftmaxCrossEntropy
+
+
+def _exact(logits, targets):
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return p, -np.log(p[np.arange(len(targets)), targets])
+
+
+# V: one column, only the tail (< 32 lanes), one block + tail, a word-level vocabulary.
+@pytest.mark.parametrize("V", [1, 5, 33, 10000])
+def test_compiled_softmax_matches_float64(V, rng):
+    N = 37
+    logits = (rng.standard_normal((N, V)) * 4).astype(np.float32)
+    logits[0, :] = 0.0                     # all equal
+    if V > 1:
+        logits[1, 0] = 200.0               # the others far below -87 after the shift: exact 0
+    targets = rng.integers(0, V, size=N)
+    probs, token_loss = softmax_cross_entropy_rows(logits, targets)
+    assert probs.dtype == np.float32 and token_loss.dtype == np.float64
+    want_p, want_loss = _exact(logits, targets)
+    np.testing.assert_allclose(probs, want_p, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(token_loss, want_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    if V > 1:
+        assert (probs[1, 1:] == 0).all() and probs[1, 0] == 1.0
+
+
+def test_compiled_softmax_gives_the_same_bits_on_any_thread_count(rng):
+    logits = rng.standard_normal((300, 500)).astype(np.float32)
+    targets = rng.integers(0, 500, size=300)
+    outs = []
+    for threads in (1, 2, 3):
+        probs = np.empty_like(logits)
+        token_loss = np.empty(300)
+        loss_kernels.softmax_cross_entropy(logits, targets, probs, token_loss, threads)
+        outs.append((probs, token_loss))
+    for probs, token_loss in outs[1:]:
+        np.testing.assert_array_equal(probs, outs[0][0])
+        np.testing.assert_array_equal(token_loss, outs[0][1])
+
+
+def test_compiled_softmax_propagates_nan_and_zeroes_minus_inf():
+    logits = np.array([[0.0, np.nan, 1.0], [0.0, -np.inf, 1.0]], np.float32)
+    probs, token_loss = softmax_cross_entropy_rows(logits, np.array([0, 0]))
+    assert np.isnan(token_loss[0])
+    assert probs[1, 1] == 0 and np.isfinite(token_loss[1])
+    np.testing.assert_allclose(probs[1], _exact(logits[1:], np.array([0]))[0][0], rtol=1e-6)
+
+
+def test_compiled_softmax_refuses_bad_buffers_and_ids(rng):
+    logits = rng.standard_normal((4, 6)).astype(np.float32)
+    targets = np.array([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="probs must have shape"):
+        loss_kernels.softmax_cross_entropy(logits, targets, np.empty((4, 5), np.float32),
+                                           np.empty(4), 1)
+    with pytest.raises(ValueError, match="token_loss"):
+        loss_kernels.softmax_cross_entropy(logits, targets, np.empty((4, 6), np.float32),
+                                           np.empty(3), 1)
+    with pytest.raises(ValueError, match=r"targets\[2\] = 6"):
+        loss_kernels.softmax_cross_entropy(logits, np.array([0, 1, 6, 3]),
+                                           np.empty((4, 6), np.float32), np.empty(4), 1)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_loss_layer_float32_equals_its_float64_result(masked, rng):
+    """The layer's loss and gradient (compiled in float32) against the float64 layer."""
+    logits = rng.standard_normal((5, 7, 40)).astype(np.float32)
+    targets = rng.integers(0, 40, size=(5, 7))
+    mask = rng.random((5, 7)) < 0.7 if masked else None
+    results = []
+    for dtype in (np.float32, np.float64):
+        layer = SoftmaxCrossEntropy()
+        value = layer.forward(logits.astype(dtype), targets, mask)
+        results.append((value, layer.backward(2.0)))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-8)
