@@ -419,3 +419,35 @@ def test_malformed_packed_sequence_is_refused():
                            good.unsorted_indices)
     with pytest.raises(ValueError, match=r"input.data must be 2-D with one row per real step"):
         rnn(short)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_ops_opcheck_and_agree(kind):
+    """The copying backward op leaves its inputs alone, the overwriting one declares what it
+    overwrites (opcheck's schema test), and both compute the same gradients; None stands
+    for a zero output gradient."""
+    args = op_args(kind, with_lengths=True, reverse=True)
+    x, w_ih, w_hh, _, _, h0, c0, lengths, cell, reverse = (
+        a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    with torch.no_grad():
+        y, h_T, _, gates, hn, chist = ft.recurrent_forward_op(*args)
+    gen = torch.Generator().manual_seed(3)
+    dy = torch.randn(y.shape, generator=gen, dtype=y.dtype)
+    dh = torch.randn(h_T.shape, generator=gen, dtype=y.dtype)
+    dc = torch.randn(h_T.shape, generator=gen, dtype=y.dtype) if kind == "lstm" else None
+
+    def backward_args(dy, dh, dc):
+        return (x, w_ih, w_hh, True, h0, c0, lengths, y, gates.clone(), hn.clone(),
+                chist.clone(), dy, dh, dc, cell, reverse)
+
+    for op in (ft.recurrent_backward_op, ft.recurrent_backward_overwriting_op):
+        torch.library.opcheck(op, backward_args(dy, dh, dc))
+    zero_h = torch.zeros_like(h_T)
+    zero_c = zero_h if kind == "lstm" else None
+    for grads, as_zeros in (((dy, dh, dc), (dy, dh, dc)),
+                            ((None, dh, dc), (torch.zeros_like(y), dh, dc)),
+                            ((dy, None, None), (dy, zero_h, zero_c))):
+        expected = ft.recurrent_backward_op(*backward_args(*as_zeros))
+        got = ft.recurrent_backward_overwriting_op(*backward_args(*grads))
+        for g, e in zip(got, expected):
+            assert torch.equal(g, e)
