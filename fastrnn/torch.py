@@ -11,10 +11,9 @@ The modules subclass ``torch.nn.LSTM``/``GRU``/``RNN``: same constructor, parame
 shapes, initialisation), ``state_dict`` and forward signature and return types; only
 ``forward`` differs. A ``PackedSequence`` runs as fastrnn's ``lengths`` on a padded batch in
 the caller's order (packed semantics, no sort): its rows are scattered into the padded batch
-and the output's gathered back, one op each way (``fastrnn::scatter_rows`` and
-``fastrnn::gather_rows``, each the other's backward) by a row index made once per forward
-from its ``batch_sizes`` and ``sorted_indices``; the output carries the input's
-batch_sizes and indices. PyTorch's autograd drives everything around the recurrence.
+(``index_copy_``) and the output's gathered back (the op ``fastrnn::gather_rows``, whose
+backward is that scatter), by a row index made once per forward from its ``batch_sizes``
+and ``sorted_indices``; the output carries the input's batch_sizes and indices. PyTorch's autograd drives everything around the recurrence.
 
 One layer in one direction is one call of the custom op ``fastrnn::recurrent_forward``
 (:func:`fastrnn.functional.recurrent_forward` on zero-copy NumPy views of CPU tensors); its
@@ -22,9 +21,9 @@ backward is the op ``fastrnn::recurrent_backward``. The ops are functional: the 
 returns the activations the backward needs (the engine's workspace arrays) as extra outputs,
 so autograd saves them like any tensor, backward may run more than once (``retain_graph``,
 ``gradcheck``) and ``opcheck`` holds. The engine's backward overwrites these buffers, so the
-op runs it on copies; the modules' nodes, whose activations nobody else holds, use
-``fastrnn::recurrent_backward_overwriting`` instead (no copies) when the backward frees
-the graph (no ``retain_graph``/``create_graph``).
+op runs it on copies; the modules' nodes, whose activations nobody else holds, let it
+overwrite them instead (no copies) in an eager backward that frees the graph (no
+``retain_graph``/``create_graph``).
 
 This module imports torch; ``import fastrnn`` never imports it.
 """
@@ -169,25 +168,10 @@ def recurrent_backward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tenso
 
     Returns ``(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)``; the bias gradients are empty (0,)
     without biases, dc0 unless the cell is an LSTM. Leaves its inputs unchanged: the engine
-    runs on copies of gates/hn/chist (see :func:`recurrent_backward_overwriting_op`).
+    runs on copies of gates/hn/chist.
     """
     return _recurrent_backward(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist,
                                dy, dh, dc, cell, reverse, overwrite_saved=False)
-
-
-@torch.library.custom_op("fastrnn::recurrent_backward_overwriting",
-                         mutates_args=("gates", "hn", "chist"), device_types="cpu")
-def recurrent_backward_overwriting_op(
-        x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, has_bias: bool,
-        h0: torch.Tensor, c0: Optional[torch.Tensor], lengths: Optional[torch.Tensor],
-        y: torch.Tensor, gates: torch.Tensor, hn: torch.Tensor, chist: torch.Tensor,
-        dy: Optional[torch.Tensor], dh: Optional[torch.Tensor], dc: Optional[torch.Tensor],
-        cell: str, reverse: bool) -> _BACKWARD_OUTPUTS:
-    """:func:`recurrent_backward_op` without the copies of the saved activations: it
-    overwrites gates, hn and chist (they hold gradients afterwards). For a backward that runs
-    once on activations nobody else reads (the modules' non-retained backward)."""
-    return _recurrent_backward(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist,
-                               dy, dh, dc, cell, reverse, overwrite_saved=True)
 
 
 def _backward_fake(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist, dy, dh, dc,
@@ -200,7 +184,6 @@ def _backward_fake(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist
 
 
 recurrent_backward_op.register_fake(_backward_fake)
-recurrent_backward_overwriting_op.register_fake(_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -228,11 +211,17 @@ def _may_overwrite_saved(ctx, gates):
 
 def _backward(ctx, dy, dh_T, dc_T, *_saved_grads):
     x, w_ih, w_hh, h0, c0, lengths, y, gates, hn, chist = ctx.saved_tensors
-    op = (recurrent_backward_overwriting_op if _may_overwrite_saved(ctx, gates)
-          else recurrent_backward_op)
-    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0 = op(
-        x, w_ih, w_hh, any(ctx.has_bias), h0, c0, lengths, y, gates, hn, chist, dy, dh_T,
-        dc_T if c0 is not None else None, ctx.cell, ctx.reverse)
+    args = (x, w_ih, w_hh, any(ctx.has_bias), h0, c0, lengths, y, gates, hn, chist, dy, dh_T,
+            dc_T if c0 is not None else None, ctx.cell, ctx.reverse)
+    if _may_overwrite_saved(ctx, gates):
+        # Eager and the graph's last use of these tensors: the engine overwrites them in
+        # place, a plain call (the dispatcher's handling of a mutating op costs more than
+        # the call itself at small sizes), named like the op in profiles.
+        with torch.profiler.record_function("fastrnn::recurrent_backward"):
+            grads = _recurrent_backward(*args, overwrite_saved=True)
+    else:
+        grads = recurrent_backward_op(*args)
+    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0 = grads
     return (dx, dw_ih, dw_hh, db_ih if ctx.has_bias[0] else None,
             db_hh if ctx.has_bias[1] else None, dh0, dc0 if c0 is not None else None,
             None, None, None)
@@ -400,48 +389,52 @@ def _packed_layout(packed):
     enforce_sorted=True leaves it). Returns ``(rows, lengths)``: rows (N,) int64 holds
     ``t * B + b`` for each packed row, the row of the time-major (T, B, F) batch seen as
     (T*B, F); lengths (B,) int64 in the caller's order. T = len(batch_sizes), B =
-    batch_sizes[0].
+    batch_sizes[0]. Computed in NumPy on the (small) index tensors: a few microseconds.
     """
     batch_sizes, sorted_indices = packed.batch_sizes, packed.sorted_indices
-    if batch_sizes.dim() != 1 or batch_sizes.shape[0] == 0 or batch_sizes.dtype != torch.int64:
-        raise ValueError(f"input.batch_sizes must be a non-empty 1-D int64 tensor, got "
-                         f"{batch_sizes.dtype} of shape {tuple(batch_sizes.shape)}")
-    T, B = batch_sizes.shape[0], int(batch_sizes[0])
-    if int(batch_sizes[-1]) < 1 or not bool((batch_sizes[1:] <= batch_sizes[:-1]).all()):
+    if (batch_sizes.dim() != 1 or batch_sizes.shape[0] == 0 or batch_sizes.dtype != torch.int64
+            or batch_sizes.device.type != "cpu"):
+        raise ValueError(f"input.batch_sizes must be a non-empty 1-D int64 CPU tensor, got "
+                         f"{batch_sizes.dtype} of shape {tuple(batch_sizes.shape)} on "
+                         f"{batch_sizes.device}")
+    sizes = batch_sizes.numpy()
+    T, B = sizes.shape[0], int(sizes[0])
+    if sizes[-1] < 1 or (sizes[1:] > sizes[:-1]).any():
         raise ValueError(f"input.batch_sizes must be positive and non-increasing (as "
-                         f"pack_padded_sequence makes them), got {batch_sizes.tolist()}")
-    if packed.data.dim() != 2 or packed.data.shape[0] != int(batch_sizes.sum()):
+                         f"pack_padded_sequence makes them), got {sizes.tolist()}")
+    tokens = int(sizes.sum())
+    if packed.data.dim() != 2 or packed.data.shape[0] != tokens:
         raise ValueError(f"input.data must be 2-D with one row per real step "
-                         f"(sum(batch_sizes) = {int(batch_sizes.sum())}), got shape "
-                         f"{tuple(packed.data.shape)}")
+                         f"(sum(batch_sizes) = {tokens}), got shape {tuple(packed.data.shape)}")
     if sorted_indices is None:
-        caller_index = torch.arange(B)
+        caller_index = np.arange(B)
     else:
-        if (sorted_indices.shape != (B,) or sorted_indices.device.type != "cpu"
-                or not torch.equal(torch.sort(sorted_indices).values, torch.arange(B))):
-            raise ValueError(f"input.sorted_indices must be a CPU permutation of "
-                             f"range({B}) (B = batch_sizes[0]), got {sorted_indices}")
-        caller_index = sorted_indices
-    running = torch.arange(B) < batch_sizes.unsqueeze(1)          # (T, B) in sorted order
-    rows = (torch.arange(T).unsqueeze(1) * B + caller_index)[running]   # packed order
-    lengths = torch.empty(B, dtype=torch.int64)
-    lengths[caller_index] = running.sum(0)
-    return rows, lengths
+        caller_index = sorted_indices.detach().cpu().numpy()
+        if (caller_index.shape != (B,) or caller_index.dtype.kind not in "iu"
+                or not np.array_equal(np.sort(caller_index), np.arange(B))):
+            raise ValueError(f"input.sorted_indices must be a permutation of range({B}) "
+                             f"(B = batch_sizes[0]), got {sorted_indices}")
+    running = np.arange(B) < sizes[:, None]                        # (T, B), sorted order
+    rows = (np.arange(T)[:, None] * B + caller_index)[running]     # in packed order
+    lengths = np.empty(B, dtype=np.int64)
+    lengths[caller_index] = running.sum(axis=0)
+    return torch.from_numpy(rows.astype(np.int64, copy=False)), torch.from_numpy(lengths)
+
+
+def _scatter_rows(src, rows, num_rows):
+    """A (num_rows, F) tensor of zeros but for row ``rows[i]`` = ``src[i]`` (src (N, F), rows
+    (N,) distinct). Differentiable by PyTorch: the gradient of src is one gather."""
+    return src.new_zeros((num_rows, src.shape[1])).index_copy_(0, rows, src)
 
 
 @torch.library.custom_op("fastrnn::gather_rows", mutates_args=(), device_types="cpu")
 def gather_rows_op(src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``src[rows]``: src (M, F), rows (N,) int64 distinct indices in [0, M). Returns (N, F).
-    Its backward is :func:`scatter_rows_op` (no accumulation: the rows are distinct)."""
+
+    As ``src.index_select(0, rows)``, whose backward accumulates into zeros row by row
+    (index_add_, slow on the CPU); here the rows are distinct, so the backward writes them
+    (:func:`_scatter_rows`, one index_copy_): zero gradient at every other row."""
     return src.index_select(0, rows)
-
-
-@torch.library.custom_op("fastrnn::scatter_rows", mutates_args=(), device_types="cpu")
-def scatter_rows_op(src: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """A (num_rows, F) tensor of zeros but for row ``rows[i]`` = ``src[i]``: src (N, F),
-    rows (N,) int64 distinct indices in [0, num_rows). Its backward is
-    :func:`gather_rows_op`."""
-    return src.new_zeros((num_rows, src.shape[1])).index_copy_(0, rows, src)
 
 
 @gather_rows_op.register_fake
@@ -449,35 +442,24 @@ def _(src, rows):
     return src.new_empty((rows.shape[0], src.shape[1]))
 
 
-@scatter_rows_op.register_fake
-def _(src, rows, num_rows):
-    return src.new_empty((num_rows, src.shape[1]))
-
-
 def _save_rows(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1])
-    ctx.num_rows = inputs[0].shape[0]
+    src, rows = inputs
+    ctx.save_for_backward(rows)
+    ctx.num_rows = src.shape[0]
 
 
 def _gather_rows_backward(ctx, grad):
     rows, = ctx.saved_tensors
-    return scatter_rows_op(grad, rows, ctx.num_rows), None
-
-
-def _scatter_rows_backward(ctx, grad):
-    rows, = ctx.saved_tensors
-    return gather_rows_op(grad, rows), None, None
+    return _scatter_rows(grad, rows, ctx.num_rows), None
 
 
 gather_rows_op.register_autograd(_gather_rows_backward, setup_context=_save_rows)
-scatter_rows_op.register_autograd(_scatter_rows_backward, setup_context=_save_rows)
 
 
 def _padded_from_packed(data, rows, T, B):
     """The (T, B, F) zero-padded time-major batch of a PackedSequence's ``data`` (N, F): one
-    scatter of its rows (:func:`_packed_layout`). Differentiable: the gradient of ``data``
-    is one gather of those rows."""
-    return scatter_rows_op(data, rows, T * B).view(T, B, data.shape[1])
+    scatter of its rows (:func:`_packed_layout`); the gradient of ``data`` is one gather."""
+    return _scatter_rows(data, rows, T * B).view(T, B, data.shape[1])
 
 
 def _packed_from_padded(output, rows):

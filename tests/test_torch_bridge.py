@@ -341,19 +341,20 @@ def test_packed_input_matches_pytorch(kind, batch, enforce_sorted):
         assert_close(got[4][name], expected[4][name], 1e-10, f"grad of {name}")
 
 
-def test_gather_and_scatter_rows_gradcheck_and_opcheck():
+def test_gather_rows_gradcheck_and_opcheck():
+    """fastrnn::gather_rows (the packed output) and its backward, the scatter of the
+    packed input: exact values, zero gradient at the rows not gathered."""
     gen = torch.Generator().manual_seed(0)
     rows = torch.tensor([5, 0, 3, 6])
-    src = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     padded = torch.randn(7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    scattered = ft.scatter_rows_op(src, rows, 7)
-    assert torch.equal(scattered[rows], src.detach())
-    assert torch.equal(scattered.detach().sum(1)[[1, 2, 4]], torch.zeros(3, dtype=torch.float64))
     assert torch.equal(ft.gather_rows_op(padded, rows), padded.detach()[rows])
-    assert torch.autograd.gradcheck(lambda s: ft.scatter_rows_op(s, rows, 7), (src,))
+    grad = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    ft.gather_rows_op(padded, rows).backward(grad)
+    expected = torch.zeros_like(padded)
+    expected[rows] = grad
+    assert torch.equal(padded.grad, expected)
     assert torch.autograd.gradcheck(lambda p: ft.gather_rows_op(p, rows), (padded,))
     assert torch.autograd.gradgradcheck(lambda p: ft.gather_rows_op(p, rows), (padded,))
-    torch.library.opcheck(ft.scatter_rows_op, (src, rows, 7))
     torch.library.opcheck(ft.gather_rows_op, (padded, rows))
 
 
@@ -410,7 +411,7 @@ def test_malformed_packed_sequence_is_refused():
     good = pack_padded_sequence(x, LENGTHS, enforce_sorted=False)
     bad_indices = PackedSequence(good.data, good.batch_sizes, torch.tensor([1, 1, 0, 2]),
                                  good.unsorted_indices)
-    with pytest.raises(ValueError, match="sorted_indices must be a CPU permutation"):
+    with pytest.raises(ValueError, match="sorted_indices must be a permutation"):
         rnn(bad_indices)
     rising = PackedSequence(good.data[:3], torch.tensor([1, 2]), None, None)
     with pytest.raises(ValueError, match="batch_sizes must be positive and non-increasing"):
@@ -422,10 +423,10 @@ def test_malformed_packed_sequence_is_refused():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_backward_ops_opcheck_and_agree(kind):
-    """The copying backward op leaves its inputs alone, the overwriting one declares what it
-    overwrites (opcheck's schema test), and both compute the same gradients; None stands
-    for a zero output gradient."""
+def test_backward_op_opcheck_and_the_overwriting_path_agree(kind):
+    """The backward op passes opcheck (its schema test sees any input it changes); the
+    modules' overwriting path computes the same gradients; None stands for a zero output
+    gradient."""
     args = op_args(kind, with_lengths=True, reverse=True)
     x, w_ih, w_hh, _, _, h0, c0, lengths, cell, reverse = (
         a.detach() if isinstance(a, torch.Tensor) else a for a in args)
@@ -440,14 +441,13 @@ def test_backward_ops_opcheck_and_agree(kind):
         return (x, w_ih, w_hh, True, h0, c0, lengths, y, gates.clone(), hn.clone(),
                 chist.clone(), dy, dh, dc, cell, reverse)
 
-    for op in (ft.recurrent_backward_op, ft.recurrent_backward_overwriting_op):
-        torch.library.opcheck(op, backward_args(dy, dh, dc))
+    torch.library.opcheck(ft.recurrent_backward_op, backward_args(dy, dh, dc))
     zero_h = torch.zeros_like(h_T)
     zero_c = zero_h if kind == "lstm" else None
     for grads, as_zeros in (((dy, dh, dc), (dy, dh, dc)),
                             ((None, dh, dc), (torch.zeros_like(y), dh, dc)),
                             ((dy, None, None), (dy, zero_h, zero_c))):
         expected = ft.recurrent_backward_op(*backward_args(*as_zeros))
-        got = ft.recurrent_backward_overwriting_op(*backward_args(*grads))
+        got = ft._recurrent_backward(*backward_args(*grads), overwrite_saved=True)
         for g, e in zip(got, expected):
             assert torch.equal(g, e)
