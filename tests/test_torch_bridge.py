@@ -451,3 +451,22 @@ def test_backward_op_opcheck_and_the_overwriting_path_agree(kind):
         got = ft._recurrent_backward(*backward_args(*grads), overwrite_saved=True)
         for g, e in zip(got, expected):
             assert torch.equal(g, e)
+
+
+def test_bridge_overhead_benchmark_sees_the_engine_ops(monkeypatch):
+    """benchmarks/torch_bridge_overhead.py splits a step into the engine's ops and the rest:
+    both layouts must find the ops by name (the overwriting backward keeps the op's name)."""
+    import importlib
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    overhead = importlib.import_module("torch_bridge_overhead")
+    for cell, layout in (("lstm", "packed"), ("gru", "padded")):
+        r = overhead.bridge_overhead(cell, layout, size=(9, 5, 3, 4), steps=1, repeats=1,
+                                     warmup=1, threads=1)
+        assert r["engine"] > 0 and r["overhead"] > 0 and r["caller"] > 0
+        assert r["bridge"] == pytest.approx(r["overhead"] - r["caller"])
+    rnn = ft.LSTM(EMB, H)
+    x = torch.randn(T, B, EMB)
+    with torch.profiler.profile() as prof:
+        rnn(pack_padded_sequence(x, LENGTHS, enforce_sorted=False))[0].data.sum().backward()
+    assert set(overhead.ENGINE_OPS) <= {e.name for e in prof.events()}
