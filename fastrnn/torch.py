@@ -13,7 +13,8 @@ shapes, initialisation), ``state_dict`` and forward signature and return types; 
 the caller's order (packed semantics, no sort): its rows are scattered into the padded batch
 (``index_copy_``) and the output's gathered back (the op ``fastrnn::gather_rows``, whose
 backward is that scatter), by a row index made once per forward from its ``batch_sizes``
-and ``sorted_indices``; the output carries the input's batch_sizes and indices. PyTorch's autograd drives everything around the recurrence.
+and ``sorted_indices``; the output carries the input's batch_sizes and indices. PyTorch's
+autograd drives everything around the recurrence.
 
 One layer in one direction is one call of the custom op ``fastrnn::recurrent_forward``
 (:func:`fastrnn.functional.recurrent_forward` on zero-copy NumPy views of CPU tensors); its
