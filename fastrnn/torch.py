@@ -10,15 +10,21 @@
 The modules subclass ``torch.nn.LSTM``/``GRU``/``RNN``: same constructor, parameters (names,
 shapes, initialisation), ``state_dict`` and forward signature and return types; only
 ``forward`` differs. A ``PackedSequence`` runs as fastrnn's ``lengths`` on a padded batch in
-the caller's order (packed semantics, no sort); the output is packed again with the input's
-sorted/unsorted indices. PyTorch's autograd drives everything around the recurrence.
+the caller's order (packed semantics, no sort): its rows are scattered into the padded batch
+(``index_copy_``) and the output's gathered back (the op ``fastrnn::gather_rows``, whose
+backward is that scatter), by a row index made once per forward from its ``batch_sizes``
+and ``sorted_indices``; the output carries the input's batch_sizes and indices. PyTorch's
+autograd drives everything around the recurrence.
 
 One layer in one direction is one call of the custom op ``fastrnn::recurrent_forward``
 (:func:`fastrnn.functional.recurrent_forward` on zero-copy NumPy views of CPU tensors); its
 backward is the op ``fastrnn::recurrent_backward``. The ops are functional: the forward
 returns the activations the backward needs (the engine's workspace arrays) as extra outputs,
 so autograd saves them like any tensor, backward may run more than once (``retain_graph``,
-``gradcheck``) and ``opcheck`` holds. Backward copies the gate buffer it overwrites in place.
+``gradcheck``) and ``opcheck`` holds. The engine's backward overwrites these buffers, so the
+op runs it on copies; the modules' nodes, whose activations nobody else holds, let it
+overwrite them instead (no copies) in an eager backward that frees the graph (no
+``retain_graph``/``create_graph``).
 
 This module imports torch; ``import fastrnn`` never imports it.
 """
@@ -26,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from . import _engine
 from ._engine import RecurrentWorkspace
@@ -71,9 +77,32 @@ def recurrent_forward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor
         _engine.cpu_ops(), spec.name, _numpy(x), _numpy(w_ih), _numpy(w_hh),
         _optional_numpy(b_ih), _optional_numpy(b_hh), state, _optional_numpy(lengths), reverse)
     h_T, c_T = state_T if spec.has_cell_state else (state_T, None)
+    _zero_unwritten_activations(ws)
     # ws.y is a row view of y: backward reads y back, so y is what we return and pass in.
     return (torch.from_numpy(y), torch.from_numpy(h_T), _as_tensor(c_T, x),
             torch.from_numpy(ws.gates), _as_tensor(ws.hn, x), _as_tensor(ws.chist, x))
+
+
+def _zero_unwritten_activations(ws):
+    """Zero the rows of the forward's activation buffers that the engine leaves unwritten
+    with lengths, so that the op's outputs are a function of its inputs (opcheck compares
+    them across runs); the backward never reads those rows. A batch the engine runs packed
+    (see fastrnn._engine.packing) fills the first N rows (N real tokens) of gates/hn/chist;
+    a smaller one fills gates at every row but hn/chist only at the steps within each
+    sequence's length (time-space rows t*B + b with t < lengths[b])."""
+    if ws.lengths is None:   # every sequence whole (the engine drops lengths == T): all written
+        return
+    min_batch = getattr(ws.ops, "packed_min_batch", None)
+    if min_batch is not None and ws.B >= min_batch:
+        tokens = int(ws.lengths.sum())
+        for a in (ws.gates, ws.hn, ws.chist):
+            if a is not None:
+                a[tokens:] = 0
+        return
+    past_lengths = (np.arange(ws.T)[:, None] >= ws.lengths).reshape(-1)   # (T*B,) rows
+    for a in (ws.hn, ws.chist):
+        if a is not None:
+            a[past_lengths] = 0
 
 
 @recurrent_forward_op.register_fake
@@ -88,24 +117,16 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, cell, reverse):
     return x.new_empty((T, B, H)), x.new_empty((B, H)), c_T, gates, hn, chist
 
 
-@torch.library.custom_op("fastrnn::recurrent_backward", mutates_args=(), device_types="cpu")
-def recurrent_backward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, has_bias: bool,
-                          h0: torch.Tensor, c0: Optional[torch.Tensor],
-                          lengths: Optional[torch.Tensor], y: torch.Tensor, gates: torch.Tensor,
-                          hn: torch.Tensor, chist: torch.Tensor, dy: torch.Tensor,
-                          dh: torch.Tensor, dc: Optional[torch.Tensor], cell: str, reverse: bool
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                     torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of :func:`recurrent_forward_op` from its inputs and saved outputs.
-
-    Returns ``(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)``; the bias gradients are empty (0,)
-    without biases, dc0 unless the cell is an LSTM.
-    """
+def _recurrent_backward(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist, dy, dh,
+                        dc, cell, reverse, overwrite_saved):
+    """The engine's backward of one layer and direction from the forward op's inputs and
+    outputs; see :func:`recurrent_backward_op`. ``overwrite_saved``: the engine's backward
+    turns the activation buffers gates/hn/chist into gradients in place; False runs it on
+    copies of them, True on the tensors themselves (a backward that runs only once)."""
     spec = get_cell(cell)
     x_np = _numpy(x)
     T, B, I = x_np.shape
-    # The engine's backward consumes a workspace and overwrites its activation buffers:
-    # rebuild one from copies so that this op leaves its inputs unchanged.
+    saved = _numpy if overwrite_saved else (lambda t: _numpy(t).copy())
     ws = RecurrentWorkspace()
     ws.ops, ws.cell, ws.reverse, ws.T, ws.B = _engine.cpu_ops(), spec, bool(reverse), T, B
     ws.has_bias, ws.consumed = bool(has_bias), False
@@ -113,25 +134,57 @@ def recurrent_backward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tenso
     ws.lengths = None if lengths is None else np.ascontiguousarray(_numpy(lengths), np.int64)
     ws.h0 = _numpy(h0)
     ws.c0 = _optional_numpy(c0)
-    ws.gates = _numpy(gates).copy()
-    ws.hn = _numpy(hn).copy() if spec.name == "gru" else None
-    ws.chist = _numpy(chist).copy() if spec.has_cell_state else None
+    ws.gates = saved(gates)
+    ws.hn = saved(hn) if spec.name == "gru" else None
+    ws.chist = saved(chist) if spec.has_cell_state else None
     ws.y = _numpy(y).reshape(T * B, -1)
-    dstate = _numpy(dh) if dc is None else (_numpy(dh), _numpy(dc))
-    dx, dstate0, grads = _engine.backward(ws, _numpy(dy), dstate)
+    # dy and the state gradients as autograd gives them: None (zero), or any strides (the
+    # engine walks a strided dy in place and copies only what it cannot walk).
+    dy_np = None if dy is None else dy.detach().numpy()
+    dh_np = None if dh is None else dh.detach().numpy()
+    if spec.has_cell_state:
+        dstate = None if dh is None and dc is None else (dh_np, _optional_numpy(dc))
+    else:
+        dstate = dh_np
+    dx, dstate0, grads = _engine.backward(ws, dy_np, dstate)
     dh0, dc0 = dstate0 if spec.has_cell_state else (dstate0, None)
     return (torch.from_numpy(dx), torch.from_numpy(grads["weight_ih"]),
             torch.from_numpy(grads["weight_hh"]), _as_tensor(grads.get("bias_ih"), x),
             _as_tensor(grads.get("bias_hh"), x), torch.from_numpy(dh0), _as_tensor(dc0, x))
 
 
-@recurrent_backward_op.register_fake
-def _(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist, dy, dh, dc, cell, reverse):
+_BACKWARD_OUTPUTS = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                          torch.Tensor, torch.Tensor]
+
+
+@torch.library.custom_op("fastrnn::recurrent_backward", mutates_args=(), device_types="cpu")
+def recurrent_backward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, has_bias: bool,
+                          h0: torch.Tensor, c0: Optional[torch.Tensor],
+                          lengths: Optional[torch.Tensor], y: torch.Tensor, gates: torch.Tensor,
+                          hn: torch.Tensor, chist: torch.Tensor, dy: Optional[torch.Tensor],
+                          dh: Optional[torch.Tensor], dc: Optional[torch.Tensor], cell: str,
+                          reverse: bool) -> _BACKWARD_OUTPUTS:
+    """Backward of :func:`recurrent_forward_op` from its inputs and saved outputs; dy (T, B,
+    H), dh, dc (B, H) the gradients at y, h_T, c_T (None: zero).
+
+    Returns ``(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)``; the bias gradients are empty (0,)
+    without biases, dc0 unless the cell is an LSTM. Leaves its inputs unchanged: the engine
+    runs on copies of gates/hn/chist.
+    """
+    return _recurrent_backward(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist,
+                               dy, dh, dc, cell, reverse, overwrite_saved=False)
+
+
+def _backward_fake(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist, dy, dh, dc,
+                   cell, reverse):
     GH = w_hh.shape[0]
     bias = (lambda: x.new_empty((GH,))) if has_bias else (lambda: x.new_empty(_EMPTY_SHAPE))
     dc0 = x.new_empty(h0.shape) if get_cell(cell).has_cell_state else x.new_empty(_EMPTY_SHAPE)
     return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
             bias(), bias(), h0.new_empty(h0.shape), dc0)
+
+
+recurrent_backward_op.register_fake(_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -140,20 +193,36 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, y, gates, hn, chist)
     ctx.cell, ctx.reverse, ctx.has_bias = cell, reverse, (b_ih is not None, b_hh is not None)
     ctx.mark_non_differentiable(gates, hn, chist)
+    # Unused outputs get None, not a tensor of zeros: the engine takes None as zero.
+    ctx.set_materialize_grads(False)
+    # Set by recurrent_layer, which drops the gates/hn/chist outputs: then only this node
+    # holds them, and a backward that frees the graph may overwrite them.
+    ctx.saved_activations_private = False
+
+
+def _may_overwrite_saved(ctx, gates):
+    """Whether this backward may run the engine on the saved activations themselves: only
+    recurrent_layer's nodes, in an eager backward (real tensors, inside the autograd
+    engine) that frees the graph afterwards (no retain_graph/create_graph), so that nothing
+    can read them again."""
+    return (ctx.saved_activations_private and type(gates) is torch.Tensor
+            and torch._C._current_graph_task_id() != -1
+            and not torch._C._autograd._get_current_graph_task_keep_graph())
 
 
 def _backward(ctx, dy, dh_T, dc_T, *_saved_grads):
     x, w_ih, w_hh, h0, c0, lengths, y, gates, hn, chist = ctx.saved_tensors
-    if dy is None:
-        dy = torch.zeros_like(y)
-    if dh_T is None:
-        dh_T = torch.zeros_like(h0)
-    dc = None
-    if c0 is not None:
-        dc = torch.zeros_like(c0) if dc_T is None else dc_T
-    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0 = recurrent_backward_op(
-        x, w_ih, w_hh, any(ctx.has_bias), h0, c0, lengths, y, gates, hn, chist, dy, dh_T, dc,
-        ctx.cell, ctx.reverse)
+    args = (x, w_ih, w_hh, any(ctx.has_bias), h0, c0, lengths, y, gates, hn, chist, dy, dh_T,
+            dc_T if c0 is not None else None, ctx.cell, ctx.reverse)
+    if _may_overwrite_saved(ctx, gates):
+        # Eager and the graph's last use of these tensors: the engine overwrites them in
+        # place, a plain call (the dispatcher's handling of a mutating op costs more than
+        # the call itself at small sizes), named like the op in profiles.
+        with torch.profiler.record_function("fastrnn::recurrent_backward"):
+            grads = _recurrent_backward(*args, overwrite_saved=True)
+    else:
+        grads = recurrent_backward_op(*args)
+    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0 = grads
     return (dx, dw_ih, dw_hh, db_ih if ctx.has_bias[0] else None,
             db_hh if ctx.has_bias[1] else None, dh0, dc0 if c0 is not None else None,
             None, None, None)
@@ -172,6 +241,8 @@ def recurrent_layer(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse):
                                                 h0.contiguous(),
                                                 None if c0 is None else c0.contiguous(),
                                                 lengths, cell, reverse)
+    if isinstance(y.grad_fn, torch.autograd.function.BackwardCFunction):
+        y.grad_fn.saved_activations_private = True   # the activations were dropped above
     return y, h_T, (c_T if c0 is not None else None)
 
 
@@ -215,8 +286,10 @@ class _FastRNNMixin:
         packed = isinstance(input, PackedSequence)
         unbatched = False
         if packed:
-            x, lengths = pad_packed_sequence(input, batch_first=False)   # caller's order
-            lengths = lengths.to(torch.int64)
+            _check_on_cpu(type(self), input.data, "input")
+            rows, lengths = _packed_layout(input)
+            x = _padded_from_packed(input.data, rows, input.batch_sizes.shape[0],
+                                    lengths.shape[0])
         else:
             x, lengths = input, None
             if x.dim() not in (2, 3):
@@ -227,9 +300,7 @@ class _FastRNNMixin:
                 x = x.unsqueeze(1)
             elif self.batch_first:
                 x = x.transpose(0, 1)
-        if x.device.type != "cpu":
-            raise ValueError(f"fastrnn.torch.{type(self).__name__} runs on the CPU only: input "
-                             f"is on device {x.device}")
+        _check_on_cpu(type(self), x, "input")
         if x.dtype != dtype:
             raise TypeError(f"input must have the parameters' dtype {dtype}, got {x.dtype}")
         if x.shape[2] != self.input_size:
@@ -261,7 +332,8 @@ class _FastRNNMixin:
         c_n = torch.stack(c_finals) if is_lstm else None
 
         if packed:
-            output = _pack_like(output, lengths, input)
+            output = PackedSequence(_packed_from_padded(output, rows), input.batch_sizes,
+                                    input.sorted_indices, input.unsorted_indices)
         elif unbatched:
             output, h_n = output.squeeze(1), h_n.squeeze(1)
             c_n = c_n.squeeze(1) if is_lstm else None
@@ -303,15 +375,100 @@ class _FastRNNMixin:
         return states[0], (states[1] if is_lstm else None)
 
 
-def _pack_like(output, lengths, packed_input):
-    """Pack the padded time-major ``output`` (caller's order) with ``packed_input``'s sorted
-    and unsorted indices, so that ``pad_packed_sequence`` of it equals PyTorch's."""
-    sorted_indices = packed_input.sorted_indices
-    if sorted_indices is not None:
-        output, lengths = output.index_select(1, sorted_indices), lengths[sorted_indices]
-    data = pack_padded_sequence(output, lengths, enforce_sorted=True)
-    return PackedSequence(data.data, data.batch_sizes, sorted_indices,
-                          packed_input.unsorted_indices)
+def _check_on_cpu(cls, t, name):
+    if t.device.type != "cpu":
+        raise ValueError(f"fastrnn.torch.{cls.__name__} runs on the CPU only: {name} is on "
+                         f"device {t.device}")
+
+
+def _packed_layout(packed):
+    """Where the rows of a PackedSequence go in the padded batch, and the lengths.
+
+    Packed row r is step t of the k-th sorted sequence (the k-th of the batch_sizes[t]
+    sequences still running at t), which is sequence ``b = sorted_indices[k]`` of the
+    caller's batch (k itself when sorted_indices is None, as pack_padded_sequence with
+    enforce_sorted=True leaves it). Returns ``(rows, lengths)``: rows (N,) int64 holds
+    ``t * B + b`` for each packed row, the row of the time-major (T, B, F) batch seen as
+    (T*B, F); lengths (B,) int64 in the caller's order. T = len(batch_sizes), B =
+    batch_sizes[0]. Computed in NumPy on the (small) index tensors: a few microseconds.
+    """
+    batch_sizes, sorted_indices = packed.batch_sizes, packed.sorted_indices
+    if (batch_sizes.dim() != 1 or batch_sizes.shape[0] == 0 or batch_sizes.dtype != torch.int64
+            or batch_sizes.device.type != "cpu"):
+        raise ValueError(f"input.batch_sizes must be a non-empty 1-D int64 CPU tensor, got "
+                         f"{batch_sizes.dtype} of shape {tuple(batch_sizes.shape)} on "
+                         f"{batch_sizes.device}")
+    sizes = batch_sizes.numpy()
+    T, B = sizes.shape[0], int(sizes[0])
+    if sizes[-1] < 1 or (sizes[1:] > sizes[:-1]).any():
+        raise ValueError(f"input.batch_sizes must be positive and non-increasing (as "
+                         f"pack_padded_sequence makes them), got {sizes.tolist()}")
+    tokens = int(sizes.sum())
+    if packed.data.dim() != 2 or packed.data.shape[0] != tokens:
+        raise ValueError(f"input.data must be 2-D with one row per real step "
+                         f"(sum(batch_sizes) = {tokens}), got shape {tuple(packed.data.shape)}")
+    if sorted_indices is None:
+        caller_index = np.arange(B)
+    else:
+        caller_index = sorted_indices.detach().cpu().numpy()
+        if (caller_index.shape != (B,) or caller_index.dtype.kind not in "iu"
+                or not np.array_equal(np.sort(caller_index), np.arange(B))):
+            raise ValueError(f"input.sorted_indices must be a permutation of range({B}) "
+                             f"(B = batch_sizes[0]), got {sorted_indices}")
+    running = np.arange(B) < sizes[:, None]                        # (T, B), sorted order
+    rows = (np.arange(T)[:, None] * B + caller_index)[running]     # in packed order
+    lengths = np.empty(B, dtype=np.int64)
+    lengths[caller_index] = running.sum(axis=0)
+    return torch.from_numpy(rows.astype(np.int64, copy=False)), torch.from_numpy(lengths)
+
+
+def _scatter_rows(src, rows, num_rows):
+    """A (num_rows, F) tensor of zeros but for row ``rows[i]`` = ``src[i]`` (src (N, F), rows
+    (N,) distinct). Differentiable by PyTorch: the gradient of src is one gather."""
+    return src.new_zeros((num_rows, src.shape[1])).index_copy_(0, rows, src)
+
+
+@torch.library.custom_op("fastrnn::gather_rows", mutates_args=(), device_types="cpu")
+def gather_rows_op(src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``src[rows]``: src (M, F), rows (N,) int64 distinct indices in [0, M). Returns (N, F).
+
+    As ``src.index_select(0, rows)``, whose backward accumulates into zeros row by row
+    (index_add_, slow on the CPU); here the rows are distinct, so the backward writes them
+    (:func:`_scatter_rows`, one index_copy_): zero gradient at every other row."""
+    return src.index_select(0, rows)
+
+
+@gather_rows_op.register_fake
+def _(src, rows):
+    return src.new_empty((rows.shape[0], src.shape[1]))
+
+
+def _save_rows(ctx, inputs, output):
+    src, rows = inputs
+    ctx.save_for_backward(rows)
+    ctx.num_rows = src.shape[0]
+
+
+def _gather_rows_backward(ctx, grad):
+    rows, = ctx.saved_tensors
+    return _scatter_rows(grad, rows, ctx.num_rows), None
+
+
+gather_rows_op.register_autograd(_gather_rows_backward, setup_context=_save_rows)
+
+
+def _padded_from_packed(data, rows, T, B):
+    """The (T, B, F) zero-padded time-major batch of a PackedSequence's ``data`` (N, F): one
+    scatter of its rows (:func:`_packed_layout`); the gradient of ``data`` is one gather."""
+    return _scatter_rows(data, rows, T * B).view(T, B, data.shape[1])
+
+
+def _packed_from_padded(output, rows):
+    """The (N, F) packed data of a (T, B, F) time-major ``output``: one gather of ``rows``
+    (:func:`_packed_layout`). Its gradient puts the rows back in zeros: padded positions
+    get zero gradient."""
+    T, B, F = output.shape
+    return gather_rows_op(output.reshape(T * B, F), rows)
 
 
 def _check_device(cls, kwargs):

@@ -2,11 +2,13 @@
 outputs, final states and every parameter gradient; the custom ops pass gradcheck/opcheck."""
 import copy
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fastrnn.torch")
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+from torch.nn.utils.rnn import (PackedSequence, pack_padded_sequence,  # noqa: E402
+                                pad_packed_sequence)
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
@@ -273,3 +275,198 @@ def test_torch_compile_gives_the_eager_result():
     for name in expected[2]:
         assert_close(got[2]["_orig_mod." + name], expected[2][name], 1e-12,
                      f"compiled grad of {name}")
+
+
+# ---- PackedSequence conversion (one gather each way) and the backward without copies ----
+
+PACKED_BATCHES = {   # name: (lengths, T)
+    "unsorted": ([3, 7, 1, 5], 7),
+    "ties": ([4, 2, 4, 4, 2, 1], 4),
+    "all full": ([5, 5, 5], 5),
+    "length one": ([1, 3, 1, 1], 3),
+    "above the engine's packed batch": ([9, 1, 4, 9, 7, 2, 2, 5, 8, 3, 6, 9], 9),
+}
+
+
+def packed_run(module, x, lengths, enforce_sorted, hx):
+    """Forward + backward of ``module`` on x (T, B, F) packed with ``lengths``; returns the
+    packed output, the final states, and the gradients of x, hx and every parameter."""
+    module.zero_grad()
+    x = x.clone().requires_grad_(True)
+    leaves = [h.clone().requires_grad_(True) for h in finals_of(hx)]
+    hx = tuple(leaves) if len(leaves) == 2 else leaves[0]
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    out, final = module(packed, hx)
+    gen = torch.Generator().manual_seed(4)
+    loss = (out.data * torch.randn(out.data.shape, generator=gen, dtype=x.dtype)).sum()
+    for f in finals_of(final):
+        loss = loss + (f * torch.randn(f.shape, generator=gen, dtype=x.dtype)).sum()
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in module.named_parameters()}
+    return out, [f.detach() for f in finals_of(final)], x.grad, [h.grad for h in leaves], grads
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("batch", list(PACKED_BATCHES))
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_packed_input_matches_pytorch(kind, batch, enforce_sorted):
+    """2-layer bidirectional: packed output (data and indices), final states, the input's,
+    hx's and every parameter's gradient equal torch.nn's, in float64."""
+    lengths, steps = PACKED_BATCHES[batch]
+    lengths = torch.tensor(lengths)
+    if enforce_sorted:
+        lengths = lengths.sort(descending=True).values
+    torch.manual_seed(0)
+    reference = make_rnn(kind, torch.float64, batch_first=False)
+    ours = ft.convert(copy.deepcopy(reference))
+    batch_size = lengths.shape[0]
+    x = torch.randn(steps, batch_size, EMB, dtype=torch.float64)
+    hx = torch.randn(4, batch_size, H, dtype=torch.float64)
+    hx = (hx, torch.randn_like(hx)) if kind == "lstm" else hx
+    expected = packed_run(reference, x, lengths, enforce_sorted, hx)
+    got = packed_run(ours, x, lengths, enforce_sorted, hx)
+    out, out_expected = got[0], expected[0]
+    assert type(out) is PackedSequence
+    assert_close(out.data, out_expected.data, 1e-10, "packed data")
+    assert torch.equal(out.batch_sizes, out_expected.batch_sizes)
+    for name in ("sorted_indices", "unsorted_indices"):
+        g, e = getattr(out, name), getattr(out_expected, name)
+        assert (g is None and e is None) or torch.equal(g, e), name
+    for g, e in zip(got[1], expected[1]):
+        assert_close(g, e, 1e-10, "final state")
+    assert_close(got[2], expected[2], 1e-10, "grad of the input")
+    for g, e in zip(got[3], expected[3]):
+        assert_close(g, e, 1e-10, "grad of hx")
+    for name in expected[4]:
+        assert_close(got[4][name], expected[4][name], 1e-10, f"grad of {name}")
+
+
+def test_gather_rows_gradcheck_and_opcheck():
+    """fastrnn::gather_rows (the packed output) and its backward, the scatter of the
+    packed input: exact values, zero gradient at the rows not gathered."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.tensor([5, 0, 3, 6])
+    padded = torch.randn(7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(ft.gather_rows_op(padded, rows), padded.detach()[rows])
+    grad = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    ft.gather_rows_op(padded, rows).backward(grad)
+    expected = torch.zeros_like(padded)
+    expected[rows] = grad
+    assert torch.equal(padded.grad, expected)
+    assert torch.autograd.gradcheck(lambda p: ft.gather_rows_op(p, rows), (padded,))
+    assert torch.autograd.gradgradcheck(lambda p: ft.gather_rows_op(p, rows), (padded,))
+    torch.library.opcheck(ft.gather_rows_op, (padded, rows))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_retained_graph_gives_the_same_gradients_twice(kind):
+    """A backward that keeps the graph runs the engine on copies of the saved activations
+    (a second backward reads them again); one that frees it overwrites them, and a second
+    backward is then PyTorch's usual error, never gradients from overwritten buffers."""
+    torch.manual_seed(0)
+    rnn = ft.convert(make_rnn(kind, torch.float64, batch_first=False))
+    x = torch.randn(T, B, EMB, dtype=torch.float64)
+    out, _ = rnn(pack_padded_sequence(x, LENGTHS, enforce_sorted=False))
+    loss = (out.data * torch.randn(out.data.shape, dtype=torch.float64)).sum()
+    loss.backward(retain_graph=True)
+    first = {k: p.grad.clone() for k, p in rnn.named_parameters()}
+    rnn.zero_grad()
+    loss.backward()   # frees the graph: may overwrite
+    for k, p in rnn.named_parameters():
+        torch.testing.assert_close(p.grad, first[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("batch_size", [3, 12])   # the engine's plain and packed loops
+def test_forward_op_outputs_do_not_depend_on_stale_memory(kind, batch_size):
+    """With lengths the engine leaves some rows of gates/hn/chist unwritten; the op zeroes
+    them, so its outputs are a function of its inputs (opcheck's premise), whatever memory
+    its buffers come from."""
+    gen = torch.Generator().manual_seed(1)
+    G = {"lstm": 4, "gru": 3}.get(kind, 1)
+    steps, i, h = 6, 3, 4
+
+    def rand(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+    lengths = torch.randint(1, steps + 1, (batch_size,), generator=gen)
+    lengths[0] = steps
+    args = (rand(steps, batch_size, i), rand(G * h, i), rand(G * h, h), rand(G * h), rand(G * h),
+            rand(batch_size, h), rand(batch_size, h) if kind == "lstm" else None, lengths, kind,
+            True)
+    runs = []
+    for stale in (0.0, float("nan")):
+        junk = [np.full(steps * batch_size * cols, stale) for cols in (G * h, h, h)]
+        del junk   # freed: the op's buffers may reuse this memory
+        runs.append(ft.recurrent_forward_op(*args))
+    for got, expected in zip(*runs):
+        assert torch.equal(got, expected)
+
+
+def test_malformed_packed_sequence_is_refused():
+    rnn = ft.GRU(EMB, H)
+    x = torch.randn(T, B, EMB)
+    good = pack_padded_sequence(x, LENGTHS, enforce_sorted=False)
+    bad_indices = PackedSequence(good.data, good.batch_sizes, torch.tensor([1, 1, 0, 2]),
+                                 good.unsorted_indices)
+    with pytest.raises(ValueError, match="sorted_indices must be a permutation"):
+        rnn(bad_indices)
+    rising = PackedSequence(good.data[:3], torch.tensor([1, 2]), None, None)
+    with pytest.raises(ValueError, match="batch_sizes must be positive and non-increasing"):
+        rnn(rising)
+    short = PackedSequence(good.data[:-1], good.batch_sizes, good.sorted_indices,
+                           good.unsorted_indices)
+    with pytest.raises(ValueError, match=r"input.data must be 2-D with one row per real step"):
+        rnn(short)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_op_opcheck_and_the_overwriting_path_agree(kind):
+    """The backward op passes opcheck (its schema test sees any input it changes); the
+    modules' overwriting path computes the same gradients; None stands for a zero output
+    gradient."""
+    args = op_args(kind, with_lengths=True, reverse=True)
+    x, w_ih, w_hh, _, _, h0, c0, lengths, cell, reverse = (
+        a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    with torch.no_grad():
+        y, h_T, _, gates, hn, chist = ft.recurrent_forward_op(*args)
+    gen = torch.Generator().manual_seed(3)
+    dy = torch.randn(y.shape, generator=gen, dtype=y.dtype)
+    dh = torch.randn(h_T.shape, generator=gen, dtype=y.dtype)
+    dc = torch.randn(h_T.shape, generator=gen, dtype=y.dtype) if kind == "lstm" else None
+
+    def backward_args(dy, dh, dc):
+        return (x, w_ih, w_hh, True, h0, c0, lengths, y, gates.clone(), hn.clone(),
+                chist.clone(), dy, dh, dc, cell, reverse)
+
+    torch.library.opcheck(ft.recurrent_backward_op, backward_args(dy, dh, dc))
+    zero_h = torch.zeros_like(h_T)
+    zero_c = zero_h if kind == "lstm" else None
+    for grads, as_zeros in (((dy, dh, dc), (dy, dh, dc)),
+                            ((None, dh, dc), (torch.zeros_like(y), dh, dc)),
+                            ((dy, None, None), (dy, zero_h, zero_c))):
+        expected = ft.recurrent_backward_op(*backward_args(*as_zeros))
+        got = ft._recurrent_backward(*backward_args(*grads), overwrite_saved=True)
+        for g, e in zip(got, expected):
+            assert torch.equal(g, e)
+
+
+def test_bridge_overhead_benchmark_sees_the_engine_ops(monkeypatch):
+    """benchmarks/torch_bridge_overhead.py splits a step into the engine's ops and the rest:
+    both layouts must find the ops by name (the overwriting backward keeps the op's name)."""
+    import importlib
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    overhead = importlib.import_module("torch_bridge_overhead")
+    for cell, layout in (("lstm", "packed"), ("gru", "padded")):
+        r = overhead.bridge_overhead(cell, layout, size=(9, 5, 3, 4), steps=1, repeats=1,
+                                     warmup=1, threads=1)
+        assert r["engine"] > 0 and r["overhead"] > 0 and r["caller"] > 0
+        assert r["bridge"] == pytest.approx(r["overhead"] - r["caller"])
+    rnn = ft.LSTM(EMB, H)
+    x = torch.randn(T, B, EMB)
+    with torch.profiler.profile() as prof:
+        rnn(pack_padded_sequence(x, LENGTHS, enforce_sorted=False))[0].data.sum().backward()
+    assert set(overhead.ENGINE_OPS) <= {e.name for e in prof.events()}
