@@ -200,14 +200,23 @@ def _setup_context(ctx, inputs, output):
     ctx.saved_activations_private = False
 
 
+# What the running backward will do with its graph: private functions of torch's autograd
+# engine (present in torch 2.x). Where a torch lacks them, every backward copies the saved
+# activations (always correct, slower).
+_graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
+_graph_task_keeps_graph = getattr(getattr(torch._C, "_autograd", None),
+                                  "_get_current_graph_task_keep_graph", None)
+
+
 def _may_overwrite_saved(ctx, gates):
     """Whether this backward may run the engine on the saved activations themselves: only
     recurrent_layer's nodes, in an eager backward (real tensors, inside the autograd
     engine) that frees the graph afterwards (no retain_graph/create_graph), so that nothing
     can read them again."""
+    if _graph_task_id is None or _graph_task_keeps_graph is None:
+        return False
     return (ctx.saved_activations_private and type(gates) is torch.Tensor
-            and torch._C._current_graph_task_id() != -1
-            and not torch._C._autograd._get_current_graph_task_keep_graph())
+            and _graph_task_id() != -1 and not _graph_task_keeps_graph())
 
 
 def _backward(ctx, dy, dh_T, dc_T, *_saved_grads):

@@ -378,6 +378,28 @@ def test_retained_graph_gives_the_same_gradients_twice(kind):
         loss.backward()
 
 
+def test_a_torch_without_the_graph_task_functions_copies_the_activations(monkeypatch):
+    """Where torch lacks the private functions that say whether the graph is kept, every
+    backward copies the saved activations: a second backward with retain_graph is still
+    right, and the first gives the same gradients as the overwriting path."""
+    torch.manual_seed(0)
+    rnn = ft.convert(make_rnn("lstm", torch.float64, batch_first=False))
+    x = torch.randn(T, B, EMB, dtype=torch.float64)
+    seed = None
+    grads = []
+    for missing in (False, True):
+        if missing:
+            monkeypatch.setattr(ft, "_graph_task_keeps_graph", None)
+        rnn.zero_grad()
+        out, _ = rnn(pack_padded_sequence(x, LENGTHS, enforce_sorted=False))
+        seed = torch.randn(out.data.shape, dtype=torch.float64) if seed is None else seed
+        (out.data * seed).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in rnn.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=0, atol=0, msg=k)
+    assert not ft._may_overwrite_saved(None, None)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("batch_size", [3, 12])   # the engine's plain and packed loops
 def test_forward_op_outputs_do_not_depend_on_stale_memory(kind, batch_size):
