@@ -3,22 +3,27 @@
 #define REAL FR_REAL
 #define FN(name) FR_CAT(name, FR_SFX)
 
-/* C (m x n) = op(A) (m x k) op(B) (k x n) + beta C, row-major, beta 0 or 1 (with beta 0, C
- * is only written). op(A)[i, k] = trans_a ? a[k * lda + i] : a[i * lda + k], likewise B.
- * Returns 0 when done; nonzero when declined (no AVX-512, or no memory for the packed
- * blocks), having touched nothing: the caller then runs BLAS. Sizes are at most INT_MAX
- * (the entry points check it). */
+/* C (m x n) = op(A) (m x k) op(B) (k x n) + beta C (+ bias), row-major, beta 0 or 1 (with
+ * beta 0, C is only written). op(A)[i, k] = trans_a ? a[k * lda + i] : a[i * lda + k],
+ * likewise B. bias (n values added to every row of C) only with beta 0 and A not
+ * transposed; NULL for none. Returns 0 when done; nonzero when declined (no AVX-512, a bias
+ * it does not take, or no memory for the packed blocks), having touched nothing: the caller
+ * then runs BLAS. Sizes are at most INT_MAX (the entry points check it). */
 static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL *a,
                        ptrdiff_t lda, const REAL *b, ptrdiff_t ldb, int beta, REAL *c,
-                       ptrdiff_t ldc) {
-    if (!fr_own_gemm())
+                       ptrdiff_t ldc, const REAL *bias) {
+    if (!fr_own_gemm() || (bias != NULL && (beta || trans_a)))
         return 1;
     if (m <= 0 || n <= 0)
         return 0;
-    if (k <= 0) {   /* C = beta C */
+    if (k <= 0) {   /* C = beta C (+ bias) */
         if (!beta)
-            for (int i = 0; i < m; i++)
-                memset(c + (ptrdiff_t)i * ldc, 0, (size_t)n * sizeof(REAL));
+            for (int i = 0; i < m; i++) {
+                if (bias)
+                    memcpy(c + (ptrdiff_t)i * ldc, bias, (size_t)n * sizeof(REAL));
+                else
+                    memset(c + (ptrdiff_t)i * ldc, 0, (size_t)n * sizeof(REAL));
+            }
         return 0;
     }
     const int nr = FN(fr_panel_width)();
@@ -47,6 +52,10 @@ static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL
                     FN(fr_gemm_packed_at)(nr, mc, nc, kc, 0, panels,
                                           a + (ptrdiff_t)k0 * lda + i0, lda, bp, cblock, ldc,
                                           accumulate);
+                else if (bias && k0 == 0)   /* the first k block writes sum + bias */
+                    FN(fr_gemm_packed_bias)(nr, mc, nc, kc, 0, panels,
+                                            a + (ptrdiff_t)i0 * lda, lda, bp, cblock, ldc,
+                                            bias + j0);
                 else
                     FN(fr_gemm_packed)(nr, mc, nc, kc, 0, panels, a + (ptrdiff_t)i0 * lda + k0,
                                        lda, bp, cblock, ldc, accumulate);

@@ -213,6 +213,19 @@ static void FN(fr_gemm_packed)(int nr, int M, int N, int K, int p0, int p1, cons
     FN(fr_gemm_packed_narrow)(M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate);
 }
 
+/* C = A B + bias over panels [p0, p1) (see fr_gemm_packed_bias_*). */
+static void FN(fr_gemm_packed_bias)(int nr, int M, int N, int K, int p0, int p1, const REAL *A,
+                                    ptrdiff_t lda, const REAL *Bp, REAL *C, ptrdiff_t ldc,
+                                    const REAL *bias) {
+#if FR_HAVE_WIDE
+    if (nr == FR_WIDE_NR) {
+        FN(fr_gemm_packed_bias_wide)(M, N, K, p0, p1, A, lda, Bp, C, ldc, bias);
+        return;
+    }
+#endif
+    FN(fr_gemm_packed_bias_narrow)(M, N, K, p0, p1, A, lda, Bp, C, ldc, bias);
+}
+
 /* fr_gemm_packed with a transposed A: A[i, k] = At[k * ldat + i] (see gemm.h). */
 static void FN(fr_gemm_packed_at)(int nr, int M, int N, int K, int p0, int p1, const REAL *At,
                                   ptrdiff_t ldat, const REAL *Bp, REAL *C, ptrdiff_t ldc,

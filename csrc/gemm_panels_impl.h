@@ -39,7 +39,8 @@ FR_PANEL_TARGET static void PFN(fr_pack_panels)(int K, int N, int p0, int p1, co
 /* C[:mr, :nc] (+)= A[:mr, :K] panel: an mr x NR tile of C kept in 2 * mr vector registers.
  * A[i, k] is A[i * lda + k * ska]: ska 1 for a row-major A, lda 1 for a transposed one. */
 FR_INLINE void PFN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, ptrdiff_t ska,
-                            const REAL *panel, REAL *C, ptrdiff_t ldc, int nc, int accumulate) {
+                            const REAL *panel, REAL *C, ptrdiff_t ldc, int nc, int accumulate,
+                            const REAL *bias) {
     VEC acc[MR][2];
     for (int i = 0; i < mr; i++)
         acc[i][0] = acc[i][1] = (VEC){0};
@@ -60,6 +61,8 @@ FR_INLINE void PFN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, ptrdiff
         memcpy(out + NV, &acc[i][1], sizeof acc[i][1]);
         if (accumulate)
             for (int j = 0; j < nc; j++) c[j] += out[j];
+        else if (bias)   /* the sum, then the bias: as C = bias; C += sum would round */
+            for (int j = 0; j < nc; j++) c[j] = out[j] + bias[j];
         else
             for (int j = 0; j < nc; j++) c[j] = out[j];
     }
@@ -70,11 +73,12 @@ FR_INLINE void PFN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, ptrdiff
  * wide), so that no tile is left with too few accumulators to hide the FMA latency. */
 FR_INLINE void PFN(fr_gemm_tiles)(int M, int N, int K, int p0, int p1, const REAL *A,
                                    ptrdiff_t lda, ptrdiff_t ska, const REAL *Bp, REAL *C,
-                                   ptrdiff_t ldc, int accumulate) {
+                                   ptrdiff_t ldc, int accumulate, const REAL *bias) {
     int tiles = (M + MR - 1) / MR;
     for (int p = p0; p < p1; p++) {
         const REAL *panel = Bp + (ptrdiff_t)p * K * NR;
         int nc = N - p * NR < NR ? N - p * NR : NR;
+        const REAL *pbias = bias ? bias + (ptrdiff_t)p * NR : NULL;
         int i = 0;
         for (int t = 0; t < tiles; t++) {
             int mr = M / tiles + (t < M % tiles);
@@ -82,15 +86,15 @@ FR_INLINE void PFN(fr_gemm_tiles)(int M, int N, int K, int p0, int p1, const REA
             REAL *c = C + (ptrdiff_t)i * ldc + (ptrdiff_t)p * NR;
             switch (mr) {   /* constant mr: acc stays in registers */
 #if MR >= 8
-                case 8: PFN(fr_tile)(8, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
-                case 7: PFN(fr_tile)(7, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
+                case 8: PFN(fr_tile)(8, K, a, lda, ska, panel, c, ldc, nc, accumulate, pbias); break;
+                case 7: PFN(fr_tile)(7, K, a, lda, ska, panel, c, ldc, nc, accumulate, pbias); break;
 #endif
-                case 6: PFN(fr_tile)(6, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
-                case 5: PFN(fr_tile)(5, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
-                case 4: PFN(fr_tile)(4, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
-                case 3: PFN(fr_tile)(3, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
-                case 2: PFN(fr_tile)(2, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
-                default: PFN(fr_tile)(1, K, a, lda, ska, panel, c, ldc, nc, accumulate); break;
+                case 6: PFN(fr_tile)(6, K, a, lda, ska, panel, c, ldc, nc, accumulate, pbias); break;
+                case 5: PFN(fr_tile)(5, K, a, lda, ska, panel, c, ldc, nc, accumulate, pbias); break;
+                case 4: PFN(fr_tile)(4, K, a, lda, ska, panel, c, ldc, nc, accumulate, pbias); break;
+                case 3: PFN(fr_tile)(3, K, a, lda, ska, panel, c, ldc, nc, accumulate, pbias); break;
+                case 2: PFN(fr_tile)(2, K, a, lda, ska, panel, c, ldc, nc, accumulate, pbias); break;
+                default: PFN(fr_tile)(1, K, a, lda, ska, panel, c, ldc, nc, accumulate, pbias); break;
             }
             i += mr;
         }
@@ -101,7 +105,17 @@ FR_INLINE void PFN(fr_gemm_tiles)(int M, int N, int K, int p0, int p1, const REA
 FR_PANEL_TARGET static void PFN(fr_gemm_packed)(int M, int N, int K, int p0, int p1,
                                                 const REAL *A, ptrdiff_t lda, const REAL *Bp,
                                                 REAL *C, ptrdiff_t ldc, int accumulate) {
-    PFN(fr_gemm_tiles)(M, N, K, p0, p1, A, lda, 1, Bp, C, ldc, accumulate);
+    PFN(fr_gemm_tiles)(M, N, K, p0, p1, A, lda, 1, Bp, C, ldc, accumulate, NULL);
+}
+
+/* fr_gemm_packed writing C = A B + bias (bias: one value per column of C, added to every
+ * row): gemm.h's input projections and dense layers, which would otherwise write the bias
+ * into C and read it back. */
+FR_PANEL_TARGET static void PFN(fr_gemm_packed_bias)(int M, int N, int K, int p0, int p1,
+                                                     const REAL *A, ptrdiff_t lda,
+                                                     const REAL *Bp, REAL *C, ptrdiff_t ldc,
+                                                     const REAL *bias) {
+    PFN(fr_gemm_tiles)(M, N, K, p0, p1, A, lda, 1, Bp, C, ldc, 0, bias);
 }
 
 /* fr_gemm_tiles for a transposed A: A[i, k] = At[k * ldat + i] (gemm.h's weight gradients,
@@ -110,7 +124,7 @@ FR_PANEL_TARGET static void PFN(fr_gemm_packed_at)(int M, int N, int K, int p0, 
                                                    const REAL *At, ptrdiff_t ldat,
                                                    const REAL *Bp, REAL *C, ptrdiff_t ldc,
                                                    int accumulate) {
-    PFN(fr_gemm_tiles)(M, N, K, p0, p1, At, 1, ldat, Bp, C, ldc, accumulate);
+    PFN(fr_gemm_tiles)(M, N, K, p0, p1, At, 1, ldat, Bp, C, ldc, accumulate, NULL);
 }
 
 #undef PFN

@@ -14,13 +14,17 @@ from ._validation import check_no_shared_memory, has_internal_overlap
 from ._cpu import dense as _dense
 
 
-def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
+def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0, bias=None):
     """``op(a) @ op(b) + beta * out`` (2-D); op transposes when asked. Returns ``out``.
 
     op(a) (m, k), op(b) (k, n); ``out`` (m, n), when given, must have a's dtype and share no
     memory with a or b. NumPy arrays of float32/float64 run on fastrnn's threads; ``out``
     then takes that path when it is a writeable C-contiguous ndarray, else the generic one.
+    ``bias`` (n,), a's dtype, is added to every row (a not transposed, no ``out``): on the
+    compiled path in the same pass that writes the product.
     """
+    if bias is not None and (trans_a or out is not None):
+        raise ValueError("matmul: bias goes with trans_a=False and no out")
     m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
     k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if k_b != k:
@@ -40,8 +44,12 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
                 and a.dtype in (np.float32, np.float64)
                 and (out is None or (type(out) is np.ndarray and out.flags.c_contiguous
                                      and out.flags.writeable)))
+    compiled = compiled and (bias is None or (type(bias) is np.ndarray and bias.dtype == a.dtype
+                                              and bias.shape == (n,)))
     if not compiled:
         product = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        if bias is not None:
+            product += bias
         if out is None:
             return product
         if beta == 0.0:
@@ -54,5 +62,6 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
     if out is None:
         out, beta = np.empty((m, n), a.dtype), 0.0
     with threads.blas_single_threaded():
-        _dense.parallel_gemm(trans_a, trans_b, a, b, out, beta, threads.get_num_threads())
+        _dense.parallel_gemm(trans_a, trans_b, a, b, out, beta, threads.get_num_threads(),
+                             None if bias is None else np.ascontiguousarray(bias))
     return out

@@ -56,3 +56,40 @@ def test_own_gemm_gives_the_same_bits_on_any_thread_count(dtype, trans_a, rng):
         np.testing.assert_array_equal(_run(trans_a, True, a, b, c0, 0, threads, blas=False),
                                       first)
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("blas", [False, True])
+def test_bias_in_the_product_equals_copying_it_in_first(dtype, trans_b, blas, rng):
+    """c = a op(b) + bias in one pass (the tiles add the bias as they store the first k
+    block; on BLAS the bias is copied in first) gives the bits of c = bias; c += a op(b),
+    and the exact product plus the bias to rounding."""
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    for m, n, k in SHAPES:
+        a, b, _, exact = _product(False, trans_b, m, n, k, dtype, rng)
+        bias = rng.normal(size=n).astype(dtype)
+        copied_in = np.broadcast_to(bias, (m, n)).copy()
+        want = _run(False, trans_b, a, b, copied_in, 1, 2, blas)
+        got = np.full((m, n), np.nan, dtype)
+        dense._force_blas_gemm(blas)
+        try:
+            dense.parallel_gemm(False, trans_b, a, b, got, dtype(0), 2, bias)
+        finally:
+            dense._force_blas_gemm(False)
+        np.testing.assert_array_equal(got, want, err_msg=f"{m, n, k}")
+        np.testing.assert_allclose(got, exact + bias, rtol=0, atol=tol * np.sqrt(k))
+
+
+def test_bias_is_refused_where_it_does_not_apply(rng):
+    a = rng.normal(size=(40, 8)).astype(np.float32)
+    b = rng.normal(size=(8, 20)).astype(np.float32)
+    c = np.empty((40, 20), np.float32)
+    with pytest.raises(ValueError, match="bias must have 20 entries"):
+        dense.parallel_gemm(False, False, a, b, c, np.float32(0), 2, np.zeros(19, np.float32))
+    with pytest.raises(ValueError, match="not transposed and beta 0"):
+        dense.parallel_gemm(False, False, a, b, c, np.float32(1), 2, np.zeros(20, np.float32))
+    from fastrnn._matmul import matmul
+    with pytest.raises(ValueError, match="bias goes with"):
+        matmul(a.T.copy(), b, trans_a=True, bias=np.zeros(20, np.float32))
+    np.testing.assert_allclose(matmul(a, b, bias=np.ones(20, np.float32)), a @ b + 1, rtol=1e-5)

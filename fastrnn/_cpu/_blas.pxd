@@ -12,13 +12,15 @@
 # (csrc/gemm.h says why); everything else, and every CPU without AVX-512, on BLAS.
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython cimport floating
+from libc.string cimport memcpy
 
 cdef extern from "gemm.h" nogil:
     int fr_gemm_f(int trans_a, int trans_b, int m, int n, int k, const float* a, Py_ssize_t lda,
-                  const float* b, Py_ssize_t ldb, int beta, float* c, Py_ssize_t ldc)
+                  const float* b, Py_ssize_t ldb, int beta, float* c, Py_ssize_t ldc,
+                  const float* bias)
     int fr_gemm_d(int trans_a, int trans_b, int m, int n, int k, const double* a,
                   Py_ssize_t lda, const double* b, Py_ssize_t ldb, int beta, double* c,
-                  Py_ssize_t ldc)
+                  Py_ssize_t ldc, const double* bias)
     void fr_set_blas_gemm(int forced)
 
 cdef enum:
@@ -46,15 +48,44 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
     if (alpha == 1 and (beta == 0 or beta == 1) and m >= OWN_GEMM_MIN_ROWS
             and n >= OWN_GEMM_MIN_COLS):
         if floating is float:
-            if fr_gemm_f(trans_a, trans_b, im, in_, ik, a, lda, b, ldb, beta == 1, c, ldc) == 0:
+            if fr_gemm_f(trans_a, trans_b, im, in_, ik, a, lda, b, ldb, beta == 1, c, ldc,
+                         NULL) == 0:
                 return
         else:
-            if fr_gemm_d(trans_a, trans_b, im, in_, ik, a, lda, b, ldb, beta == 1, c, ldc) == 0:
+            if fr_gemm_d(trans_a, trans_b, im, in_, ik, a, lda, b, ldb, beta == 1, c, ldc,
+                         NULL) == 0:
                 return
     if floating is float:
         sgemm(&tb, &ta, &in_, &im, &ik, &alpha, <float*>b, &ildb, <float*>a, &ilda, &beta, c, &ildc)
     else:
         dgemm(&tb, &ta, &in_, &im, &ik, &alpha, <double*>b, &ildb, <double*>a, &ilda, &beta, c, &ildc)
+
+
+
+cdef inline void gemm_bias(bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                           const floating* a, Py_ssize_t lda, const floating* b,
+                           Py_ssize_t ldb, const floating* bias, floating* c,
+                           Py_ssize_t ldc) noexcept nogil:
+    """C[m, n] = A[m, k] @ op(B)[k, n] + bias (bias[n] added to every row), row-major.
+
+    One pass over C on fastrnn's own GEMM (the tiles add the bias as they store); on BLAS,
+    the bias is copied into C's rows first and the product added (the same bits: the sum
+    plus the bias either way). Every argument must fit a C int."""
+    cdef Py_ssize_t i
+    if m <= 0 or n <= 0:
+        return
+    if m >= OWN_GEMM_MIN_ROWS and n >= OWN_GEMM_MIN_COLS:
+        if floating is float:
+            if fr_gemm_f(False, trans_b, <int>m, <int>n, <int>k, a, lda, b, ldb, 0, c, ldc,
+                         bias) == 0:
+                return
+        else:
+            if fr_gemm_d(False, trans_b, <int>m, <int>n, <int>k, a, lda, b, ldb, 0, c, ldc,
+                         bias) == 0:
+                return
+    for i in range(m):
+        memcpy(c + i * ldc, bias, n * sizeof(floating))
+    gemm(False, trans_b, m, n, k, <floating>1, a, lda, b, ldb, <floating>1, c, ldc)
 
 
 from scipy.linalg.cython_blas cimport sgemv, dgemv

@@ -5,7 +5,7 @@ that a training step never wakes BLAS's own thread pool."""
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
 
-from ._blas cimport fr_set_blas_gemm, gemm
+from ._blas cimport fr_set_blas_gemm, gemm, gemm_bias
 from ._checks cimport _blas_int
 from ._openmp cimport fr_omp_team_size, fr_team_threads, join_fork_guard
 from ._parts cimport _gemm_parts, _share, _split_at
@@ -22,9 +22,10 @@ def _force_blas_gemm(bint forced):
 
 def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
                   const floating[:, ::1] b not None, floating[:, ::1] c not None,
-                  floating beta, int num_threads=1):
-    """c (m, n) = op(a) @ op(b) + beta * c, the rows of c split into max(2, num_threads)
-    parts shared among the OpenMP threads, each calling BLAS on its parts (the caller keeps
+                  floating beta, int num_threads=1, const floating[::1] bias=None):
+    """c (m, n) = op(a) @ op(b) + beta * c, or op(a) @ op(b) + bias with bias (n,) (a not
+    transposed, beta 0), the rows of c split into max(2, num_threads) parts shared among the
+    OpenMP threads, each running csrc/gemm.h's GEMM or BLAS on its parts (the caller keeps
     BLAS single-threaded)."""
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[0] if trans_a else a.shape[1]
     cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1], r0, r1, p
@@ -42,6 +43,14 @@ def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
     for size, what in ((m, "the rows of c"), (n, "the columns of c"), (k, "the inner dimension"),
                        (lda, "the row length of a"), (ldb, "the row length of b")):
         _blas_int(size, what)
+    cdef const floating* bias_ptr = NULL
+    if bias is not None:
+        if trans_a or beta != 0:
+            raise ValueError("a bias goes with a not transposed and beta 0")
+        if bias.shape[0] != n:
+            raise ValueError(f"bias must have {n} entries (the columns of c), got {bias.shape[0]}")
+        if n > 0:
+            bias_ptr = &bias[0]
     if m == 0 or n == 0:
         return
     with nogil, parallel(num_threads=nt):
@@ -52,5 +61,9 @@ def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
             if r1 > r0:
                 # Rows r0..r1 of op(a): rows of a, or columns of a when it is transposed.
                 a_rows = &a[0, r0] if trans_a else &a[r0, 0]
-                gemm(trans_a, trans_b, r1 - r0, n, k, <floating>1, a_rows, lda, &b[0, 0], ldb,
-                     beta, &c[r0, 0], n)
+                if bias_ptr != NULL:
+                    gemm_bias(trans_b, r1 - r0, n, k, a_rows, lda, &b[0, 0], ldb, bias_ptr,
+                              &c[r0, 0], n)
+                else:
+                    gemm(trans_a, trans_b, r1 - r0, n, k, <floating>1, a_rows, lda, &b[0, 0],
+                         ldb, beta, &c[r0, 0], n)

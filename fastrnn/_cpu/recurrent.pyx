@@ -56,7 +56,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from ._blas cimport fr_set_blas_gemm, gemm
+from ._blas cimport fr_set_blas_gemm, gemm, gemm_bias
 from ._cells cimport (K_GRU, K_LSTM, K_RNN_IDENTITY, K_RNN_RELU, K_RNN_TANH, cell_backward_row,
                       cell_forward_row, gate_count)
 from ._checks cimport _blas_int, _check_len, _check_shape, _row_stride
@@ -470,11 +470,9 @@ def project_inputs(const floating[:, ::1] x not None, const floating[:, ::1] w_i
         for p in range(_share(parts, tid, nth), _share(parts, tid + 1, nth)):
             r0 = _split_at(rows, p, parts)
             r1 = _split_at(rows, p + 1, parts)
-            for r in range(r0, r1):
-                memcpy(&gates[r, 0], &b_ih[0], GH * sizeof(floating))
             if r1 > r0:
-                gemm(False, True, r1 - r0, GH, I, <floating>1, &x[r0, 0], I, &w_ih[0, 0], I,
-                     <floating>1, &gates[r0, 0], GH)
+                gemm_bias(True, r1 - r0, GH, I, &x[r0, 0], I, &w_ih[0, 0], I, &b_ih[0],
+                          &gates[r0, 0], GH)
 
 
 def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,

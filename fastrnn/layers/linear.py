@@ -104,9 +104,7 @@ class Linear(Layer):
         # One GEMM over all leading positions (e.g. every time step of every sequence).
         x2d = x.reshape(-1, self.in_features)
         self._save_for_backward((x2d, leading_shape))
-        y = matmul(x2d, self.weight, trans_b=True)
-        if self.bias is not None:
-            y += self.bias
+        y = matmul(x2d, self.weight, trans_b=True, bias=self.bias)
         return y.reshape(leading_shape + (self.out_features,))
 
     @backward_method
