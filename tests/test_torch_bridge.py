@@ -492,3 +492,17 @@ def test_bridge_overhead_benchmark_sees_the_engine_ops(monkeypatch):
     with torch.profiler.profile() as prof:
         rnn(pack_padded_sequence(x, LENGTHS, enforce_sorted=False))[0].data.sum().backward()
     assert set(overhead.ENGINE_OPS) <= {e.name for e in prof.events()}
+
+
+def test_interleaved_ab_benchmark_times_both_models(monkeypatch, capsys):
+    """benchmarks/torch_bridge_ab.py times the converted and the plain model in alternating
+    rounds and prints the median ratio."""
+    import importlib
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    ab = importlib.import_module("torch_bridge_ab")
+    times = ab.interleaved_step_times(rounds=2, steps=1, threads=1)
+    assert len(times["converted"]) == len(times["torch"]) == 2
+    assert all(t > 0 for ts in times.values() for t in ts)
+    ab.main(["--rounds", "1", "--steps", "1", "--threads", "1"])
+    assert "ratio" in capsys.readouterr().out
