@@ -31,7 +31,7 @@ int and computes its buffer sizes before allocating anything (_buffer_sizes).
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport exp, INFINITY
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
 from libc.stdlib cimport malloc, free, qsort
 from libc.string cimport memcpy
 
@@ -40,6 +40,12 @@ import sys
 import numpy as np
 
 from ._blas cimport gemm, gemv
+
+cdef extern from "bf16.h" nogil:
+    size_t fr_bf16_packed_size(int rows, int K)
+    void fr_bf16_pack(int rows, int K, const float* W, Py_ssize_t ldw, uint16_t* dst)
+    void fr_matvec_bf16(int rows, int K, const uint16_t* P, const float* x, float* y,
+                        int accumulate)
 from ._cells cimport K_LSTM, cell_forward_row, gate_count
 from ._checks cimport _blas_int, _check_len, _check_shape
 from ._openmp cimport (fr_omp_barrier, fr_omp_team_size, fr_openmp_enabled, fr_team_threads,
@@ -61,6 +67,7 @@ ctypedef struct Ctx:
     const Py_ssize_t* hoff      # (L,) offset of layer l's (B, H_l) states in hbuf: B * sum(H_m, m < l)
     Py_ssize_t hbuf_half        # B * sum(H_l): one parity of hbuf
     bint split_rows, greedy
+    bint bf16                   # split_rows only: this thread's weights as bfloat16 (bf16.h)
     int top_k
     double temperature, top_p
     int64_t stop_id
@@ -320,6 +327,40 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
                                nj * in_dim * sizeof(floating))
                     memcpy(wblock + woff[2 * l + 1] + k * nj * H,
                            <floating*>ctx.w_hh[l] + (k * H + j0) * H, nj * H * sizeof(floating))
+    # bfloat16 weights (opt-in, float32 only): the blocks above and this thread's rows of the
+    # output layer packed for fr_matvec_bf16; boff[2l], boff[2l + 1], boff[2L] are the
+    # offsets of W_ih, W_hh and the output rows. Without the memory, the float32 path.
+    cdef uint16_t* bblock = NULL
+    cdef Py_ssize_t* boff = NULL
+    cdef Py_ssize_t bsize = 0
+    if floating is float:
+        if ctx.bf16 and wblock != NULL:
+            boff = <Py_ssize_t*>malloc((2 * L + 1) * sizeof(Py_ssize_t))
+            if boff != NULL:
+                for l in range(L):
+                    H = ctx.hs[l]
+                    nj = _unit_stop(ctx, H, tid) - _unit_start(ctx, H, tid)
+                    in_dim = 0 if (l == 0 and table != NULL) else (E if l == 0 else ctx.hs[l - 1])
+                    boff[2 * l] = bsize
+                    bsize += <Py_ssize_t>fr_bf16_packed_size(<int>(G * nj), <int>in_dim)
+                    boff[2 * l + 1] = bsize
+                    bsize += <Py_ssize_t>fr_bf16_packed_size(<int>(G * nj), <int>H)
+                boff[2 * L] = bsize
+                bsize += <Py_ssize_t>fr_bf16_packed_size(<int>nv, <int>Htop)
+                bblock = <uint16_t*>malloc(max(bsize, 1) * sizeof(uint16_t))
+            if bblock != NULL:
+                for l in range(L):
+                    H = ctx.hs[l]
+                    nj = _unit_stop(ctx, H, tid) - _unit_start(ctx, H, tid)
+                    in_dim = 0 if (l == 0 and table != NULL) else (E if l == 0 else ctx.hs[l - 1])
+                    if in_dim > 0 and nj > 0:
+                        fr_bf16_pack(<int>(G * nj), <int>in_dim, wblock + woff[2 * l], in_dim,
+                                     bblock + boff[2 * l])
+                    if nj > 0:
+                        fr_bf16_pack(<int>(G * nj), <int>H, wblock + woff[2 * l + 1], H,
+                                     bblock + boff[2 * l + 1])
+                if nv > 0:
+                    fr_bf16_pack(<int>nv, <int>Htop, out_w + v0 * Htop, Htop, bblock + boff[2 * L])
 
     for s in range(n_steps):
         # Rows still running: the window [lo, hi) of this thread's rows (same for all threads
@@ -359,7 +400,11 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
                     w = <const floating*>ctx.w_ih[l]
                     for b in range(lo, hi):
                         memcpy(g + (b - b0) * GL, bih + l * G * U, GL * sizeof(floating))
-                    if wblock != NULL:
+                    if floating is float and bblock != NULL:
+                        for b in range(lo, hi):
+                            fr_matvec_bf16(<int>GL, <int>in_dim, bblock + boff[2 * l],
+                                           xin + b * in_dim, g + (b - b0) * GL, 1)
+                    elif wblock != NULL:
                         _rows_times_wt(nb, GL, in_dim, xin + lo * in_dim, in_dim,
                                        wblock + woff[2 * l], in_dim, <floating>1,
                                        g + (lo - b0) * GL, GL)
@@ -368,7 +413,11 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
                             _rows_times_wt(nb, nj, in_dim, xin + lo * in_dim, in_dim,
                                            w + (k * H + j0) * in_dim, in_dim, <floating>1,
                                            g + (lo - b0) * GL + k * nj, GL)
-                if wblock != NULL:
+                if floating is float and bblock != NULL:
+                    for b in range(lo, hi):
+                        fr_matvec_bf16(<int>GL, <int>H, bblock + boff[2 * l + 1], hp + b * H,
+                                       gh + (b - b0) * GL, 0)
+                elif wblock != NULL:
                     _rows_times_wt(nb, GL, H, hp + lo * H, H, wblock + woff[2 * l + 1], H,
                                    <floating>0, gh + (lo - b0) * GL, GL)
                 else:
@@ -400,8 +449,13 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
             hp = hbuf + par * half + ctx.hoff[L - 1]
             for b in range(lo, hi):
                 memcpy(logits + b * V + v0, out_b + v0, nv * sizeof(floating))
-            _rows_times_wt(nb, nv, Htop, hp + lo * Htop, Htop, out_w + v0 * Htop, Htop,
-                           <floating>1, logits + lo * V + v0, V)
+            if floating is float and bblock != NULL:
+                for b in range(lo, hi):
+                    fr_matvec_bf16(<int>nv, <int>Htop, bblock + boff[2 * L], hp + b * Htop,
+                                   logits + b * V + v0, 1)
+            else:
+                _rows_times_wt(nb, nv, Htop, hp + lo * Htop, Htop, out_w + v0 * Htop, Htop,
+                               <floating>1, logits + lo * V + v0, V)
         if sync:
             fr_omp_barrier()
         t = s - P + 1
@@ -427,6 +481,8 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
             ctx.par_of[b] = par
     free(wblock)
     free(woff)
+    free(bblock)
+    free(boff)
 
 
 cdef void _team_worker(Ctx* ctx, const floating* out_w, int tid, int* team_ok) noexcept nogil:
@@ -493,7 +549,7 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih not None
                   list h not None, list c,
                   double temperature, int top_k, double top_p, bint greedy, int64_t stop_id,
                   const uint8_t[::1] banned not None, int num_threads, bint split_rows,
-                  Py_ssize_t min_length=0):
+                  Py_ssize_t min_length=0, bint bf16_weights=False):
     """Generate ``n_tokens`` tokens per row.
 
     Layer l has H_l = w_hh[l].shape[1] units. h: list over layers of (B, H_l) C-contiguous
@@ -504,6 +560,9 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih not None
     None. uniforms (n_tokens, B) in [0, 1), None when greedy. stop_id < 0: no stop token.
     banned (V,) uint8. min_length >= 0: the first min_length draws of a row never give
     stop_id (it is banned for them); needs a token other than stop_id that is not banned.
+    bf16_weights (float32 and split_rows only): each thread multiplies by a bfloat16 copy of
+    its rows of W_ih, W_hh and the output layer (csrc/bf16.h; float32 sums and states); the
+    float32 products if that copy cannot be allocated.
     Returns (tokens (B, n_tokens) int64, -1 after a stop; lengths (B,) int64).
     """
     cdef Py_ssize_t L = len(h), B, V = out_w.shape[0], H, Htop, Hsum = 0
@@ -516,6 +575,11 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih not None
     cdef floating[:, ::1] state_mv
     if L < 1:
         raise ValueError("h must hold one (B, H_l) array per layer, got an empty list")
+    if bf16_weights:
+        if floating is double:
+            raise TypeError("bf16_weights needs float32 weights, got float64")
+        if not split_rows:
+            raise ValueError("bf16_weights needs split_rows (the rows split among threads)")
     for name, arrays in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
         if len(arrays) != L:
             raise ValueError(f"{name} must hold {L} arrays (one per layer), got {len(arrays)}")
@@ -652,6 +716,7 @@ def generate_loop(int kind, const floating[:, ::1] embedding, list w_ih not None
         ctx.n_tokens, ctx.nt, ctx.split_rows, ctx.greedy = n_tokens, nt, split_rows, greedy
         ctx.top_k, ctx.temperature, ctx.top_p, ctx.stop_id = top_k, temperature, top_p, stop_id
         ctx.min_length = min_length
+        ctx.bf16 = bf16_weights
         ctx.prime = &prime[0, 0]
         ctx.uniforms = &uniforms[0, 0] if uniforms is not None else NULL
         ctx.banned = &banned[0]

@@ -640,7 +640,7 @@ def cmd_sample(args):
     samples = model.generate(args.length, prime=args.prime, num_samples=args.num_samples,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              greedy=args.greedy, stop=args.stop, seed=args.seed,
-                             min_length=args.min_length)
+                             min_length=args.min_length, weights=args.weights)
     for i, sample in enumerate(samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
@@ -667,7 +667,7 @@ def _sample_sentences(model, args):
         prime_ids, args.length, num_samples=args.num_samples, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
         stop_id=vocab.token_to_id(stop), banned_ids=banned, seed=args.seed,
-        min_length=args.min_length)
+        min_length=args.min_length, weights=args.weights)
     for i, (row, n) in enumerate(zip(tokens, lengths)):
         ids = row[:n]
         if ids.size and ids[-1] == vocab.eos_id:
@@ -908,6 +908,9 @@ def build_parser():
                         help="suppress the stop token until this many tokens are generated "
                              "(its probability set to zero, the rest renormalised)")
     _add_runtime_options(sample)
+    sample.add_argument("--weights", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: multiply by a bfloat16 copy of the weights (float32 "
+                             "models; faster at small batch, not exact: README Results)")
     sample.add_argument("--seed", type=int, default=None)
     sample.set_defaults(func=cmd_sample)
 

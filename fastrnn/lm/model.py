@@ -400,14 +400,16 @@ class LanguageModel(Module):
 
     def generate_ids(self, prime_ids, n_tokens, num_samples=1, temperature=1.0, top_k=0,
                      top_p=1.0, greedy=False, stop_id=None, banned_ids=(), seed=None,
-                     min_length=0):
+                     min_length=0, weights="float32"):
         """Sample continuations of ``prime_ids`` (1-D, at least one id) in compiled code.
 
         Returns ``(tokens (num_samples, n_tokens) int64, lengths (num_samples,))``; a row that
         drew ``stop_id`` ends there (included), later positions hold -1. ``min_length`` (needs
         ``stop_id``): before that many tokens have been generated, ``stop_id`` has probability
         zero and the other tokens are renormalised (see
-        :func:`fastrnn.lm.generation.generate_tokens`).
+        :func:`fastrnn.lm.generation.generate_tokens`). ``weights="bfloat16"`` (float32
+        models): multiply by a bfloat16 copy of the weights, faster at small batch and not
+        exact (same function's docstring).
 
         A model on the GPU samples on the CPU too, from host copies of its weights: sampling
         is one token at a time for a few sequences, so it is bound by latency, and at these
@@ -431,12 +433,12 @@ class LanguageModel(Module):
             self.cell.name, layers, host(self.embedding.params.get("weight")), host(self.output.weight),
             host(self.output.bias), np.ascontiguousarray(prime), n_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, greedy=greedy, stop_id=stop_id, banned_ids=banned_ids,
-            seed=seed, min_length=min_length)
+            seed=seed, min_length=min_length, weights=weights)
         return tokens, lengths
 
     def generate(self, n_tokens=200, prime=None, num_samples=1, temperature=1.0, top_k=0,
                  top_p=1.0, greedy=False, stop=None, allow_unknown=False, seed=None,
-                 min_length=0):
+                 min_length=0, weights="float32"):
         """Sample ``num_samples`` texts of up to ``n_tokens`` tokens (needs ``vocab``).
 
         prime: text to continue (every token must be in the vocabulary); None starts from the
@@ -445,8 +447,9 @@ class LanguageModel(Module):
         emits the unknown token. min_length (needs ``stop``): the stop token is suppressed
         until ``min_length`` tokens have been generated, i.e. its probability is set to zero
         and the rest renormalised, so a finished sample has at least ``min_length`` tokens
-        before its stop token (sentences of at least N words). Returns a list of str, the
-        generated text without the prime.
+        before its stop token (sentences of at least N words). weights: "float32" or the
+        faster, inexact "bfloat16" (see generate_ids). Returns a list of str, the generated
+        text without the prime.
         """
         vocab = self._require_vocab()
         prime_ids = self._prime_ids(prime)
@@ -460,7 +463,8 @@ class LanguageModel(Module):
         banned = () if allow_unknown or vocab.unk is None or not vocab.has(vocab.unk) \
             else (vocab.unk_id,)
         tokens, lengths = self.generate_ids(prime_ids, n_tokens, num_samples, temperature, top_k,
-                                            top_p, greedy, stop_id, banned, seed, min_length)
+                                            top_p, greedy, stop_id, banned, seed, min_length,
+                                            weights)
         return [vocab.decode(row[:n]) for row, n in zip(tokens, lengths)]
 
     def _require_vocab(self):

@@ -1,0 +1,100 @@
+"""Generation with bfloat16 weights (opt-in, weights="bfloat16"): exactly the float32 loop's
+algorithm on weights rounded to bfloat16, checked against the float64 NumPy reference run on
+those rounded weights; the float32 path is untouched; bad requests refused."""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.lm.generation import _generate_tokens
+from fastrnn.lm.model import LanguageModel
+from test_generation import CELLS, make_model, np_greedy
+
+
+def to_bf16(a):
+    """a rounded to bfloat16 (nearest, ties to even), as float32 values."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return u.view(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    yield
+    fastrnn.set_num_threads(None)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("table", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_weights_equal_the_reference_on_rounded_weights(cell, table, threads):
+    """H = 37 and E = 7: odd column counts (a zero-padded last pair) and row groups that do not
+    fill 16 rows, split between threads; B = 3 rows; the state after 10 steps and greedy
+    tokens against float64 NumPy with the same rounded weights."""
+    fastrnn.set_num_threads(threads)
+    layers, emb, out_w, out_b = make_model(cell, V=11, E=7, H=37, L=2, dtype=np.float32,
+                                           seed=3, scale=0.3)
+    rounded = [(to_bf16(w_ih) if (l > 0 or not table) else w_ih, to_bf16(w_hh), b_ih, b_hh)
+               for l, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers)]
+    prime = np.random.default_rng(4).integers(0, 11, (3, 3))
+    want_tok, _, want_h, want_c = np_greedy(cell, rounded, emb, to_bf16(out_w), out_b, prime, 10)
+    tokens, lengths, state = _generate_tokens(cell, layers, emb, out_w, out_b, prime, 10,
+                                              greedy=True, layer0_table=table,
+                                              weights="bfloat16")
+    np.testing.assert_array_equal(tokens, want_tok)
+    h = state[0] if cell == "lstm" else state
+    tol = 3e-5 * max(1.0, np.abs(want_h).max())
+    np.testing.assert_allclose(h, want_h, rtol=0, atol=tol)
+    if cell == "lstm":
+        np.testing.assert_allclose(state[1], want_c, rtol=0, atol=tol)
+    # The float32 path is not rounded: it follows the unrounded reference.
+    tokens32, _, state32 = _generate_tokens(cell, layers, emb, out_w, out_b, prime, 10,
+                                            greedy=True, layer0_table=table)
+    ref_tok, _, ref_h, _ = np_greedy(cell, layers, emb, out_w, out_b, prime, 10)
+    np.testing.assert_array_equal(tokens32, ref_tok)
+    h32 = state32[0] if cell == "lstm" else state32
+    np.testing.assert_allclose(h32, ref_h, rtol=0, atol=2e-5 * max(1.0, np.abs(ref_h).max()))
+    assert np.abs(h32 - h).max() > 0   # the rounding is really there
+
+
+def test_bf16_sampling_is_reproducible_and_thread_independent():
+    model = LanguageModel(30, 8, 40, 2, seed=1)
+    runs = []
+    for threads in (1, 2, 1):
+        fastrnn.set_num_threads(threads)
+        runs.append(model.generate_ids(np.array([1, 2]), 50, num_samples=2, seed=7,
+                                       weights="bfloat16")[0])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+
+
+def test_bf16_weights_are_refused_where_they_do_not_apply():
+    layers, emb, out_w, out_b = make_model("lstm", dtype=np.float64)
+    prime = np.zeros((1, 1), np.int64)
+    with pytest.raises(ValueError, match="needs a float32 model"):
+        _generate_tokens("lstm", layers, emb, out_w, out_b, prime, 3, weights="bfloat16")
+    layers, emb, out_w, out_b = make_model("lstm", dtype=np.float32)
+    with pytest.raises(ValueError, match="split='rows'"):
+        _generate_tokens("lstm", layers, emb, out_w, out_b, prime, 3, weights="bfloat16",
+                         split="batch")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        _generate_tokens("lstm", layers, emb, out_w, out_b, prime, 3, weights="float16")
+
+
+def test_cli_sample_with_bf16_weights(tmp_path, capsys):
+    from helpers import cli_error_line
+    from fastrnn.lm.cli import main
+    from fastrnn.lm.text import CharVocab
+    model = LanguageModel(vocab=CharVocab.build("abc\n"), embed_size=4, hidden_size=6,
+                          num_layers=1, seed=1)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    assert main(["sample", str(path), "--prime", "a", "--length", "20", "--seed", "5",
+                 "--weights", "bfloat16"]) == 0
+    expected = model.generate(20, prime="a", seed=5, weights="bfloat16")
+    assert capsys.readouterr().out == f"a{expected[0]}\n"
+    model64 = LanguageModel(vocab=CharVocab.build("abc\n"), embed_size=4, hidden_size=6,
+                            num_layers=1, seed=1, dtype=np.float64)
+    model64.save(tmp_path / "model64.npz")
+    assert "float32" in cli_error_line(capsys, ["sample", str(tmp_path / "model64.npz"),
+                                                "--weights", "bfloat16"])
+    assert "--weights" in cli_error_line(capsys, ["sample", str(path), "--weights", "fp8"])
