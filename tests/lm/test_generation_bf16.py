@@ -98,3 +98,22 @@ def test_cli_sample_with_bf16_weights(tmp_path, capsys):
     assert "float32" in cli_error_line(capsys, ["sample", str(tmp_path / "model64.npz"),
                                                 "--weights", "bfloat16"])
     assert "--weights" in cli_error_line(capsys, ["sample", str(path), "--weights", "fp8"])
+
+
+def test_bf16_benchmark_script_reports_its_figures(monkeypatch):
+    """benchmarks/bf16_generation.py (the README's accuracy figures) on a tiny model."""
+    import importlib
+    from pathlib import Path
+    from fastrnn.lm.text import CharVocab
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    bench = importlib.import_module("bf16_generation")
+    text = "the quick brown fox jumps over the lazy dog\n" * 30
+    model = LanguageModel(vocab=CharVocab.build(text), embed_size=4, hidden_size=8,
+                          num_layers=2, seed=1)
+    r = bench.measure(model, model.vocab.encode(text), samples=3, length=10, repeat=1)
+    assert 0 < r["logit_max_abs"] < 0.1 and r["logit_mean_abs"] <= r["logit_max_abs"]
+    assert abs(r["val_loss_float32"] - r["val_loss_bfloat16"]) < 0.01
+    assert 0 <= r["identical_samples"] <= 3 and 0 <= r["mean_common_prefix"] <= 10
+    assert r["us_per_token_float32"] > 0 and r["us_per_token_bfloat16"] > 0
+    np.testing.assert_array_equal(bench.to_bf16(np.float32([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8])),
+                                  [1.0, 1.0, 1 + 4 * 2 ** -8])   # ties to even
