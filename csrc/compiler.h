@@ -52,6 +52,16 @@ static inline int fr_cpu_has_wide(void) {
 static inline int fr_cpu_has_wide(void) { return FR_HAVE_WIDE; }
 #endif
 
+/* A process-wide int flag that tests flip between calls (e.g. fr_set_narrow_panels) and the
+ * kernels read once per call, from any thread: relaxed atomics where the compiler has them. */
+#if defined(__GNUC__)
+#define FR_FLAG_STORE(flag, value) __atomic_store_n(&(flag), (value), __ATOMIC_RELAXED)
+#define FR_FLAG_LOAD(flag) __atomic_load_n(&(flag), __ATOMIC_RELAXED)
+#else
+#define FR_FLAG_STORE(flag, value) ((flag) = (value))
+#define FR_FLAG_LOAD(flag) (flag)
+#endif
+
 /* Everything FR_HOT calls must be inlined into each clone to be compiled for its ISA (gcc
  * does not inline a function built for a different target unless forced). */
 #if defined(__GNUC__)

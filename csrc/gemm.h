@@ -27,20 +27,11 @@ enum { FR_GEMM_KC = 256, FR_GEMM_MC = 128, FR_GEMM_NC = 2048 };
 static int fr_blas_gemm_forced = 0;
 
 static inline void fr_set_blas_gemm(int forced) {
-#if defined(__GNUC__)
-    __atomic_store_n(&fr_blas_gemm_forced, forced != 0, __ATOMIC_RELAXED);
-#else
-    fr_blas_gemm_forced = forced != 0;
-#endif
+    FR_FLAG_STORE(fr_blas_gemm_forced, forced != 0);
 }
 
 static inline int fr_own_gemm(void) {
-#if defined(__GNUC__)
-    int forced = __atomic_load_n(&fr_blas_gemm_forced, __ATOMIC_RELAXED);
-#else
-    int forced = fr_blas_gemm_forced;
-#endif
-    return fr_wide_panels() && !forced;
+    return fr_wide_panels() && !FR_FLAG_LOAD(fr_blas_gemm_forced);
 }
 
 #define FR_BODY "gemm_impl.h"

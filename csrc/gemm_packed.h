@@ -22,21 +22,12 @@
 static int fr_narrow_panels_forced = 0;
 
 static inline void fr_set_narrow_panels(int forced) {
-#if defined(__GNUC__)
-    __atomic_store_n(&fr_narrow_panels_forced, forced != 0, __ATOMIC_RELAXED);
-#else
-    fr_narrow_panels_forced = forced != 0;
-#endif
+    FR_FLAG_STORE(fr_narrow_panels_forced, forced != 0);
 }
 
 /* Whether the packed GEMM uses its AVX-512 micro-kernel (gemm_packed_impl.h). */
 static inline int fr_wide_panels(void) {
-#if defined(__GNUC__)
-    int forced = __atomic_load_n(&fr_narrow_panels_forced, __ATOMIC_RELAXED);
-#else
-    int forced = fr_narrow_panels_forced;
-#endif
-    return fr_cpu_has_wide() && !forced;
+    return fr_cpu_has_wide() && !FR_FLAG_LOAD(fr_narrow_panels_forced);
 }
 
 #define FR_BODY "gemm_packed_impl.h"

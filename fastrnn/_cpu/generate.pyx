@@ -239,6 +239,14 @@ cdef inline Py_ssize_t _unit_stop(Ctx* ctx, Py_ssize_t H, int tid) noexcept nogi
     return _split_at(H, tid + 1, ctx.nt) if ctx.split_rows else H
 
 
+cdef inline Py_ssize_t _weight_block_columns(Ctx* ctx, Py_ssize_t l) noexcept nogil:
+    """Columns of layer l's W_ih in a thread's weight blocks: its input size, or 0 for layer 0
+    when the (V, G*H_0) table replaces its W_ih."""
+    if l == 0:
+        return 0 if ctx.table != NULL else ctx.E
+    return ctx.hs[l - 1]
+
+
 cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
     cdef Py_ssize_t L = ctx.L, G = ctx.G, E = ctx.E, V = ctx.V, B = ctx.B, P = ctx.P
     cdef Py_ssize_t nt = ctx.nt, H, Hin, GH0 = G * ctx.hs[0], Htop = ctx.hs[ctx.L - 1]
@@ -299,27 +307,39 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
     # j, gate by gate) copied into one block per matrix, in the gate buffers' order (k * nj +
     # jj), so that each is one product per step instead of G, and the copy, made by this
     # thread, starts out in its own caches. Without the memory, G products on the originals.
+    # With bfloat16 weights (opt-in, float32 only) the blocks and this thread's rows of the
+    # output layer are then packed for fr_matvec_bf16 into bblock: boff[2l], boff[2l + 1] and
+    # boff[2L] are the offsets of W_ih, W_hh and the output rows (woff likewise in wblock).
+    # Without the memory, the float32 products.
     cdef floating* wblock = NULL
     cdef Py_ssize_t* woff = NULL
     cdef Py_ssize_t wsize = 0
+    cdef uint16_t* bblock = NULL
+    cdef Py_ssize_t* boff = NULL
+    cdef Py_ssize_t bsize = 0
     if ctx.split_rows:
-        woff = <Py_ssize_t*>malloc(2 * L * sizeof(Py_ssize_t))
+        woff = <Py_ssize_t*>malloc((4 * L + 1) * sizeof(Py_ssize_t))
         if woff != NULL:
+            boff = woff + 2 * L
             for l in range(L):
                 H = ctx.hs[l]
                 nj = _unit_stop(ctx, H, tid) - _unit_start(ctx, H, tid)
-                in_dim = 0 if (l == 0 and table != NULL) else (E if l == 0 else ctx.hs[l - 1])
-                woff[2 * l] = wsize
+                in_dim = _weight_block_columns(ctx, l)
+                woff[2 * l], boff[2 * l] = wsize, bsize
                 wsize += G * nj * in_dim
-                woff[2 * l + 1] = wsize
+                bsize += <Py_ssize_t>fr_bf16_packed_size(<int>(G * nj), <int>in_dim)
+                woff[2 * l + 1], boff[2 * l + 1] = wsize, bsize
                 wsize += G * nj * H
+                bsize += <Py_ssize_t>fr_bf16_packed_size(<int>(G * nj), <int>H)
+            boff[2 * L] = bsize
+            bsize += <Py_ssize_t>fr_bf16_packed_size(<int>nv, <int>Htop)
             wblock = <floating*>malloc(max(wsize, 1) * sizeof(floating))
         if wblock != NULL:
             for l in range(L):
                 H = ctx.hs[l]
                 j0 = _unit_start(ctx, H, tid)
                 nj = _unit_stop(ctx, H, tid) - j0
-                in_dim = 0 if (l == 0 and table != NULL) else (E if l == 0 else ctx.hs[l - 1])
+                in_dim = _weight_block_columns(ctx, l)
                 for k in range(G):
                     if in_dim > 0:
                         memcpy(wblock + woff[2 * l] + k * nj * in_dim,
@@ -327,32 +347,14 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
                                nj * in_dim * sizeof(floating))
                     memcpy(wblock + woff[2 * l + 1] + k * nj * H,
                            <floating*>ctx.w_hh[l] + (k * H + j0) * H, nj * H * sizeof(floating))
-    # bfloat16 weights (opt-in, float32 only): the blocks above and this thread's rows of the
-    # output layer packed for fr_matvec_bf16; boff[2l], boff[2l + 1], boff[2L] are the
-    # offsets of W_ih, W_hh and the output rows. Without the memory, the float32 path.
-    cdef uint16_t* bblock = NULL
-    cdef Py_ssize_t* boff = NULL
-    cdef Py_ssize_t bsize = 0
     if floating is float:
         if ctx.bf16 and wblock != NULL:
-            boff = <Py_ssize_t*>malloc((2 * L + 1) * sizeof(Py_ssize_t))
-            if boff != NULL:
-                for l in range(L):
-                    H = ctx.hs[l]
-                    nj = _unit_stop(ctx, H, tid) - _unit_start(ctx, H, tid)
-                    in_dim = 0 if (l == 0 and table != NULL) else (E if l == 0 else ctx.hs[l - 1])
-                    boff[2 * l] = bsize
-                    bsize += <Py_ssize_t>fr_bf16_packed_size(<int>(G * nj), <int>in_dim)
-                    boff[2 * l + 1] = bsize
-                    bsize += <Py_ssize_t>fr_bf16_packed_size(<int>(G * nj), <int>H)
-                boff[2 * L] = bsize
-                bsize += <Py_ssize_t>fr_bf16_packed_size(<int>nv, <int>Htop)
-                bblock = <uint16_t*>malloc(max(bsize, 1) * sizeof(uint16_t))
+            bblock = <uint16_t*>malloc(max(bsize, 1) * sizeof(uint16_t))
             if bblock != NULL:
                 for l in range(L):
                     H = ctx.hs[l]
                     nj = _unit_stop(ctx, H, tid) - _unit_start(ctx, H, tid)
-                    in_dim = 0 if (l == 0 and table != NULL) else (E if l == 0 else ctx.hs[l - 1])
+                    in_dim = _weight_block_columns(ctx, l)
                     if in_dim > 0 and nj > 0:
                         fr_bf16_pack(<int>(G * nj), <int>in_dim, wblock + woff[2 * l], in_dim,
                                      bblock + boff[2 * l])
@@ -482,7 +484,6 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
     free(wblock)
     free(woff)
     free(bblock)
-    free(boff)
 
 
 cdef void _team_worker(Ctx* ctx, const floating* out_w, int tid, int* team_ok) noexcept nogil:
