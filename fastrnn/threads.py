@@ -135,6 +135,12 @@ def show_config(file=None):
             print(f"  BLAS    {lib.get('internal_api')} {lib.get('version')} "
                   f"({lib.get('num_threads')} threads, {lib.get('architecture', '?')}) "
                   f"{lib.get('filepath')}", file=out)
+    from ._cpu import dense   # loaded by fastrnn anyway (dense layers)
+    own_gemm = dense.own_gemm_active()
+    gemm = ("large products on fastrnn's AVX-512 kernel (csrc/gemm.h), small ones on BLAS"
+            if own_gemm else "BLAS for every product (the AVX-512 kernel is not in use)")
+    print(f"  GEMM    {gemm}", file=out)
     if os.environ.get("OPENBLAS_CORETYPE"):   # overrides OpenBLAS's own choice of kernels
+        unused = "; fastrnn's large products do not use OpenBLAS" if own_gemm else ""
         print(f"  OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} (OpenBLAS uses that "
-              f"core's kernels, whatever this CPU has)", file=out)
+              f"core's kernels, whatever this CPU has{unused})", file=out)

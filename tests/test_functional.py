@@ -211,6 +211,21 @@ def test_show_config_says_when_openblas_coretype_overrides_the_cpu(capsys, monke
     assert "OPENBLAS_CORETYPE" not in capsys.readouterr().out
 
 
+def test_show_config_says_which_gemm_runs_the_large_products(capsys):
+    from fastrnn._cpu import dense
+    fastrnn.show_config()
+    out = capsys.readouterr().out
+    if dense.own_gemm_active():
+        assert "large products on fastrnn's AVX-512 kernel" in out
+    dense._force_blas_gemm(True)
+    try:
+        assert not dense.own_gemm_active()
+        fastrnn.show_config()
+        assert "GEMM    BLAS" in capsys.readouterr().out
+    finally:
+        dense._force_blas_gemm(False)
+
+
 def _with_1_and_2_threads(run):
     """[run() on 1 thread, run() on 2 threads], restoring the default afterwards."""
     results = []

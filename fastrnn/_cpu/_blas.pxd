@@ -22,6 +22,7 @@ cdef extern from "gemm.h" nogil:
                   Py_ssize_t lda, const double* b, Py_ssize_t ldb, int beta, double* c,
                   Py_ssize_t ldc, const double* bias)
     void fr_set_blas_gemm(int forced)
+    int fr_own_gemm()
 
 cdef enum:
     # Below these sizes BLAS runs the product: packing B into panels (k * n copies) would

@@ -5,13 +5,19 @@ that a training step never wakes BLAS's own thread pool."""
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
 
-from ._blas cimport fr_set_blas_gemm, gemm, gemm_bias
+from ._blas cimport fr_own_gemm, fr_set_blas_gemm, gemm, gemm_bias
 from ._checks cimport _blas_int
 from ._openmp cimport fr_omp_team_size, fr_team_threads, join_fork_guard
 from ._parts cimport _gemm_parts, _share, _split_at
 
 join_fork_guard()
 
+
+
+def own_gemm_active():
+    """Whether this module's large products run on csrc/gemm.h's AVX-512 GEMM (the CPU has
+    AVX-512 and no test forced BLAS) rather than on BLAS."""
+    return bool(fr_own_gemm())
 
 
 def _force_blas_gemm(bint forced):
