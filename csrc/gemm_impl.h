@@ -34,30 +34,30 @@ static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL
                                              / 64 * 64);
     if (bp == NULL)
         return 1;
-    for (int j0 = 0; j0 < n; j0 += FR_GEMM_NC) {
-        int nc = n - j0 < FR_GEMM_NC ? n - j0 : FR_GEMM_NC;
+    /* Block starts are ptrdiff_t: start + block size may pass INT_MAX at the last block. */
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += FR_GEMM_NC) {
+        int nc = n - j0 < FR_GEMM_NC ? (int)(n - j0) : FR_GEMM_NC;
         int panels = (nc + nr - 1) / nr;
-        for (int k0 = 0; k0 < k; k0 += FR_GEMM_KC) {
-            int kc = k - k0 < FR_GEMM_KC ? k - k0 : FR_GEMM_KC;
+        for (ptrdiff_t k0 = 0; k0 < k; k0 += FR_GEMM_KC) {
+            int kc = k - k0 < FR_GEMM_KC ? (int)(k - k0) : FR_GEMM_KC;
             /* B(kk, jj) of this block: trans_b ? b[(j0 + jj) * ldb + k0 + kk]
              *                                  : b[(k0 + kk) * ldb + j0 + jj] */
-            const REAL *bblock = trans_b ? b + (ptrdiff_t)j0 * ldb + k0
-                                         : b + (ptrdiff_t)k0 * ldb + j0;
+            const REAL *bblock = trans_b ? b + j0 * ldb + k0 : b + k0 * ldb + j0;
             FN(fr_pack_panels)(nr, kc, nc, 0, panels, bblock, ldb, trans_b, bp);
             int accumulate = beta || k0 > 0;
-            for (int i0 = 0; i0 < m; i0 += FR_GEMM_MC) {
-                int mc = m - i0 < FR_GEMM_MC ? m - i0 : FR_GEMM_MC;
-                REAL *cblock = c + (ptrdiff_t)i0 * ldc + j0;
+            for (ptrdiff_t i0 = 0; i0 < m; i0 += FR_GEMM_MC) {
+                int mc = m - i0 < FR_GEMM_MC ? (int)(m - i0) : FR_GEMM_MC;
+                REAL *cblock = c + i0 * ldc + j0;
                 if (trans_a)   /* op(A)[i, k] = a[k * lda + i] */
                     FN(fr_gemm_packed_at)(nr, mc, nc, kc, 0, panels,
-                                          a + (ptrdiff_t)k0 * lda + i0, lda, bp, cblock, ldc,
+                                          a + k0 * lda + i0, lda, bp, cblock, ldc,
                                           accumulate);
                 else if (bias && k0 == 0)   /* the first k block writes sum + bias */
                     FN(fr_gemm_packed_bias)(nr, mc, nc, kc, 0, panels,
-                                            a + (ptrdiff_t)i0 * lda, lda, bp, cblock, ldc,
+                                            a + i0 * lda, lda, bp, cblock, ldc,
                                             bias + j0);
                 else
-                    FN(fr_gemm_packed)(nr, mc, nc, kc, 0, panels, a + (ptrdiff_t)i0 * lda + k0,
+                    FN(fr_gemm_packed)(nr, mc, nc, kc, 0, panels, a + i0 * lda + k0,
                                        lda, bp, cblock, ldc, accumulate);
             }
         }
