@@ -500,30 +500,11 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     cdef floating* hcat = NULL
     cdef Py_ssize_t NR = panel_width(<floating>0), panels = (GH + NR - 1) // NR
     _check_dims(T, B, H, GH)
-    _check_shape("h", h.shape[0], h.shape[1], B, H)
-    _check_shape("w_hh", w_hh.shape[0], w_hh.shape[1], GH, H)
-    _check_len("b_hh", b_hh.shape[0], GH)
-    _check_shape("gates", gates.shape[0], gates.shape[1], T * B, GH)
-    _check_shape("y", y.shape[0], y.shape[1], T * B, H)
-    _check_shape("gh", gh.shape[0], gh.shape[1], B, GH)
+    buf = _no_buffers()
+    _bind_forward_buffers(&buf, kind, T, B, H, GH, T * B, False, w_hh, b_hh, h, c, gates, hn,
+                          chist, y, gh)
     _check_lengths(lengths, T, B)
     sh = _loop_shape(kind, T, B, H, reverse, lengths)
-    buf = _no_buffers()
-    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
-                           sizeof(floating), T * B, H)
-    if kind == K_LSTM:
-        if c is None or chist is None:
-            raise TypeError("the LSTM needs c and chist, got None")
-        _check_shape("c", c.shape[0], c.shape[1], B, H)
-        _check_shape("chist", chist.shape[0], chist.shape[1], T * B, H)
-        buf.c0, buf.chist = &c[0, 0], &chist[0, 0]
-    if kind == K_GRU:
-        if hn is None:
-            raise TypeError("the GRU needs hn, got None")
-        _check_shape("hn", hn.shape[0], hn.shape[1], T * B, H)
-        buf.hn = &hn[0, 0]
-    buf.gates, buf.y, buf.h0, buf.gh = &gates[0, 0], &y[0, 0], &h[0, 0], &gh[0, 0]
-    buf.w_hh, buf.b_hh = &w_hh[0, 0], &b_hh[0]
     if not columns:
         w_packed = <floating*>malloc(<size_t>(panels * NR * H) * sizeof(floating))
         if sh.lengths != NULL:
@@ -1018,6 +999,39 @@ cdef int _check_step_rows(str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t
     return _check_shape(name, rows, cols, want_rows, want_cols)
 
 
+cdef int _bind_forward_buffers(LoopBuffers* buf, int kind, Py_ssize_t T, Py_ssize_t B,
+                               Py_ssize_t H, Py_ssize_t GH, Py_ssize_t rows, bint packed,
+                               const floating[:, ::1] w_hh, const floating[::1] b_hh,
+                               floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] gates,
+                               floating[:, ::1] hn, floating[:, ::1] chist, floating[:, :] y,
+                               floating[:, ::1] gh) except -1:
+    """Check the arguments forward_loop and forward_loop_packed share and point ``buf`` at
+    them. gates, hn and chist have one row per token: ``rows`` = T*B in time space, or at
+    least ``rows`` (the real tokens) when ``packed``; y is time space either way."""
+    _check_shape("h", h.shape[0], h.shape[1], B, H)
+    _check_shape("w_hh", w_hh.shape[0], w_hh.shape[1], GH, H)
+    _check_len("b_hh", b_hh.shape[0], GH)
+    _check_step_rows("gates", gates.shape[0], gates.shape[1], rows, GH, packed)
+    _check_shape("y", y.shape[0], y.shape[1], T * B, H)
+    _check_shape("gh", gh.shape[0], gh.shape[1], B, GH)
+    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
+                          sizeof(floating), T * B, H)
+    if kind == K_LSTM:
+        if c is None or chist is None:
+            raise TypeError("the LSTM needs c and chist, got None")
+        _check_shape("c", c.shape[0], c.shape[1], B, H)
+        _check_step_rows("chist", chist.shape[0], chist.shape[1], rows, H, packed)
+        buf.c0, buf.chist = &c[0, 0], &chist[0, 0]
+    if kind == K_GRU:
+        if hn is None:
+            raise TypeError("the GRU needs hn, got None")
+        _check_step_rows("hn", hn.shape[0], hn.shape[1], rows, H, packed)
+        buf.hn = &hn[0, 0]
+    buf.gates, buf.y, buf.h0, buf.gh = &gates[0, 0], &y[0, 0], &h[0, 0], &gh[0, 0]
+    buf.w_hh, buf.b_hh = <void*>&w_hh[0, 0], <void*>&b_hh[0]
+    return 0
+
+
 cdef int _bind_backward_buffers(LoopBuffers* buf, int kind, Py_ssize_t T, Py_ssize_t B,
                                 Py_ssize_t H, Py_ssize_t GH, Py_ssize_t rows, bint packed,
                                 const floating[:, ::1] w_hh, const floating[:, ::1] h0,
@@ -1088,29 +1102,10 @@ def forward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1]
     _check_lengths(lengths, T, B)
     starts = _packed_shape(kind, T, B, H, counts, src, &ps)
     N = src.shape[0]
-    _check_shape("h", h.shape[0], h.shape[1], B, H)
-    _check_shape("w_hh", w_hh.shape[0], w_hh.shape[1], GH, H)
-    _check_len("b_hh", b_hh.shape[0], GH)
-    _check_packed_rows("gates", gates.shape[0], gates.shape[1], N, GH)
-    _check_shape("y", y.shape[0], y.shape[1], T * B, H)
-    _check_shape("gh", gh.shape[0], gh.shape[1], B, GH)
-    sh = _loop_shape(kind, T, B, H, False, lengths)
     buf = _no_buffers()
-    buf.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
-                           sizeof(floating), T * B, H)
-    if kind == K_LSTM:
-        if c is None or chist is None:
-            raise TypeError("the LSTM needs c and chist, got None")
-        _check_shape("c", c.shape[0], c.shape[1], B, H)
-        _check_packed_rows("chist", chist.shape[0], chist.shape[1], N, H)
-        buf.c0, buf.chist = &c[0, 0], &chist[0, 0]
-    if kind == K_GRU:
-        if hn is None:
-            raise TypeError("the GRU needs hn, got None")
-        _check_packed_rows("hn", hn.shape[0], hn.shape[1], N, H)
-        buf.hn = &hn[0, 0]
-    buf.gates, buf.y, buf.h0, buf.gh = &gates[0, 0], &y[0, 0], &h[0, 0], &gh[0, 0]
-    buf.w_hh, buf.b_hh = &w_hh[0, 0], &b_hh[0]
+    _bind_forward_buffers(&buf, kind, T, B, H, GH, N, True, w_hh, b_hh, h, c, gates, hn, chist,
+                          y, gh)
+    sh = _loop_shape(kind, T, B, H, False, lengths)
     w_packed = <floating*>malloc(<size_t>(panels * NR * H) * sizeof(floating))
     hcat = <floating*>malloc(<size_t>(B * H) * sizeof(floating))
     if w_packed == NULL or hcat == NULL:
