@@ -730,6 +730,38 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
                      w_ih + 2 * H * I, I, <floating>1, dx + _row_at(lo, I), I)
 
 
+cdef int _bind_grad_buffers(GradBuffers* gb, int kind, Py_ssize_t rows, Py_ssize_t H,
+                            Py_ssize_t GH, Py_ssize_t I, const floating[:, ::1] x,
+                            const floating[:, ::1] w_ih, const floating[:, ::1] gates,
+                            const floating[:, ::1] hn, floating[:, ::1] dw_ih,
+                            floating[:, ::1] dw_hh, floating[::1] db_ih, floating[::1] db_hh,
+                            floating[:, ::1] dx) except -1:
+    """Check the operands and outputs weight_grads and weight_grads_packed share (``rows``
+    tokens: T*B, or the real ones packed; x's rows are the caller's to check) and point
+    ``gb`` at them; db_ih, db_hh and dx may be None (skipped)."""
+    _check_shape("w_ih", w_ih.shape[0], w_ih.shape[1], GH, I)
+    _check_shape("gates", gates.shape[0], gates.shape[1], rows, GH)
+    _check_shape("dw_ih", dw_ih.shape[0], dw_ih.shape[1], GH, I)
+    _check_shape("dw_hh", dw_hh.shape[0], dw_hh.shape[1], GH, H)
+    if kind == K_GRU:
+        if hn is None:
+            raise TypeError("the GRU needs hn, got None")
+        _check_shape("hn", hn.shape[0], hn.shape[1], rows, H)
+        gb.hn = &hn[0, 0]
+    if db_ih is not None:
+        _check_len("db_ih", db_ih.shape[0], GH)
+        gb.db_ih = &db_ih[0]
+    if db_hh is not None:
+        _check_len("db_hh", db_hh.shape[0], GH)
+        gb.db_hh = &db_hh[0]
+    if dx is not None:
+        _check_shape("dx", dx.shape[0], dx.shape[1], rows, I)
+        gb.dx = &dx[0, 0]
+    gb.rows, gb.x, gb.w_ih, gb.g = rows, &x[0, 0], &w_ih[0, 0], &gates[0, 0]
+    gb.dw_ih, gb.dw_hh = &dw_ih[0, 0], &dw_hh[0, 0]
+    return 0
+
+
 cdef void _add_parts(Py_ssize_t n, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t parts,
                      const floating* tmp, floating* out) noexcept nogil:
     """out[lo:hi] += tmp[0][lo:hi] + ... + tmp[parts - 2][lo:hi], in that order."""
@@ -767,32 +799,14 @@ def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
         raise ValueError(f"x must have at least one column, got shape ({x.shape[0]}, {I})")
     _blas_int(I, "the input size I")
     _check_shape("x", x.shape[0], x.shape[1], T * B, I)
-    _check_shape("w_ih", w_ih.shape[0], w_ih.shape[1], GH, I)
     _check_shape("h0", h0.shape[0], h0.shape[1], B, H)
     _check_shape("y", y.shape[0], y.shape[1], T * B, H)
-    _check_shape("gates", gates.shape[0], gates.shape[1], T * B, GH)
     _check_shape("dgh_first", dgh_first.shape[0], dgh_first.shape[1], B, GH)
-    _check_shape("dw_ih", dw_ih.shape[0], dw_ih.shape[1], GH, I)
-    _check_shape("dw_hh", dw_hh.shape[0], dw_hh.shape[1], GH, H)
+    _bind_grad_buffers(&gb, kind, T * B, H, GH, I, x, w_ih, gates, hn, dw_ih, dw_hh, db_ih,
+                       db_hh, dx)
     gb.ldy = _row_stride("y (the output rows, out=)", y.strides[0], y.strides[1],
                           sizeof(floating), T * B, H)
-    if kind == K_GRU:
-        if hn is None:
-            raise TypeError("the GRU needs hn, got None")
-        _check_shape("hn", hn.shape[0], hn.shape[1], T * B, H)
-        gb.hn = &hn[0, 0]
-    if db_ih is not None:
-        _check_len("db_ih", db_ih.shape[0], GH)
-        gb.db_ih = &db_ih[0]
-    if db_hh is not None:
-        _check_len("db_hh", db_hh.shape[0], GH)
-        gb.db_hh = &db_hh[0]
-    if dx is not None:
-        _check_shape("dx", dx.shape[0], dx.shape[1], T * B, I)
-        gb.dx = &dx[0, 0]
     sh = _loop_shape(kind, T, B, H, reverse, None)
-    gb.rows, gb.x, gb.w_ih, gb.g = T * B, &x[0, 0], &w_ih[0, 0], &gates[0, 0]
-    gb.dw_ih, gb.dw_hh = &dw_ih[0, 0], &dw_hh[0, 0]
     # Row (t, b) pairs with y at t-1 (forward) or t+1 (reverse): rows t = 1..T-1 with y's
     # rows 0..T-2, or rows 0..T-2 with y's rows 1..T-1; each first step with h0.
     gb.paired_rows = (T - 1) * B
@@ -1197,28 +1211,10 @@ def weight_grads_packed(int kind, const floating[:, ::1] x not None,
     if I < 1:
         raise ValueError(f"x must have at least one column, got shape ({N}, {I})")
     _blas_int(I, "the input size I")
-    _check_shape("w_ih", w_ih.shape[0], w_ih.shape[1], GH, I)
     _check_shape("h_prev", h_prev.shape[0], h_prev.shape[1], N, H)
-    _check_shape("gates", gates.shape[0], gates.shape[1], N, GH)
-    _check_shape("dw_ih", dw_ih.shape[0], dw_ih.shape[1], GH, I)
-    _check_shape("dw_hh", dw_hh.shape[0], dw_hh.shape[1], GH, H)
-    if kind == K_GRU:
-        if hn is None:
-            raise TypeError("the GRU needs hn, got None")
-        _check_shape("hn", hn.shape[0], hn.shape[1], N, H)
-        gb.hn = &hn[0, 0]
-    if db_ih is not None:
-        _check_len("db_ih", db_ih.shape[0], GH)
-        gb.db_ih = &db_ih[0]
-    if db_hh is not None:
-        _check_len("db_hh", db_hh.shape[0], GH)
-        gb.db_hh = &db_hh[0]
-    if dx is not None:
-        _check_shape("dx", dx.shape[0], dx.shape[1], N, I)
-        gb.dx = &dx[0, 0]
+    _bind_grad_buffers(&gb, kind, N, H, GH, I, x, w_ih, gates, hn, dw_ih, dw_hh, db_ih, db_hh,
+                       dx)
     sh = _loop_shape(kind, 1, N, H, False, None)
-    gb.rows, gb.x, gb.w_ih, gb.g = N, &x[0, 0], &w_ih[0, 0], &gates[0, 0]
-    gb.dw_ih, gb.dw_hh = &dw_ih[0, 0], &dw_hh[0, 0]
     gb.paired_rows, gb.g_paired, gb.y_paired, gb.ldy = N, &gates[0, 0], &h_prev[0, 0], H
     gb.first_rows = 0
     _run_weight_grads(&sh, I, &gb, num_threads, &dw_hh[0, 0], &dw_ih[0, 0])
