@@ -64,6 +64,16 @@ def predict(model, vocab, sentence):
           " ".join(vocab.id_to_token(int(i)) for i in np.asarray(logits)[:, 0].argmax(axis=1)))
 
 
+def initial_loss_check(model, vocab, ids, n_sentences, log_v):
+    """The blog's sanity check before training: next-word predictions for one sentence, and
+    the loss on the first sentences against log V (the loss of uniform predictions)."""
+    predict(model, vocab, ids[10 % len(ids)])
+    initial = model.evaluate(ids[:n_sentences])
+    print(f"Expected Loss for random predictions: {log_v:f}")
+    print(f"Actual loss: {initial:f}")
+    return initial
+
+
 def word_model(vocab, cell, hidden, seed):
     return fastrnn.LanguageModel(vocab=vocab, embed_size=hidden, hidden_size=hidden,
                                  num_layers=1, cell=cell, seed=seed)
@@ -123,11 +133,7 @@ def main(argv=None):
 
     # -- 1. vanilla RNN: the log V check, predictions, training, generation --------------
     rnn = word_model(vocab, "rnn_tanh", 10, args.seed)
-    predict(rnn, vocab, ids[10 % len(ids)])
-    initial = rnn.evaluate(ids[:100])
-    print(f"Expected Loss for random predictions: {log_v:f}")
-    print(f"Actual loss: {initial:f}")
-    figures["RNN initial"] = initial
+    figures["RNN initial"] = initial_loss_check(rnn, vocab, ids, 100, log_v)
     subset = [ids[i] for i in rng.integers(0, len(ids), size=1000 if not args.quick else 300)]
     figures["RNN trained"] = train_with_sgd(rnn, subset, epochs=10 if not args.quick else 2,
                                             bptt_truncate=args.bptt_truncate)
@@ -135,11 +141,7 @@ def main(argv=None):
 
     # -- 2. LSTM: the same check, 2 epochs on 100 sentences -------------------------------
     lstm = word_model(vocab, "lstm", 20, args.seed)
-    predict(lstm, vocab, ids[10 % len(ids)])
-    initial = lstm.evaluate(ids[:1000])
-    print(f"Expected Loss for random predictions: {log_v:f}")
-    print(f"Actual loss: {initial:f}")
-    figures["LSTM initial"] = initial
+    figures["LSTM initial"] = initial_loss_check(lstm, vocab, ids, 1000, log_v)
     subset = [ids[i] for i in rng.integers(0, len(ids), size=100)]
     figures["LSTM trained"] = train_with_sgd(lstm, subset, epochs=2, bptt_truncate=1000)
     generate_sentences(lstm, vocab, 2, min_length=3, seed=args.seed)
