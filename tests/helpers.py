@@ -52,6 +52,35 @@ def gradient_check_error(loss_fn, array, analytic, rng, samples=12, eps=1e-6):
     return 0.0 if denom == 0 else float(np.linalg.norm(numeric - exact) / denom)
 
 
+def _state_arrays(state):
+    """A recurrent layer's state as a list of arrays: [h] or [h, c]."""
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def recurrent_layer_gradient_errors(layer, x, state, lengths, dy, dstate, rng):
+    """Backpropagate loss = sum(y * dy) + sum(final_state * dstate) through ``layer`` (float64)
+    and return ``(errors, dx)``: errors maps "x", each parameter name and "state0"/"state1"
+    (when ``state`` is given) to the relative error of its gradient against central
+    differences of the loss. ``state``/``dstate`` may be None."""
+    def loss():
+        y, final = layer.forward(x, state, lengths)
+        total = np.sum(y * dy)
+        if dstate is not None:
+            total += sum(np.sum(f * d) for f, d in zip(_state_arrays(final), _state_arrays(dstate)))
+        return total
+
+    layer.zero_grad()
+    loss()
+    dx, dstate0 = layer.backward(dy, dstate)
+    errors = {"x": gradient_check_error(loss, x, dx, rng)}
+    for name in layer.params:
+        errors[name] = gradient_check_error(loss, layer.params[name], layer.grads[name], rng)
+    if state is not None:
+        for k, (s, ds) in enumerate(zip(_state_arrays(state), _state_arrays(dstate0))):
+            errors[f"state{k}"] = gradient_check_error(loss, s, ds, rng)
+    return errors, dx
+
+
 def run_python(args, cwd, **kwargs):
     """Run ``python *args`` in a child process that imports the same fastrnn as this one.
 

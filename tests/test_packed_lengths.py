@@ -13,7 +13,7 @@ from fastrnn._cpu import recurrent as _kernels
 from fastrnn._engine import packing as _packing
 from fastrnn._engine.cpu import CpuOps
 from fastrnn.cells import get_cell
-from helpers import assert_close, gradient_check_error
+from helpers import assert_close, recurrent_layer_gradient_errors
 
 CELLS = ["rnn_tanh", "rnn_relu", "rnn_identity", "gru", "lstm"]
 T, B, I, H = 7, 13, 5, 6
@@ -122,18 +122,7 @@ def test_gradients_match_finite_differences(cell):
     state, dstate = fresh(), fresh()
     dy = rng.normal(size=(T, B, 2 * H))
 
-    def loss():
-        y, final = layer.forward(x, state, LENGTHS)
-        return np.sum(y * dy) + sum(np.sum(f * d) for f, d in zip(_arrays(final), _arrays(dstate)))
-
-    layer.zero_grad()
-    loss()
-    dx, dstate0 = layer.backward(dy, dstate)
-    errors = {"x": gradient_check_error(loss, x, dx, rng)}
-    for name in layer.params:
-        errors[name] = gradient_check_error(loss, layer.params[name], layer.grads[name], rng)
-    for k, (s, ds) in enumerate(zip(_arrays(state), _arrays(dstate0))):
-        errors[f"state{k}"] = gradient_check_error(loss, s, ds, rng)
+    errors, dx = recurrent_layer_gradient_errors(layer, x, state, LENGTHS, dy, dstate, rng)
     worst = max(errors, key=errors.get)
     assert errors[worst] < 1e-6, f"{worst}: relative error {errors[worst]:.2e}"
     for b, n in enumerate(LENGTHS):

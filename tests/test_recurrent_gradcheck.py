@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from helpers import gradient_check_error
+from helpers import gradient_check_error, recurrent_layer_gradient_errors
 
 LAYERS = {"rnn_tanh": lambda **k: fastrnn.RNN(nonlinearity="tanh", **k),
           "rnn_relu": lambda **k: fastrnn.RNN(nonlinearity="relu", **k),
@@ -23,10 +23,6 @@ def _random_state(layer, rng):
     return rng.normal(size=shape)
 
 
-def _state_arrays(state):
-    return list(state) if isinstance(state, tuple) else [state]
-
-
 @pytest.mark.parametrize("cell", list(LAYERS))
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (2, False), (2, True)])
 @pytest.mark.parametrize("with_lengths,with_state,with_dstate",
@@ -42,22 +38,7 @@ def test_gradients_match_finite_differences(cell, num_layers, bidirectional, wit
     dy = rng.normal(size=(T, B, layer.num_directions * H))
     dstate = _random_state(layer, rng) if with_dstate else None
 
-    def loss():
-        y, final = layer.forward(x, state, lengths)
-        total = np.sum(y * dy)
-        if dstate is not None:
-            total += sum(np.sum(f * d) for f, d in zip(_state_arrays(final), _state_arrays(dstate)))
-        return total
-
-    layer.zero_grad()
-    loss()
-    dx, dstate0 = layer.backward(dy, dstate)
-    errors = {"x": gradient_check_error(loss, x, dx, rng)}
-    for name in layer.params:
-        errors[name] = gradient_check_error(loss, layer.params[name], layer.grads[name], rng)
-    if state is not None:
-        for k, (s, ds) in enumerate(zip(_state_arrays(state), _state_arrays(dstate0))):
-            errors[f"state{k}"] = gradient_check_error(loss, s, ds, rng)
+    errors, dx = recurrent_layer_gradient_errors(layer, x, state, lengths, dy, dstate, rng)
     worst = max(errors, key=errors.get)
     assert errors[worst] < 1e-6, f"{worst}: relative error {errors[worst]:.2e}"
     # Padded outputs carry no gradient into the inputs past each length.
