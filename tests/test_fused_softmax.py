@@ -66,6 +66,8 @@ def test_compiled_softmax_refuses_bad_buffers_and_ids(rng):
     with pytest.raises(ValueError, match="token_loss"):
         loss_kernels.softmax_cross_entropy(logits, targets, np.empty((4, 6), np.float32),
                                            np.empty(3), 1)
+    with pytest.raises(ValueError, match="probs must not share memory with logits"):
+        loss_kernels.softmax_cross_entropy(logits, targets, logits, np.empty(4), 1)
     with pytest.raises(ValueError, match=r"targets\[2\] = 6"):
         loss_kernels.softmax_cross_entropy(logits, np.array([0, 1, 6, 3]),
                                            np.empty((4, 6), np.float32), np.empty(4), 1)

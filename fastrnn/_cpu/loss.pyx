@@ -4,6 +4,8 @@ among fastrnn's OpenMP threads (csrc/softmax.h says what is fused and how exact 
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
+import numpy as np
+
 from ._openmp cimport fr_team_threads, join_fork_guard
 
 join_fork_guard()
@@ -17,7 +19,9 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
                           int num_threads=1):
     """probs (N, V) = softmax(logits (N, V)) along V; token_loss (N,) = -log probs[r,
     targets[r]] (float64). targets must be valid ids (the caller checks them: an id outside
-    [0, V) raises ValueError here before anything is written). probs must not overlap logits."""
+    [0, V) raises ValueError here before anything is written). probs and token_loss must not
+    share memory with logits or each other (refused: a row reads its target logit after
+    writing its probabilities)."""
     cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], r
     if probs.shape[0] != N or probs.shape[1] != V:
         raise ValueError(f"probs must have shape ({N}, {V}), got ({probs.shape[0]}, "
@@ -27,6 +31,12 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
                          f"{targets.shape[0]} and {token_loss.shape[0]}")
     if V < 1 or V > 2147483647:
         raise ValueError(f"the vocabulary size V must be in [1, 2^31), got {V}")
+    logits_a, probs_a, loss_a = np.asarray(logits), np.asarray(probs), np.asarray(token_loss)
+    for name, a, b in (("probs", probs_a, logits_a), ("token_loss", loss_a, logits_a),
+                       ("token_loss", loss_a, probs_a)):
+        if np.may_share_memory(a, b):
+            raise ValueError(f"{name} must not share memory with "
+                             f"{'logits' if b is logits_a else 'probs'}")
     for r in range(N):
         if targets[r] < 0 or targets[r] >= V:
             raise ValueError(f"targets[{r}] = {targets[r]} is not in [0, {V})")
