@@ -363,6 +363,8 @@ cdef void _worker(Ctx* ctx, const floating* out_w, int tid) noexcept nogil:
                                      bblock + boff[2 * l + 1])
                 if nv > 0:
                     fr_bf16_pack(<int>nv, <int>Htop, out_w + v0 * Htop, Htop, bblock + boff[2 * L])
+                free(wblock)   # the products read bblock from now on
+                wblock = NULL
 
     for s in range(n_steps):
         # Rows still running: the window [lo, hi) of this thread's rows (same for all threads
