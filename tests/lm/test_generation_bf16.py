@@ -1,6 +1,9 @@
 """Generation with bfloat16 weights (opt-in, weights="bfloat16"): exactly the float32 loop's
 algorithm on weights rounded to bfloat16, checked against the float64 NumPy reference run on
 those rounded weights; the float32 path is untouched; bad requests refused."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,11 +13,9 @@ from fastrnn.lm.model import LanguageModel
 from test_generation import CELLS, make_model, np_greedy
 
 
-def to_bf16(a):
-    """a rounded to bfloat16 (nearest, ties to even), as float32 values."""
-    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
-    u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
-    return u.view(np.float32)
+# The NumPy twin of the kernel's rounding lives with the accuracy benchmark that reports it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from bf16_generation import to_bf16  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -100,13 +101,10 @@ def test_cli_sample_with_bf16_weights(tmp_path, capsys):
     assert "--weights" in cli_error_line(capsys, ["sample", str(path), "--weights", "fp8"])
 
 
-def test_bf16_benchmark_script_reports_its_figures(monkeypatch):
+def test_bf16_benchmark_script_reports_its_figures():
     """benchmarks/bf16_generation.py (the README's accuracy figures) on a tiny model."""
-    import importlib
-    from pathlib import Path
+    import bf16_generation as bench
     from fastrnn.lm.text import CharVocab
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    bench = importlib.import_module("bf16_generation")
     text = "the quick brown fox jumps over the lazy dog\n" * 30
     model = LanguageModel(vocab=CharVocab.build(text), embed_size=4, hidden_size=8,
                           num_layers=2, seed=1)
