@@ -304,6 +304,43 @@ def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
 
 
 @pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("H", [37, 64, 70])
+def test_avx512_and_generic_small_batch_products_agree_bitwise(cell, H, rng):
+    """The small-batch path's forward product h_prev W_hh^T runs, in float32 on an AVX-512
+    CPU, an intrinsics twin of the generic matrix-vector code (csrc/gemm_packed.h) that must
+    sum in the same order: the same bits. H = 37 leaves a tail of 5 terms per dot product and
+    a row count that is not a multiple of 4; 64 has no tail; 70 gives two threads. Batches 1,
+    3 and 8 (with and without lengths, both directions) cover the rows the kernel takes.
+    The large products run on BLAS in both runs (the own GEMM goes with the wide kernels)."""
+    from fastrnn._cpu import recurrent
+    wide = recurrent._panel_width(np.float32)
+    recurrent._force_narrow_panels(True)
+    recurrent._force_blas_gemm(True)
+    try:
+        if recurrent._panel_width(np.float32) == wide:
+            pytest.skip("no AVX-512 on this CPU: only the generic kernel runs")
+        Is, Ts = 5, 6
+        G = GATES[cell]
+        w = [rng.normal(scale=0.3, size=s).astype(np.float32)
+             for s in ((G * H, Is), (G * H, H), (G * H,), (G * H,))]
+        for B in (1, 3, 8):
+            x = rng.normal(size=(Ts, B, Is)).astype(np.float32)
+            dy = rng.normal(size=(Ts, B, H)).astype(np.float32)
+            for lengths, reverse in ((None, False), (rng.integers(1, Ts + 1, size=B), True)):
+                recurrent._force_narrow_panels(True)
+                y1, dx1, g1 = _forward_backward(cell, x, w, dy, lengths, reverse, np.float32)
+                recurrent._force_narrow_panels(False)
+                y2, dx2, g2 = _forward_backward(cell, x, w, dy, lengths, reverse, np.float32)
+                np.testing.assert_array_equal(y1, y2)
+                np.testing.assert_array_equal(dx1, dx2)
+                for name in g1:
+                    np.testing.assert_array_equal(g1[name], g2[name])
+    finally:
+        recurrent._force_narrow_panels(False)
+        recurrent._force_blas_gemm(False)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
 def test_small_batch_path_matches_batch_path(cell, rng):
     """The same 3 sequences alone (small-batch path) and inside a batch of 12 (batch path)."""
     Hs, Is, Ts = 40, 5, 6

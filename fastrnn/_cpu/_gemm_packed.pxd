@@ -8,6 +8,8 @@ from cython cimport floating
 cdef extern from "gemm_packed.h" nogil:
     void fr_matvec_rows_f(int r0, int r1, int K, const float* W, Py_ssize_t ldw, int nb,
                           const float* const* x, float* const* y)
+    void fr_matvec_rows_best_f(int r0, int r1, int K, const float* W, Py_ssize_t ldw, int nb,
+                               const float* const* x, float* const* y)
     void fr_matvec_rows_d(int r0, int r1, int K, const double* W, Py_ssize_t ldw, int nb,
                           const double* const* x, double* const* y)
     void fr_matvec_cols_acc_f(int j0, int j1, int K, const float* W, Py_ssize_t ldw, int nb,
@@ -29,7 +31,7 @@ cdef inline void matvec_rows(int r0, int r1, int K, const floating* W, Py_ssize_
                              const floating** x, floating** y) noexcept nogil:
     """y[b][r] = W[r, :K] . x[b] for rows r0 <= r < r1, b < nb (small-batch path)."""
     if floating is float:
-        fr_matvec_rows_f(r0, r1, K, W, ldw, nb, x, y)
+        fr_matvec_rows_best_f(r0, r1, K, W, ldw, nb, x, y)
     else:
         fr_matvec_rows_d(r0, r1, K, W, ldw, nb, x, y)
 
