@@ -306,9 +306,9 @@ def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
 @pytest.mark.parametrize("cell", list(GATES))
 @pytest.mark.parametrize("H", [37, 64, 70])
 def test_avx512_and_generic_small_batch_products_agree_bitwise(cell, H, rng):
-    """The small-batch path's forward product h_prev W_hh^T runs, in float32 on an AVX-512
-    CPU, an intrinsics twin of the generic matrix-vector code (csrc/gemm_packed.h) that must
-    sum in the same order: the same bits. H = 37 leaves a tail of 5 terms per dot product and
+    """The small-batch path's products (forward h_prev W_hh^T, backward dGh W_hh) run, in
+    float32 on an AVX-512 CPU, intrinsics twins of the generic matrix-vector code
+    (csrc/gemm_packed.h) that must sum in the same order: the same bits. H = 37 leaves a tail of 5 terms per dot product and
     a row count that is not a multiple of 4; 64 has no tail; 70 gives two threads. Batches 1,
     3 and 8 (with and without lengths, both directions) cover the rows the kernel takes.
     The large products run on BLAS in both runs (the own GEMM goes with the wide kernels)."""

@@ -14,6 +14,8 @@ cdef extern from "gemm_packed.h" nogil:
                           const double* const* x, double* const* y)
     void fr_matvec_cols_acc_f(int j0, int j1, int K, const float* W, Py_ssize_t ldw, int nb,
                               const float* const* d, float* const* y)
+    void fr_matvec_cols_acc_best_f(int j0, int j1, int K, const float* W, Py_ssize_t ldw,
+                                   int nb, const float* const* d, float* const* y)
     void fr_matvec_cols_acc_d(int j0, int j1, int K, const double* W, Py_ssize_t ldw, int nb,
                               const double* const* d, double* const* y)
     void fr_pack_panels_f(int nr, int K, int N, int p0, int p1, const float* W, Py_ssize_t ldw, int trans, float* Bp)
@@ -40,7 +42,7 @@ cdef inline void matvec_cols_acc(int j0, int j1, int K, const floating* W, Py_ss
                                  const floating** d, floating** y) noexcept nogil:
     """y[b][j] += sum_k d[b][k] W[k, j] for j0 <= j < j1, b < nb (small-batch path)."""
     if floating is float:
-        fr_matvec_cols_acc_f(j0, j1, K, W, ldw, nb, d, y)
+        fr_matvec_cols_acc_best_f(j0, j1, K, W, ldw, nb, d, y)
     else:
         fr_matvec_cols_acc_d(j0, j1, K, W, ldw, nb, d, y)
 
