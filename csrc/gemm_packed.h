@@ -67,8 +67,11 @@ FR_WIDE static inline __m512 fr_dot_tail_wide(__m512 lo, int k0, int K, const fl
     return _mm512_mask_mov_ps(lo, 1, _mm512_set1_ps(t));
 }
 
+/* y[b][r] = W[r, :K] . x[b][:K], or y[b][r] += that with accumulate (generation, whose y
+ * holds the bias). */
 FR_WIDE static void fr_matvec_rows_wide_f(int r0, int r1, int K, const float *W, ptrdiff_t ldw,
-                                          int nb, const float *const *x, float *const *y) {
+                                          int nb, const float *const *x, float *const *y,
+                                          int accumulate) {
     const int blocks = K / 32;
     int r = r0;
     for (; r + 4 <= r1; r += 4) {   /* four rows at a time: eight FMA chains in flight */
@@ -90,10 +93,15 @@ FR_WIDE static void fr_matvec_rows_wide_f(int r0, int r1, int K, const float *W,
                 lo3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + o), xl, lo3);
                 hi3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + o + 16), xh, hi3);
             }
-            y[b][r] = fr_dot_tree_wide(fr_dot_tail_wide(lo0, blocks * 32, K, w0, xb), hi0);
-            y[b][r + 1] = fr_dot_tree_wide(fr_dot_tail_wide(lo1, blocks * 32, K, w1, xb), hi1);
-            y[b][r + 2] = fr_dot_tree_wide(fr_dot_tail_wide(lo2, blocks * 32, K, w2, xb), hi2);
-            y[b][r + 3] = fr_dot_tree_wide(fr_dot_tail_wide(lo3, blocks * 32, K, w3, xb), hi3);
+            float d0 = fr_dot_tree_wide(fr_dot_tail_wide(lo0, blocks * 32, K, w0, xb), hi0);
+            float d1 = fr_dot_tree_wide(fr_dot_tail_wide(lo1, blocks * 32, K, w1, xb), hi1);
+            float d2 = fr_dot_tree_wide(fr_dot_tail_wide(lo2, blocks * 32, K, w2, xb), hi2);
+            float d3 = fr_dot_tree_wide(fr_dot_tail_wide(lo3, blocks * 32, K, w3, xb), hi3);
+            float *yb = y[b] + r;
+            yb[0] = accumulate ? yb[0] + d0 : d0;
+            yb[1] = accumulate ? yb[1] + d1 : d1;
+            yb[2] = accumulate ? yb[2] + d2 : d2;
+            yb[3] = accumulate ? yb[3] + d3 : d3;
         }
     }
     for (; r < r1; r++) {
@@ -106,11 +114,27 @@ FR_WIDE static void fr_matvec_rows_wide_f(int r0, int r1, int K, const float *W,
                 hi = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + o + 16),
                                      _mm512_loadu_ps(x[b] + o + 16), hi);
             }
-            y[b][r] = fr_dot_tree_wide(fr_dot_tail_wide(lo, blocks * 32, K, w0, x[b]), hi);
+            float d0 = fr_dot_tree_wide(fr_dot_tail_wide(lo, blocks * 32, K, w0, x[b]), hi);
+            y[b][r] = accumulate ? y[b][r] + d0 : d0;
         }
     }
 }
 #endif
+
+/* fr_matvec_rows_wide_f where the CPU has AVX-512 (returns 0); returns 1, having done
+ * nothing, where it has not (or a test asked for the 256-bit kernels): the caller then uses
+ * BLAS. For generation, whose products need not match the training kernels' bits. */
+static inline int fr_matvec_rows_acc_wide_f(int r0, int r1, int K, const float *W,
+                                            ptrdiff_t ldw, int nb, const float *const *x,
+                                            float *const *y, int accumulate) {
+#if FR_HAVE_WIDE
+    if (fr_wide_panels()) {
+        fr_matvec_rows_wide_f(r0, r1, K, W, ldw, nb, x, y, accumulate);
+        return 0;
+    }
+#endif
+    return 1;
+}
 
 /* y[b][r] = W[r, :K] . x[b][:K] in float: the AVX-512 twin where the CPU has it (and no test
  * asked for the 256-bit kernels: fr_set_narrow_panels), else the generic code. */
@@ -118,7 +142,7 @@ static inline void fr_matvec_rows_best_f(int r0, int r1, int K, const float *W, 
                                          int nb, const float *const *x, float *const *y) {
 #if FR_HAVE_WIDE
     if (fr_wide_panels()) {
-        fr_matvec_rows_wide_f(r0, r1, K, W, ldw, nb, x, y);
+        fr_matvec_rows_wide_f(r0, r1, K, W, ldw, nb, x, y, 0);
         return;
     }
 #endif

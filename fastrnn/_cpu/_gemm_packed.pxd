@@ -10,6 +10,9 @@ cdef extern from "gemm_packed.h" nogil:
                           const float* const* x, float* const* y)
     void fr_matvec_rows_best_f(int r0, int r1, int K, const float* W, Py_ssize_t ldw, int nb,
                                const float* const* x, float* const* y)
+    int fr_matvec_rows_acc_wide_f(int r0, int r1, int K, const float* W, Py_ssize_t ldw,
+                                  int nb, const float* const* x, float* const* y,
+                                  int accumulate)
     void fr_matvec_rows_d(int r0, int r1, int K, const double* W, Py_ssize_t ldw, int nb,
                           const double* const* x, double* const* y)
     void fr_matvec_cols_acc_f(int j0, int j1, int K, const float* W, Py_ssize_t ldw, int nb,

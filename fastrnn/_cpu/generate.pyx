@@ -46,6 +46,7 @@ cdef extern from "bf16.h" nogil:
     void fr_bf16_pack(int rows, int K, const float* W, Py_ssize_t ldw, uint16_t* dst)
     void fr_matvec_bf16(int rows, int K, const uint16_t* P, const float* x, float* y,
                         int accumulate)
+from ._gemm_packed cimport fr_matvec_rows_acc_wide_f
 from ._cells cimport K_LSTM, cell_forward_row, gate_count
 from ._checks cimport _blas_int, _check_len, _check_shape
 from ._openmp cimport (fr_omp_barrier, fr_omp_team_size, fr_openmp_enabled, fr_team_threads,
@@ -212,11 +213,30 @@ cdef int64_t _sample_row(const floating* logits, Py_ssize_t V, const uint8_t* ba
 # The loop, one thread's share of it.
 # ---------------------------------------------------------------------------------------------
 
+cdef enum:
+    # Up to this many rows a float32 product runs on the matrix-vector kernel (_rows_times_wt).
+    MATVEC_ROWS = 8
+
+
 cdef inline void _rows_times_wt(Py_ssize_t nb, Py_ssize_t n_out, Py_ssize_t k,
                                 const floating* x, Py_ssize_t ldx, const floating* w,
                                 Py_ssize_t ldw, floating beta, floating* out,
                                 Py_ssize_t ldo) noexcept nogil:
-    """out[nb, n_out] = x[nb, k] @ w[n_out, k]^T + beta * out (gemv for one row)."""
+    """out[nb, n_out] = x[nb, k] @ w[n_out, k]^T + beta * out, beta 0 or 1.
+
+    float32 with up to MATVEC_ROWS rows, on an AVX-512 CPU: fastrnn's matrix-vector kernel,
+    which reads w once for all rows at the cache's streaming rate (BLAS sgemm re-packs w on
+    every call; its sgemv read it at two thirds of the rate). Else BLAS (gemv for one row)."""
+    cdef const float* xs[MATVEC_ROWS]
+    cdef float* ys[MATVEC_ROWS]
+    cdef Py_ssize_t b
+    if floating is float and nb <= MATVEC_ROWS:
+        for b in range(nb):
+            xs[b] = x + b * ldx
+            ys[b] = out + b * ldo
+        if fr_matvec_rows_acc_wide_f(0, <int>n_out, <int>k, w, ldw, <int>nb, xs, ys,
+                                     beta != 0) == 0:
+            return
     if nb == 1:
         gemv(False, n_out, k, <floating>1, w, ldw, x, beta, out)
     else:
