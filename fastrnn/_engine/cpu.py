@@ -7,6 +7,11 @@ import numpy as np
 
 from .. import threads
 from .._cpu import recurrent as _kernels
+from .buffers import BufferCache
+
+# The kernels' internal buffers (saved activations, scratch), kept between calls: see
+# buffers.py. One cache for the process, shared by all threads.
+_BUFFERS = BufferCache()
 
 
 class CpuOps:
@@ -18,14 +23,26 @@ class CpuOps:
         return threads.blas_single_threaded()
 
     @staticmethod
+    def empty(shape, dtype):
+        """An internal buffer (see buffers.py): possibly one released by an earlier call."""
+        return _BUFFERS.empty(shape, dtype)
+
+    @staticmethod
+    def release(arrays):
+        """Hand the internal buffers in the list ``arrays`` back for reuse (the list holds
+        the caller's last references)."""
+        _BUFFERS.release(arrays)
+
+    @staticmethod
     def project_inputs(x, w_ih, b_ih, gates):
         _kernels.project_inputs(x, w_ih, b_ih, gates, threads.get_num_threads())
 
     @staticmethod
     def forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y):
-        scratch = np.empty((B, w_hh.shape[0]), w_hh.dtype)
+        scratch = [_BUFFERS.empty((B, w_hh.shape[0]), w_hh.dtype)]
         _kernels.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist,
-                              y, scratch, threads.get_num_threads())
+                              y, scratch[0], threads.get_num_threads())
+        _BUFFERS.release(scratch)
 
     @staticmethod
     def backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
@@ -45,10 +62,11 @@ class CpuOps:
     @staticmethod
     def forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist,
                             y):
-        scratch = np.empty((B, w_hh.shape[0]), w_hh.dtype)
+        scratch = [_BUFFERS.empty((B, w_hh.shape[0]), w_hh.dtype)]
         _kernels.forward_loop_packed(kind, T, B, lengths, packing.counts, packing.src, w_hh,
-                                     b_hh, h, c, gates, hn, chist, y, scratch,
+                                     b_hh, h, c, gates, hn, chist, y, scratch[0],
                                      threads.get_num_threads())
+        _BUFFERS.release(scratch)
 
     @staticmethod
     def backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc):

@@ -5,6 +5,9 @@ object (see :mod:`fastrnn._engine`), so the CPU and the GPU run the very same ch
 workspace handling and state logic:
 
     ops.compute()                  context held around the kernels (CPU: BLAS on one thread)
+    ops.empty(shape, dtype)        an internal buffer (gates, hn, chist, dgh_first) ...
+    ops.release(arrays)            ... handed back in a list once consumed (CPU: kept for
+                                   the next call, see buffers.py)
     ops.project_inputs(x, w_ih, b_ih, gates)             gates = x W_ih^T + b_ih, all steps
     ops.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y)
     ops.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
@@ -205,9 +208,9 @@ def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=
     ws.x, ws.w_ih, ws.w_hh, ws.lengths = x.reshape(T * B, x.shape[2]), w_ih, w_hh, lens
     ws.h0 = h.copy()
     ws.c0 = c.copy() if c is not None else None
-    ws.gates = xp.empty((T * B, GH), dtype=dtype)
-    ws.hn = xp.empty((T * B, H), dtype=dtype) if spec.name == "gru" else None
-    ws.chist = xp.empty((T * B, H), dtype=dtype) if spec.has_cell_state else None
+    ws.gates = ops.empty((T * B, GH), dtype)
+    ws.hn = ops.empty((T * B, H), dtype) if spec.name == "gru" else None
+    ws.chist = ops.empty((T * B, H), dtype) if spec.has_cell_state else None
     ws.y = y_rows   # the workspace keeps the buffer the kernels wrote
 
     packing = _packing_for(ops, lens, B, ws.reverse)
@@ -331,10 +334,11 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
     _check_saved(ws, xp, spec, GH, H, I, dtype, gates, hn, chist)
     packing = _packing_for(ops, _loop_lengths(ws.lengths, T), B, ws.reverse)
     if packing is not None:
+        del gates, hn, chist
         grads, dx_out = _backward_packed(ws, dy_rows, dh, dc, grads, dx_out)
-        ws.gates = ws.hn = ws.chist = None
+        _release_saved(ws)
         return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
-    dgh_first = xp.empty((B, GH), dtype)
+    dgh_first = ops.empty((B, GH), dtype)
     with ops.compute():
         ops.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0,
                           _loop_lengths(ws.lengths, T),
@@ -347,9 +351,22 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
             dx_out = xp.zeros((T, B, I), dtype=dtype)
         ops.weight_grads(spec.kind, ws.reverse, T, B, ws.x, ws.w_ih, ws.h0, ws.y, gates, hn,
                          dgh_first, grads, dx_out.reshape(T * B, I))
-    # The saved activations are now gradients; drop the big buffers early.
-    ws.gates = ws.hn = ws.chist = None
+    scratch = [dgh_first]
+    del gates, hn, chist, dgh_first
+    _release_saved(ws, scratch)
     return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
+
+
+def _release_saved(ws, scratch=None):
+    """The saved activations are now gradients: drop the workspace's big buffers early and
+    hand them (and the list ``scratch``, holding the caller's last references to its own
+    buffers) back to its Ops for reuse."""
+    released = [ws.gates, ws.hn, ws.chist]
+    ws.gates = ws.hn = ws.chist = None
+    if scratch:
+        released += scratch
+        scratch.clear()
+    ws.ops.release(released)
 
 
 def _check_grads(grads, has_bias, GH, H, I, dtype, xp):

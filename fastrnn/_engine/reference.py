@@ -28,6 +28,15 @@ class StepOps:
     def compute(self):
         return contextlib.nullcontext()
 
+    def empty(self, shape, dtype):
+        """An internal buffer: a new one (device array modules pool memory themselves)."""
+        return self.xp.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def release(arrays):
+        """Nothing is kept (see empty)."""
+        arrays.clear()
+
     def project_inputs(self, x, w_ih, b_ih, gates):
         self.xp.matmul(x, w_ih.T, out=gates)   # input projection, all steps at once
         gates += b_ih
