@@ -39,10 +39,9 @@ class CpuOps:
 
     @staticmethod
     def forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y):
-        scratch = [_BUFFERS.empty((B, w_hh.shape[0]), w_hh.dtype)]
+        scratch = np.empty((B, w_hh.shape[0]), w_hh.dtype)
         _kernels.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist,
-                              y, scratch[0], threads.get_num_threads())
-        _BUFFERS.release(scratch)
+                              y, scratch, threads.get_num_threads())
 
     @staticmethod
     def backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
@@ -62,11 +61,10 @@ class CpuOps:
     @staticmethod
     def forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist,
                             y):
-        scratch = [_BUFFERS.empty((B, w_hh.shape[0]), w_hh.dtype)]
+        scratch = np.empty((B, w_hh.shape[0]), w_hh.dtype)
         _kernels.forward_loop_packed(kind, T, B, lengths, packing.counts, packing.src, w_hh,
-                                     b_hh, h, c, gates, hn, chist, y, scratch[0],
+                                     b_hh, h, c, gates, hn, chist, y, scratch,
                                      threads.get_num_threads())
-        _BUFFERS.release(scratch)
 
     @staticmethod
     def backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc):
