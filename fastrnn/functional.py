@@ -65,6 +65,22 @@ def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
     return _engine.backward(ws, dy, dstate, grads, dx_out)
 
 
+def _scratch_zeros(shape, dtype, like):
+    """Zeros on ``like``'s device for a buffer that lives only inside one step of a layer (the
+    gradient between two stacked layers): from the engine's buffer cache, whose reused pages
+    are already mapped, instead of fresh memory. Hand it back with :func:`_release_scratch`."""
+    a = _engine.ops_for(like).empty(shape, dtype)
+    a.fill(0)
+    return a
+
+
+def _release_scratch(arrays):
+    """Hand back the buffers of :func:`_scratch_zeros` in the list ``arrays``, which holds the
+    caller's last references to them (emptied)."""
+    if arrays:
+        _engine.ops_for(arrays[0]).release(arrays)
+
+
 def _bind(cell):
     def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=None, reverse=False,
                 out=None):

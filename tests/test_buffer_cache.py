@@ -83,3 +83,32 @@ def test_reused_buffers_leave_results_unchanged_and_held_arrays_alone(cell, rng)
         _, _, ws2 = F.recurrent_forward(cell, 2 * x, *w)
         F.recurrent_backward(ws2, dy)
     np.testing.assert_array_equal(held, snapshot)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stacked_layers_reuse_the_gradient_between_layers_and_return_a_fresh_dx(bidirectional,
+                                                                                 rng):
+    """A 3-layer LSTM takes the gradient between stacked layers from the cache and hands it
+    back: repeated steps give the same gradients bit for bit, and the dx it returns is the
+    caller's (a later step does not write into it)."""
+    from fastrnn.layers.recurrent import LSTM
+    layer = LSTM(4, 5, num_layers=3, bidirectional=bidirectional, dropout=0.3, seed=1,
+                 dtype=np.float64)
+    x = rng.normal(size=(6, 3, 4))
+    dy = rng.normal(size=(6, 3, 10 if bidirectional else 5))
+    cpu._BUFFERS.clear()
+    runs = []
+    for _ in range(3):
+        layer.set_rng_state(np.random.default_rng(7).bit_generator.state)
+        layer.zero_grad()
+        layer.forward(x)
+        dx, _ = layer.backward(dy)
+        runs.append((dx, dx.copy(), {k: g.copy() for k, g in layer.grads.items()}))
+    assert any(a.shape == (6, 3, 10 if bidirectional else 5) for a in cpu._BUFFERS._free)
+    layer.forward(-x)   # another step, other numbers: it must not write into the dx above
+    layer.backward(2 * dy)
+    for dx, dx_then, grads in runs:
+        np.testing.assert_array_equal(dx, dx_then)   # untouched by the later steps
+        np.testing.assert_array_equal(dx, runs[0][0])
+        for k in grads:
+            np.testing.assert_array_equal(grads[k], runs[0][2][k])

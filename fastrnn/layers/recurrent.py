@@ -291,7 +291,11 @@ class RecurrentLayer(Layer):
         dstate0 = [None] * (self.num_layers * D)
         for layer in reversed(range(self.num_layers)):
             H = self.hidden_sizes[layer]
-            dx = xp.zeros((T, B, self.layer_input_size(layer)), self.dtype)
+            shape = (T, B, self.layer_input_size(layer))
+            # The gradient between two stacked layers lives only in this loop: a reused
+            # buffer (F._scratch_zeros), handed back once the layer below has read it.
+            dx = (F._scratch_zeros(shape, self.dtype, like=self.params["weight_hh_l0"]) if layer > 0
+                  else xp.zeros(shape, self.dtype))
             for d in range(D):
                 idx = layer * D + d
                 _, dstate0[idx], _ = F.recurrent_backward(
@@ -299,7 +303,12 @@ class RecurrentLayer(Layer):
                     dstates[idx], grads=self._grads_of(layer, d), dx_out=dx)
             if layer > 0 and masks[layer - 1] is not None:
                 dx *= masks[layer - 1]
+            if layer < self.num_layers - 1:
+                consumed = [dy]   # this layer's output gradient: the scratch of the layer above
+                dy = None
+                F._release_scratch(consumed)
             dy = dx
+            del dx
         dx = dy.transpose(1, 0, 2) if self.batch_first else dy
         return dx, self._stack_states(dstate0)
 
