@@ -17,6 +17,11 @@ cdef enum:
     # the whole of the other GEMM operand (4 parts cost 25% more than 2 on the weight
     # gradients of a 256-unit RNN).
     GEMM_MIN_PARTS = 2
+    # A large GEMM with fewer rows than this splits its columns into the parts instead: each
+    # part then packs only its share of the (large) right operand, which a row split would
+    # have every part pack whole (the input projection and dx at batch 1: 4 MiB of W_ih per
+    # part). Chosen by shape, never by thread count, so results stay thread-count independent.
+    GEMM_COLUMN_SPLIT_ROWS = 128
 
 
 cdef inline Py_ssize_t _split_at(Py_ssize_t n, Py_ssize_t k, Py_ssize_t nt) noexcept nogil:

@@ -63,7 +63,8 @@ from ._checks cimport _blas_int, _check_len, _check_shape, _row_stride
 from ._gemm_packed cimport (fr_set_narrow_panels, gemm_packed, matvec_cols_acc, matvec_rows,
                             pack_panels, panel_width)
 from ._openmp cimport fr_omp_barrier, fr_omp_team_size, fr_team_threads, join_fork_guard
-from ._parts cimport COL_ALIGN, _gemm_parts, _row, _row_at, _share, _split_at
+from ._parts cimport (COL_ALIGN, GEMM_COLUMN_SPLIT_ROWS, _gemm_parts, _row, _row_at, _share,
+                     _split_at)
 
 join_fork_guard()
 
@@ -468,6 +469,13 @@ def project_inputs(const floating[:, ::1] x not None, const floating[:, ::1] w_i
     with nogil, parallel(num_threads=nt):
         tid, nth = threadid(), fr_omp_team_size()
         for p in range(_share(parts, tid, nth), _share(parts, tid + 1, nth)):
+            if rows < GEMM_COLUMN_SPLIT_ROWS:   # parts of the gate columns (rows of W_ih)
+                r0 = _split_at(GH, p, parts)
+                r1 = _split_at(GH, p + 1, parts)
+                if r1 > r0:
+                    gemm_bias(True, rows, r1 - r0, I, &x[0, 0], I, &w_ih[r0, 0], I, &b_ih[r0],
+                              &gates[0, r0], GH)
+                continue
             r0 = _split_at(rows, p, parts)
             r1 = _split_at(rows, p + 1, parts)
             if r1 > r0:
@@ -719,8 +727,17 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
         lo, hi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
         if hi > lo:
             _add_column_sums(TB, lo, hi, hn, H, db_ih + 2 * H)
+    # dx[:, lo:hi] += dG W_ih[:, lo:hi] for a few rows (see GEMM_COLUMN_SPLIT_ROWS).
+    if dx != NULL and TB < GEMM_COLUMN_SPLIT_ROWS:
+        lo, hi = _split_at(I, part, parts), _split_at(I, part + 1, parts)
+        if hi > lo:
+            gemm(False, False, TB, hi - lo, x_cols, <floating>1, g, GH, w_ih + lo, I,
+                 <floating>1, dx + lo, I)
+            if kind == K_GRU:
+                gemm(False, False, TB, hi - lo, H, <floating>1, hn, H, w_ih + 2 * H * I + lo,
+                     I, <floating>1, dx + lo, I)
     # dx[lo:hi] += dG[lo:hi] W_ih.
-    if dx != NULL:
+    elif dx != NULL:
         lo, hi = _split_at(TB, part, parts), _split_at(TB, part + 1, parts)
         if hi > lo:
             gemm(False, False, hi - lo, I, x_cols, <floating>1, g + _row_at(lo, GH), GH, w_ih, I,
