@@ -51,7 +51,7 @@ the kernels touch (the kernels trust nothing they are given).
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport parallel, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -1235,3 +1235,58 @@ def weight_grads_packed(int kind, const floating[:, ::1] x not None,
     gb.paired_rows, gb.g_paired, gb.y_paired, gb.ldy = N, &gates[0, 0], &h_prev[0, 0], H
     gb.first_rows = 0
     _run_weight_grads(&sh, I, &gb, num_threads, &dw_hh[0, 0], &dw_ih[0, 0])
+
+
+def gather_rows(const floating[:, :] src not None, const int64_t[::1] index not None,
+                floating[:, ::1] out not None, int num_threads=1):
+    """out[r] = src[index[r]] for every row r of out: a packed batch's rows gathered from time
+    space (the layer's input, each token's previous output), split among the threads (NumPy's
+    take copies on one thread).
+
+    src (rows, F), its rows may be strided; index (n,) values in [0, rows); out (n, F)."""
+    cdef Py_ssize_t n = index.shape[0], rows = src.shape[0], F = src.shape[1], r, i
+    cdef Py_ssize_t ld = _row_stride("src", src.strides[0], src.strides[1], sizeof(floating),
+                                     rows, F)
+    cdef int nt = fr_team_threads(num_threads)
+    _check_shape("out", out.shape[0], out.shape[1], n, F)
+    for r in range(n):
+        if index[r] < 0 or index[r] >= rows:
+            raise ValueError(f"index must be in [0, {rows}), got {index[r]} at {r}")
+    if n == 0 or F == 0:
+        return
+    cdef const floating* s = &src[0, 0]
+    with nogil:
+        for r in prange(n, num_threads=nt, schedule="static"):
+            i = index[r]
+            memcpy(&out[r, 0], s + i * ld, F * sizeof(floating))
+
+
+def scatter_add_rows(floating[:, ::1] dst not None, const int64_t[::1] index not None,
+                     const floating[:, ::1] rows not None, int num_threads=1):
+    """dst[index[r]] += rows[r] for every row r of rows: a packed batch's dx added back into
+    time space, split among the threads. index (n,) must hold distinct values in [0, dst
+    rows) (a repeated row would be written by two threads at once); dst (m, F), rows (n, F)."""
+    cdef Py_ssize_t n = index.shape[0], m = dst.shape[0], F = dst.shape[1], r, i, j
+    cdef int nt = fr_team_threads(num_threads)
+    cdef floating* d
+    cdef const floating* a
+    _check_shape("rows", rows.shape[0], rows.shape[1], n, F)
+    if np.may_share_memory(np.asarray(dst), np.asarray(rows)):
+        raise ValueError("rows must not share memory with dst")
+    seen = np.zeros(m, dtype=np.uint8)
+    cdef unsigned char[::1] mark = seen
+    for r in range(n):
+        i = index[r]
+        if i < 0 or i >= m:
+            raise ValueError(f"index must be in [0, {m}), got {i} at {r}")
+        if mark[i]:
+            raise ValueError(f"index must not repeat a row, got {i} twice")
+        mark[i] = 1
+    if n == 0 or F == 0:
+        return
+    with nogil:
+        for r in prange(n, num_threads=nt, schedule="static"):
+            d = &dst[index[r], 0]
+            a = &rows[r, 0]
+            for j in range(F):
+                d[j] = d[j] + a[j]

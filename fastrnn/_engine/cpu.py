@@ -77,5 +77,15 @@ class CpuOps:
                                      grads["weight_hh"], grads.get("bias_ih"),
                                      grads.get("bias_hh"), dx, threads.get_num_threads())
 
+    @staticmethod
+    def gather_rows(src, index, out):
+        """out[r] = src[index[r]] (packed rows from time space), on fastrnn's threads."""
+        _kernels.gather_rows(src, index, out, threads.get_num_threads())
+
+    @staticmethod
+    def scatter_add_rows(dst, index, rows):
+        """dst[index[r]] += rows[r] (index distinct), on fastrnn's threads."""
+        _kernels.scatter_add_rows(dst, index, rows, threads.get_num_threads())
+
     def __repr__(self):
         return "CpuOps()"

@@ -20,6 +20,8 @@ sequences with lengths packed (:mod:`.packing`), so that their cost follows the 
     ops.forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist, y)
     ops.backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc)
     ops.weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx)
+    ops.gather_rows(src, index, out)          out[r] = src[index[r]]
+    ops.scatter_add_rows(dst, index, rows)    dst[index[r]] += rows[r], index distinct
 
 with the states in the packing's sorted order and gates/hn/chist in its packed rows.
 ``lengths`` is always a validated host (NumPy) int64 array or None; ``y``/``dy`` are
@@ -249,7 +251,8 @@ def _forward_packed(ws, packing, spec, b_ih, b_hh, h, c):
     ops, order, rows = ws.ops, packing.order, packing.rows
     h_sorted = h[order]
     c_sorted = c[order] if c is not None else None
-    x_packed = ws.x.take(packing.src, axis=0)
+    x_packed = ops.xp.empty((rows, ws.x.shape[1]), ws.x.dtype)
+    ops.gather_rows(ws.x, packing.src, x_packed)
     with ops.compute():
         ops.project_inputs(x_packed, ws.w_ih, b_ih, ws.gates[:rows])
         del x_packed
@@ -286,14 +289,15 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
         # else the same sequence's output one step earlier.
         h_prev = xp.empty((rows, H), dtype=ws.w_hh.dtype)
         h_prev[:B] = h0
-        xp.take(ws.y, packing.prev_src, axis=0, out=h_prev[B:])
-        x_packed = ws.x.take(packing.src, axis=0)
+        ops.gather_rows(ws.y, packing.prev_src, h_prev[B:])
+        x_packed = xp.empty((rows, I), dtype=ws.x.dtype)
+        ops.gather_rows(ws.x, packing.src, x_packed)
         dx_packed = xp.zeros((rows, I), dtype=ws.w_hh.dtype)
         ops.weight_grads_packed(spec.kind, x_packed, ws.w_ih, h_prev, gates, hn, grads,
                                 dx_packed)
         del h_prev, x_packed
-        dx_rows = dx_out.reshape(T * B, I)
-        dx_rows[packing.src] += dx_packed   # src holds each time-space row once
+        # src holds each time-space row once
+        ops.scatter_add_rows(dx_out.reshape(T * B, I), packing.src, dx_packed)
     dh[order] = dh_sorted
     if dc is not None:
         dc[order] = dc_sorted
