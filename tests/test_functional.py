@@ -266,29 +266,25 @@ def test_both_time_loop_splits_are_thread_count_independent(cell, B, rng):
             np.testing.assert_array_equal(g1[name], g2[name])
 
 
-@pytest.mark.parametrize("cell", list(GATES))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
-    """Where the CPU has AVX-512 the batch path's per-step GEMM runs a 512-bit micro-kernel
-    (panels of 32 floats, tiles of up to 8 rows), elsewhere a 256-bit one (16 floats, up to 6
-    rows). Both sum each element over k in order with one FMA per term, so they must agree to
-    the bit. H = 37 leaves partial panels; B = 9, 23 give tiles of every height from 4 to 8.
-    The large products (whose kernel also changes with the panel width) run on BLAS in both
-    runs."""
+def _assert_wide_and_narrow_kernels_agree(cell, H, batches, dtype, rng):
+    """Forward+backward of ``cell`` with the 256-bit / generic per-step kernels (forced) and
+    with the CPU's AVX-512 ones, for each batch size, with and without lengths, both
+    directions: the same bits. The large products run on BLAS in both runs (the own GEMM goes
+    with the AVX-512 kernels)."""
     from fastrnn._cpu import recurrent
     wide = recurrent._panel_width(dtype)
     recurrent._force_narrow_panels(True)
     recurrent._force_blas_gemm(True)
     try:
         if recurrent._panel_width(dtype) == wide:
-            pytest.skip("no AVX-512 on this CPU: only the 256-bit micro-kernel runs")
-        Hs, Is, Ts = 37, 5, 6
+            pytest.skip("no AVX-512 on this CPU: only the 256-bit / generic kernels run")
+        Is, Ts = 5, 6
         G = GATES[cell]
         w = [rng.normal(scale=0.3, size=s).astype(dtype)
-             for s in ((G * Hs, Is), (G * Hs, Hs), (G * Hs,), (G * Hs,))]
-        for B in (9, 23):
+             for s in ((G * H, Is), (G * H, H), (G * H,), (G * H,))]
+        for B in batches:
             x = rng.normal(size=(Ts, B, Is)).astype(dtype)
-            dy = rng.normal(size=(Ts, B, Hs)).astype(dtype)
+            dy = rng.normal(size=(Ts, B, H)).astype(dtype)
             for lengths, reverse in ((None, False), (rng.integers(1, Ts + 1, size=B), True)):
                 recurrent._force_narrow_panels(True)
                 y1, dx1, g1 = _forward_backward(cell, x, w, dy, lengths, reverse, dtype)
@@ -304,40 +300,24 @@ def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
 
 
 @pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
+    """Where the CPU has AVX-512 the batch path's per-step GEMM runs a 512-bit micro-kernel
+    (panels of 32 floats, tiles of up to 8 rows), elsewhere a 256-bit one (16 floats, up to 6
+    rows). Both sum each element over k in order with one FMA per term, so they must agree to
+    the bit. H = 37 leaves partial panels; B = 9, 23 give tiles of every height from 4 to 8."""
+    _assert_wide_and_narrow_kernels_agree(cell, 37, (9, 23), dtype, rng)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
 @pytest.mark.parametrize("H", [37, 64, 70])
 def test_avx512_and_generic_small_batch_products_agree_bitwise(cell, H, rng):
     """The small-batch path's products (forward h_prev W_hh^T, backward dGh W_hh) run, in
     float32 on an AVX-512 CPU, intrinsics twins of the generic matrix-vector code
-    (csrc/gemm_packed.h) that must sum in the same order: the same bits. H = 37 leaves a tail of 5 terms per dot product and
-    a row count that is not a multiple of 4; 64 has no tail; 70 gives two threads. Batches 1,
-    3 and 8 (with and without lengths, both directions) cover the rows the kernel takes.
-    The large products run on BLAS in both runs (the own GEMM goes with the wide kernels)."""
-    from fastrnn._cpu import recurrent
-    wide = recurrent._panel_width(np.float32)
-    recurrent._force_narrow_panels(True)
-    recurrent._force_blas_gemm(True)
-    try:
-        if recurrent._panel_width(np.float32) == wide:
-            pytest.skip("no AVX-512 on this CPU: only the generic kernel runs")
-        Is, Ts = 5, 6
-        G = GATES[cell]
-        w = [rng.normal(scale=0.3, size=s).astype(np.float32)
-             for s in ((G * H, Is), (G * H, H), (G * H,), (G * H,))]
-        for B in (1, 3, 8):
-            x = rng.normal(size=(Ts, B, Is)).astype(np.float32)
-            dy = rng.normal(size=(Ts, B, H)).astype(np.float32)
-            for lengths, reverse in ((None, False), (rng.integers(1, Ts + 1, size=B), True)):
-                recurrent._force_narrow_panels(True)
-                y1, dx1, g1 = _forward_backward(cell, x, w, dy, lengths, reverse, np.float32)
-                recurrent._force_narrow_panels(False)
-                y2, dx2, g2 = _forward_backward(cell, x, w, dy, lengths, reverse, np.float32)
-                np.testing.assert_array_equal(y1, y2)
-                np.testing.assert_array_equal(dx1, dx2)
-                for name in g1:
-                    np.testing.assert_array_equal(g1[name], g2[name])
-    finally:
-        recurrent._force_narrow_panels(False)
-        recurrent._force_blas_gemm(False)
+    (csrc/gemm_packed.h) that must sum in the same order: the same bits. H = 37 leaves a tail
+    of 5 terms per dot product and a row count that is not a multiple of 4; 64 has no tail;
+    70 gives two threads. Batches 1, 3 and 8 cover the rows the kernels take."""
+    _assert_wide_and_narrow_kernels_agree(cell, H, (1, 3, 8), np.float32, rng)
 
 
 @pytest.mark.parametrize("cell", list(GATES))
