@@ -624,6 +624,21 @@ cdef void _add_column_sums(Py_ssize_t rows, Py_ssize_t c0, Py_ssize_t c1, const 
             out[j] += a_row[j]
 
 
+cdef void _add_column_sums_twice(Py_ssize_t rows, Py_ssize_t c0, Py_ssize_t c1,
+                                 const floating* a, Py_ssize_t lda, floating* out1,
+                                 floating* out2) noexcept nogil:
+    """_add_column_sums into out1 and out2 in one pass over a (each gets the same additions
+    in the same order as with two calls): the two bias gradients of an RNN or LSTM, which
+    are sums of the same dG columns."""
+    cdef Py_ssize_t r, j
+    cdef const floating* a_row
+    for r in range(rows):
+        a_row = a + _row_at(r, lda)
+        for j in range(c0, c1):
+            out1[j] += a_row[j]
+            out2[j] += a_row[j]
+
+
 ctypedef struct GradBuffers:
     # weight_grads' operands and outputs, all of the call's float type (void*: see LoopBuffers).
     Py_ssize_t rows            # rows of x, g, hn and dx: T*B, or the real tokens when packed
@@ -716,13 +731,18 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
             if hi > lo:
                 gemm(True, False, hi - lo, I, TB, <floating>1, hn + lo, H, x, I,
                      <floating>1, dw_ih + (2 * H + lo) * I, I)
-    # Biases: column sums of the same gradients.
+    # Biases: column sums of the same gradients (the same columns for both but the GRU's n
+    # gate, so one pass over them serves both).
     lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
-    if db_hh != NULL and hi > lo:
-        _add_column_sums(TB, lo, hi, g, GH, db_hh)
-    lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
-    if db_ih != NULL and hi > lo:
-        _add_column_sums(TB, lo, hi, g, GH, db_ih)
+    if db_hh != NULL and db_ih != NULL and x_cols == GH:
+        if hi > lo:
+            _add_column_sums_twice(TB, lo, hi, g, GH, db_hh, db_ih)
+    else:
+        if db_hh != NULL and hi > lo:
+            _add_column_sums(TB, lo, hi, g, GH, db_hh)
+        lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
+        if db_ih != NULL and hi > lo:
+            _add_column_sums(TB, lo, hi, g, GH, db_ih)
     if kind == K_GRU and db_ih != NULL:
         lo, hi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
         if hi > lo:
