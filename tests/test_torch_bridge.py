@@ -506,3 +506,8 @@ def test_interleaved_ab_benchmark_times_both_models(monkeypatch, capsys):
     assert all(t > 0 for ts in times.values() for t in ts)
     ab.main(["--rounds", "1", "--steps", "1", "--threads", "1"])
     assert "ratio" in capsys.readouterr().out
+    native = ab.interleaved_step_times(rounds=2, steps=1, threads=1, fastrnn="native",
+                                       model="small")
+    assert len(native["native"]) == len(native["torch"]) == 2
+    with pytest.raises(ValueError, match="fastrnn must be 'converted' or 'native'"):
+        ab.interleaved_step_times(rounds=1, steps=1, fastrnn="jax")
