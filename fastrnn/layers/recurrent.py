@@ -294,8 +294,10 @@ class RecurrentLayer(Layer):
             shape = (T, B, self.layer_input_size(layer))
             # The gradient between two stacked layers lives only in this loop: a reused
             # buffer (F._scratch_zeros), handed back once the layer below has read it.
-            dx = (F._scratch_zeros(shape, self.dtype, like=self.params["weight_hh_l0"]) if layer > 0
-                  else xp.zeros(shape, self.dtype))
+            if layer > 0:
+                dx = F._scratch_zeros(shape, self.dtype, like=self.params["weight_hh_l0"])
+            else:
+                dx = xp.zeros(shape, self.dtype)
             for d in range(D):
                 idx = layer * D + d
                 _, dstate0[idx], _ = F.recurrent_backward(
