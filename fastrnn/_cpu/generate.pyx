@@ -226,7 +226,8 @@ cdef inline void _rows_times_wt(Py_ssize_t nb, Py_ssize_t n_out, Py_ssize_t k,
 
     float32 with up to MATVEC_ROWS rows, on an AVX-512 CPU: fastrnn's matrix-vector kernel,
     which reads w once for all rows at the cache's streaming rate (BLAS sgemm re-packs w on
-    every call; its sgemv read it at two thirds of the rate). Else BLAS (gemv for one row)."""
+    every call: 2 samples took 161 against 29 µs per token; at one row BLAS sgemv was as fast).
+    Else BLAS (gemv for one row)."""
     cdef const float* xs[MATVEC_ROWS]
     cdef float* ys[MATVEC_ROWS]
     cdef Py_ssize_t b
