@@ -102,6 +102,25 @@ cdef int _check_lengths(const int64_t[::1] lengths, Py_ssize_t T, Py_ssize_t B) 
     return 0
 
 
+cdef int _check_row_index(str name, str verb, const int64_t[::1] index, Py_ssize_t rows,
+                          bint distinct) except -1:
+    """Every value of ``index`` (row numbers into an array of ``rows`` rows) is in [0, rows),
+    and, with ``distinct``, none repeats (each row written by one thread only)."""
+    cdef Py_ssize_t r, i
+    cdef unsigned char[::1] seen
+    if distinct:
+        seen = np.zeros(rows, dtype=np.uint8)
+    for r in range(index.shape[0]):
+        i = index[r]
+        if i < 0 or i >= rows:
+            raise ValueError(f"{name} must {verb} in [0, {rows}), got {i} at {r}")
+        if distinct:
+            if seen[i]:
+                raise ValueError(f"{name} must not repeat a row, got {i} twice")
+            seen[i] = 1
+    return 0
+
+
 def _force_narrow_panels(bint forced):
     """Private, for tests: run the packed GEMM's 256-bit micro-kernel even where the CPU has
     AVX-512 (forced=True), or go back to the CPU's best (False), so that both stay tested on
@@ -614,29 +633,21 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
 
 
 cdef void _add_column_sums(Py_ssize_t rows, Py_ssize_t c0, Py_ssize_t c1, const floating* a,
-                           Py_ssize_t lda, floating* out) noexcept nogil:
-    """out[j] += sum over rows of a[r, j], for columns [c0, c1)."""
+                           Py_ssize_t lda, floating* out, floating* out2) noexcept nogil:
+    """out[j] += sum over rows of a[r, j], for columns [c0, c1); the same additions, in the
+    same order, into out2 too when it is not NULL (an RNN's or LSTM's two bias gradients are
+    sums of the same dG columns: one pass over a serves both)."""
     cdef Py_ssize_t r, j
     cdef const floating* a_row
     for r in range(rows):
         a_row = a + _row_at(r, lda)
-        for j in range(c0, c1):
-            out[j] += a_row[j]
-
-
-cdef void _add_column_sums_twice(Py_ssize_t rows, Py_ssize_t c0, Py_ssize_t c1,
-                                 const floating* a, Py_ssize_t lda, floating* out1,
-                                 floating* out2) noexcept nogil:
-    """_add_column_sums into out1 and out2 in one pass over a (each gets the same additions
-    in the same order as with two calls): the two bias gradients of an RNN or LSTM, which
-    are sums of the same dG columns."""
-    cdef Py_ssize_t r, j
-    cdef const floating* a_row
-    for r in range(rows):
-        a_row = a + _row_at(r, lda)
-        for j in range(c0, c1):
-            out1[j] += a_row[j]
-            out2[j] += a_row[j]
+        if out2 == NULL:
+            for j in range(c0, c1):
+                out[j] += a_row[j]
+        else:
+            for j in range(c0, c1):
+                out[j] += a_row[j]
+                out2[j] += a_row[j]
 
 
 ctypedef struct GradBuffers:
@@ -736,17 +747,17 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
     lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
     if db_hh != NULL and db_ih != NULL and x_cols == GH:
         if hi > lo:
-            _add_column_sums_twice(TB, lo, hi, g, GH, db_hh, db_ih)
+            _add_column_sums(TB, lo, hi, g, GH, db_hh, db_ih)
     else:
         if db_hh != NULL and hi > lo:
-            _add_column_sums(TB, lo, hi, g, GH, db_hh)
+            _add_column_sums(TB, lo, hi, g, GH, db_hh, NULL)
         lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
         if db_ih != NULL and hi > lo:
-            _add_column_sums(TB, lo, hi, g, GH, db_ih)
+            _add_column_sums(TB, lo, hi, g, GH, db_ih, NULL)
     if kind == K_GRU and db_ih != NULL:
         lo, hi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
         if hi > lo:
-            _add_column_sums(TB, lo, hi, hn, H, db_ih + 2 * H)
+            _add_column_sums(TB, lo, hi, hn, H, db_ih + 2 * H, NULL)
     # dx[:, lo:hi] += dG W_ih[:, lo:hi] for a few rows (see GEMM_COLUMN_SPLIT_ROWS).
     if dx != NULL and TB < GEMM_COLUMN_SPLIT_ROWS:
         lo, hi = _split_at(I, part, parts), _split_at(I, part + 1, parts)
@@ -1005,7 +1016,7 @@ cdef object _packed_shape(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
                           const int64_t[::1] counts, const int64_t[::1] src, PackedShape* ps):
     """Check a packing against the call's sizes and fill ``ps``. Returns the numpy array
     that holds ps.starts (keep it alive while ps is used)."""
-    cdef Py_ssize_t s, r, steps = counts.shape[0], N = 0, TB = T * B
+    cdef Py_ssize_t s, steps = counts.shape[0], N = 0, TB = T * B
     cdef int64_t[::1] starts_view
     if steps < 1 or steps > T:
         raise ValueError(f"counts must have between 1 and T={T} steps, got {steps}")
@@ -1018,9 +1029,7 @@ cdef object _packed_shape(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         raise ValueError(f"counts[0] must be B={B} (every sequence has a first step), got "
                          f"{counts[0]}")
     _check_len("src", src.shape[0], N)
-    for r in range(N):
-        if src[r] < 0 or src[r] >= TB:
-            raise ValueError(f"src must hold time-space rows in [0, {TB}), got {src[r]} at {r}")
+    _check_row_index("src", "hold time-space rows", src, TB, False)
     starts = np.empty(steps, dtype=np.int64)
     starts_view = starts
     N = 0
@@ -1269,9 +1278,7 @@ def gather_rows(const floating[:, :] src not None, const int64_t[::1] index not 
                                      rows, F)
     cdef int nt = fr_team_threads(num_threads)
     _check_shape("out", out.shape[0], out.shape[1], n, F)
-    for r in range(n):
-        if index[r] < 0 or index[r] >= rows:
-            raise ValueError(f"index must be in [0, {rows}), got {index[r]} at {r}")
+    _check_row_index("index", "be", index, rows, False)
     if n == 0 or F == 0:
         return
     cdef const floating* s = &src[0, 0]
@@ -1286,22 +1293,14 @@ def scatter_add_rows(floating[:, ::1] dst not None, const int64_t[::1] index not
     """dst[index[r]] += rows[r] for every row r of rows: a packed batch's dx added back into
     time space, split among the threads. index (n,) must hold distinct values in [0, dst
     rows) (a repeated row would be written by two threads at once); dst (m, F), rows (n, F)."""
-    cdef Py_ssize_t n = index.shape[0], m = dst.shape[0], F = dst.shape[1], r, i, j
+    cdef Py_ssize_t n = index.shape[0], m = dst.shape[0], F = dst.shape[1], r, j
     cdef int nt = fr_team_threads(num_threads)
     cdef floating* d
     cdef const floating* a
     _check_shape("rows", rows.shape[0], rows.shape[1], n, F)
     if np.may_share_memory(np.asarray(dst), np.asarray(rows)):
         raise ValueError("rows must not share memory with dst")
-    seen = np.zeros(m, dtype=np.uint8)
-    cdef unsigned char[::1] mark = seen
-    for r in range(n):
-        i = index[r]
-        if i < 0 or i >= m:
-            raise ValueError(f"index must be in [0, {m}), got {i} at {r}")
-        if mark[i]:
-            raise ValueError(f"index must not repeat a row, got {i} twice")
-        mark[i] = 1
+    _check_row_index("index", "be", index, m, True)
     if n == 0 or F == 0:
         return
     with nogil:
