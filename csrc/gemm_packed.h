@@ -140,13 +140,8 @@ static inline int fr_matvec_rows_acc_wide_f(int r0, int r1, int K, const float *
  * asked for the 256-bit kernels: fr_set_narrow_panels), else the generic code. */
 static inline void fr_matvec_rows_best_f(int r0, int r1, int K, const float *W, ptrdiff_t ldw,
                                          int nb, const float *const *x, float *const *y) {
-#if FR_HAVE_WIDE
-    if (fr_wide_panels()) {
-        fr_matvec_rows_wide_f(r0, r1, K, W, ldw, nb, x, y, 0);
-        return;
-    }
-#endif
-    fr_matvec_rows_f(r0, r1, K, W, ldw, nb, x, y);
+    if (fr_matvec_rows_acc_wide_f(r0, r1, K, W, ldw, nb, x, y, 0) != 0)
+        fr_matvec_rows_f(r0, r1, K, W, ldw, nb, x, y);
 }
 
 /* fr_matvec_cols_acc_f's AVX-512 twin (the backward product dGh W_hh of the small-batch
