@@ -5,7 +5,8 @@
 
 /* Elements [i0, i1) of one Adam step, in place (see update.pyx's adam_update for the
  * arguments and the order of operations). The four arrays do not overlap (checked by the
- * caller); the flags are hoisted out of the loop so that each version vectorises. */
+ * caller); the two flags are loop-invariant, so the compiler unswitches the loop and
+ * vectorises each version. */
 FR_HOT static void FN(fr_adam_update)(ptrdiff_t i0, ptrdiff_t i1, REAL *restrict param,
                                       const REAL *restrict grad, REAL *restrict exp_avg,
                                       REAL *restrict exp_avg_sq, REAL beta1,
@@ -13,30 +14,20 @@ FR_HOT static void FN(fr_adam_update)(ptrdiff_t i0, ptrdiff_t i1, REAL *restrict
                                       REAL sqrt_bias_correction2, REAL eps, REAL step_size,
                                       int l2, REAL l2_decay, REAL param_scale) {
     const int scale = param_scale != 1;
-#define FR_ADAM_ELEMENT(SCALE, L2)                                                        \
-    for (ptrdiff_t i = i0; i < i1; i++) {                                                 \
-        REAL p = param[i];                                                                \
-        if (SCALE)                                                                        \
-            p = p * param_scale;                                                          \
-        REAL g = grad[i];                                                                 \
-        if (L2)                                                                           \
-            g = p * l2_decay + g;                                                         \
-        REAL m = exp_avg[i] * beta1 + g * one_minus_beta1;                                \
-        REAL v = exp_avg_sq[i] * beta2 + (g * g) * one_minus_beta2;                       \
-        REAL denom = FR_SQRT(v) / sqrt_bias_correction2 + eps;                           \
-        exp_avg[i] = m;                                                                   \
-        exp_avg_sq[i] = v;                                                                \
-        param[i] = p - m / denom * step_size;                                             \
+    for (ptrdiff_t i = i0; i < i1; i++) {
+        REAL p = param[i];
+        if (scale)
+            p = p * param_scale;
+        REAL g = grad[i];
+        if (l2)
+            g = p * l2_decay + g;
+        REAL m = exp_avg[i] * beta1 + g * one_minus_beta1;
+        REAL v = exp_avg_sq[i] * beta2 + (g * g) * one_minus_beta2;
+        REAL denom = FR_SQRT(v) / sqrt_bias_correction2 + eps;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        param[i] = p - m / denom * step_size;
     }
-    if (scale && l2)
-        FR_ADAM_ELEMENT(1, 1)
-    else if (scale)
-        FR_ADAM_ELEMENT(1, 0)
-    else if (l2)
-        FR_ADAM_ELEMENT(0, 1)
-    else
-        FR_ADAM_ELEMENT(0, 0)
-#undef FR_ADAM_ELEMENT
 }
 
 #undef REAL
