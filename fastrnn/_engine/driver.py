@@ -251,8 +251,7 @@ def _forward_packed(ws, packing, spec, b_ih, b_hh, h, c):
     ops, order, rows = ws.ops, packing.order, packing.rows
     h_sorted = h[order]
     c_sorted = c[order] if c is not None else None
-    x_packed = ops.xp.empty((rows, ws.x.shape[1]), ws.x.dtype)
-    ops.gather_rows(ws.x, packing.src, x_packed)
+    x_packed = _packed_input(ws, packing)
     with ops.compute():
         ops.project_inputs(x_packed, ws.w_ih, b_ih, ws.gates[:rows])
         del x_packed
@@ -261,6 +260,14 @@ def _forward_packed(ws, packing, spec, b_ih, b_hh, h, c):
     h[order] = h_sorted
     if c is not None:
         c[order] = c_sorted
+
+
+def _packed_input(ws, packing):
+    """The layer's input rows of the real tokens, in packed order (forward projects them,
+    backward pairs them with dGh)."""
+    x_packed = ws.ops.xp.empty((packing.rows, ws.x.shape[1]), ws.x.dtype)
+    ws.ops.gather_rows(ws.x, packing.src, x_packed)
+    return x_packed
 
 
 def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
@@ -290,8 +297,7 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
         h_prev = xp.empty((rows, H), dtype=ws.w_hh.dtype)
         h_prev[:B] = h0
         ops.gather_rows(ws.y, packing.prev_src, h_prev[B:])
-        x_packed = xp.empty((rows, I), dtype=ws.x.dtype)
-        ops.gather_rows(ws.x, packing.src, x_packed)
+        x_packed = _packed_input(ws, packing)
         dx_packed = xp.zeros((rows, I), dtype=ws.w_hh.dtype)
         ops.weight_grads_packed(spec.kind, x_packed, ws.w_ih, h_prev, gates, hn, grads,
                                 dx_packed)
