@@ -180,6 +180,16 @@ FR_HOT static void FN(fr_matvec_cols_acc)(int j0, int j1, int K, const REAL *W, 
 #define FR_NARROW_NR ((int)(2 * 32 / sizeof(REAL)))
 #define FR_WIDE_NR ((int)(2 * 64 / sizeof(REAL)))
 
+/* Calls NAME_wide_SFX ARGS when the panel width nr is the wide kernel's, else
+ * NAME_narrow_SFX ARGS: the one dispatch of the entry points below. */
+#if FR_HAVE_WIDE
+#define FR_BY_WIDTH(nr, name, args) \
+    ((nr) == FR_WIDE_NR ? FR_CAT(FR_CAT(name, wide), FR_SFX) args \
+                        : FR_CAT(FR_CAT(name, narrow), FR_SFX) args)
+#else
+#define FR_BY_WIDTH(nr, name, args) FR_CAT(FR_CAT(name, narrow), FR_SFX) args
+#endif
+
 /* Columns per packed panel for this process: the wide kernel's where the CPU has AVX-512
  * (unless a test turned it off: fr_set_narrow_panels), else the narrow one's. */
 static inline int FN(fr_panel_width)(void) {
@@ -190,13 +200,7 @@ static inline int FN(fr_panel_width)(void) {
  * in panels of nr (from fr_panel_width) columns. */
 static void FN(fr_pack_panels)(int nr, int K, int N, int p0, int p1, const REAL *W,
                                ptrdiff_t ldw, int trans, REAL *Bp) {
-#if FR_HAVE_WIDE
-    if (nr == FR_WIDE_NR) {
-        FN(fr_pack_panels_wide)(K, N, p0, p1, W, ldw, trans, Bp);
-        return;
-    }
-#endif
-    FN(fr_pack_panels_narrow)(K, N, p0, p1, W, ldw, trans, Bp);
+    FR_BY_WIDTH(nr, fr_pack_panels, (K, N, p0, p1, W, ldw, trans, Bp));
 }
 
 /* Columns [p0 * nr, min(p1 * nr, N)) of C (+)= A B for all M rows, on panels packed by
@@ -204,41 +208,24 @@ static void FN(fr_pack_panels)(int nr, int K, int N, int p0, int p1, const REAL 
 static void FN(fr_gemm_packed)(int nr, int M, int N, int K, int p0, int p1, const REAL *A,
                                ptrdiff_t lda, const REAL *Bp, REAL *C, ptrdiff_t ldc,
                                int accumulate) {
-#if FR_HAVE_WIDE
-    if (nr == FR_WIDE_NR) {
-        FN(fr_gemm_packed_wide)(M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate);
-        return;
-    }
-#endif
-    FN(fr_gemm_packed_narrow)(M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate);
+    FR_BY_WIDTH(nr, fr_gemm_packed, (M, N, K, p0, p1, A, lda, Bp, C, ldc, accumulate));
 }
 
 /* C = A B + bias over panels [p0, p1) (see fr_gemm_packed_bias_*). */
 static void FN(fr_gemm_packed_bias)(int nr, int M, int N, int K, int p0, int p1, const REAL *A,
                                     ptrdiff_t lda, const REAL *Bp, REAL *C, ptrdiff_t ldc,
                                     const REAL *bias) {
-#if FR_HAVE_WIDE
-    if (nr == FR_WIDE_NR) {
-        FN(fr_gemm_packed_bias_wide)(M, N, K, p0, p1, A, lda, Bp, C, ldc, bias);
-        return;
-    }
-#endif
-    FN(fr_gemm_packed_bias_narrow)(M, N, K, p0, p1, A, lda, Bp, C, ldc, bias);
+    FR_BY_WIDTH(nr, fr_gemm_packed_bias, (M, N, K, p0, p1, A, lda, Bp, C, ldc, bias));
 }
 
 /* fr_gemm_packed with a transposed A: A[i, k] = At[k * ldat + i] (see gemm.h). */
 static void FN(fr_gemm_packed_at)(int nr, int M, int N, int K, int p0, int p1, const REAL *At,
                                   ptrdiff_t ldat, const REAL *Bp, REAL *C, ptrdiff_t ldc,
                                   int accumulate) {
-#if FR_HAVE_WIDE
-    if (nr == FR_WIDE_NR) {
-        FN(fr_gemm_packed_at_wide)(M, N, K, p0, p1, At, ldat, Bp, C, ldc, accumulate);
-        return;
-    }
-#endif
-    FN(fr_gemm_packed_at_narrow)(M, N, K, p0, p1, At, ldat, Bp, C, ldc, accumulate);
+    FR_BY_WIDTH(nr, fr_gemm_packed_at, (M, N, K, p0, p1, At, ldat, Bp, C, ldc, accumulate));
 }
 
+#undef FR_BY_WIDTH
 #undef FR_NARROW_NR
 #undef FR_WIDE_NR
 
