@@ -350,6 +350,8 @@ def test_row_gather_and_scatter_add_refuse_bad_indices_and_buffers():
         _kernels.gather_rows(src, np.array([-1], np.int64), np.zeros((1, 3)))
     with pytest.raises(ValueError, match=r"out must have shape \(2, 3\)"):
         _kernels.gather_rows(src, np.array([0, 1], np.int64), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="out must not share memory with src"):
+        _kernels.gather_rows(src, np.array([0, 1], np.int64), src[3:5])
     with pytest.raises(ValueError, match="src rows must be contiguous"):
         _kernels.gather_rows(np.zeros((5, 6))[:, ::2], np.array([0], np.int64), np.zeros((1, 3)))
     dst = np.zeros((5, 3))

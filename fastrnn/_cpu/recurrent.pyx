@@ -1278,6 +1278,8 @@ def gather_rows(const floating[:, :] src not None, const int64_t[::1] index not 
                                      rows, F)
     cdef int nt = fr_team_threads(num_threads)
     _check_shape("out", out.shape[0], out.shape[1], n, F)
+    if np.may_share_memory(np.asarray(src), np.asarray(out)):
+        raise ValueError("out must not share memory with src")
     _check_row_index("index", "be", index, rows, False)
     if n == 0 or F == 0:
         return
