@@ -65,6 +65,7 @@ from ._gemm_packed cimport (fr_set_narrow_panels, gemm_packed, matvec_cols_acc, 
 from ._openmp cimport fr_omp_barrier, fr_omp_team_size, fr_team_threads, join_fork_guard
 from ._parts cimport (COL_ALIGN, GEMM_COLUMN_SPLIT_ROWS, _gemm_parts, _row, _row_at, _share,
                      _split_at)
+from ._reduce cimport add_column_sums, add_parts
 
 join_fork_guard()
 
@@ -632,24 +633,6 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                    GH * sizeof(floating))
 
 
-cdef void _add_column_sums(Py_ssize_t rows, Py_ssize_t c0, Py_ssize_t c1, const floating* a,
-                           Py_ssize_t lda, floating* out, floating* out2) noexcept nogil:
-    """out[j] += sum over rows of a[r, j], for columns [c0, c1); the same additions, in the
-    same order, into out2 too when it is not NULL (an RNN's or LSTM's two bias gradients are
-    sums of the same dG columns: one pass over a serves both)."""
-    cdef Py_ssize_t r, j
-    cdef const floating* a_row
-    for r in range(rows):
-        a_row = a + _row_at(r, lda)
-        if out2 == NULL:
-            for j in range(c0, c1):
-                out[j] += a_row[j]
-        else:
-            for j in range(c0, c1):
-                out[j] += a_row[j]
-                out2[j] += a_row[j]
-
-
 ctypedef struct GradBuffers:
     # weight_grads' operands and outputs, all of the call's float type (void*: see LoopBuffers).
     Py_ssize_t rows            # rows of x, g, hn and dx: T*B, or the real tokens when packed
@@ -747,17 +730,17 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
     lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
     if db_hh != NULL and db_ih != NULL and x_cols == GH:
         if hi > lo:
-            _add_column_sums(TB, lo, hi, g, GH, db_hh, db_ih)
+            add_column_sums(TB, lo, hi, g, GH, db_hh, db_ih)
     else:
         if db_hh != NULL and hi > lo:
-            _add_column_sums(TB, lo, hi, g, GH, db_hh, NULL)
+            add_column_sums(TB, lo, hi, g, GH, db_hh, NULL)
         lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
         if db_ih != NULL and hi > lo:
-            _add_column_sums(TB, lo, hi, g, GH, db_ih, NULL)
+            add_column_sums(TB, lo, hi, g, GH, db_ih, NULL)
     if kind == K_GRU and db_ih != NULL:
         lo, hi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
         if hi > lo:
-            _add_column_sums(TB, lo, hi, hn, H, db_ih + 2 * H, NULL)
+            add_column_sums(TB, lo, hi, hn, H, db_ih + 2 * H, NULL)
     # dx[:, lo:hi] += dG W_ih[:, lo:hi] for a few rows (see GEMM_COLUMN_SPLIT_ROWS).
     if dx != NULL and TB < GEMM_COLUMN_SPLIT_ROWS:
         lo, hi = _split_at(I, part, parts), _split_at(I, part + 1, parts)
@@ -808,15 +791,6 @@ cdef int _bind_grad_buffers(GradBuffers* gb, int kind, Py_ssize_t rows, Py_ssize
     gb.rows, gb.x, gb.w_ih, gb.g = rows, &x[0, 0], &w_ih[0, 0], &gates[0, 0]
     gb.dw_ih, gb.dw_hh = &dw_ih[0, 0], &dw_hh[0, 0]
     return 0
-
-
-cdef void _add_parts(Py_ssize_t n, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t parts,
-                     const floating* tmp, floating* out) noexcept nogil:
-    """out[lo:hi] += tmp[0][lo:hi] + ... + tmp[parts - 2][lo:hi], in that order."""
-    cdef Py_ssize_t q, i
-    for q in range(parts - 1):
-        for i in range(lo, hi):
-            out[i] += tmp[q * n + i]
 
 
 def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
@@ -887,10 +861,10 @@ cdef int _run_weight_grads(const LoopShape* sh, Py_ssize_t I, GradBuffers* gb, i
             _weight_grads_part(sh, I, gb, p, parts, <floating>0)
         if tmp_hh != NULL:
             fr_omp_barrier()
-            _add_parts(GH * H, _split_at(GH * H, tid, nth), _split_at(GH * H, tid + 1, nth),
-                       parts, tmp_hh, dw_hh)
-            _add_parts(GH * I, _split_at(GH * I, tid, nth), _split_at(GH * I, tid + 1, nth),
-                       parts, <floating*>gb.tmp_ih, dw_ih)
+            add_parts(GH * H, _split_at(GH * H, tid, nth), _split_at(GH * H, tid + 1, nth),
+                      parts - 1, tmp_hh, dw_hh)
+            add_parts(GH * I, _split_at(GH * I, tid, nth), _split_at(GH * I, tid + 1, nth),
+                      parts - 1, <floating*>gb.tmp_ih, dw_ih)
     return 0
 
 
