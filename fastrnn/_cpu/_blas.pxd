@@ -23,6 +23,8 @@ cdef extern from "gemm.h" nogil:
                   Py_ssize_t ldc, const double* bias)
     void fr_set_blas_gemm(int forced)
     int fr_own_gemm()
+    enum:
+        GEMM_KC "FR_GEMM_KC"   # rows of k summed per block: fr_gemm adds the blocks to C in order
 
 cdef enum:
     # Below these sizes BLAS runs the product: packing B into panels (k * n copies) would

@@ -56,7 +56,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from ._blas cimport fr_set_blas_gemm, gemm, gemm_bias
+from ._blas cimport GEMM_KC, fr_set_blas_gemm, gemm, gemm_bias
 from ._cells cimport (K_GRU, K_LSTM, K_RNN_IDENTITY, K_RNN_RELU, K_RNN_TANH, cell_backward_row,
                       cell_forward_row, gate_count)
 from ._checks cimport _blas_int, _check_len, _check_shape, _row_stride
@@ -658,6 +658,31 @@ ctypedef struct GradBuffers:
     void* tmp_hh               # K split: (parts - 1) partial dW_hh, else NULL
 
 
+cdef void _bias_sums(int kind, Py_ssize_t H, Py_ssize_t GH, Py_ssize_t x_cols, Py_ssize_t r0,
+                     Py_ssize_t r1, Py_ssize_t part, Py_ssize_t parts, const floating* g,
+                     const floating* hn, floating* db_ih, floating* db_hh) noexcept nogil:
+    """db_hh, db_ih (NULL: skipped) += the column sums of dG over rows [r0, r1), this part's
+    columns. The same columns serve both but the GRU's n gate, whose x side is in hn; where
+    they are the same, one pass over them serves both."""
+    cdef Py_ssize_t lo = _split_at(GH, part, parts), hi = _split_at(GH, part + 1, parts)
+    g = g + _row_at(r0, GH)
+    if hn != NULL:
+        hn = hn + _row_at(r0, H)
+    if db_hh != NULL and db_ih != NULL and x_cols == GH:
+        if hi > lo:
+            add_column_sums(r1 - r0, lo, hi, g, GH, db_hh, db_ih)
+        return
+    if db_hh != NULL and hi > lo:
+        add_column_sums(r1 - r0, lo, hi, g, GH, db_hh, NULL)
+    lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
+    if db_ih != NULL and hi > lo:
+        add_column_sums(r1 - r0, lo, hi, g, GH, db_ih, NULL)
+    if kind == K_GRU and db_ih != NULL:
+        lo, hi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
+        if hi > lo:
+            add_column_sums(r1 - r0, lo, hi, hn, H, db_ih + 2 * H, NULL)
+
+
 cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffers* gb,
                              Py_ssize_t part, Py_ssize_t parts, floating zero) noexcept nogil:
     """Part ``part`` of ``parts`` of weight_grads.
@@ -682,7 +707,7 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
     cdef floating* dx = <floating*>gb.dx
     cdef floating* tmp_ih = <floating*>gb.tmp_ih
     cdef floating* tmp_hh = <floating*>gb.tmp_hh
-    cdef Py_ssize_t TB = gb.rows, lo, hi, k0, k1
+    cdef Py_ssize_t TB = gb.rows, lo, hi, k0, k1, r0, r1
     cdef Py_ssize_t x_cols = 2 * H if kind == K_GRU else GH   # gate columns shared by both sides
     cdef const floating* y_prev = <const floating*>gb.y_paired
     cdef const floating* g_with_prev = <const floating*>gb.g_paired
@@ -706,41 +731,41 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
         if kind == K_GRU:
             gemm(True, False, H, I, k1 - k0, <floating>1, hn + _row_at(k0, H), H,
                  x + _row_at(k0, I), I, beta, c_ih + 2 * H * I, I)
+        _bias_sums(kind, H, GH, x_cols, 0, TB, part, parts, g, hn, db_ih, db_hh)
     else:
-        # dW_hh[lo:hi] += dGh[:, lo:hi]^T h_prev.
-        lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
-        if hi > lo:
-            gemm(True, False, hi - lo, H, paired_rows, <floating>1, g_with_prev + lo, GH,
-                 y_prev, ldy, <floating>1, dw_hh + lo * H, H)
-            if first_rows > 0:
-                gemm(True, False, hi - lo, H, first_rows, <floating>1, dgh_first + lo, GH, h0,
-                     H, <floating>1, dw_hh + lo * H, H)
-        # Input side: the same dGh columns, except the GRU's n gate, whose gradient is in hn.
-        lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
-        if hi > lo:
-            gemm(True, False, hi - lo, I, TB, <floating>1, g + lo, GH, x, I,
-                 <floating>1, dw_ih + lo * I, I)
-        if kind == K_GRU:
-            lo, hi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
+        # This part's gate columns of dW (and db) over all rows, in blocks of GEMM_KC rows:
+        # the block of dG that the dW_hh product reads is still in L2 for the dW_ih product
+        # and the bias sums (one pass over dG from memory instead of three). The own GEMM
+        # adds its K blocks of GEMM_KC rows to C in order anyway, so its results are those
+        # of one call over all rows (BLAS, which blocks K its own way, may round otherwise).
+        r0 = 0
+        while r0 < TB:
+            r1 = min(r0 + <Py_ssize_t>GEMM_KC, TB)
+            # dW_hh[lo:hi] += dGh[:, lo:hi]^T h_prev over the paired rows of this block.
+            lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
+            if hi > lo and r0 < paired_rows:
+                gemm(True, False, hi - lo, H, min(r1, paired_rows) - r0, <floating>1,
+                     g_with_prev + _row_at(r0, GH) + lo, GH, y_prev + _row_at(r0, ldy), ldy,
+                     <floating>1, dw_hh + lo * H, H)
+            # Input side: the same dGh columns, except the GRU's n gate, whose gradient is
+            # in hn.
+            lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
             if hi > lo:
-                gemm(True, False, hi - lo, I, TB, <floating>1, hn + lo, H, x, I,
-                     <floating>1, dw_ih + (2 * H + lo) * I, I)
-    # Biases: column sums of the same gradients (the same columns for both but the GRU's n
-    # gate, so one pass over them serves both).
-    lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
-    if db_hh != NULL and db_ih != NULL and x_cols == GH:
-        if hi > lo:
-            add_column_sums(TB, lo, hi, g, GH, db_hh, db_ih)
-    else:
-        if db_hh != NULL and hi > lo:
-            add_column_sums(TB, lo, hi, g, GH, db_hh, NULL)
-        lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
-        if db_ih != NULL and hi > lo:
-            add_column_sums(TB, lo, hi, g, GH, db_ih, NULL)
-    if kind == K_GRU and db_ih != NULL:
-        lo, hi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
-        if hi > lo:
-            add_column_sums(TB, lo, hi, hn, H, db_ih + 2 * H, NULL)
+                gemm(True, False, hi - lo, I, r1 - r0, <floating>1, g + _row_at(r0, GH) + lo,
+                     GH, x + _row_at(r0, I), I, <floating>1, dw_ih + lo * I, I)
+            if kind == K_GRU:
+                lo, hi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
+                if hi > lo:
+                    gemm(True, False, hi - lo, I, r1 - r0, <floating>1,
+                         hn + _row_at(r0, H) + lo, H, x + _row_at(r0, I), I, <floating>1,
+                         dw_ih + (2 * H + lo) * I, I)
+            _bias_sums(kind, H, GH, x_cols, r0, r1, part, parts, g, hn, db_ih, db_hh)
+            r0 = r1
+        # Each sequence's first step pairs with h0.
+        lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
+        if hi > lo and first_rows > 0:
+            gemm(True, False, hi - lo, H, first_rows, <floating>1, dgh_first + lo, GH, h0,
+                 H, <floating>1, dw_hh + lo * H, H)
     # dx[:, lo:hi] += dG W_ih[:, lo:hi] for a few rows (see GEMM_COLUMN_SPLIT_ROWS).
     if dx != NULL and TB < GEMM_COLUMN_SPLIT_ROWS:
         lo, hi = _split_at(I, part, parts), _split_at(I, part + 1, parts)
