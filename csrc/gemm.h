@@ -12,7 +12,9 @@
  * Blocking: K in blocks of FR_GEMM_KC (each packed panel, KC x NR, stays in L1), columns in
  * blocks of FR_GEMM_NC (the packed block of B, KC x NC, in L2/L3), rows in blocks of
  * FR_GEMM_MC (the block of A, MC x KC, in L2, read in place: packing a transposed A into
- * tiles was measured slower, its copy reading the same strided lines as the tiles do).
+ * tiles was measured slower, its copy reading the same strided lines as the tiles do;
+ * only a transposed A whose rows alias in the caches is copied, as it is, with a padded
+ * stride: see gemm_impl.h).
  * Every C element is the sum over k of the K blocks in order, each block summed by the
  * micro-kernel in order: a fixed order whatever the caller's split into parts.
  */

@@ -32,8 +32,25 @@ static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL
     const int panels_max = (nc_max + nr - 1) / nr;
     REAL *bp = (REAL *)aligned_alloc(64, ((size_t)panels_max * kc_max * nr * sizeof(REAL) + 63)
                                              / 64 * 64);
-    if (bp == NULL)
+    /* A transposed A whose rows are a multiple of 4 KiB apart (a (T*B, 4H) gate gradient
+     * with H a multiple of 256 floats) puts every k of a tile in the same L1 set, and its
+     * block overflows the L2 sets it maps to: the tiles then run about 10 % slower (413
+     * against 455 GFLOP/s on 2 threads, (512 x 2048)^T x (2048 x 256) per thread, dG just
+     * evicted). Such blocks are copied, row by row, into ap with a padded stride first; the
+     * tiles read the same values in the same order, so the results do not change. */
+    const ptrdiff_t lap = FR_GEMM_MC + 64 / (ptrdiff_t)sizeof(REAL);
+    REAL *ap = NULL;
+    if (trans_a && (lda * (ptrdiff_t)sizeof(REAL)) % 4096 == 0) {
+        ap = (REAL *)aligned_alloc(64, (size_t)kc_max * lap * sizeof(REAL));
+        if (ap == NULL) {
+            free(bp);
+            return 1;
+        }
+    }
+    if (bp == NULL) {
+        free(ap);
         return 1;
+    }
     /* Block starts are ptrdiff_t: start + block size may pass INT_MAX at the last block. */
     for (ptrdiff_t j0 = 0; j0 < n; j0 += FR_GEMM_NC) {
         int nc = n - j0 < FR_GEMM_NC ? (int)(n - j0) : FR_GEMM_NC;
@@ -48,7 +65,12 @@ static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL
             for (ptrdiff_t i0 = 0; i0 < m; i0 += FR_GEMM_MC) {
                 int mc = m - i0 < FR_GEMM_MC ? (int)(m - i0) : FR_GEMM_MC;
                 REAL *cblock = c + i0 * ldc + j0;
-                if (trans_a)   /* op(A)[i, k] = a[k * lda + i] */
+                if (trans_a && ap != NULL) {   /* copied: see ap above */
+                    for (int r = 0; r < kc; r++)
+                        memcpy(ap + r * lap, a + (k0 + r) * lda + i0, (size_t)mc * sizeof(REAL));
+                    FN(fr_gemm_packed_at)(nr, mc, nc, kc, 0, panels, ap, lap, bp, cblock, ldc,
+                                          accumulate);
+                } else if (trans_a)   /* op(A)[i, k] = a[k * lda + i] */
                     FN(fr_gemm_packed_at)(nr, mc, nc, kc, 0, panels,
                                           a + k0 * lda + i0, lda, bp, cblock, ldc,
                                           accumulate);
@@ -63,6 +85,7 @@ static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL
         }
     }
     free(bp);
+    free(ap);
     return 0;
 }
 

@@ -93,3 +93,24 @@ def test_bias_is_refused_where_it_does_not_apply(rng):
     with pytest.raises(ValueError, match="bias goes with"):
         matmul(a.T.copy(), b, trans_a=True, bias=np.zeros(20, np.float32))
     np.testing.assert_allclose(matmul(a, b, bias=np.ones(20, np.float32)), a @ b + 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [0, 1])
+def test_transposed_a_with_rows_4_kib_apart_gives_the_bits_of_any_other_stride(dtype, beta, rng):
+    """A transposed a whose rows are a multiple of 4 KiB apart (a (T*B, 4H) gate gradient
+    with H = 256 in float32) is copied block by block into a padded buffer before the tiles
+    read it (csrc/gemm_impl.h): the same values in the same order, so the same bits as with
+    rows 16 elements further apart, which it reads in place. 3 threads leave partial row
+    blocks; k = 300 a partial k block."""
+    m, n, k = 4096 // np.dtype(dtype).itemsize, 70, 300
+    wide = rng.normal(size=(k, m + 16)).astype(dtype)
+    aliased = np.ascontiguousarray(wide[:, :m])   # rows exactly 4 KiB apart: copied
+    b = rng.normal(size=(k, n)).astype(dtype)
+    c0 = rng.normal(size=(m + 16, n)).astype(dtype)
+    copied = _run(True, False, aliased, b, c0[:m], beta, 3, blas=False)
+    in_place = _run(True, False, wide, b, c0, beta, 3, blas=False)
+    np.testing.assert_array_equal(copied, in_place[:m])
+    want = aliased.T.astype(np.float64) @ b.astype(np.float64) + beta * c0[:m]
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(copied, want, rtol=0, atol=tol * np.sqrt(k))
