@@ -137,7 +137,10 @@ def new_weight_grads(ws, xp=None):
     """Zeroed gradient arrays for the weights (and biases) of a forward's workspace, in its
     array module (``xp`` overrides it)."""
     xp = ws.ops.xp if xp is None else xp
-    grads = {"weight_ih": xp.zeros_like(ws.w_ih), "weight_hh": xp.zeros_like(ws.w_hh)}
+    # zeros, not zeros_like: NumPy's zeros_like writes every element, zeros takes pages the
+    # operating system has already zeroed where it can (calloc).
+    grads = {"weight_ih": xp.zeros(ws.w_ih.shape, ws.w_ih.dtype),
+             "weight_hh": xp.zeros(ws.w_hh.shape, ws.w_hh.dtype)}
     if ws.has_bias:
         GH = ws.w_hh.shape[0]
         grads["bias_ih"] = xp.zeros(GH, ws.w_hh.dtype)
