@@ -3,6 +3,7 @@ gradients in float64, and error paths."""
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn.layers.dropout import Dropout
 from fastrnn.layers.embedding import Embedding, scatter_add_rows
 from fastrnn.layers.linear import Linear
@@ -57,15 +58,24 @@ def test_embedding_backward_sums_repeated_ids_and_accumulates():
     assert not emb.grads["weight"].any()
 
 
-def test_scatter_add_rows_matches_add_at_on_large_random_input():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_scatter_add_rows_gives_add_ats_bits_on_any_thread_count(dtype, threads):
+    """Rows sharing an id are added in order, as np.add.at does, whatever the threads (each
+    owns a range of the table's rows); Zipf-like ids repeat the first rows many times."""
     rng = np.random.default_rng(3)
-    ids = rng.integers(0, 50, 2048)
-    rows = rng.standard_normal((2048, 16))
-    expected = np.zeros((50, 16))
-    np.add.at(expected, ids, rows)
-    target = np.zeros((50, 16))
-    scatter_add_rows(target, ids, rows)
-    np.testing.assert_allclose(target, expected, rtol=1e-12, atol=1e-12)
+    for ids in (rng.integers(0, 50, 2048), np.minimum(rng.zipf(1.3, 2048) - 1, 49)):
+        rows = rng.standard_normal((2048, 37)).astype(dtype)
+        start = rng.standard_normal((50, 37)).astype(dtype)
+        expected = start.copy()
+        np.add.at(expected, ids, rows)
+        target = start.copy()
+        fastrnn.set_num_threads(threads)
+        try:
+            scatter_add_rows(target, ids, rows)
+        finally:
+            fastrnn.set_num_threads(None)
+        np.testing.assert_array_equal(target, expected)
 
 
 def test_scatter_add_rows_with_no_ids_is_a_no_op():

@@ -103,22 +103,14 @@ cdef int _check_lengths(const int64_t[::1] lengths, Py_ssize_t T, Py_ssize_t B) 
     return 0
 
 
-cdef int _check_row_index(str name, str verb, const int64_t[::1] index, Py_ssize_t rows,
-                          bint distinct) except -1:
-    """Every value of ``index`` (row numbers into an array of ``rows`` rows) is in [0, rows),
-    and, with ``distinct``, none repeats (each row written by one thread only)."""
+cdef int _check_row_index(str name, str verb, const int64_t[::1] index,
+                          Py_ssize_t rows) except -1:
+    """Every value of ``index`` (row numbers into an array of ``rows`` rows) is in [0, rows)."""
     cdef Py_ssize_t r, i
-    cdef unsigned char[::1] seen
-    if distinct:
-        seen = np.zeros(rows, dtype=np.uint8)
     for r in range(index.shape[0]):
         i = index[r]
         if i < 0 or i >= rows:
             raise ValueError(f"{name} must {verb} in [0, {rows}), got {i} at {r}")
-        if distinct:
-            if seen[i]:
-                raise ValueError(f"{name} must not repeat a row, got {i} twice")
-            seen[i] = 1
     return 0
 
 
@@ -1028,7 +1020,7 @@ cdef object _packed_shape(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         raise ValueError(f"counts[0] must be B={B} (every sequence has a first step), got "
                          f"{counts[0]}")
     _check_len("src", src.shape[0], N)
-    _check_row_index("src", "hold time-space rows", src, TB, False)
+    _check_row_index("src", "hold time-space rows", src, TB)
     starts = np.empty(steps, dtype=np.int64)
     starts_view = starts
     N = 0
@@ -1279,7 +1271,7 @@ def gather_rows(const floating[:, :] src not None, const int64_t[::1] index not 
     _check_shape("out", out.shape[0], out.shape[1], n, F)
     if np.may_share_memory(np.asarray(src), np.asarray(out)):
         raise ValueError("out must not share memory with src")
-    _check_row_index("index", "be", index, rows, False)
+    _check_row_index("index", "be", index, rows)
     if n == 0 or F == 0:
         return
     cdef const floating* s = &src[0, 0]
@@ -1291,22 +1283,30 @@ def gather_rows(const floating[:, :] src not None, const int64_t[::1] index not 
 
 def scatter_add_rows(floating[:, ::1] dst not None, const int64_t[::1] index not None,
                      const floating[:, ::1] rows not None, int num_threads=1):
-    """dst[index[r]] += rows[r] for every row r of rows: a packed batch's dx added back into
-    time space, split among the threads. index (n,) must hold distinct values in [0, dst
-    rows) (a repeated row would be written by two threads at once); dst (m, F), rows (n, F)."""
-    cdef Py_ssize_t n = index.shape[0], m = dst.shape[0], F = dst.shape[1], r, j
-    cdef int nt = fr_team_threads(num_threads)
+    """dst[index[r]] += rows[r] for r = 0, 1, ..., n - 1 in turn: a packed batch's dx added
+    back into time space, an embedding's gradient into its table. A repeated index gets its
+    rows added in that order. Each thread owns a range of dst's rows and adds the rows that
+    go there (whole rows: splitting the columns instead was slower than one thread), so
+    the results do not depend on the thread count.
+
+    index (n,) values in [0, m); dst (m, F), rows (n, F)."""
+    cdef Py_ssize_t n = index.shape[0], m = dst.shape[0], F = dst.shape[1], r, i, j, lo, hi
+    cdef int nt = fr_team_threads(num_threads), tid, nth
     cdef floating* d
     cdef const floating* a
     _check_shape("rows", rows.shape[0], rows.shape[1], n, F)
     if np.may_share_memory(np.asarray(dst), np.asarray(rows)):
         raise ValueError("rows must not share memory with dst")
-    _check_row_index("index", "be", index, m, True)
+    _check_row_index("index", "be", index, m)
     if n == 0 or F == 0:
         return
-    with nogil:
-        for r in prange(n, num_threads=nt, schedule="static"):
-            d = &dst[index[r], 0]
-            a = &rows[r, 0]
-            for j in range(F):
-                d[j] = d[j] + a[j]
+    with nogil, parallel(num_threads=nt):
+        tid, nth = threadid(), fr_omp_team_size()
+        lo, hi = _share(m, tid, nth), _share(m, tid + 1, nth)
+        for r in range(n):
+            i = index[r]
+            if lo <= i < hi:
+                d = &dst[i, 0]
+                a = &rows[r, 0]
+                for j in range(F):
+                    d[j] = d[j] + a[j]

@@ -84,7 +84,8 @@ class CpuOps:
 
     @staticmethod
     def scatter_add_rows(dst, index, rows):
-        """dst[index[r]] += rows[r] (index distinct), on fastrnn's threads."""
+        """dst[index[r]] += rows[r], r in order (a repeated index sums its rows in that
+        order), on fastrnn's threads."""
         _kernels.scatter_add_rows(dst, index, rows, threads.get_num_threads())
 
     def __repr__(self):

@@ -21,7 +21,7 @@ sequences with lengths packed (:mod:`.packing`), so that their cost follows the 
     ops.backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc)
     ops.weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx)
     ops.gather_rows(src, index, out)          out[r] = src[index[r]]
-    ops.scatter_add_rows(dst, index, rows)    dst[index[r]] += rows[r], index distinct
+    ops.scatter_add_rows(dst, index, rows)    dst[index[r]] += rows[r], r in order
 
 with the states in the packing's sorted order and gates/hn/chist in its packed rows.
 ``lengths`` is always a validated host (NumPy) int64 array or None; ``y``/``dy`` are
