@@ -1257,6 +1257,18 @@ def weight_grads_packed(int kind, const floating[:, ::1] x not None,
     _run_weight_grads(&sh, I, &gb, num_threads, &dw_hh[0, 0], &dw_ih[0, 0])
 
 
+cdef int _check_row_move(str packed_name, packed, Py_ssize_t n, Py_ssize_t F, str table_name,
+                         table, const int64_t[::1] index, Py_ssize_t table_rows) except -1:
+    """The operands of gather_rows and scatter_add_rows: ``packed`` (n, F) holds one row per
+    index, ``index`` row numbers of ``table`` (table_rows rows); packed and table share no
+    memory (one is read while the other is written)."""
+    _check_shape(packed_name, packed.shape[0], packed.shape[1], n, F)
+    if np.may_share_memory(np.asarray(packed), np.asarray(table)):
+        raise ValueError(f"{packed_name} must not share memory with {table_name}")
+    _check_row_index("index", "be", index, table_rows)
+    return 0
+
+
 def gather_rows(const floating[:, :] src not None, const int64_t[::1] index not None,
                 floating[:, ::1] out not None, int num_threads=1):
     """out[r] = src[index[r]] for every row r of out: a packed batch's rows gathered from time
@@ -1268,10 +1280,7 @@ def gather_rows(const floating[:, :] src not None, const int64_t[::1] index not 
     cdef Py_ssize_t ld = _row_stride("src", src.strides[0], src.strides[1], sizeof(floating),
                                      rows, F)
     cdef int nt = fr_team_threads(num_threads)
-    _check_shape("out", out.shape[0], out.shape[1], n, F)
-    if np.may_share_memory(np.asarray(src), np.asarray(out)):
-        raise ValueError("out must not share memory with src")
-    _check_row_index("index", "be", index, rows)
+    _check_row_move("out", out, n, F, "src", src, index, rows)
     if n == 0 or F == 0:
         return
     cdef const floating* s = &src[0, 0]
@@ -1294,10 +1303,7 @@ def scatter_add_rows(floating[:, ::1] dst not None, const int64_t[::1] index not
     cdef int nt = fr_team_threads(num_threads), tid, nth
     cdef floating* d
     cdef const floating* a
-    _check_shape("rows", rows.shape[0], rows.shape[1], n, F)
-    if np.may_share_memory(np.asarray(dst), np.asarray(rows)):
-        raise ValueError("rows must not share memory with dst")
-    _check_row_index("index", "be", index, m)
+    _check_row_move("rows", rows, n, F, "dst", dst, index, m)
     if n == 0 or F == 0:
         return
     with nogil, parallel(num_threads=nt):
