@@ -368,4 +368,13 @@ def test_row_gather_and_scatter_add_refuse_bad_indices_and_buffers():
         _kernels.scatter_add_rows(dst, np.array([0, 1], np.int64), np.ones((3, 3)))
     with pytest.raises(ValueError, match="rows must not share memory with dst"):
         _kernels.scatter_add_rows(dst, np.array([0, 1], np.int64), dst[2:4])
+    # An index living in the array written: the first write would change the rows still to
+    # come, after their range was checked.
+    table = np.zeros((4, 2))
+    index = table[3].view(np.int64)   # two int64 row numbers in the table's last row
+    index[:] = [0, 1]
+    with pytest.raises(ValueError, match="index must not share memory with dst"):
+        _kernels.scatter_add_rows(table, index, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="index must not share memory with out"):
+        _kernels.gather_rows(np.zeros((4, 2)), index, table[2:])
     np.testing.assert_array_equal(dst, 0)   # nothing written by a refused call

@@ -1260,11 +1260,15 @@ def weight_grads_packed(int kind, const floating[:, ::1] x not None,
 cdef int _check_row_move(str packed_name, packed, Py_ssize_t n, Py_ssize_t F, str table_name,
                          table, const int64_t[::1] index, Py_ssize_t table_rows) except -1:
     """The operands of gather_rows and scatter_add_rows: ``packed`` (n, F) holds one row per
-    index, ``index`` row numbers of ``table`` (table_rows rows); packed and table share no
-    memory (one is read while the other is written)."""
+    index, ``index`` row numbers of ``table`` (table_rows rows). No two of them share memory:
+    one of packed and table is written while the other is read, and a write into the index
+    would move later rows out of the range checked here."""
     _check_shape(packed_name, packed.shape[0], packed.shape[1], n, F)
     if np.may_share_memory(np.asarray(packed), np.asarray(table)):
         raise ValueError(f"{packed_name} must not share memory with {table_name}")
+    for name, a in ((packed_name, packed), (table_name, table)):
+        if np.may_share_memory(np.asarray(index), np.asarray(a)):
+            raise ValueError(f"index must not share memory with {name}")
     _check_row_index("index", "be", index, table_rows)
     return 0
 
