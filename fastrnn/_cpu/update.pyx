@@ -14,6 +14,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from ._openmp cimport fr_team_threads, join_fork_guard
+from ._parts cimport _share
 
 cdef extern from "update.h" nogil:
     void fr_adam_update_f(Py_ssize_t i0, Py_ssize_t i1, float* param, const float* grad,
@@ -59,10 +60,10 @@ def adam_update(floating[::1] param not None, const floating[::1] grad not None,
         return
     nt = fr_team_threads(min(num_threads, max(1, n // MIN_PER_THREAD)))
     with nogil:
-        # Thread t takes elements [t n / nt, (t + 1) n / nt): csrc/update.h's loop.
+        # Thread t takes its _share of the elements: csrc/update.h's loop.
         for t in prange(nt, num_threads=nt, schedule="static"):
-            i0 = t * n // nt
-            i1 = (t + 1) * n // nt
+            i0 = _share(n, t, nt)
+            i1 = _share(n, t + 1, nt)
             if floating is float:
                 fr_adam_update_f(i0, i1, &param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0],
                                  beta1, one_minus_beta1, beta2, one_minus_beta2,
