@@ -699,7 +699,7 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
     cdef floating* dx = <floating*>gb.dx
     cdef floating* tmp_ih = <floating*>gb.tmp_ih
     cdef floating* tmp_hh = <floating*>gb.tmp_hh
-    cdef Py_ssize_t TB = gb.rows, lo, hi, k0, k1, r0, r1
+    cdef Py_ssize_t TB = gb.rows, lo, hi, k0, k1, r0, r1, xlo, xhi, nlo, nhi
     cdef Py_ssize_t x_cols = 2 * H if kind == K_GRU else GH   # gate columns shared by both sides
     cdef const floating* y_prev = <const floating*>gb.y_paired
     cdef const floating* g_with_prev = <const floating*>gb.g_paired
@@ -730,31 +730,31 @@ cdef void _weight_grads_part(const LoopShape* sh, Py_ssize_t I, const GradBuffer
         # and the bias sums (one pass over dG from memory instead of three). The own GEMM
         # adds its K blocks of GEMM_KC rows to C in order anyway, so its results are those
         # of one call over all rows (BLAS, which blocks K its own way, may round otherwise).
+        # The part's columns: [lo, hi) of dW_hh's (all gates); [xlo, xhi) of dW_ih's that
+        # share dGh's columns (all but the GRU's n gate); [nlo, nhi) of the GRU's n gate,
+        # whose x-side gradient is in hn.
+        lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
+        xlo, xhi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
+        nlo, nhi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
         r0 = 0
         while r0 < TB:
             r1 = min(r0 + <Py_ssize_t>GEMM_KC, TB)
             # dW_hh[lo:hi] += dGh[:, lo:hi]^T h_prev over the paired rows of this block.
-            lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
             if hi > lo and r0 < paired_rows:
                 gemm(True, False, hi - lo, H, min(r1, paired_rows) - r0, <floating>1,
                      g_with_prev + _row_at(r0, GH) + lo, GH, y_prev + _row_at(r0, ldy), ldy,
                      <floating>1, dw_hh + lo * H, H)
-            # Input side: the same dGh columns, except the GRU's n gate, whose gradient is
-            # in hn.
-            lo, hi = _split_at(x_cols, part, parts), _split_at(x_cols, part + 1, parts)
-            if hi > lo:
-                gemm(True, False, hi - lo, I, r1 - r0, <floating>1, g + _row_at(r0, GH) + lo,
-                     GH, x + _row_at(r0, I), I, <floating>1, dw_ih + lo * I, I)
-            if kind == K_GRU:
-                lo, hi = _split_at(H, part, parts), _split_at(H, part + 1, parts)
-                if hi > lo:
-                    gemm(True, False, hi - lo, I, r1 - r0, <floating>1,
-                         hn + _row_at(r0, H) + lo, H, x + _row_at(r0, I), I, <floating>1,
-                         dw_ih + (2 * H + lo) * I, I)
+            if xhi > xlo:
+                gemm(True, False, xhi - xlo, I, r1 - r0, <floating>1,
+                     g + _row_at(r0, GH) + xlo, GH, x + _row_at(r0, I), I, <floating>1,
+                     dw_ih + xlo * I, I)
+            if kind == K_GRU and nhi > nlo:
+                gemm(True, False, nhi - nlo, I, r1 - r0, <floating>1,
+                     hn + _row_at(r0, H) + nlo, H, x + _row_at(r0, I), I, <floating>1,
+                     dw_ih + (2 * H + nlo) * I, I)
             _bias_sums(kind, H, GH, x_cols, r0, r1, part, parts, g, hn, db_ih, db_hh)
             r0 = r1
         # Each sequence's first step pairs with h0.
-        lo, hi = _split_at(GH, part, parts), _split_at(GH, part + 1, parts)
         if hi > lo and first_rows > 0:
             gemm(True, False, hi - lo, H, first_rows, <floating>1, dgh_first + lo, GH, h0,
                  H, <floating>1, dw_hh + lo * H, H)
