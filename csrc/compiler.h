@@ -11,7 +11,8 @@
  * FR_WIDE marks the functions written for 512-bit vectors (the packed GEMM's AVX-512
  * micro-kernel, whose register blocking differs from the 256-bit one and so cannot be a
  * clone of it): FR_HAVE_WIDE says whether they are compiled at all, and FR_WIDE_RUNTIME
- * whether the CPU must be asked (fr_cpu_has_wide) before calling them.
+ * whether the CPU must be asked (fr_cpu_has_wide) before calling them. They may also use
+ * PREFETCHW (prfchw: every AVX-512 CPU has it), which __builtin_prefetch(p, 1) becomes.
  */
 #ifndef FASTRNN_COMPILER_H
 #define FASTRNN_COMPILER_H
@@ -19,7 +20,7 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(__AVX2__) && !defined(FASTRNN_NO_CLONES)
 #define FR_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define FR_WIDE __attribute__((target("arch=x86-64-v4")))
+#define FR_WIDE __attribute__((target("arch=x86-64-v4,prfchw")))
 #define FR_HAVE_WIDE 1
 #define FR_WIDE_RUNTIME 1
 #elif defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512BW__) \
@@ -36,14 +37,14 @@
 #endif
 
 #if FR_WIDE_RUNTIME
-/* True when the CPU runs x86-64-v4 code (AVX-512 F/BW/CD/DQ/VL), the set FR_WIDE targets:
- * asked once (the answer cannot change while the process runs). */
+/* True when the CPU runs x86-64-v4 code (AVX-512 F/BW/CD/DQ/VL) and PREFETCHW, the set
+ * FR_WIDE targets: asked once (the answer cannot change while the process runs). */
 static inline int fr_cpu_has_wide(void) {
     static int has = -1;   /* atomic: threads may ask at once (and get the same answer) */
     int known = __atomic_load_n(&has, __ATOMIC_RELAXED);
     if (known < 0) {
         __builtin_cpu_init();
-        known = __builtin_cpu_supports("x86-64-v4") ? 1 : 0;
+        known = __builtin_cpu_supports("x86-64-v4") && __builtin_cpu_supports("prfchw");
         __atomic_store_n(&has, known, __ATOMIC_RELAXED);
     }
     return known;
