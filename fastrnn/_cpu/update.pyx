@@ -29,10 +29,11 @@ cdef extern from "update.h" nogil:
 
 join_fork_guard()
 
-# Below this many elements per thread (4 MiB of float32), another thread costs more than it
-# saves: the loop is bound by memory bandwidth, and a parallel region costs a few microseconds
-# (far more when other processes keep the cores busy).
-cdef Py_ssize_t MIN_PER_THREAD = 1 << 20
+# Below this many elements per thread, another thread costs more than it saves (a parallel
+# region costs a few microseconds). Measured on float32 arrays that stay in cache between
+# steps, as a model's parameters do (2 threads against 1; benchmarks/adam_threads.py):
+# 16 Ki elements 0.75x, 64 Ki 1.3x, 256 Ki (the char model's W_hh) 1.8x, 1 Mi 2.6x.
+cdef Py_ssize_t MIN_PER_THREAD = 1 << 15
 
 
 def adam_update(floating[::1] param not None, const floating[::1] grad not None,
