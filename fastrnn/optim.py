@@ -27,6 +27,7 @@ import numpy as np
 from . import threads
 from ._cpu import update as _compiled
 from ._device import array_module_of, device_of, is_device_array, to_device
+from ._engine.cpu import zero_arrays
 from ._validation import _shares_memory, as_float_dtype
 
 
@@ -154,8 +155,7 @@ class Optimizer:
             self._update(param, self.grads[name], self.state[name], self._work[name])
 
     def zero_grad(self):
-        for grad in self.grads.values():
-            grad[...] = 0
+        zero_arrays(self.grads.values())
 
     def _new_state(self, param):
         raise NotImplementedError

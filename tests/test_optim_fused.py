@@ -113,3 +113,37 @@ def test_kernel_checks_its_arrays():
     readonly.flags.writeable = False
     with pytest.raises((ValueError, TypeError)):
         update(readonly, b, c, a, *scalars)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+def test_zero_fill_zeroes_every_element_of_every_thread_share(dtype, num_threads):
+    """n is not a multiple of the thread count and is large enough to be split
+    (MIN_PER_THREAD = 32 Ki): every share, including the last element, is zeroed, and
+    nothing past the array is touched."""
+    storage = np.full(100_003 + 1, np.nan, dtype)
+    a = storage[:-1]
+    optim._compiled.zero_fill(a, num_threads)
+    assert not np.any(a), "an element was left"
+    assert np.isnan(storage[-1]), "zero_fill wrote past the array"
+
+
+def test_zero_grad_zeroes_contiguous_strided_and_integer_arrays(monkeypatch):
+    """Layer and optimizer zero_grad (zero_arrays): the compiled fill for contiguous float
+    arrays, NumPy's for the rest; both leave every element zero."""
+    from fastrnn._engine.cpu import zero_arrays
+    from fastrnn.layers import Linear
+    monkeypatch.setattr(threads, "_num_threads", 2)
+    grads = {"w": np.full((400, 300), np.nan, np.float32),   # 120,000: split in two
+             "strided": np.full((50, 8), np.nan)[:, ::2]}
+    Adam({k: np.zeros_like(g) for k, g in grads.items()}, grads).zero_grad()
+    for name, g in grads.items():
+        assert not np.any(g), name
+    ints = np.ones(7, np.int64)
+    zero_arrays([ints])
+    assert not np.any(ints)
+    layer = Linear(300, 400)
+    for g in layer.grads.values():
+        g[...] = np.nan
+    layer.zero_grad()
+    assert all(not np.any(g) for g in layer.grads.values())

@@ -12,6 +12,7 @@ prange gave, on a 1 MiB float32 parameter).
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.string cimport memset
 
 from ._openmp cimport fr_team_threads, join_fork_guard
 from ._parts cimport _share
@@ -75,3 +76,21 @@ def adam_update(floating[::1] param not None, const floating[::1] grad not None,
                                  beta1, one_minus_beta1, beta2, one_minus_beta2,
                                  sqrt_bias_correction2, eps, step_size, l2, l2_decay,
                                  param_scale)
+
+
+def zero_fill(floating[::1] a not None, int num_threads=1):
+    """a[:] = 0 for a flat (n,) array, split among the threads as adam_update splits n
+    elements: each thread zeroes the part of a gradient it read in the last update (and that
+    the weight-gradient products, which split rows the same way, write next), so the lines
+    it writes are already in its core's cache. NumPy's fill, on one thread, waited on the
+    other core's copies: the char model's zero_grad 0.24 ms."""
+    cdef Py_ssize_t n = a.shape[0], t, i0, i1
+    cdef int nt
+    if n == 0:
+        return
+    nt = fr_team_threads(min(num_threads, max(1, n // MIN_PER_THREAD)))
+    with nogil:
+        for t in prange(nt, num_threads=nt, schedule="static"):
+            i0 = _share(n, t, nt)
+            i1 = _share(n, t + 1, nt)
+            memset(&a[i0], 0, (i1 - i0) * sizeof(floating))

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import threads
 from .._cpu import recurrent as _kernels
+from .._cpu import update as _update
 from .buffers import BufferCache
 
 # The kernels' internal buffers (saved activations, scratch), kept between calls: see
@@ -90,3 +91,16 @@ class CpuOps:
 
     def __repr__(self):
         return "CpuOps()"
+
+
+def zero_arrays(arrays):
+    """``a[...] = 0`` for each array of the iterable ``arrays`` (gradients, between steps).
+    C-contiguous float32/float64 NumPy arrays are zeroed on fastrnn's threads, each taking
+    the share of the elements it updated in the last optimizer step (update.zero_fill);
+    anything else (CuPy arrays, views with gaps) through its own module."""
+    for a in arrays:
+        if (type(a) is np.ndarray and a.flags.c_contiguous and a.flags.writeable
+                and a.dtype in (np.float32, np.float64)):
+            _update.zero_fill(a.reshape(-1), threads.get_num_threads())
+        else:
+            a[...] = 0

@@ -54,6 +54,7 @@ import weakref
 import numpy as np
 
 from .._device import get_array_module, normalize_device, to_device
+from .._engine.cpu import zero_arrays
 
 
 # Every layer alive, so that a forked child can replace their locks (below).
@@ -205,8 +206,7 @@ class Layer:
 
     def zero_grad(self):
         """Zero ``grads`` in place (pending forward records are kept; see the module doc)."""
-        for g in self.grads.values():
-            g[...] = 0
+        zero_arrays(self.grads.values())
 
     def train(self, mode=True):
         """Training mode (``mode=True``: dropout active, forwards recorded for backward) or
