@@ -188,7 +188,8 @@ def test_equals_the_padded_run_on_the_real_tokens(cell):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh"])
 def test_thread_count_does_not_change_the_bits(cell):
-    """Each thread owns every nth sorted sequence: 1 and 2 threads give identical bits (the
+    """Each thread takes a contiguous share of each step's active sequences, the shares
+    moving (with a barrier) where a sequence ends: 1 and 2 threads give identical bits (the
     GEMM parts stay 2); 3 threads agree to rounding (3 GEMM parts)."""
     rng = np.random.default_rng(10)
     Hs, Bs = 40, 17
