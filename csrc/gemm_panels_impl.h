@@ -90,13 +90,6 @@ FR_INLINE void PFN(fr_tile)(int mr, int K, const REAL *A, ptrdiff_t lda, ptrdiff
 /* Columns [p0 * NR, min(p1 * NR, N)) of C for all M rows (panel range [p0, p1)). The rows
  * are cut into ceil(M / MR) tiles of nearly equal height (16 rows: 6, 5, 5 narrow; 8, 8
  * wide), so that no tile is left with too few accumulators to hide the FMA latency. */
-/* Ask for the lines of C[i0:i1, p * NR : p * NR + nc) for writing (see fr_prefetch_block). */
-FR_INLINE void PFN(fr_prefetch_tile)(REAL *C, ptrdiff_t ldc, int i0, int i1, int p, int nc) {
-    for (int i = i0; i < i1; i++)
-        for (int j = 0; j < nc; j += 64 / (int)sizeof(REAL))
-            __builtin_prefetch(C + (ptrdiff_t)i * ldc + (ptrdiff_t)p * NR + j, 1);
-}
-
 FR_INLINE void PFN(fr_gemm_tiles)(int M, int N, int K, int p0, int p1, const REAL *A,
                                    ptrdiff_t lda, ptrdiff_t ska, const REAL *Bp, REAL *C,
                                    ptrdiff_t ldc, int accumulate, const REAL *bias) {
@@ -110,11 +103,6 @@ FR_INLINE void PFN(fr_gemm_tiles)(int M, int N, int K, int p0, int p1, const REA
             int mr = M / tiles + (t < M % tiles);
             const REAL *a = A + (ptrdiff_t)i * lda;   /* row i of the tile */
             REAL *c = C + (ptrdiff_t)i * ldc + (ptrdiff_t)p * NR;
-            if (t + 1 < tiles)   /* the next tile's lines of C, while this one computes */
-                PFN(fr_prefetch_tile)(C, ldc, i + mr, i + mr + M / tiles + (t + 1 < M % tiles), p, nc);
-            else if (p + 1 < p1)
-                PFN(fr_prefetch_tile)(C, ldc, 0, M / tiles + (0 < M % tiles), p + 1,
-                                      N - (p + 1) * NR < NR ? N - (p + 1) * NR : NR);
             switch (mr) {   /* constant mr: acc stays in registers */
 #if MR >= 8
                 case 8: PFN(fr_tile)(8, K, a, lda, ska, panel, c, ldc, nc, accumulate, pbias); break;
