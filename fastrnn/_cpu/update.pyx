@@ -37,6 +37,13 @@ join_fork_guard()
 cdef Py_ssize_t MIN_PER_THREAD = 1 << 15
 
 
+cdef int _element_threads(Py_ssize_t n, int num_threads) noexcept nogil:
+    """Threads for a pass over n elements: at most num_threads, each with at least
+    MIN_PER_THREAD of them (at least one thread). Every pass over a gradient asks this, so
+    that each thread's _share of it is the same in all of them."""
+    return fr_team_threads(min(num_threads, max(1, n // MIN_PER_THREAD)))
+
+
 def adam_update(floating[::1] param not None, const floating[::1] grad not None,
                 floating[::1] exp_avg not None, floating[::1] exp_avg_sq not None,
                 floating beta1, floating one_minus_beta1, floating beta2,
@@ -60,7 +67,7 @@ def adam_update(floating[::1] param not None, const floating[::1] grad not None,
                          f"{grad.shape[0]}, {exp_avg.shape[0]} and {exp_avg_sq.shape[0]}")
     if n == 0:
         return
-    nt = fr_team_threads(min(num_threads, max(1, n // MIN_PER_THREAD)))
+    nt = _element_threads(n, num_threads)
     with nogil:
         # Thread t takes its _share of the elements: csrc/update.h's loop.
         for t in prange(nt, num_threads=nt, schedule="static"):
@@ -84,13 +91,9 @@ def zero_fill(floating[::1] a not None, int num_threads=1):
     the weight-gradient products, which split rows the same way, write next), so the lines
     it writes are already in its core's cache. NumPy's fill, on one thread, waited on the
     other core's copies: the char model's zero_grad 0.24 ms."""
-    cdef Py_ssize_t n = a.shape[0], t, i0, i1
-    cdef int nt
-    if n == 0:
-        return
-    nt = fr_team_threads(min(num_threads, max(1, n // MIN_PER_THREAD)))
+    cdef Py_ssize_t n = a.shape[0], t, i0
+    cdef int nt = _element_threads(n, num_threads)
     with nogil:
         for t in prange(nt, num_threads=nt, schedule="static"):
-            i0 = _share(n, t, nt)
-            i1 = _share(n, t + 1, nt)
-            memset(&a[i0], 0, (i1 - i0) * sizeof(floating))
+            i0 = _share(n, t, nt)   # (n = 0: one thread, zero bytes)
+            memset(&a[i0], 0, (_share(n, t + 1, nt) - i0) * sizeof(floating))
