@@ -146,55 +146,68 @@ static inline void fr_matvec_rows_best_f(int r0, int r1, int K, const float *W, 
 
 /* fr_matvec_cols_acc_f's AVX-512 twin (the backward product dGh W_hh of the small-batch
  * path): the same multiply-adds in the same order (each element of y gets k's terms one FMA
- * at a time, k ascending), with y's vector loaded and stored once per four k; columns past
- * the last whole vector through masks. Measured at B=1, H=512, T=100 (LSTM, 2 threads,
- * interleaved runs): the backward loop took 3.0 ms against the generic code's 3.5. */
+ * at a time, k ascending, from its value on entry). One vector of 16 columns at a time, for
+ * NB rows of y at once, each kept in a register across all k and stored once: W's rows are
+ * read once per vector of columns. (Storing y every four k, as the generic code does, made
+ * the next loads of W wait on the store whenever their addresses matched in the low 12 bits,
+ * 4K aliasing, which depends on where dh and W_hh happen to lie: whole backward loops ran
+ * 5-10x slower in some processes, at B = 2-8, H = 128-512.) */
 #if FR_HAVE_WIDE
+/* Columns [j, j + 16 JV) of NB rows of y (the last vector masked by m), over all k. */
+FR_WIDE static inline __attribute__((always_inline)) void fr_cols_block_wide_f(
+        const int NB, const int JV, int j, __mmask16 m, int K, const float *W, ptrdiff_t ldw,
+        const float *const *d, float *const *y) {
+    __m512 acc[8][8];
+    for (int b = 0; b < NB; b++)
+        for (int v = 0; v < JV; v++)
+            acc[b][v] = _mm512_maskz_loadu_ps(v == JV - 1 ? m : (__mmask16)0xFFFF,
+                                              y[b] + j + 16 * v);
+    const float *w = W + j;
+    for (int k = 0; k < K; k++, w += ldw) {
+        __m512 wk[8];
+        for (int v = 0; v < JV; v++)
+            wk[v] = _mm512_maskz_loadu_ps(v == JV - 1 ? m : (__mmask16)0xFFFF, w + 16 * v);
+        for (int b = 0; b < NB; b++) {
+            const __m512 a = _mm512_set1_ps(d[b][k]);
+            for (int v = 0; v < JV; v++)
+                acc[b][v] = _mm512_fmadd_ps(a, wk[v], acc[b][v]);
+        }
+    }
+    for (int b = 0; b < NB; b++)
+        for (int v = 0; v < JV; v++)
+            _mm512_mask_storeu_ps(y[b] + j + 16 * v, v == JV - 1 ? m : (__mmask16)0xFFFF,
+                                  acc[b][v]);
+}
+
+/* All columns [j0, j1) of NB rows: blocks of JV vectors (NB * JV accumulators fit the
+ * registers), then the rest a vector at a time, the last one masked. */
+FR_WIDE static inline __attribute__((always_inline)) void fr_cols_rows_wide_f(
+        const int NB, const int JV, int j0, int j1, int K, const float *W, ptrdiff_t ldw,
+        const float *const *d, float *const *y) {
+    int j = j0;
+    for (; j + 16 * JV <= j1; j += 16 * JV)
+        fr_cols_block_wide_f(NB, JV, j, (__mmask16)0xFFFF, K, W, ldw, d, y);
+    for (; j < j1; j += 16)
+        fr_cols_block_wide_f(NB, 1, j, j1 - j >= 16 ? (__mmask16)0xFFFF
+                                                    : (__mmask16)((1u << (j1 - j)) - 1u),
+                             K, W, ldw, d, y);
+}
+
 FR_WIDE static void fr_matvec_cols_acc_wide_f(int j0, int j1, int K, const float *W,
                                               ptrdiff_t ldw, int nb, const float *const *d,
                                               float *const *y) {
-    const int n = j1 - j0;
-    const __mmask16 tail = (__mmask16)((1u << (n % 16)) - 1u);
-    int k = 0;
-    for (; k + 4 <= K; k += 4) {
-        const float *w0 = W + (ptrdiff_t)k * ldw + j0, *w1 = w0 + ldw, *w2 = w1 + ldw,
-                    *w3 = w2 + ldw;
-        for (int b = 0; b < nb; b++) {
-            const __m512 a0 = _mm512_set1_ps(d[b][k]), a1 = _mm512_set1_ps(d[b][k + 1]),
-                         a2 = _mm512_set1_ps(d[b][k + 2]), a3 = _mm512_set1_ps(d[b][k + 3]);
-            float *yb = y[b] + j0;
-            int j = 0;
-            for (; j + 16 <= n; j += 16) {
-                __m512 v = _mm512_loadu_ps(yb + j);
-                v = _mm512_fmadd_ps(a0, _mm512_loadu_ps(w0 + j), v);
-                v = _mm512_fmadd_ps(a1, _mm512_loadu_ps(w1 + j), v);
-                v = _mm512_fmadd_ps(a2, _mm512_loadu_ps(w2 + j), v);
-                v = _mm512_fmadd_ps(a3, _mm512_loadu_ps(w3 + j), v);
-                _mm512_storeu_ps(yb + j, v);
-            }
-            if (tail) {
-                __m512 v = _mm512_maskz_loadu_ps(tail, yb + j);
-                v = _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(tail, w0 + j), v);
-                v = _mm512_fmadd_ps(a1, _mm512_maskz_loadu_ps(tail, w1 + j), v);
-                v = _mm512_fmadd_ps(a2, _mm512_maskz_loadu_ps(tail, w2 + j), v);
-                v = _mm512_fmadd_ps(a3, _mm512_maskz_loadu_ps(tail, w3 + j), v);
-                _mm512_mask_storeu_ps(yb + j, tail, v);
-            }
-        }
-    }
-    for (; k < K; k++) {
-        const float *w0 = W + (ptrdiff_t)k * ldw + j0;
-        for (int b = 0; b < nb; b++) {
-            const __m512 a0 = _mm512_set1_ps(d[b][k]);
-            float *yb = y[b] + j0;
-            int j = 0;
-            for (; j + 16 <= n; j += 16)
-                _mm512_storeu_ps(yb + j, _mm512_fmadd_ps(a0, _mm512_loadu_ps(w0 + j),
-                                                         _mm512_loadu_ps(yb + j)));
-            if (tail)
-                _mm512_mask_storeu_ps(yb + j, tail,
-                                      _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(tail, w0 + j),
-                                                      _mm512_maskz_loadu_ps(tail, yb + j)));
+    for (int b0 = 0; b0 < nb; b0 += 8) {   /* rows in groups of up to 8 */
+        const float *const *db = d + b0;
+        float *const *yb = y + b0;
+        switch (nb - b0 < 8 ? nb - b0 : 8) {   /* constant sizes: acc stays in registers */
+            case 8: fr_cols_rows_wide_f(8, 3, j0, j1, K, W, ldw, db, yb); break;
+            case 7: fr_cols_rows_wide_f(7, 3, j0, j1, K, W, ldw, db, yb); break;
+            case 6: fr_cols_rows_wide_f(6, 4, j0, j1, K, W, ldw, db, yb); break;
+            case 5: fr_cols_rows_wide_f(5, 4, j0, j1, K, W, ldw, db, yb); break;
+            case 4: fr_cols_rows_wide_f(4, 5, j0, j1, K, W, ldw, db, yb); break;
+            case 3: fr_cols_rows_wide_f(3, 6, j0, j1, K, W, ldw, db, yb); break;
+            case 2: fr_cols_rows_wide_f(2, 8, j0, j1, K, W, ldw, db, yb); break;
+            default: fr_cols_rows_wide_f(1, 8, j0, j1, K, W, ldw, db, yb); break;
         }
     }
 }

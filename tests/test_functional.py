@@ -310,13 +310,15 @@ def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
 
 
 @pytest.mark.parametrize("cell", list(GATES))
-@pytest.mark.parametrize("H", [37, 64, 70])
+@pytest.mark.parametrize("H", [37, 64, 70, 300])
 def test_avx512_and_generic_small_batch_products_agree_bitwise(cell, H, rng):
     """The small-batch path's products (forward h_prev W_hh^T, backward dGh W_hh) run, in
     float32 on an AVX-512 CPU, intrinsics twins of the generic matrix-vector code
     (csrc/gemm_packed.h) that must sum in the same order: the same bits. H = 37 leaves a tail
     of 5 terms per dot product and a row count that is not a multiple of 4; 64 has no tail;
-    70 gives two threads. Batches 1, 3 and 8 cover the rows the kernels take."""
+    70 gives two threads; 300 gives each thread 150 columns, so that the backward twin runs
+    its blocks of several vectors (3 to 8, by batch) and then a masked tail. Batches 1, 3
+    and 8 cover the rows the kernels take."""
     _assert_wide_and_narrow_kernels_agree(cell, H, (1, 3, 8), np.float32, rng)
 
 
