@@ -146,27 +146,27 @@ static inline void fr_matvec_rows_best_f(int r0, int r1, int K, const float *W, 
 
 /* fr_matvec_cols_acc_f's AVX-512 twin (the backward product dGh W_hh of the small-batch
  * path): the same multiply-adds in the same order (each element of y gets k's terms one FMA
- * at a time, k ascending, from its value on entry). One vector of 16 columns at a time, for
- * NB rows of y at once, each kept in a register across all k and stored once: W's rows are
- * read once per vector of columns. (Storing y every four k, as the generic code does, made
- * the next loads of W wait on the store whenever their addresses matched in the low 12 bits,
- * 4K aliasing, which depends on where dh and W_hh happen to lie: whole backward loops ran
- * 5-10x slower in some processes, at B = 2-8, H = 128-512.) */
+ * at a time, k ascending, from its value on entry). A block of JV vectors of 16 columns at a
+ * time, for NB rows of y at once, each kept in a register across all k and stored once: W's
+ * rows are read once per block of columns. (Storing y every four k, as the generic code
+ * does, made the next loads of W wait on the store whenever their addresses matched in the
+ * low 12 bits, 4K aliasing, which depends on where dh and W_hh happen to lie: whole
+ * backward loops ran 5-10x slower in some processes, at B = 2-8, H = 128-512.) */
 #if FR_HAVE_WIDE
-/* Columns [j, j + 16 JV) of NB rows of y (the last vector masked by m), over all k. */
+/* Columns [j, j + 16 JV) of NB rows of y, over all k; m masks each vector's columns (all 16,
+ * or the last few columns of the range, which come one vector at a time: JV = 1). */
 FR_WIDE static inline __attribute__((always_inline)) void fr_cols_block_wide_f(
         const int NB, const int JV, int j, __mmask16 m, int K, const float *W, ptrdiff_t ldw,
         const float *const *d, float *const *y) {
     __m512 acc[8][8];
     for (int b = 0; b < NB; b++)
         for (int v = 0; v < JV; v++)
-            acc[b][v] = _mm512_maskz_loadu_ps(v == JV - 1 ? m : (__mmask16)0xFFFF,
-                                              y[b] + j + 16 * v);
+            acc[b][v] = _mm512_maskz_loadu_ps(m, y[b] + j + 16 * v);
     const float *w = W + j;
     for (int k = 0; k < K; k++, w += ldw) {
         __m512 wk[8];
         for (int v = 0; v < JV; v++)
-            wk[v] = _mm512_maskz_loadu_ps(v == JV - 1 ? m : (__mmask16)0xFFFF, w + 16 * v);
+            wk[v] = _mm512_maskz_loadu_ps(m, w + 16 * v);
         for (int b = 0; b < NB; b++) {
             const __m512 a = _mm512_set1_ps(d[b][k]);
             for (int v = 0; v < JV; v++)
@@ -175,11 +175,10 @@ FR_WIDE static inline __attribute__((always_inline)) void fr_cols_block_wide_f(
     }
     for (int b = 0; b < NB; b++)
         for (int v = 0; v < JV; v++)
-            _mm512_mask_storeu_ps(y[b] + j + 16 * v, v == JV - 1 ? m : (__mmask16)0xFFFF,
-                                  acc[b][v]);
+            _mm512_mask_storeu_ps(y[b] + j + 16 * v, m, acc[b][v]);
 }
 
-/* All columns [j0, j1) of NB rows: blocks of JV vectors (NB * JV accumulators fit the
+/* All columns [j0, j1) of NB rows: whole blocks of JV vectors (NB * JV accumulators fit the
  * registers), then the rest a vector at a time, the last one masked. */
 FR_WIDE static inline __attribute__((always_inline)) void fr_cols_rows_wide_f(
         const int NB, const int JV, int j0, int j1, int K, const float *W, ptrdiff_t ldw,

@@ -15,8 +15,8 @@ def scatter_add_rows(target, indices, rows):
 
     target: (V, D) float32 or float64 array, C-contiguous, updated in place. indices: (N,)
     ints in ``[0, V)``. rows: (N, D), cast to target's dtype. NumPy arrays take fastrnn's
-    compiled scatter (``CpuOps.scatter_add_rows``: the threads split the columns, so the
-    result does not depend on their number); CuPy arrays take ``cupy.add.at``.
+    compiled scatter (``CpuOps.scatter_add_rows``: each thread owns a range of the table's
+    rows, so the result does not depend on their number); CuPy arrays take ``cupy.add.at``.
     """
     if type(target) is not np.ndarray:   # device (CuPy) arrays: their module's own scatter
         array_module_of(target).add.at(target, indices, rows)
