@@ -1,0 +1,77 @@
+"""Where a recurrent layer's forward + backward spends its time: each compiled stage of the
+CPU engine (input projection, forward loop, backward loop, weight gradients) timed by
+wrapping the CpuOps methods, median and best of ``--calls`` calls, next to the whole call.
+
+    python benchmarks/stage_timings.py --cell lstm --size 32,64,128,256 --threads 2
+
+Sizes are (B, T, I, H) as in `fastrnn bench`'s kernel cases. The stages do not add up to the
+whole exactly: the rest is the driver's Python and the buffers.
+"""
+import argparse
+import collections
+import functools
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fastrnn_bench  # noqa: E402  (next to this file)
+
+STAGES = ("project_inputs", "forward_loop", "backward_loop", "weight_grads")
+
+
+def stage_timings(cell, size, threads=1, calls=100, warmup=5):
+    """{stage: list of seconds} over ``calls`` forward + backward calls; "call" is the whole."""
+    from fastrnn._engine.cpu import CpuOps
+    B, T, I, H = size
+    times = collections.defaultdict(list)
+    originals = {name: getattr(CpuOps, name) for name in STAGES}
+
+    def timed(name, method):
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                times[name].append(time.perf_counter() - started)
+        return staticmethod(wrapper)
+
+    with fastrnn_bench.thread_settings(threads):
+        step = fastrnn_bench._fastrnn_kernel(cell, "fwd+bwd", B, T, I, H, np.float32)()
+        try:
+            for name, method in originals.items():
+                setattr(CpuOps, name, timed(name, method))
+            for _ in range(warmup):
+                step()
+            times.clear()
+            for _ in range(calls):
+                started = time.perf_counter()
+                step()
+                times["call"].append(time.perf_counter() - started)
+        finally:
+            for name, method in originals.items():
+                setattr(CpuOps, name, staticmethod(method))
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cell", default="lstm", choices=("rnn_tanh", "rnn_relu", "gru", "lstm"))
+    parser.add_argument("--size", default="32,64,128,256", help="B,T,I,H")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--calls", type=int, default=100)
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split(","))
+    times = stage_timings(args.cell, size, args.threads, args.calls)
+    print(f"{args.cell} {size}, {args.threads} threads, {args.calls} calls (ms)")
+    print(f"{'stage':16s} {'median':>8s} {'best':>8s}")
+    for name in STAGES + ("call",):
+        values = np.array(times[name]) * 1e3
+        print(f"{name:16s} {np.median(values):8.3f} {values.min():8.3f}")
+
+
+if __name__ == "__main__":
+    main()
