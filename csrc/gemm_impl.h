@@ -6,12 +6,13 @@
 /* C (m x n) = op(A) (m x k) op(B) (k x n) + beta C (+ bias), row-major, beta 0 or 1 (with
  * beta 0, C is only written). op(A)[i, k] = trans_a ? a[k * lda + i] : a[i * lda + k],
  * likewise B. bias (n values added to every row of C) only with beta 0 and A not
- * transposed; NULL for none. Returns 0 when done; nonzero when declined (no AVX-512, a bias
+ * transposed; NULL for none. claim_c (with beta 0): take each block of C's lines with
+ * fr_claim_rows (gemm.h) before its tiles write it. Returns 0 when done; nonzero when declined (no AVX-512, a bias
  * it does not take, or no memory for the packed blocks), having touched nothing: the caller
  * then runs BLAS. Sizes are at most INT_MAX (the entry points check it). */
 static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL *a,
                        ptrdiff_t lda, const REAL *b, ptrdiff_t ldb, int beta, REAL *c,
-                       ptrdiff_t ldc, const REAL *bias) {
+                       ptrdiff_t ldc, const REAL *bias, int claim_c) {
     if (!fr_own_gemm() || (bias != NULL && (beta || trans_a)))
         return 1;
     if (m <= 0 || n <= 0)
@@ -65,6 +66,9 @@ static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL
             for (ptrdiff_t i0 = 0; i0 < m; i0 += FR_GEMM_MC) {
                 int mc = m - i0 < FR_GEMM_MC ? (int)(m - i0) : FR_GEMM_MC;
                 REAL *cblock = c + i0 * ldc + j0;
+                if (claim_c && !accumulate)
+                    fr_claim_rows(cblock, mc, (size_t)nc * sizeof(REAL),
+                                  ldc * (ptrdiff_t)sizeof(REAL));
                 if (trans_a && ap != NULL) {   /* copied: see ap above */
                     for (int r = 0; r < kc; r++)
                         memcpy(ap + r * lap, a + (k0 + r) * lda + i0, (size_t)mc * sizeof(REAL));

@@ -114,3 +114,27 @@ def test_transposed_a_with_rows_4_kib_apart_gives_the_bits_of_any_other_stride(d
     want = aliased.T.astype(np.float64) @ b.astype(np.float64) + beta * c0[:m]
     tol = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(copied, want, rtol=0, atol=tol * np.sqrt(k))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_input_projection_claims_only_its_own_lines(dtype, threads, rng):
+    """recurrent.project_inputs has the GEMM claim each block of the gate buffer (rep stosb)
+    before writing it: the gates equal the unclaimed product's bits, and nothing outside
+    them changes. The shapes take each path of the claim: rows past one row block in
+    whole-row spans (300 rows), the split by gate columns of short inputs (100 rows), whose
+    spans are parts of rows, and gate columns past one column block (2100)."""
+    from fastrnn._cpu import recurrent
+    for rows, GH, I in [(300, 1024, 40), (100, 512, 40), (150, 2100, 20)]:
+        x = rng.normal(size=(rows, I)).astype(dtype)
+        w_ih = rng.normal(size=(GH, I)).astype(dtype)
+        b_ih = rng.normal(size=GH).astype(dtype)
+        want = np.full((rows, GH), np.nan, dtype)
+        dense.parallel_gemm(False, True, x, w_ih, want, dtype(0), threads, b_ih)
+        guard = 4096 // np.dtype(dtype).itemsize   # a page of sentinels on each side
+        buffer = np.full(guard + rows * GH + guard, -7.0, dtype)
+        gates = buffer[guard:guard + rows * GH].reshape(rows, GH)
+        gates[...] = np.nan
+        recurrent.project_inputs(x, w_ih, b_ih, gates, threads)
+        np.testing.assert_array_equal(gates, want, err_msg=f"{rows, GH, I}")
+        assert (buffer[:guard] == -7).all() and (buffer[guard + rows * GH:] == -7).all()

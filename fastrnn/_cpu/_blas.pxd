@@ -17,10 +17,10 @@ from libc.string cimport memcpy
 cdef extern from "gemm.h" nogil:
     int fr_gemm_f(int trans_a, int trans_b, int m, int n, int k, const float* a, Py_ssize_t lda,
                   const float* b, Py_ssize_t ldb, int beta, float* c, Py_ssize_t ldc,
-                  const float* bias)
+                  const float* bias, int claim_c)
     int fr_gemm_d(int trans_a, int trans_b, int m, int n, int k, const double* a,
                   Py_ssize_t lda, const double* b, Py_ssize_t ldb, int beta, double* c,
-                  Py_ssize_t ldc, const double* bias)
+                  Py_ssize_t ldc, const double* bias, int claim_c)
     void fr_set_blas_gemm(int forced)
     int fr_own_gemm()
     enum:
@@ -52,11 +52,11 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
             and n >= OWN_GEMM_MIN_COLS):
         if floating is float:
             if fr_gemm_f(trans_a, trans_b, im, in_, ik, a, lda, b, ldb, beta == 1, c, ldc,
-                         NULL) == 0:
+                         NULL, False) == 0:
                 return
         else:
             if fr_gemm_d(trans_a, trans_b, im, in_, ik, a, lda, b, ldb, beta == 1, c, ldc,
-                         NULL) == 0:
+                         NULL, False) == 0:
                 return
     if floating is float:
         sgemm(&tb, &ta, &in_, &im, &ik, &alpha, <float*>b, &ildb, <float*>a, &ilda, &beta, c, &ildc)
@@ -68,23 +68,25 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
 cdef inline void gemm_bias(bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                            const floating* a, Py_ssize_t lda, const floating* b,
                            Py_ssize_t ldb, const floating* bias, floating* c,
-                           Py_ssize_t ldc) noexcept nogil:
+                           Py_ssize_t ldc, bint claim_c) noexcept nogil:
     """C[m, n] = A[m, k] @ op(B)[k, n] + bias (bias[n] added to every row), row-major.
 
     One pass over C on fastrnn's own GEMM (the tiles add the bias as they store); on BLAS,
     the bias is copied into C's rows first and the product added (the same bits: the sum
-    plus the bias either way). Every argument must fit a C int."""
+    plus the bias either way). claim_c: C's lines were last read by another thread, so the
+    own GEMM takes them whole before writing (csrc/gemm.h: fr_claim_rows). Every argument
+    must fit a C int."""
     cdef Py_ssize_t i
     if m <= 0 or n <= 0:
         return
     if m >= OWN_GEMM_MIN_ROWS and n >= OWN_GEMM_MIN_COLS:
         if floating is float:
             if fr_gemm_f(False, trans_b, <int>m, <int>n, <int>k, a, lda, b, ldb, 0, c, ldc,
-                         bias) == 0:
+                         bias, claim_c) == 0:
                 return
         else:
             if fr_gemm_d(False, trans_b, <int>m, <int>n, <int>k, a, lda, b, ldb, 0, c, ldc,
-                         bias) == 0:
+                         bias, claim_c) == 0:
                 return
     for i in range(m):
         memcpy(c + i * ldc, bias, n * sizeof(floating))

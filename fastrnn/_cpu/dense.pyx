@@ -69,7 +69,7 @@ def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
                 a_rows = &a[0, r0] if trans_a else &a[r0, 0]
                 if bias_ptr != NULL:
                     gemm_bias(trans_b, r1 - r0, n, k, a_rows, lda, &b[0, 0], ldb, bias_ptr,
-                              &c[r0, 0], n)
+                              &c[r0, 0], n, False)
                 else:
                     gemm(trans_a, trans_b, r1 - r0, n, k, <floating>1, a_rows, lda, &b[0, 0],
                          ldb, beta, &c[r0, 0], n)
