@@ -3,9 +3,12 @@ CPU engine (input projection, forward loop, backward loop, weight gradients) tim
 wrapping the CpuOps methods, median and best of ``--calls`` calls, next to the whole call.
 
     python benchmarks/stage_timings.py --cell lstm --size 32,64,128,256 --threads 2
+    python benchmarks/stage_timings.py --model small --threads 2
 
-Sizes are (B, T, I, H) as in `fastrnn bench`'s kernel cases. The stages do not add up to the
-whole exactly: the rest is the driver's Python and the buffers.
+Sizes are (B, T, I, H) as in `fastrnn bench`'s kernel cases; --model times a whole training
+step of one of its language models instead (the stages then sum over the layers). The stages
+do not add up to the whole exactly: the rest is the driver's Python and the buffers (and,
+for a model, its other layers, clipping and the optimizer).
 """
 import argparse
 import collections
@@ -22,11 +25,12 @@ import fastrnn_bench  # noqa: E402  (next to this file)
 STAGES = ("project_inputs", "forward_loop", "backward_loop", "weight_grads")
 
 
-def stage_timings(cell, size, threads=1, calls=100, warmup=5):
-    """{stage: list of seconds} over ``calls`` forward + backward calls; "call" is the whole."""
+def stage_timings(cell, size, threads=1, calls=100, warmup=5, model=None):
+    """{stage: list of seconds} over ``calls`` forward + backward calls (or training steps of
+    fastrnn_bench.LM_MODELS[model]); "call" is the whole, the stages are summed per call."""
     from fastrnn._engine.cpu import CpuOps
-    B, T, I, H = size
     times = collections.defaultdict(list)
+    per_call = collections.defaultdict(float)
     originals = {name: getattr(CpuOps, name) for name in STAGES}
 
     def timed(name, method):
@@ -36,21 +40,26 @@ def stage_timings(cell, size, threads=1, calls=100, warmup=5):
             try:
                 return method(*args, **kwargs)
             finally:
-                times[name].append(time.perf_counter() - started)
+                per_call[name] += time.perf_counter() - started
         return staticmethod(wrapper)
 
     with fastrnn_bench.thread_settings(threads):
-        step = fastrnn_bench._fastrnn_kernel(cell, "fwd+bwd", B, T, I, H, np.float32)()
+        if model is None:
+            step = fastrnn_bench._fastrnn_kernel(cell, "fwd+bwd", *size, np.float32)()
+        else:
+            step = fastrnn_bench._fastrnn_train_step(*fastrnn_bench.LM_MODELS[model])()
         try:
             for name, method in originals.items():
                 setattr(CpuOps, name, timed(name, method))
             for _ in range(warmup):
                 step()
-            times.clear()
             for _ in range(calls):
+                per_call.clear()
                 started = time.perf_counter()
                 step()
                 times["call"].append(time.perf_counter() - started)
+                for name in STAGES:
+                    times[name].append(per_call[name])
         finally:
             for name, method in originals.items():
                 setattr(CpuOps, name, staticmethod(method))
@@ -61,12 +70,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cell", default="lstm", choices=("rnn_tanh", "rnn_relu", "gru", "lstm"))
     parser.add_argument("--size", default="32,64,128,256", help="B,T,I,H")
+    parser.add_argument("--model", choices=("char", "small", "word"),
+                        help="time a training step of this language model instead")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=100)
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split(","))
-    times = stage_timings(args.cell, size, args.threads, args.calls)
-    print(f"{args.cell} {size}, {args.threads} threads, {args.calls} calls (ms)")
+    times = stage_timings(args.cell, size, args.threads, args.calls, model=args.model)
+    what = f"{args.model} model step" if args.model else f"{args.cell} {size}"
+    print(f"{what}, {args.threads} threads, {args.calls} calls (ms)")
     print(f"{'stage':16s} {'median':>8s} {'best':>8s}")
     for name in STAGES + ("call",):
         values = np.array(times[name]) * 1e3
