@@ -7,9 +7,10 @@
  * beta 0, C is only written). op(A)[i, k] = trans_a ? a[k * lda + i] : a[i * lda + k],
  * likewise B. bias (n values added to every row of C) only with beta 0 and A not
  * transposed; NULL for none. claim_c (with beta 0): take each block of C's lines with
- * fr_claim_rows (gemm.h) before its tiles write it. Returns 0 when done; nonzero when declined (no AVX-512, a bias
- * it does not take, or no memory for the packed blocks), having touched nothing: the caller
- * then runs BLAS. Sizes are at most INT_MAX (the entry points check it). */
+ * fr_claim_rows (gemm.h) before its tiles write it. Returns 0 when done; nonzero when
+ * declined (no AVX-512, a bias it does not take, or no memory for the packed blocks), having
+ * touched nothing: the caller then runs BLAS. Sizes are at most INT_MAX (the entry points
+ * check it). */
 static int FN(fr_gemm)(int trans_a, int trans_b, int m, int n, int k, const REAL *a,
                        ptrdiff_t lda, const REAL *b, ptrdiff_t ldb, int beta, REAL *c,
                        ptrdiff_t ldc, const REAL *bias, int claim_c) {
