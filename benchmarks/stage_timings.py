@@ -12,7 +12,6 @@ for a model, its other layers, clipping and the optimizer).
 """
 import argparse
 import collections
-import functools
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastrnn_bench  # noqa: E402  (next to this file)
+from step_phases import _timed  # noqa: E402
 
 STAGES = ("project_inputs", "forward_loop", "backward_loop", "weight_grads")
 
@@ -30,18 +30,8 @@ def stage_timings(cell, size, threads=1, calls=100, warmup=5, model=None):
     fastrnn_bench.LM_MODELS[model]); "call" is the whole, the stages are summed per call."""
     from fastrnn._engine.cpu import CpuOps
     times = collections.defaultdict(list)
-    per_call = collections.defaultdict(float)
+    this_call = collections.defaultdict(list)   # a stage runs once per layer and direction
     originals = {name: getattr(CpuOps, name) for name in STAGES}
-
-    def timed(name, method):
-        @functools.wraps(method)
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                per_call[name] += time.perf_counter() - started
-        return staticmethod(wrapper)
 
     with fastrnn_bench.thread_settings(threads):
         if model is None:
@@ -50,16 +40,16 @@ def stage_timings(cell, size, threads=1, calls=100, warmup=5, model=None):
             step = fastrnn_bench._fastrnn_train_step(*fastrnn_bench.LM_MODELS[model])()
         try:
             for name, method in originals.items():
-                setattr(CpuOps, name, timed(name, method))
+                setattr(CpuOps, name, staticmethod(_timed(this_call, name, method)))
             for _ in range(warmup):
                 step()
             for _ in range(calls):
-                per_call.clear()
+                this_call.clear()
                 started = time.perf_counter()
                 step()
                 times["call"].append(time.perf_counter() - started)
                 for name in STAGES:
-                    times[name].append(per_call[name])
+                    times[name].append(sum(this_call[name]))
         finally:
             for name, method in originals.items():
                 setattr(CpuOps, name, staticmethod(method))
