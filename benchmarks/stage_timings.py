@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastrnn_bench  # noqa: E402  (next to this file)
-from step_phases import _timed  # noqa: E402
+from step_phases import timed  # noqa: E402
 
 STAGES = ("project_inputs", "forward_loop", "backward_loop", "weight_grads")
 
@@ -40,7 +40,7 @@ def stage_timings(cell, size, threads=1, calls=100, warmup=5, model=None):
             step = fastrnn_bench._fastrnn_train_step(*fastrnn_bench.LM_MODELS[model])()
         try:
             for name, method in originals.items():
-                setattr(CpuOps, name, staticmethod(_timed(this_call, name, method)))
+                setattr(CpuOps, name, staticmethod(timed(this_call, name, method)))
             for _ in range(warmup):
                 step()
             for _ in range(calls):

@@ -24,7 +24,8 @@ import fastrnn_bench  # noqa: E402  (next to this file)
 LAYERS = ("embedding", "input_dropout", "rnn", "output_dropout", "output", "loss")
 
 
-def _timed(times, label, method):
+def timed(times, label, method):
+    """``method`` wrapped to append its seconds to ``times[label]`` on every call."""
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
         started = time.perf_counter()
@@ -49,12 +50,12 @@ def step_phases(model_name, threads=1, steps=30, warmup=3):
                           optimizer="adam", lr=2e-3, clip=5.0, max_steps=1, progress=False)
         for name in LAYERS:
             layer = getattr(model, name)
-            layer.forward = _timed(times, f"{name} forward", layer.forward)
-            layer.backward = _timed(times, f"{name} backward", layer.backward)
-        model.zero_grad = _timed(times, "zero_grad", model.zero_grad)
-        trainer._clip = _timed(times, "clip", trainer._clip)
-        trainer.optimizer.step = _timed(times, "optimizer", trainer.optimizer.step)
-        trainer.train_step = _timed(times, "step", trainer.train_step)
+            layer.forward = timed(times, f"{name} forward", layer.forward)
+            layer.backward = timed(times, f"{name} backward", layer.backward)
+        model.zero_grad = timed(times, "zero_grad", model.zero_grad)
+        trainer._clip = timed(times, "clip", trainer._clip)
+        trainer.optimizer.step = timed(times, "optimizer", trainer.optimizer.step)
+        trainer.train_step = timed(times, "step", trainer.train_step)
         for _ in range(warmup):
             trainer.train_step((x, y))
         times.clear()

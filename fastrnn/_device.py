@@ -25,7 +25,7 @@ def is_device_array(a):
 
 def array_module_of(a):
     """numpy, or the cupy module when ``a`` is a CuPy array."""
-    if type(a) is not np.ndarray and is_device_array(a):
+    if is_device_array(a):
         import cupy
         return cupy
     return np

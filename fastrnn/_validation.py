@@ -114,7 +114,7 @@ def check_no_shared_memory(outputs, inputs):
 def _shares_memory(a, b):
     """Whether ``a`` and ``b`` share memory: exact where affordable, True when undecided
     (refuse rather than risk it). Arrays of different array modules never do."""
-    xp = np if type(a) is np.ndarray and type(b) is np.ndarray else array_module_of(a)
+    xp = array_module_of(a)
     if array_module_of(b) is not xp or not xp.may_share_memory(a, b):
         return False   # address ranges apart (cheap bounds check)
     if xp is not np:
