@@ -122,4 +122,4 @@ def test_output_rows_with_strided_elements_are_refused():
     with pytest.raises(ValueError, match="rows must be contiguous"):
         _kernels.forward_loop(0, False, T_, B_, np.zeros((H_, H_)), np.zeros(H_),
                               np.zeros((B_, H_)), None, None, np.zeros((T_ * B_, H_)), None,
-                              None, strided, np.zeros((B_, H_)), 1)
+                              None, strided, 1)

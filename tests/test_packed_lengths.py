@@ -245,7 +245,7 @@ def _kernel_args(kind=None):
     N = p.rows
     return dict(p=p, w_hh=rng.normal(size=(GH, H)), b_hh=np.zeros(GH),
                 h=np.zeros((B, H)), c=np.zeros((B, H)), gates=np.zeros((T * B, GH)),
-                chist=np.zeros((T * B, H)), y=np.zeros((T * B, H)), gh=np.zeros((B, GH)),
+                chist=np.zeros((T * B, H)), y=np.zeros((T * B, H)),
                 kind=cell.kind, N=N)
 
 
@@ -254,7 +254,7 @@ def _forward_packed(a, counts=None, src=None, gates=None, y=None):
                                  a["p"].counts if counts is None else counts,
                                  a["p"].src if src is None else src, a["w_hh"], a["b_hh"],
                                  a["h"], a["c"], a["gates"] if gates is None else gates, None,
-                                 a["chist"], a["y"] if y is None else y, a["gh"], 2)
+                                 a["chist"], a["y"] if y is None else y, 2)
 
 
 def test_packed_kernels_refuse_an_inconsistent_packing():

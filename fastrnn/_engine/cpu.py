@@ -40,9 +40,8 @@ class CpuOps:
 
     @staticmethod
     def forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y):
-        scratch = np.empty((B, w_hh.shape[0]), w_hh.dtype)
         _kernels.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist,
-                              y, scratch, threads.get_num_threads())
+                              y, threads.get_num_threads())
 
     @staticmethod
     def backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
@@ -62,9 +61,8 @@ class CpuOps:
     @staticmethod
     def forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist,
                             y):
-        scratch = np.empty((B, w_hh.shape[0]), w_hh.dtype)
         _kernels.forward_loop_packed(kind, T, B, lengths, packing.counts, packing.src, w_hh,
-                                     b_hh, h, c, gates, hn, chist, y, scratch,
+                                     b_hh, h, c, gates, hn, chist, y,
                                      threads.get_num_threads())
 
     @staticmethod
