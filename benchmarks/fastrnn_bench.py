@@ -657,7 +657,14 @@ def _torch_peak_bytes(fn):
 def run_case(case, repeat=5, memory=True, with_torch=True):
     """Time one case: fastrnn and torch alternately, ``repeat`` times each after
     ``case.warmup`` untimed calls, keeping the best (the least disturbed by other load) and
-    the median."""
+    the median.
+
+    Each timed call follows an untimed call of the same library, as a training loop runs
+    one library's steps back to back. Timed right after the other library's call, each ran
+    slower (LSTM (32, 64, 128, 256), 2 threads: fastrnn 11.3 -> 11.8 ms, PyTorch 12.9 ->
+    13.3 ms), mostly from finding its buffers out of the caches (a 64 MiB copy before each
+    call cost fastrnn 0.25-0.3 ms). The libraries still alternate, so that changes in the
+    machine's load reach both."""
     fr = case.make_fastrnn()
     tc = None
     torch_note = None
@@ -679,8 +686,10 @@ def run_case(case, repeat=5, memory=True, with_torch=True):
             tc()
     fr_times, tc_times = [], []
     for _ in range(max(1, repeat)):
+        fr()
         fr_times.append(_timed(fr))
         if tc is not None:
+            tc()
             tc_times.append(_timed(tc))
     row = dict(case=case.name, group=case.group, **case.params, device=case.device,
                flops=case.flops, reference=case.reference,

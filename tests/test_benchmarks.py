@@ -166,3 +166,18 @@ def test_torch_char_curve_writes_records_fastrnn_plot_reads(tmp_path, monkeypatc
     assert records and all({"step", "train_seconds", "train_loss", "val_loss"} <= set(r)
                            for r in records)
     assert records[-1]["train_seconds"] >= 0.2
+
+
+def test_each_timed_call_follows_a_call_of_the_same_library():
+    """run_case alternates the libraries, but each timed call comes right after an untimed
+    call of its own library (as in a training loop), not after the other library's."""
+    calls = []
+
+    def maker(name):
+        return lambda: (lambda: calls.append(name))
+
+    case = benchmarks.Case(name="order", group="order", make_fastrnn=maker("fastrnn"),
+                           make_torch=maker("torch"), flops=1.0, host_memory=False,
+                           reference="order")
+    benchmarks.run_case(case, repeat=3, memory=False)
+    assert calls == ["fastrnn", "torch"] + ["fastrnn", "fastrnn", "torch", "torch"] * 3
