@@ -164,7 +164,8 @@ cdef enum:
     # forward 2.94 / 2.86 / 2.83 / 2.77 ms, backward 2.65 / 2.62 / 2.57 / 2.50 ms; 128 and
     # 256 KiB the same as 64 within 0.01 ms.
     # (Laying out the saved gates, cell states and outputs by thread as well gained only
-    # another 0.03 ms per loop: each of their rows is written once per call.)
+    # another 0.02-0.06 ms per loop, in a test build: each of their rows is written once
+    # per call.) The gaps are never touched.
     THREAD_ROWS_GAP = 65536
 
 
@@ -209,6 +210,8 @@ ctypedef struct LoopBuffers:
     void* dgh                  # backward: (G*H) dGh at each sequence's first step
     void* gh                   # forward: (G*H) scratch for h_prev W_hh^T
     void* hcat                 # forward, batch slices with lengths: (H) gathered h_prev
+    # (Each thread of the batch-slice loops runs on its own copy of the struct, whose gh,
+    # hcat, dh and dc point at its block of _thread_rows scratch.)
     # Weights:
     const void* w_hh           # (G*H, H)
     const void* w_packed       # batch slices: W_hh^T (forward) or W_hh (backward), packed
