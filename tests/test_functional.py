@@ -268,11 +268,12 @@ def test_both_time_loop_splits_are_thread_count_independent(cell, B, rng):
 
 @pytest.mark.parametrize("cell", list(GATES))
 @pytest.mark.parametrize("B", [9, 20, 33])
-def test_batch_slices_give_the_same_bits_on_any_thread_count(cell, B, rng):
-    """Without lengths a batch above 8 runs the batch-slice loops, each thread on a slice of
-    the rows with its own block of the per-step scratch (gh; dh and dc copied in and out).
-    1 to 5 threads (slices of 2 to 33 rows, and more threads than cores) must give the
-    1-thread bits, final states included."""
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_batch_slices_give_the_same_bits_on_any_thread_count(cell, B, with_lengths, rng):
+    """A batch above 8 runs the batch-slice loops (packed with lengths), each thread on a
+    share of the rows with its own block of the per-step scratch (gh, hcat; without lengths
+    dh and dc copied in and out). 1 to 5 threads (shares of 1 to 33 rows, and more threads
+    than cores) must give the 1-thread bits, final states included."""
     Hs, Is, Ts = 70, 5, 6
     w = [rng.normal(scale=0.3, size=s) for s in
          ((GATES[cell] * Hs, Is), (GATES[cell] * Hs, Hs), (GATES[cell] * Hs,), (GATES[cell] * Hs,))]
@@ -282,9 +283,11 @@ def test_batch_slices_give_the_same_bits_on_any_thread_count(cell, B, rng):
     state0 = (h0, rng.normal(size=(B, Hs))) if cell == "lstm" else h0
     dstate = (rng.normal(size=(B, Hs)), rng.normal(size=(B, Hs))) if cell == "lstm" \
         else rng.normal(size=(B, Hs))
+    lengths = rng.integers(1, Ts + 1, size=B) if with_lengths else None
 
     def run(reverse):
-        y, state, ws = F.recurrent_forward(cell, x, *w, state0, reverse=reverse)
+        y, state, ws = F.recurrent_forward(cell, x, *w, state0, lengths=lengths,
+                                           reverse=reverse)
         dx, dstate0, grads = F.recurrent_backward(ws, dy, dstate)
         states = [*state, *dstate0] if cell == "lstm" else [state, dstate0]
         return [y, dx, *states, *grads.values()]

@@ -1213,10 +1213,10 @@ def forward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1]
     cdef int nt = _threads_for(B, H, num_threads), tid, nth
     cdef PackedShape ps
     cdef LoopShape sh
-    cdef LoopBuffers buf
+    cdef LoopBuffers buf, own
     cdef floating* w_packed = NULL
-    cdef floating* hcat = NULL
-    cdef floating* gh = NULL
+    cdef void* hcat = NULL
+    cdef void* gh = NULL
     cdef Py_ssize_t NR = panel_width(<floating>0), panels = (GH + NR - 1) // NR
     _check_dims(T, B, H, GH)
     _check_lengths(lengths, T, B)
@@ -1227,14 +1227,16 @@ def forward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1]
                           y)
     sh = _loop_shape(kind, T, B, H, False, lengths)
     w_packed = <floating*>malloc(<size_t>(panels * NR * H) * sizeof(floating))
-    hcat = <floating*>malloc(<size_t>(B * H) * sizeof(floating))
-    gh = <floating*>malloc(<size_t>(B * GH) * sizeof(floating))   # h_prev W_hh^T per step
+    # Per-step scratch, each thread's rows apart (THREAD_ROWS_GAP): a thread writes and reads
+    # its rows of a step itself, so they may move with its share from step to step.
+    hcat = _thread_rows(nt, B, H, sizeof(floating))
+    gh = _thread_rows(nt, B, GH, sizeof(floating))   # h_prev W_hh^T
     if w_packed == NULL or hcat == NULL or gh == NULL:
         free(w_packed)
         free(hcat)
         free(gh)
         raise MemoryError()
-    buf.w_packed, buf.hcat, buf.nr, buf.gh = w_packed, hcat, NR, gh
+    buf.w_packed, buf.nr = w_packed, NR
     try:
         with nogil:
             with parallel(num_threads=nt):
@@ -1244,7 +1246,10 @@ def forward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1]
                 pack_panels(buf.nr, H, GH, _share(panels, tid, nth),
                             _share(panels, tid + 1, nth), &w_hh[0, 0], H, True, w_packed)
                 fr_omp_barrier()
-                _forward_packed_share(&ps, &buf, tid, nth, <floating>0)
+                own = buf
+                own.gh = _thread_row0(gh, tid, <floating>0)
+                own.hcat = _thread_row0(hcat, tid, <floating>0)
+                _forward_packed_share(&ps, &own, tid, nth, <floating>0)
             # h, c <- each sequence's state at its last step: sorted sequences
             # counts[s + 1] <= b < counts[s] end at step s.
             for s in range(ps.steps):
