@@ -35,7 +35,7 @@ def stage_timings(cell, size, threads=1, calls=100, warmup=5, model=None):
 
     with fastrnn_bench.thread_settings(threads):
         if model is None:
-            step = fastrnn_bench._fastrnn_kernel(cell, "fwd+bwd", *size, np.float32)()
+            step = fastrnn_bench._fastrnn_kernel(cell, "forward+backward", *size, np.float32)()
         else:
             step = fastrnn_bench._fastrnn_train_step(*fastrnn_bench.LM_MODELS[model])()
         try:

@@ -4,14 +4,15 @@ import pytest
 
 import fastrnn
 from fastrnn import functional as F
-from helpers import GATES, gradient_check_error
+from helpers import GATES, _state_arrays, gradient_check_error
 
 T, B, I, H = 7, 5, 4, 6
 
 
-def weights(cell, rng, dtype=np.float64):
+def weights(cell, rng, dtype=np.float64, H=H, I=I, scale=0.5):
+    """[w_ih, w_hh, b_ih, b_hh] of one layer of ``cell`` (H units, I inputs)."""
     G = GATES[cell]
-    return [rng.normal(scale=0.5, size=s).astype(dtype)
+    return [rng.normal(scale=scale, size=s).astype(dtype)
             for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
 
 
@@ -226,16 +227,22 @@ def test_show_config_says_which_gemm_runs_the_large_products(capsys):
         dense._force_blas_gemm(False)
 
 
-def _with_1_and_2_threads(run):
-    """[run() on 1 thread, run() on 2 threads], restoring the default afterwards."""
+def _with_threads(run, counts):
+    """[run() on each thread count of ``counts``], restoring the default afterwards."""
     results = []
     try:
-        for n in (1, 2):
+        for n in counts:
             fastrnn.set_num_threads(n)
             results.append(run())
     finally:
         fastrnn.set_num_threads(None)
     return results
+
+
+def _with_1_and_2_threads(run):
+    """[run() on 1 thread, run() on 2 threads], restoring the default afterwards."""
+    return _with_threads(run, (1, 2))
+
 
 
 def _forward_backward(cell, x, w, dy, lengths, reverse, dtype):
@@ -252,8 +259,7 @@ def test_both_time_loop_splits_are_thread_count_independent(cell, B, rng):
     H = 70 gives the small-batch path two threads and a unit range that is not a whole
     number of vector blocks."""
     Hs, Is, Ts = 70, 5, 6
-    w = [rng.normal(scale=0.3, size=s) for s in
-         ((GATES[cell] * Hs, Is), (GATES[cell] * Hs, Hs), (GATES[cell] * Hs,), (GATES[cell] * Hs,))]
+    w = weights(cell, rng, H=Hs, I=Is, scale=0.3)
     x = rng.normal(size=(Ts, B, Is))
     dy = rng.normal(size=(Ts, B, Hs))
     lengths = rng.integers(1, Ts + 1, size=B)
@@ -275,8 +281,7 @@ def test_batch_slices_give_the_same_bits_on_any_thread_count(cell, B, with_lengt
     dh and dc copied in and out). 1 to 5 threads (shares of 1 to 33 rows, and more threads
     than cores) must give the 1-thread bits, final states included."""
     Hs, Is, Ts = 70, 5, 6
-    w = [rng.normal(scale=0.3, size=s) for s in
-         ((GATES[cell] * Hs, Is), (GATES[cell] * Hs, Hs), (GATES[cell] * Hs,), (GATES[cell] * Hs,))]
+    w = weights(cell, rng, H=Hs, I=Is, scale=0.3)
     x = rng.normal(size=(Ts, B, Is))
     dy = rng.normal(size=(Ts, B, Hs))
     h0 = rng.normal(size=(B, Hs))
@@ -289,19 +294,13 @@ def test_batch_slices_give_the_same_bits_on_any_thread_count(cell, B, with_lengt
         y, state, ws = F.recurrent_forward(cell, x, *w, state0, lengths=lengths,
                                            reverse=reverse)
         dx, dstate0, grads = F.recurrent_backward(ws, dy, dstate)
-        states = [*state, *dstate0] if cell == "lstm" else [state, dstate0]
-        return [y, dx, *states, *grads.values()]
+        return [y, dx, *_state_arrays(state), *_state_arrays(dstate0), *grads.values()]
 
-    try:
-        for reverse in (False, True):
-            fastrnn.set_num_threads(1)
-            expected = run(reverse)
-            for n in (2, 3, 5):
-                fastrnn.set_num_threads(n)
-                for got, want in zip(run(reverse), expected):
-                    np.testing.assert_array_equal(got, want)
-    finally:
-        fastrnn.set_num_threads(None)
+    for reverse in (False, True):
+        expected, *others = _with_threads(lambda: run(reverse), (1, 2, 3, 5))
+        for results in others:
+            for got, want in zip(results, expected):
+                np.testing.assert_array_equal(got, want)
 
 
 def _assert_wide_and_narrow_kernels_agree(cell, H, batches, dtype, rng):
@@ -317,9 +316,7 @@ def _assert_wide_and_narrow_kernels_agree(cell, H, batches, dtype, rng):
         if recurrent._panel_width(dtype) == wide:
             pytest.skip("no AVX-512 on this CPU: only the 256-bit / generic kernels run")
         Is, Ts = 5, 6
-        G = GATES[cell]
-        w = [rng.normal(scale=0.3, size=s).astype(dtype)
-             for s in ((G * H, Is), (G * H, H), (G * H,), (G * H,))]
+        w = weights(cell, rng, dtype, H=H, I=Is, scale=0.3)
         for B in batches:
             x = rng.normal(size=(Ts, B, Is)).astype(dtype)
             dy = rng.normal(size=(Ts, B, H)).astype(dtype)
@@ -364,8 +361,7 @@ def test_avx512_and_generic_small_batch_products_agree_bitwise(cell, H, rng):
 def test_small_batch_path_matches_batch_path(cell, rng):
     """The same 3 sequences alone (small-batch path) and inside a batch of 12 (batch path)."""
     Hs, Is, Ts = 40, 5, 6
-    G = GATES[cell]
-    w = [rng.normal(scale=0.3, size=s) for s in ((G * Hs, Is), (G * Hs, Hs), (G * Hs,), (G * Hs,))]
+    w = weights(cell, rng, H=Hs, I=Is, scale=0.3)
     x = rng.normal(size=(Ts, 12, Is))
     dy = rng.normal(size=(Ts, 12, Hs))
     lengths = rng.integers(1, Ts + 1, size=12)
@@ -398,8 +394,7 @@ def test_long_sequences_split_weight_gradients_along_time(cell, rng):
     the rows (a K split); check it against PyTorch and across thread counts."""
     torch = pytest.importorskip("torch")
     Tl, Bl, Il, Hl = 40, 12, 4, 5          # T*B = 480 >= 16 * max(G*H, H, I)
-    G = GATES[cell]
-    w = [rng.normal(scale=0.5, size=s) for s in ((G * Hl, Il), (G * Hl, Hl), (G * Hl,), (G * Hl,))]
+    w = weights(cell, rng, H=Hl, I=Il)
     x = rng.normal(size=(Tl, Bl, Il))
     dy = rng.normal(size=(Tl, Bl, Hl))
     (y1, dx1, g1), (y2, dx2, g2) = _with_1_and_2_threads(

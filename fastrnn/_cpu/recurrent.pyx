@@ -156,30 +156,39 @@ PACKED_MIN_BATCH = SMALL_BATCH + 1
 
 cdef enum:
     # Bytes between two threads' blocks of the per-step scratch rows of the batch slices (gh
-    # and hcat in the forward, dh and dc in the backward; _thread_rows). Each thread rewrites
-    # its rows at every step; packed side by side, each core's prefetchers, running off the
-    # end of its own block, pulled the first lines of the other's, and that core then had to
-    # take them back before its next write. LSTM (32, 64, 128, 256), 2 threads, loops with
-    # the rows apart by 0 / 4 / 16 / 64 KiB of gh (a quarter as much of dh, one run):
-    # forward 2.94 / 2.86 / 2.83 / 2.77 ms, backward 2.65 / 2.62 / 2.57 / 2.50 ms; 128 and
-    # 256 KiB the same as 64 within 0.01 ms.
-    # (Laying out the saved gates, cell states and outputs by thread as well gained only
-    # another 0.02-0.06 ms per loop, in a test build: each of their rows is written once
-    # per call.) The gaps are never touched.
+    # and hcat in the forward, dh and dc in the backward) and of the packed forward (gh and
+    # hcat); see _thread_rows. Each thread rewrites its rows at every step; packed side by
+    # side, each core's prefetchers, running off the end of its own block, pulled the first
+    # lines of the other's, and that core then had to take them back before its next write.
+    # LSTM (32, 64, 128, 256), 2 threads, loops with the rows apart by 0 / 4 / 16 / 64 KiB of
+    # gh (a quarter as much of dh, one run): forward 2.94 / 2.86 / 2.83 / 2.77 ms, backward
+    # 2.65 / 2.62 / 2.57 / 2.50 ms; 128 and 256 KiB the same as 64 within 0.01 ms. (Laying
+    # out the saved gates, cell states and outputs by thread as well gained only another
+    # 0.02-0.06 ms per loop, in a test build: each of their rows is written once per call.)
+    # The gaps are never touched.
     THREAD_ROWS_GAP = 65536
 
 
 cdef void* _thread_rows(int nt, Py_ssize_t B, Py_ssize_t cols, size_t itemsize) noexcept nogil:
     """malloc'd scratch of B rows of ``cols`` items for nt threads that each own a slice of
     the rows: thread k's block starts k * THREAD_ROWS_GAP bytes further on (see
-    _thread_row0). NULL when out of memory; free() it."""
+    _with_thread_rows). NULL when out of memory; free() it."""
     return malloc(<size_t>(B * cols) * itemsize + <size_t>(nt - 1) * THREAD_ROWS_GAP)
 
 
-cdef inline floating* _thread_row0(void* rows, int k, floating zero) noexcept nogil:
-    """Where row 0 would be for thread k in _thread_rows scratch: its row b is at
-    + b * cols. (``zero`` only picks the float type.)"""
-    return <floating*>(<char*>rows + <Py_ssize_t>k * THREAD_ROWS_GAP)
+cdef inline void* _thread_block(void* rows, int k) noexcept nogil:
+    """Thread k's block of _thread_rows scratch (where its row 0 would be: its row b is
+    b * cols items further on), or NULL for NULL."""
+    return NULL if rows == NULL else <void*>(<char*>rows + <Py_ssize_t>k * THREAD_ROWS_GAP)
+
+
+cdef inline void _copy_rows(void* dst, const void* src, Py_ssize_t b0, Py_ssize_t b1,
+                            size_t row_bytes) noexcept nogil:
+    """Rows [b0, b1) of row_bytes each from src to dst (both indexed from row 0); nothing
+    when dst is NULL."""
+    if dst != NULL:
+        memcpy(<char*>dst + b0 * row_bytes, <const char*>src + b0 * row_bytes,
+               <size_t>(b1 - b0) * row_bytes)
 
 
 ctypedef struct LoopShape:
@@ -481,6 +490,22 @@ cdef LoopBuffers _no_buffers() noexcept:
     return buf
 
 
+cdef inline LoopBuffers _with_thread_rows(const LoopBuffers* buf, int k, void* gh, void* hcat,
+                                          void* dh, void* dc) noexcept nogil:
+    """A copy of *buf for thread k, whose gh, hcat, dh and dc point at its blocks of the
+    _thread_rows scratch given (THREAD_ROWS_GAP); a NULL scratch leaves buf's pointer."""
+    cdef LoopBuffers own = buf[0]
+    if gh != NULL:
+        own.gh = _thread_block(gh, k)
+    if hcat != NULL:
+        own.hcat = _thread_block(hcat, k)
+    if dh != NULL:
+        own.dh = _thread_block(dh, k)
+    if dc != NULL:
+        own.dc = _thread_block(dc, k)
+    return own
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry points. Shapes are checked by fastrnn.functional before these are called, and again
 # here against each other (nothing the kernels index is taken on trust).
@@ -593,10 +618,7 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                     fr_omp_barrier()
                     b0 = _share(B, tid, nth)
                     b1 = _share(B, tid + 1, nth)
-                    own = buf   # with this thread's scratch rows (THREAD_ROWS_GAP)
-                    own.gh = _thread_row0(gh, tid, <floating>0)
-                    if hcat != NULL:
-                        own.hcat = _thread_row0(hcat, tid, <floating>0)
+                    own = _with_thread_rows(&buf, tid, gh, hcat, NULL, NULL)
                     _forward_batch_slice(&sh, &own, b0, b1, <floating>0)
             # h, c held the initial state until now.
             _final_states(&sh, &buf, <floating>0)
@@ -630,7 +652,6 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     cdef floating* w_packed = NULL
     cdef void* dh_rows = NULL
     cdef void* dc_rows = NULL
-    cdef size_t slice_bytes
     cdef Py_ssize_t NR = panel_width(<floating>0), panels = (H + NR - 1) // NR
     _check_dims(T, B, H, GH)
     buf = _no_buffers()
@@ -672,17 +693,13 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                 fr_omp_barrier()
                 b0 = _share(B, tid, nth)
                 b1 = _share(B, tid + 1, nth)
-                own = buf   # with this thread's rows of dh and dc (THREAD_ROWS_GAP)
-                slice_bytes = <size_t>((b1 - b0) * H) * sizeof(floating)
-                own.dh = _thread_row0(dh_rows, tid, <floating>0)
-                memcpy(<floating*>own.dh + b0 * H, <floating*>buf.dh + b0 * H, slice_bytes)
-                if kind == K_LSTM:
-                    own.dc = _thread_row0(dc_rows, tid, <floating>0)
-                    memcpy(<floating*>own.dc + b0 * H, <floating*>buf.dc + b0 * H, slice_bytes)
+                # The slice's rows of dh and dc (LSTM) in, run, out.
+                own = _with_thread_rows(&buf, tid, NULL, NULL, dh_rows, dc_rows)
+                _copy_rows(own.dh, buf.dh, b0, b1, H * sizeof(floating))
+                _copy_rows(own.dc, buf.dc, b0, b1, H * sizeof(floating))
                 _backward_batch_slice(&sh, &own, b0, b1, <floating>0)
-                memcpy(<floating*>buf.dh + b0 * H, <floating*>own.dh + b0 * H, slice_bytes)
-                if kind == K_LSTM:
-                    memcpy(<floating*>buf.dc + b0 * H, <floating*>own.dc + b0 * H, slice_bytes)
+                _copy_rows(buf.dh, own.dh, b0, b1, H * sizeof(floating))
+                _copy_rows(buf.dc, own.dc, b0, b1, H * sizeof(floating))
         free(w_packed)
         free(dh_rows)
         free(dc_rows)
@@ -1246,9 +1263,7 @@ def forward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1]
                 pack_panels(buf.nr, H, GH, _share(panels, tid, nth),
                             _share(panels, tid + 1, nth), &w_hh[0, 0], H, True, w_packed)
                 fr_omp_barrier()
-                own = buf
-                own.gh = _thread_row0(gh, tid, <floating>0)
-                own.hcat = _thread_row0(hcat, tid, <floating>0)
+                own = _with_thread_rows(&buf, tid, gh, hcat, NULL, NULL)
                 _forward_packed_share(&ps, &own, tid, nth, <floating>0)
             # h, c <- each sequence's state at its last step: sorted sequences
             # counts[s + 1] <= b < counts[s] end at step s.
