@@ -24,7 +24,7 @@ from ._engine import RecurrentWorkspace, check_layer_args, new_weight_grads  # n
 
 
 def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=None,
-                      reverse=False, out=None):
+                      reverse=False, out=None, index=None):
     """Run one recurrent layer in one direction over a whole sequence.
 
     cell: "rnn_tanh", "rnn_relu", "rnn_identity", "gru" or "lstm". x: (T, B, I) float32 or
@@ -38,10 +38,16 @@ def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, len
     backward reads y back from it: leave it unchanged until then), else into a fresh buffer
     that is then copied into ``out``.
 
+    ``index``: (T, B) int row numbers of x, which is then a (V, I) table: the layer's input
+    is ``x[index]`` (an embedding lookup fused into the layer; backward's dx is then the
+    table's gradient, (V, I)). With fewer table rows than tokens (V < T*B: a character
+    vocabulary) the input projection runs once per table row instead of once per token, and
+    so do dW_ih and dx; otherwise the tokens' rows are gathered and projected.
+
     Returns ``(y, state_T, workspace)``; state_T is h_T (B, H), or (h_T, c_T) for the LSTM.
     """
     return _engine.forward(_engine.ops_for(x), cell, x, w_ih, w_hh, b_ih, b_hh, state,
-                           lengths, reverse, out)
+                           lengths, reverse, out, index)
 
 
 def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
@@ -52,15 +58,16 @@ def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
 
     ``grads`` may be a dict with exactly "weight_ih" (G*H, I), "weight_hh" (G*H, H) (and
     "bias_ih", "bias_hh" (G*H,) when the forward had biases) to accumulate into; by default
-    new ones are returned. ``dx_out`` may be a (T, B, I) array to accumulate dx into. These
-    must be writeable C-contiguous arrays of the forward's array type and dtype, sharing no
-    memory with each other, x, the weights, the forward's ``out`` or dy.
+    new ones are returned. ``dx_out`` may be a (T, B, I) array ((V, I) with an ``index``) to
+    accumulate dx into. These must be writeable C-contiguous arrays of the forward's array
+    type and dtype, sharing no memory with each other, x, the weights, the forward's ``out``
+    or dy.
 
     A workspace is consumed by its first backward; another backward on it (also one running
     at the same time in another thread) raises ValueError.
 
-    Returns ``(dx, dstate0, grads)``: dx (T, B, I), the gradient at the initial state
-    (shaped like it), and the parameter gradients.
+    Returns ``(dx, dstate0, grads)``: dx (T, B, I) (with an ``index``: the table's, (V, I)),
+    the gradient at the initial state (shaped like it), and the parameter gradients.
     """
     return _engine.backward(ws, dy, dstate, grads, dx_out)
 
@@ -83,8 +90,9 @@ def _release_scratch(arrays):
 
 def _bind(cell):
     def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=None, reverse=False,
-                out=None):
-        return recurrent_forward(cell, x, w_ih, w_hh, b_ih, b_hh, state, lengths, reverse, out)
+                out=None, index=None):
+        return recurrent_forward(cell, x, w_ih, w_hh, b_ih, b_hh, state, lengths, reverse, out,
+                                 index)
 
     def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
         if ws.cell.name != cell:

@@ -118,8 +118,11 @@ def test_step_phases_times_every_phase_of_a_training_step(capsys):
     import importlib
     phases = importlib.import_module("step_phases")   # benchmarks/ is on sys.path (above)
     times = phases.step_phases("small", threads=1, steps=2, warmup=1)
+    # Without dropout the model hands the ids to the rnn, which looks the embedding rows up
+    # itself: the embedding and input-dropout layers are not called.
+    called = [layer for layer in phases.LAYERS if layer not in ("embedding", "input_dropout")]
     expected = {"step", "zero_grad", "clip", "optimizer"} | {
-        f"{layer} {way}" for layer in phases.LAYERS for way in ("forward", "backward")}
+        f"{layer} {way}" for layer in called for way in ("forward", "backward")}
     assert set(times) == expected
     assert all(len(v) == 2 and min(v) > 0 for v in times.values())
     assert phases.main(["--model", "small", "--steps", "1"]) == 0

@@ -67,10 +67,16 @@ def test_kernel_entry_points_refuse_none(rng):
         bad = dict(args, **{name: np.ascontiguousarray(short)})
         with pytest.raises(ValueError, match=name):
             _kernels.backward_loop(3, False, T, B, *bad.values(), 1)
-    with pytest.raises(TypeError):
-        _kernels.weight_grads(3, False, T, B, None, ws.w_ih, ws.h0, ws.y, ws.gates, None,
-                              dgh, np.zeros_like(ws.w_ih), np.zeros_like(ws.w_hh), None, None,
-                              None, 1)
+    # x None means no input side: then w_ih and dw_ih must be None too. (The float64
+    # version is named: with x None, Cython's dispatch would pick float32's.)
+    with pytest.raises(TypeError, match="no input side"):
+        _kernels.weight_grads["double"](3, False, T, B, None, ws.w_ih, ws.h0, ws.y, ws.gates,
+                                        None, dgh, np.zeros_like(ws.w_ih),
+                                        np.zeros_like(ws.w_hh), None, None, None, 1)
+    with pytest.raises(TypeError, match="w_ih and dw_ih"):
+        _kernels.weight_grads(3, False, T, B, ws.x, None, ws.h0, ws.y, ws.gates, None, dgh,
+                              np.zeros_like(ws.w_ih), np.zeros_like(ws.w_hh), None, None, None,
+                              1)
     with pytest.raises(ValueError, match="dw_ih"):
         _kernels.weight_grads(3, False, T, B, ws.x, ws.w_ih, ws.h0, ws.y, ws.gates, None,
                               dgh, np.zeros((1, 1)), np.zeros_like(ws.w_hh), None, None,

@@ -871,10 +871,18 @@ cdef int _bind_grad_buffers(GradBuffers* gb, int kind, Py_ssize_t rows, Py_ssize
                             floating[:, ::1] dx) except -1:
     """Check the operands and outputs weight_grads and weight_grads_packed share (``rows``
     tokens: T*B, or the real ones packed; x's rows are the caller's to check) and point
-    ``gb`` at them; db_ih, db_hh and dx may be None (skipped)."""
-    _check_shape("w_ih", w_ih.shape[0], w_ih.shape[1], GH, I)
+    ``gb`` at them; db_ih, db_hh and dx may be None (skipped). x None (then I is 0): no input
+    side, w_ih, dw_ih and dx must be None too (db_ih is still summed)."""
+    if x is None:
+        if w_ih is not None or dw_ih is not None or dx is not None:
+            raise TypeError("without x, w_ih, dw_ih and dx must be None too (no input side)")
+    else:
+        if w_ih is None or dw_ih is None:
+            raise TypeError("w_ih and dw_ih must be arrays when x is given, got None")
+        _check_shape("w_ih", w_ih.shape[0], w_ih.shape[1], GH, I)
+        _check_shape("dw_ih", dw_ih.shape[0], dw_ih.shape[1], GH, I)
+        gb.x, gb.w_ih, gb.dw_ih = &x[0, 0], &w_ih[0, 0], &dw_ih[0, 0]
     _check_shape("gates", gates.shape[0], gates.shape[1], rows, GH)
-    _check_shape("dw_ih", dw_ih.shape[0], dw_ih.shape[1], GH, I)
     _check_shape("dw_hh", dw_hh.shape[0], dw_hh.shape[1], GH, H)
     if kind == K_GRU:
         if hn is None:
@@ -890,17 +898,27 @@ cdef int _bind_grad_buffers(GradBuffers* gb, int kind, Py_ssize_t rows, Py_ssize
     if dx is not None:
         _check_shape("dx", dx.shape[0], dx.shape[1], rows, I)
         gb.dx = &dx[0, 0]
-    gb.rows, gb.x, gb.w_ih, gb.g = rows, &x[0, 0], &w_ih[0, 0], &gates[0, 0]
-    gb.dw_ih, gb.dw_hh = &dw_ih[0, 0], &dw_hh[0, 0]
+    gb.rows, gb.g, gb.dw_hh = rows, &gates[0, 0], &dw_hh[0, 0]
     return 0
 
 
+cdef Py_ssize_t _input_size(x, Py_ssize_t rows) except -1:
+    """I, the columns of weight_grads' x (rows ``rows``), or 0 for x None (no input side)."""
+    if x is None:
+        return 0
+    if x.shape[1] < 1:
+        raise ValueError(f"x must have at least one column, got shape ({x.shape[0]}, {x.shape[1]})")
+    _blas_int(x.shape[1], "the input size I")
+    _check_shape("x", x.shape[0], x.shape[1], rows, x.shape[1])
+    return x.shape[1]
+
+
 def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
-                 const floating[:, ::1] x not None, const floating[:, ::1] w_ih not None,
+                 const floating[:, ::1] x, const floating[:, ::1] w_ih,
                  const floating[:, ::1] h0 not None, const floating[:, :] y not None,
                  const floating[:, ::1] gates not None, const floating[:, ::1] hn,
                  const floating[:, ::1] dgh_first not None,
-                 floating[:, ::1] dw_ih not None, floating[:, ::1] dw_hh not None,
+                 floating[:, ::1] dw_ih, floating[:, ::1] dw_hh not None,
                  floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] dx,
                  int num_threads=1):
     """Accumulate the parameter and input gradients with GEMMs over all steps.
@@ -910,19 +928,17 @@ def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     The previous hidden state of row (t, b) is y at t-1 (forward) or t+1 (reverse), or h0 at
     each sequence's first step; dgh_first holds dGh at those first steps.
     x (T*B, I), w_ih and dw_ih (G*H, I), h0 (B, H), dw_hh (G*H, H), db_* (G*H,), dx (T*B, I).
-    db_ih / db_hh / dx may be None to skip them.
+    db_ih / db_hh / dx may be None to skip them; x, w_ih, dw_ih and dx all None skip the
+    input side (dW_ih and dx: the caller derives them from the x-side gate gradient).
     The outputs are cut into max(2, num_threads) parts shared among the OpenMP threads, each
     calling single-threaded BLAS on its parts (see project_inputs).
     """
-    cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H, I = x.shape[1]
+    cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H
+    cdef Py_ssize_t I = _input_size(x, T * B)
     cdef LoopShape sh
     cdef GradBuffers gb
     memset(&gb, 0, sizeof(gb))
     _check_dims(T, B, H, GH)
-    if I < 1:
-        raise ValueError(f"x must have at least one column, got shape ({x.shape[0]}, {I})")
-    _blas_int(I, "the input size I")
-    _check_shape("x", x.shape[0], x.shape[1], T * B, I)
     _check_shape("h0", h0.shape[0], h0.shape[1], B, H)
     _check_shape("y", y.shape[0], y.shape[1], T * B, H)
     _check_shape("dgh_first", dgh_first.shape[0], dgh_first.shape[1], B, GH)
@@ -937,7 +953,7 @@ def weight_grads(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     gb.g_paired = &gates[0, 0] if reverse else &gates[0, 0] + _row_at(B, GH)
     gb.y_paired = &y[0, 0] + _row_at(B, gb.ldy) if reverse else &y[0, 0]
     gb.h0, gb.dgh_first, gb.first_rows = &h0[0, 0], &dgh_first[0, 0], B
-    _run_weight_grads(&sh, I, &gb, num_threads, &dw_hh[0, 0], &dw_ih[0, 0])
+    _run_weight_grads(&sh, I, &gb, num_threads, &dw_hh[0, 0], <floating*>gb.dw_ih)
 
 
 cdef int _run_weight_grads(const LoopShape* sh, Py_ssize_t I, GradBuffers* gb, int num_threads,
@@ -1321,32 +1337,30 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
         free(w_packed)
 
 
-def weight_grads_packed(int kind, const floating[:, ::1] x not None,
-                        const floating[:, ::1] w_ih not None,
+def weight_grads_packed(int kind, const floating[:, ::1] x, const floating[:, ::1] w_ih,
                         const floating[:, ::1] h_prev not None,
                         const floating[:, ::1] gates not None, const floating[:, ::1] hn,
-                        floating[:, ::1] dw_ih not None, floating[:, ::1] dw_hh not None,
+                        floating[:, ::1] dw_ih, floating[:, ::1] dw_hh not None,
                         floating[::1] db_ih, floating[::1] db_hh, floating[:, ::1] dx,
                         int num_threads=1):
     """weight_grads over the N real tokens of a packed batch: x, h_prev (each row's previous
     hidden state), gates (dGh), hn (GRU) and dx all have N rows, packed; dW_hh = dGh^T h_prev
-    and dW_ih = dGh^T x in one GEMM each. db_* and dx may be None to skip them."""
-    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], H = h_prev.shape[1]
+    and dW_ih = dGh^T x in one GEMM each. db_* and dx may be None to skip them; x, w_ih, dw_ih
+    and dx all None skip the input side (see weight_grads)."""
+    cdef Py_ssize_t N = gates.shape[0], H = h_prev.shape[1]
     cdef Py_ssize_t GH = gate_count(kind) * H
+    cdef Py_ssize_t I = _input_size(x, N)
     cdef LoopShape sh
     cdef GradBuffers gb
     memset(&gb, 0, sizeof(gb))
     _check_dims(1, N, H, GH)
-    if I < 1:
-        raise ValueError(f"x must have at least one column, got shape ({N}, {I})")
-    _blas_int(I, "the input size I")
     _check_shape("h_prev", h_prev.shape[0], h_prev.shape[1], N, H)
     _bind_grad_buffers(&gb, kind, N, H, GH, I, x, w_ih, gates, hn, dw_ih, dw_hh, db_ih, db_hh,
                        dx)
     sh = _loop_shape(kind, 1, N, H, False, None)
     gb.paired_rows, gb.g_paired, gb.y_paired, gb.ldy = N, &gates[0, 0], &h_prev[0, 0], H
     gb.first_rows = 0
-    _run_weight_grads(&sh, I, &gb, num_threads, &dw_hh[0, 0], &dw_ih[0, 0])
+    _run_weight_grads(&sh, I, &gb, num_threads, &dw_hh[0, 0], <floating*>gb.dw_ih)
 
 
 cdef int _check_row_move(str packed_name, packed, Py_ssize_t n, Py_ssize_t F, str table_name,

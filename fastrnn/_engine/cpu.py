@@ -51,9 +51,11 @@ class CpuOps:
 
     @staticmethod
     def weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx):
-        _kernels.weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first,
-                              grads["weight_ih"], grads["weight_hh"], grads.get("bias_ih"),
-                              grads.get("bias_hh"), dx, threads.get_num_threads())
+        """x None: no input side (w_ih and dx None; dW_ih not touched, db_ih still summed)."""
+        _typed(_kernels.weight_grads, gates)(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first,
+                              None if x is None else grads["weight_ih"], grads["weight_hh"],
+                              grads.get("bias_ih"), grads.get("bias_hh"), dx,
+                              threads.get_num_threads())
 
     # Batches of at least this many sequences with lengths run packed (driver.py).
     packed_min_batch = _kernels.PACKED_MIN_BATCH
@@ -72,7 +74,9 @@ class CpuOps:
 
     @staticmethod
     def weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx):
-        _kernels.weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads["weight_ih"],
+        """x None: no input side, as weight_grads."""
+        _typed(_kernels.weight_grads_packed, gates)(kind, x, w_ih, h_prev, gates, hn,
+                                     None if x is None else grads["weight_ih"],
                                      grads["weight_hh"], grads.get("bias_ih"),
                                      grads.get("bias_hh"), dx, threads.get_num_threads())
 
@@ -89,6 +93,12 @@ class CpuOps:
 
     def __repr__(self):
         return "CpuOps()"
+
+
+def _typed(kernel, like):
+    """The version of a fused-type (float32 / float64) kernel for ``like``'s dtype: chosen
+    from the arguments, Cython would take float32's whenever the first array is None."""
+    return kernel["double" if like.dtype == np.float64 else "float"]
 
 
 def zero_arrays(arrays):

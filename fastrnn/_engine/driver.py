@@ -13,6 +13,9 @@ workspace handling and state logic:
     ops.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
                       dh, dc, dgh_first)
     ops.weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx)
+                                   (x, w_ih, dx None: no input side, dW_ih untouched)
+    ops.gather_rows(src, index, out)          out[r] = src[index[r]]
+    ops.scatter_add_rows(dst, index, rows)    dst[index[r]] += rows[r], r in order
 
 An Ops whose ``packed_min_batch`` is an int also runs batches of at least that many
 sequences with lengths packed (:mod:`.packing`), so that their cost follows the real tokens:
@@ -20,8 +23,6 @@ sequences with lengths packed (:mod:`.packing`), so that their cost follows the 
     ops.forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist, y)
     ops.backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc)
     ops.weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx)
-    ops.gather_rows(src, index, out)          out[r] = src[index[r]]
-    ops.scatter_add_rows(dst, index, rows)    dst[index[r]] += rows[r], r in order
 
 with the states in the packing's sorted order and gates/hn/chist in its packed rows.
 ``lengths`` is always a validated host (NumPy) int64 array or None; ``y``/``dy`` are
@@ -36,14 +37,21 @@ from .._device import array_module_of, is_device_array
 from .._validation import (as_float_dtype, check_array, check_no_shared_memory,
                            check_output_buffer)
 from ..cells import get_cell
+from . import lookup
 from . import packing as _packing
 
 
 class RecurrentWorkspace:
     """Opaque record of one forward pass, consumed by :func:`recurrent_backward`."""
 
-    __slots__ = ("ops", "cell", "reverse", "T", "B", "x", "w_ih", "w_hh", "has_bias", "h0", "c0",
-                 "lengths", "gates", "hn", "chist", "y", "consumed")
+    # x: the (T*B, I) input rows, or with index (T*B,) the (V, I) table whose rows they are
+    # (project_table: the forward projected the table rows, see lookup.py).
+    __slots__ = ("ops", "cell", "reverse", "T", "B", "x", "index", "project_table", "w_ih",
+                 "w_hh", "has_bias", "h0", "c0", "lengths", "gates", "hn", "chist", "y",
+                 "consumed")
+
+    def __init__(self):
+        self.index, self.project_table = None, False   # the input is x itself
 
     def __repr__(self):
         return (f"RecurrentWorkspace(cell={self.cell.name!r}, T={self.T}, B={self.B}, "
@@ -156,20 +164,22 @@ def _check_on_device(xp, a, name):
     return a
 
 
-def check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh):
+def check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh, table=False):
     """Check the arguments of a one-layer forward in the array module ``xp``.
 
     ``x`` is moved to ``xp`` (a NumPy batch for the GPU is copied over); weights and biases
-    must already live there. Returns ``(spec, x, w_ih, w_hh, b_ih, b_hh, has_bias)`` with
-    missing biases replaced by zeros.
+    must already live there. ``table``: x is a (V, I) table of input rows (an ``index``
+    picks them), not a (T, B, I) batch. Returns ``(spec, x, w_ih, w_hh, b_ih, b_hh,
+    has_bias)`` with missing biases replaced by zeros.
     """
     spec = get_cell(cell)
     x = xp.asarray(x)
     dtype = as_float_dtype(x.dtype, "x.dtype")
-    x = check_array(x, "x", ndim=3)
-    T, B, I = x.shape
-    if T < 1 or B < 1 or I < 1:
-        raise ValueError(f"x must have at least one step, sequence and feature, got shape {x.shape}")
+    x = check_array(x, "x", ndim=2 if table else 3)
+    I = x.shape[-1]
+    if min(x.shape) < 1:
+        what = "row" if table else "step, sequence"
+        raise ValueError(f"x must have at least one {what} and feature, got shape {x.shape}")
     w_hh = check_array(w_hh, "w_hh", ndim=2, dtype=dtype)
     GH, H = w_hh.shape
     if H < 1:   # as the layers (hidden_size >= 1): an empty output is a mistake, not a model
@@ -187,12 +197,17 @@ def check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh):
 
 
 def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=None,
-            reverse=False, out=None):
+            reverse=False, out=None, index=None):
     """:func:`fastrnn.functional.recurrent_forward` on the device of ``ops``."""
     xp = ops.xp
-    spec, x, w_ih, w_hh, b_ih, b_hh, has_bias = check_layer_args(xp, cell, x, w_ih, w_hh, b_ih, b_hh)
+    spec, x, w_ih, w_hh, b_ih, b_hh, has_bias = check_layer_args(xp, cell, x, w_ih, w_hh, b_ih,
+                                                                 b_hh, table=index is not None)
     dtype = x.dtype
-    T, B, _ = x.shape
+    if index is None:
+        T, B, _ = x.shape
+    else:
+        index = lookup.check_index(xp, index, x.shape[0])
+        T, B = index.shape
     GH, H = w_hh.shape
     h, c = _state_pair(spec, state, "state", B, H, dtype, xp)
     lens = _loop_lengths(check_lengths(lengths, T, B), T)
@@ -210,7 +225,10 @@ def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=
     ws = RecurrentWorkspace()
     ws.ops, ws.cell, ws.reverse, ws.T, ws.B = ops, spec, bool(reverse), T, B
     ws.has_bias, ws.consumed = has_bias, False
-    ws.x, ws.w_ih, ws.w_hh, ws.lengths = x.reshape(T * B, x.shape[2]), w_ih, w_hh, lens
+    ws.x = x if index is not None else x.reshape(T * B, x.shape[2])
+    ws.index = index.reshape(T * B) if index is not None else None
+    ws.project_table = index is not None and lookup.projects_table(x.shape[0], T * B)
+    ws.w_ih, ws.w_hh, ws.lengths = w_ih, w_hh, lens
     ws.h0 = h.copy()
     ws.c0 = c.copy() if c is not None else None
     ws.gates = ops.empty((T * B, GH), dtype)
@@ -221,7 +239,7 @@ def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=
     packing = _packing_for(ops, lens, B, ws.reverse)
     if packing is None:
         with ops.compute():
-            ops.project_inputs(ws.x, w_ih, b_ih, ws.gates)
+            _project_inputs(ws, b_ih, ws.gates, None)
             ops.forward_loop(spec.kind, ws.reverse, T, B, w_hh, b_hh, h, c, lens, ws.gates,
                              ws.hn, ws.chist, ws.y)
     else:
@@ -254,10 +272,8 @@ def _forward_packed(ws, packing, spec, b_ih, b_hh, h, c):
     ops, order, rows = ws.ops, packing.order, packing.rows
     h_sorted = h[order]
     c_sorted = c[order] if c is not None else None
-    x_packed = _packed_input(ws, packing)
     with ops.compute():
-        ops.project_inputs(x_packed, ws.w_ih, b_ih, ws.gates[:rows])
-        del x_packed
+        _project_inputs(ws, b_ih, ws.gates[:rows], packing.src)
         ops.forward_loop_packed(spec.kind, ws.T, ws.B, ws.lengths, packing, ws.w_hh, b_hh,
                                 h_sorted, c_sorted, ws.gates, ws.hn, ws.chist, ws.y)
     h[order] = h_sorted
@@ -265,12 +281,32 @@ def _forward_packed(ws, packing, spec, b_ih, b_hh, h, c):
         c[order] = c_sorted
 
 
-def _packed_input(ws, packing):
-    """The layer's input rows of the real tokens, in packed order (forward projects them,
-    backward pairs them with dGh)."""
-    x_packed = ws.ops.xp.empty((packing.rows, ws.x.shape[1]), ws.x.dtype)
-    ws.ops.gather_rows(ws.x, packing.src, x_packed)
-    return x_packed
+def _project_inputs(ws, b_ih, gates, src):
+    """gates = x W_ih^T + b_ih for the input rows ``src`` (time-space row numbers, in the
+    order of gates' rows; None: all T*B in time order)."""
+    if ws.project_table:
+        index = ws.index if src is None else ws.index[src]
+        lookup.project_table_rows(ws.ops, ws.x, ws.w_ih, b_ih, index, gates)
+        return
+    x_rows = _input_rows(ws, src)
+    ws.ops.project_inputs(x_rows, ws.w_ih, b_ih, gates)
+
+
+def _input_rows(ws, src):
+    """The layer's input rows ``src`` (time-space row numbers; None: all T*B in time order):
+    forward projects them, backward pairs them with dGh. Gathered into a new array unless
+    they are x itself."""
+    if ws.index is None and src is None:
+        return ws.x
+    table_rows = ws.index if src is None else _table_rows_of(ws, src)
+    rows = ws.ops.xp.empty((table_rows.shape[0], ws.x.shape[1]), ws.x.dtype)
+    ws.ops.gather_rows(ws.x, table_rows, rows)
+    return rows
+
+
+def _table_rows_of(ws, src):
+    """Rows of ws.x holding the input of time-space rows ``src``."""
+    return src if ws.index is None else ws.index[src]
 
 
 def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
@@ -294,19 +330,26 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
         if grads is None:
             grads = new_weight_grads(ws)
         if dx_out is None:
-            dx_out = xp.zeros((T, B, I), dtype=ws.w_hh.dtype)
+            dx_out = xp.zeros(_dx_shape(ws), dtype=ws.w_hh.dtype)
         # Each real token's previous hidden state: h0 at the first steps (packed rows 0..B-1),
         # else the same sequence's output one step earlier.
         h_prev = xp.empty((rows, H), dtype=ws.w_hh.dtype)
         h_prev[:B] = h0
         ops.gather_rows(ws.y, packing.prev_src, h_prev[B:])
-        x_packed = _packed_input(ws, packing)
-        dx_packed = xp.zeros((rows, I), dtype=ws.w_hh.dtype)
-        ops.weight_grads_packed(spec.kind, x_packed, ws.w_ih, h_prev, gates, hn, grads,
-                                dx_packed)
-        del h_prev, x_packed
-        # src holds each time-space row once
-        ops.scatter_add_rows(dx_out.reshape(T * B, I), packing.src, dx_packed)
+        if ws.project_table:
+            ops.weight_grads_packed(spec.kind, None, None, h_prev, gates, hn, grads, None)
+            lookup.add_table_grads(ops, ws.x, ws.w_ih, ws.index[packing.src], gates, hn, grads,
+                                   dx_out)
+        else:
+            x_packed = _input_rows(ws, packing.src)
+            dx_packed = xp.zeros((rows, I), dtype=ws.w_hh.dtype)
+            ops.weight_grads_packed(spec.kind, x_packed, ws.w_ih, h_prev, gates, hn, grads,
+                                    dx_packed)
+            del x_packed
+            # src holds each time-space row once (an index may repeat table rows: summed)
+            ops.scatter_add_rows(dx_out.reshape(-1, I), _table_rows_of(ws, packing.src),
+                                 dx_packed)
+        del h_prev
     dh[order] = dh_sorted
     if dc is not None:
         dc[order] = dc_sorted
@@ -336,7 +379,7 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
     if grads is not None:
         _check_grads(grads, ws.has_bias, GH, H, I, dtype, xp)
     if dx_out is not None:
-        check_output_buffer(dx_out, "dx_out", (T, B, I), dtype, xp=xp)
+        check_output_buffer(dx_out, "dx_out", _dx_shape(ws), dtype, xp=xp)
     outputs = {"dx_out": dx_out}
     outputs.update((f"grads[{k!r}]", v) for k, v in (grads or {}).items())
     check_no_shared_memory(outputs, {"x": ws.x, "w_ih": ws.w_ih, "w_hh": ws.w_hh,
@@ -361,13 +404,31 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
         if grads is None:
             grads = new_weight_grads(ws)
         if dx_out is None:
-            dx_out = xp.zeros((T, B, I), dtype=dtype)
-        ops.weight_grads(spec.kind, ws.reverse, T, B, ws.x, ws.w_ih, ws.h0, ws.y, gates, hn,
-                         dgh_first, grads, dx_out.reshape(T * B, I))
-    scratch = [dgh_first]
+            dx_out = xp.zeros(_dx_shape(ws), dtype=dtype)
+        scratch = [dgh_first]
+        if ws.project_table:
+            ops.weight_grads(spec.kind, ws.reverse, T, B, None, None, ws.h0, ws.y, gates, hn,
+                             dgh_first, grads, None)
+            lookup.add_table_grads(ops, ws.x, ws.w_ih, ws.index, gates, hn, grads, dx_out)
+        elif ws.index is None:
+            ops.weight_grads(spec.kind, ws.reverse, T, B, ws.x, ws.w_ih, ws.h0, ws.y, gates, hn,
+                             dgh_first, grads, dx_out.reshape(T * B, I))
+        else:   # the tokens' rows gathered again, their dx scattered into the table's rows
+            dx_rows = ops.empty((T * B, I), dtype)
+            dx_rows.fill(0)
+            ops.weight_grads(spec.kind, ws.reverse, T, B, _input_rows(ws, None), ws.w_ih,
+                             ws.h0, ws.y, gates, hn, dgh_first, grads, dx_rows)
+            ops.scatter_add_rows(dx_out, ws.index, dx_rows)
+            scratch.append(dx_rows)
+            del dx_rows
     del gates, hn, chist, dgh_first
     _release_saved(ws, scratch)
     return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
+
+
+def _dx_shape(ws):
+    """The shape of backward's dx: x's, (T, B, I) or the (V, I) table's."""
+    return ws.x.shape if ws.index is not None else (ws.T, ws.B, ws.x.shape[1])
 
 
 def _release_saved(ws, scratch=None):
@@ -406,7 +467,9 @@ def _check_saved(ws, xp, spec, GH, H, I, dtype, gates, hn, chist):
     """The workspace must hold what its forward saved: its attributes are reachable from
     Python, and a replaced one must not lead the kernels out of bounds."""
     rows, B = ws.T * ws.B, ws.B
-    expected = {"gates": (gates, (rows, GH)), "x": (ws.x, (rows, I)), "w_ih": (ws.w_ih, (GH, I)),
+    x_shape = (rows, I) if ws.index is None else (ws.x.shape[0], I)
+    expected = {"gates": (gates, (rows, GH)), "x": (ws.x, x_shape), "w_ih": (ws.w_ih, (GH, I)),
+                "index": (ws.index, None if ws.index is None else (rows,)),
                 "h0": (ws.h0, (B, H)), "y": (ws.y, (rows, H)),
                 "c0": (ws.c0, (B, H) if spec.has_cell_state else None),
                 "hn": (hn, (rows, H) if spec.name == "gru" else None),
@@ -415,7 +478,8 @@ def _check_saved(ws, xp, spec, GH, H, I, dtype, gates, hn, chist):
         if shape is None:
             ok = a is None
         else:
-            ok = (type(a) is xp.ndarray and a.shape == shape and a.dtype == dtype
+            ok = (type(a) is xp.ndarray and a.shape == shape
+                  and a.dtype == (np.int64 if name == "index" else dtype)
                   and (a.flags.c_contiguous or name == "y"))
         if not ok:
             raise ValueError(f"ws.{name} is not the array its forward saved; run forward again")

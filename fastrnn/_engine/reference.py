@@ -88,10 +88,19 @@ class StepOps:
                       loop)
         dh += dh_rec   # the W_hh path out of each sequence's first step
 
+    def gather_rows(self, src, index, out):
+        """out[r] = src[index[r]]."""
+        self.xp.take(src, index, axis=0, out=out)
+
+    def scatter_add_rows(self, dst, index, rows):
+        """dst[index[r]] += rows[r] for every r (a repeated index gets all its rows)."""
+        self.xp.add.at(dst, index, rows)
+
     def weight_grads(self, kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx):
         """GEMMs over all steps, as recurrent.pyx's weight_grads: ``gates`` holds dGh, ``hn``
         the GRU's x-side n-gate gradient; the previous hidden state of row (t, b) is y at t-1
-        (t+1 in reverse), or h0 at each sequence's first step, where dGh is ``dgh_first``."""
+        (t+1 in reverse), or h0 at each sequence's first step, where dGh is ``dgh_first``.
+        x None (w_ih, dx None too): no input side, dW_ih and dx are left alone."""
         H = h0.shape[1]
         x_cols = 2 * H if kind == GRU else gates.shape[1]
         dw_ih, dw_hh = grads["weight_ih"], grads["weight_hh"]
@@ -101,9 +110,10 @@ class StepOps:
             else:         # row t pairs with y[t-1]
                 dw_hh += gates[B:].T @ y[:(T - 1) * B]
         dw_hh += dgh_first.T @ h0
-        dw_ih[:x_cols] += gates[:, :x_cols].T @ x
-        if hn is not None:
-            dw_ih[2 * H:] += hn.T @ x
+        if x is not None:
+            dw_ih[:x_cols] += gates[:, :x_cols].T @ x
+            if hn is not None:
+                dw_ih[2 * H:] += hn.T @ x
         if grads.get("bias_hh") is not None:
             grads["bias_hh"] += gates.sum(axis=0)
         if grads.get("bias_ih") is not None:
@@ -111,9 +121,10 @@ class StepOps:
             db_ih[:x_cols] += gates[:, :x_cols].sum(axis=0)
             if hn is not None:
                 db_ih[2 * H:] += hn.sum(axis=0)
-        dx += gates[:, :x_cols] @ w_ih[:x_cols]
-        if hn is not None:
-            dx += hn @ w_ih[2 * H:]
+        if x is not None:
+            dx += gates[:, :x_cols] @ w_ih[:x_cols]
+            if hn is not None:
+                dx += hn @ w_ih[2 * H:]
 
 
 def _split(a, G):

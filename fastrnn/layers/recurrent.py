@@ -43,15 +43,19 @@ class RecurrentLayer(Layer):
     (``num_layers`` then defaults to its length and must equal it). Layer l's input is layer
     l-1's output (D*H_{l-1} features), so ``weight_ih_l1`` has shape (G*H_1, D*H_0).
 
-    forward(x, state=None, lengths=None) -> (y, state)
-        x: (T, B, I), or (B, T, I) with batch_first. y: (T, B, D*H_last) (or batch first),
+    forward(x, state=None, lengths=None, index=None) -> (y, state)
+        x: (T, B, I), or (B, T, I) with batch_first. With ``index``, (T, B) int row numbers
+        ((B, T) with batch_first), x is a (V, I) table and the input is ``x[index]``: an
+        embedding lookup fused into the first layer, whose input projection, dW_ih and dx
+        then run over the V table rows instead of the T*B tokens when V < T*B (see
+        :func:`fastrnn.functional.recurrent_forward`). y: (T, B, D*H_last) (or batch first),
         D = 2 if bidirectional. state: h (L*D, B, H), or (h, c) for the LSTM; None means
         zeros. When the layers' sizes differ the states cannot stack into one array: h (and
         c) is then a list over layers of (D, B, H_l) arrays (the states of L one-layer
         PyTorch modules), e.g. ``([h0, h1], [c0, c1])`` for an LSTM. :meth:`zero_state`
         builds either form.
     backward(dy, dstate=None) -> (dx, dstate0)
-        Backpropagates through the most recent pending training-mode forward (LIFO, see
+        dx like x (with ``index``: the (V, I) table's gradient). Backpropagates through the most recent pending training-mode forward (LIFO, see
         :class:`fastrnn.layers.Layer`: a layer applied to several steps or segments before
         backward gets each one's exact gradient) and accumulates into ``grads``.
 
@@ -231,20 +235,31 @@ class RecurrentLayer(Layer):
     # ---- forward / backward ---------------------------------------------------------------
 
     @forward_method
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x, state=None, lengths=None, index=None):
         x = self._on_device(x)
-        if x.ndim != 3:
+        if index is not None:
+            if x.ndim != 2:
+                raise ValueError(f"x must be a 2-D (V, input_size) table with index, got shape "
+                                 f"{x.shape}")
+            index = self._on_device(index)
+            if index.ndim != 2:
+                layout = "(B, T)" if self.batch_first else "(T, B)"
+                raise ValueError(f"index must be 2-D {layout} row numbers of x, got shape "
+                                 f"{index.shape}")
+            if self.batch_first:
+                index = index.T
+        elif x.ndim != 3:
             layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
             raise ValueError(f"x must be 3-D {layout}, got shape {x.shape}")
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
         if x.dtype != self.dtype:
             raise TypeError(f"x must have dtype {self.dtype} (the layer's dtype), got {x.dtype}")
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)
-        if x.shape[2] != self.input_size:
-            raise ValueError(f"x must have {self.input_size} features (input_size), got {x.shape[2]}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x must have {self.input_size} features (input_size), got {x.shape[-1]}")
         xp = self.xp
         x = xp.ascontiguousarray(x)
-        T, B, _ = x.shape
+        T, B = (x.shape[:2] if index is None else index.shape)
         state = self._on_device(state)
         states = self._check_state(state, B, "state")
         D = self.num_directions
@@ -258,7 +273,7 @@ class RecurrentLayer(Layer):
                 _, st, ws = F.recurrent_forward(
                     self.cell.name, layer_input, *self._weights(layer, d),
                     state=states[layer * D + d], lengths=lengths, reverse=d == 1,
-                    out=out[:, :, d * H:(d + 1) * H])
+                    out=out[:, :, d * H:(d + 1) * H], index=index if layer == 0 else None)
                 workspaces.append(ws)
                 final.append(st)
             mask = None
@@ -270,13 +285,13 @@ class RecurrentLayer(Layer):
                 out = out * mask   # a new array: the kernels' workspace still needs the raw output
             masks.append(mask)
             layer_input = out
-        self._save_for_backward((workspaces, masks, T, B))
+        self._save_for_backward((workspaces, masks, T, B, None if index is None else x.shape))
         y = layer_input.transpose(1, 0, 2) if self.batch_first else layer_input
         return y, self._stack_states(final)
 
     @backward_method
     def backward(self, dy, dstate=None):
-        workspaces, masks, T, B = self._saved_for_backward()
+        workspaces, masks, T, B, table_shape = self._saved_for_backward()
         D, out_size = self.num_directions, self.output_size
         xp = self.xp
         if dy is not None:
@@ -292,6 +307,8 @@ class RecurrentLayer(Layer):
         for layer in reversed(range(self.num_layers)):
             H = self.hidden_sizes[layer]
             shape = (T, B, self.layer_input_size(layer))
+            if layer == 0 and table_shape is not None:
+                shape = table_shape
             # The gradient between two stacked layers lives only in this loop: a reused
             # buffer (F._scratch_zeros), handed back once the layer below has read it.
             if layer > 0:
@@ -311,7 +328,7 @@ class RecurrentLayer(Layer):
                 F._release_scratch(consumed)
             dy = dx
             del dx
-        dx = dy.transpose(1, 0, 2) if self.batch_first else dy
+        dx = dy.transpose(1, 0, 2) if self.batch_first and table_shape is None else dy
         return dx, self._stack_states(dstate0)
 
     def __repr__(self):

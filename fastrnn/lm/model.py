@@ -257,8 +257,11 @@ class LanguageModel(Module):
         """x: int ids (T, B), NumPy or CuPy (moved to the model's device). Returns
         (logits (T, B, V), final state), on the model's device."""
         x = self._check_ids(x, "x")
-        h = self.input_dropout.forward(self.embedding.forward(x))
-        h, state = self.rnn.forward(h, state, lengths)
+        if self._lookup_in_rnn():
+            h, state = self.rnn.forward(self.embedding.params["weight"], state, lengths, index=x)
+        else:
+            h = self.input_dropout.forward(self.embedding.forward(x))
+            h, state = self.rnn.forward(h, state, lengths)
         h = self.output_dropout.forward(h)
         return self.output.forward(h), state
 
@@ -288,6 +291,14 @@ class LanguageModel(Module):
                 weights = mask if weights is None else mask * to_device(weights, self.device)
             return self.loss.forward(logits, y, weights), state
 
+    def _lookup_in_rnn(self):
+        """Whether forward hands the token ids and the embedding table to the recurrent layer,
+        which looks the rows up itself (``index``, see :class:`fastrnn.layers.RecurrentLayer`:
+        for a vocabulary smaller than the batch's tokens its first layer then projects each
+        table row once instead of each token). Not with one-hot inputs (no table) nor with
+        dropout on the embeddings in training (each token's row then differs)."""
+        return not self.one_hot and (not self.training or self.input_dropout.p == 0.0)
+
     def backward(self, scale=1.0):
         """Backpropagate the most recent pending training-mode ``forward``'s loss (truncated
         at its initial state) and accumulate into ``grads``. Each layer keeps one record per
@@ -298,7 +309,10 @@ class LanguageModel(Module):
             d = self.loss.backward(scale)
             d = self.output_dropout.backward(self.output.backward(d))
             d, _ = self.rnn.backward(d)
-            self.embedding.backward(self.input_dropout.backward(d))
+            if d.ndim == 2:   # the forward looked the rows up in the rnn: d is the table's
+                self.embedding.grads["weight"] += d
+            else:
+                self.embedding.backward(self.input_dropout.backward(d))
 
     def _check_ids(self, ids, name):
         ids = check_token_ids(ids, name, self.vocab_size)

@@ -1,0 +1,57 @@
+"""A layer's input given as rows of a table, ``x = table[index]``: an embedding lookup fused
+into the first recurrent layer.
+
+The input projection of a token is ``W_ih table[index] + b_ih``: it depends only on the
+token's table row. When the table has fewer rows than the batch has tokens (a character
+vocabulary: 65-86 rows against 512-2048 tokens per batch), the projection is computed once
+per table row, (V, G*H), and each token's row of it gathered; the backward adds each token's
+x-side gate gradient into its table row, (V, G*H), and derives dW_ih and the table's gradient
+from those V rows, so both products run over V rows instead of T*B. Otherwise the driver
+gathers the tokens' rows and runs the layer as on any input, scattering dx into the table.
+
+The two ways give the same function; the sums in dW_ih and the table's gradient are grouped
+differently (per table row first), so they may differ in the last bits.
+"""
+from .._matmul import matmul
+from .._validation import check_token_ids
+
+
+def check_index(xp, index, table_rows):
+    """``index`` as a (T, B) int64 array of ``xp`` with values in [0, table_rows); TypeError
+    or ValueError naming it otherwise."""
+    index = check_token_ids(index, "index", table_rows)
+    if index.ndim != 2 or index.shape[0] < 1 or index.shape[1] < 1:
+        raise ValueError(f"index must be (T, B) row numbers of x with T, B >= 1, got shape "
+                         f"{index.shape}")
+    return xp.ascontiguousarray(xp.asarray(index))
+
+
+def projects_table(table_rows, tokens):
+    """Whether to project the table rows (fewer of them than tokens) rather than gather the
+    tokens' rows and project those."""
+    return table_rows < tokens
+
+
+def project_table_rows(ops, table, w_ih, b_ih, index, gates):
+    """gates[r] = W_ih table[index[r]] + b_ih for every row r of ``gates``: the table's
+    projection (V, G*H), then a gather of its rows."""
+    projected = ops.empty((table.shape[0], w_ih.shape[0]), table.dtype)
+    ops.project_inputs(table, w_ih, b_ih, projected)
+    ops.gather_rows(projected, index, gates)
+    ops.release([projected])
+
+
+def add_table_grads(ops, table, w_ih, index, gates, hn, grads, dtable):
+    """dW_ih and the table's gradient from the x-side gate gradient of rows ``index`` of the
+    table: ``gates`` (N, G*H) holds dGh of the N tokens (the GRU's n gate: its x side is in
+    ``hn`` (N, H) instead). Sums each token's row into its table row (V, G*H), then
+    ``grads["weight_ih"] += D^T table`` and ``dtable += D W_ih``. (The bias gradient is the
+    column sum of the same rows: the weight-gradient kernel adds it.)"""
+    xp = ops.xp
+    x_side = gates if hn is None else xp.concatenate((gates[:, :2 * hn.shape[1]], hn), axis=1)
+    per_row = ops.empty((table.shape[0], w_ih.shape[0]), table.dtype)
+    per_row.fill(0)
+    ops.scatter_add_rows(per_row, index, x_side)
+    matmul(per_row, table, trans_a=True, out=grads["weight_ih"], beta=1.0)
+    matmul(per_row, w_ih, out=dtable, beta=1.0)
+    ops.release([per_row])
