@@ -228,3 +228,30 @@ def test_bad_index_is_refused(rng):
         layer.forward(table[index], index=index)
     with pytest.raises(ValueError, match="index must be 2-D"):
         layer.forward(table, index=index.reshape(-1))
+
+
+def test_forward_loop_checks_its_table_rows(rng):
+    """The kernel's table_gates / table_index (the projected table the loop copies each
+    row's input from): both or neither, one index per row, each a row of the table."""
+    B, G = 3, GATES["lstm"]
+    x, w = rng.normal(size=(T, B, I)), _weights("lstm", rng)
+    _, _, ws = F.recurrent_forward("lstm", x, *w)
+    h, c = np.zeros((B, H)), np.zeros((B, H))
+    table = np.zeros((4, G * H))
+
+    def loop(table_gates, table_index):
+        _kernels.forward_loop(3, False, T, B, w[1], w[3], h, c, None, ws.gates, None, ws.chist,
+                              ws.y, 1, table_gates, table_index)
+    index = np.zeros(T * B, np.int64)
+    with pytest.raises(TypeError, match="together"):
+        loop(table, None)
+    with pytest.raises(ValueError, match="table_index"):
+        loop(table, index[:-1])
+    with pytest.raises(ValueError, match=r"table_index must be in \[0, 4\)"):
+        loop(table, index + 4)
+    with pytest.raises(ValueError, match="table_gates must have shape"):
+        loop(np.zeros((4, G * H + 1)), index)
+    w[3][...] = 0
+    loop(table, index)
+    # Every gate's input 0 and the state 0: i, f, o = 1/2, g = 0, so c and h stay 0.
+    assert np.all(ws.y == 0)

@@ -205,6 +205,9 @@ ctypedef struct LoopBuffers:
     # Time space (T*B rows):
     void* gates                # (G*H) forward: in projected inputs, out activations;
                                #       backward: out dGh
+    const void* table_gates    # forward, or NULL: (V, G*H) projected table rows, and row r's
+    const int64_t* table_index #   projected input is table_gates[table_index[r]], copied
+                               #   into gates' row r as its step starts (_take_table_row)
     void* hn                   # (H) GRU: W_hn h_prev + b_hn; backward out: its x-side grad
     void* chist                # (H) LSTM: c_t
     void* y                    # (H) h_t, rows ldy elements apart
@@ -294,6 +297,23 @@ cdef inline floating* _row_or_null(void* a, bint used, Py_ssize_t row, Py_ssize_
 # (or h0) and writes h_t straight into y; the LSTM cell state likewise lives in chist.
 # ---------------------------------------------------------------------------------------------
 
+cdef inline floating* _take_table_row(const LoopBuffers* buf, int kind, Py_ssize_t H,
+                                      Py_ssize_t row, Py_ssize_t j0, Py_ssize_t j1,
+                                      floating zero) noexcept nogil:
+    """gates' row ``row``, holding its projected input for units [j0, j1) of every gate: with
+    a projected table (buf.table_gates), copied in from the row's table row first. Copied by
+    the thread that is about to use it, while the step's other operands are in its cache
+    (a separate gather before the loop, by other threads, took 4x as long per row)."""
+    cdef Py_ssize_t GH = gate_count(kind) * H, k
+    cdef floating* g = <floating*>buf.gates + _row_at(row, GH)
+    cdef const floating* src
+    if buf.table_gates != NULL:
+        src = <const floating*>buf.table_gates + _row_at(buf.table_index[row], GH)
+        for k in range(gate_count(kind)):
+            memcpy(g + k * H + j0, src + k * H + j0, (j1 - j0) * sizeof(floating))
+    return g
+
+
 cdef inline void _forward_row(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t s,
                               Py_ssize_t b, Py_ssize_t j0, Py_ssize_t j1,
                               floating zero) noexcept nogil:
@@ -302,7 +322,7 @@ cdef inline void _forward_row(const LoopShape* sh, const LoopBuffers* buf, Py_ss
     cdef Py_ssize_t H = sh.H, GH = sh.GH
     cdef Py_ssize_t t = _time_of_step(s, _length(sh, b), sh.reverse)
     cdef Py_ssize_t row = _row(t, sh.B, b)
-    cell_forward_row(sh.kind, H, j0, j1, <floating*>buf.gates + _row_at(row, GH),
+    cell_forward_row(sh.kind, H, j0, j1, _take_table_row(buf, sh.kind, H, row, j0, j1, zero),
                      <floating*>buf.gh + b * GH, <const floating*>buf.b_hh,
                      _h_prev(sh, buf, s, t, b, zero), <floating*>buf.y + _row_at(row, buf.ldy),
                      _c_prev(sh, buf, s, t, b, zero),
@@ -559,11 +579,14 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                  const floating[:, ::1] w_hh not None, const floating[::1] b_hh not None,
                  floating[:, ::1] h not None, floating[:, ::1] c, const int64_t[::1] lengths,
                  floating[:, ::1] gates not None, floating[:, ::1] hn, floating[:, ::1] chist,
-                 floating[:, :] y not None, int num_threads):
+                 floating[:, :] y not None, int num_threads,
+                 const floating[:, ::1] table_gates=None, const int64_t[::1] table_index=None):
     """Run the recurrence over all steps.
 
     h, c   (B, H)     in: initial state, out: final state (c: LSTM only, else None).
     gates  (T*B, G*H) in: projected inputs, out: saved activations.
+    table_gates (V, G*H), table_index (T*B,): or the projected input of row r is
+                      table_gates[table_index[r]] (gates' rows are then only written).
     hn     (T*B, H)   GRU only (else None), out: W_hn h_prev + b_hn per step.
     chist  (T*B, H)   LSTM only (else None), out: c_t per step.
     y      (T*B, H)   out: h_t per step (zero past each length); rows may be strided, the
@@ -582,7 +605,7 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     _check_dims(T, B, H, GH)
     buf = _no_buffers()
     _bind_forward_buffers(&buf, kind, T, B, H, GH, T * B, False, w_hh, b_hh, h, c, gates, hn,
-                          chist, y)
+                          chist, y, table_gates, table_index)
     _check_lengths(lengths, T, B)
     sh = _loop_shape(kind, T, B, H, reverse, lengths)
     # Scratch: gh (B, G*H) each step's h_prev W_hh^T; hcat (B, H) the gathered h_prev of
@@ -1062,7 +1085,7 @@ cdef void _forward_packed_share(const PackedShape* ps, const LoopBuffers* buf, P
                         <const floating*>buf.w_packed, <floating*>buf.gh + b0 * GH, GH, False)
         for b in range(b0, b1):
             row = ps.starts[s] + b
-            cell_forward_row(ps.kind, H, 0, H, <floating*>buf.gates + _row_at(row, GH),
+            cell_forward_row(ps.kind, H, 0, H, _take_table_row(buf, ps.kind, H, row, 0, H, zero),
                              <floating*>buf.gh + b * GH, <const floating*>buf.b_hh,
                              _packed_h_prev(ps, buf, s, b, zero),
                              <floating*>buf.y + _row_at(<Py_ssize_t>ps.src[row], buf.ldy),
@@ -1158,10 +1181,12 @@ cdef int _bind_forward_buffers(LoopBuffers* buf, int kind, Py_ssize_t T, Py_ssiz
                                const floating[:, ::1] w_hh, const floating[::1] b_hh,
                                floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] gates,
                                floating[:, ::1] hn, floating[:, ::1] chist,
-                               floating[:, :] y) except -1:
+                               floating[:, :] y, const floating[:, ::1] table_gates,
+                               const int64_t[::1] table_index) except -1:
     """Check the arguments forward_loop and forward_loop_packed share and point ``buf`` at
     them. gates, hn and chist have one row per token: ``rows`` = T*B in time space, or at
-    least ``rows`` (the real tokens) when ``packed``; y is time space either way."""
+    least ``rows`` (the real tokens) when ``packed``; y is time space either way.
+    table_gates and table_index: both None, or (V, G*H) and (rows,) values in [0, V)."""
     _check_shape("h", h.shape[0], h.shape[1], B, H)
     _check_shape("w_hh", w_hh.shape[0], w_hh.shape[1], GH, H)
     _check_len("b_hh", b_hh.shape[0], GH)
@@ -1180,6 +1205,15 @@ cdef int _bind_forward_buffers(LoopBuffers* buf, int kind, Py_ssize_t T, Py_ssiz
             raise TypeError("the GRU needs hn, got None")
         _check_step_rows("hn", hn.shape[0], hn.shape[1], rows, H, packed)
         buf.hn = &hn[0, 0]
+    if (table_gates is None) != (table_index is None):
+        raise TypeError("table_gates and table_index go together: give both or neither")
+    if table_gates is not None:
+        _check_len("table_index", table_index.shape[0], rows)
+        if table_gates.shape[1] != GH or table_gates.shape[0] < 1:
+            raise ValueError(f"table_gates must have shape (V >= 1, {GH}), got "
+                             f"({table_gates.shape[0]}, {table_gates.shape[1]})")
+        _check_row_index("table_index", "be", table_index, table_gates.shape[0])
+        buf.table_gates, buf.table_index = &table_gates[0, 0], &table_index[0]
     buf.gates, buf.y, buf.h0 = &gates[0, 0], &y[0, 0], &h[0, 0]
     buf.w_hh, buf.b_hh = <void*>&w_hh[0, 0], <void*>&b_hh[0]
     return 0
@@ -1232,13 +1266,15 @@ def forward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1]
                         floating[:, ::1] h not None, floating[:, ::1] c,
                         floating[:, ::1] gates not None, floating[:, ::1] hn,
                         floating[:, ::1] chist, floating[:, :] y not None,
-                        int num_threads):
+                        int num_threads, const floating[:, ::1] table_gates=None,
+                        const int64_t[::1] table_index=None):
     """forward_loop on a packed batch (see the section comment above).
 
     lengths (B,)      each sequence's length, in the caller's order (y is zeroed past them).
     counts  (steps,)  rows of each packed step; src (N,): time-space row of each packed row.
     h, c    (B, H)    in the sorted order: in the initial state, out the final state.
     gates   (>= N, G*H) in: projected inputs of the packed rows, out: saved activations.
+    table_gates, table_index (N,): as in forward_loop, table_index per packed row.
     hn, chist (>= N, H) GRU / LSTM only, as in forward_loop, packed rows.
     y       (T*B, H)  out: h_t in time space (zero past each length), rows may be strided.
     """
@@ -1257,7 +1293,7 @@ def forward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1]
     N = src.shape[0]
     buf = _no_buffers()
     _bind_forward_buffers(&buf, kind, T, B, H, GH, N, True, w_hh, b_hh, h, c, gates, hn, chist,
-                          y)
+                          y, table_gates, table_index)
     sh = _loop_shape(kind, T, B, H, False, lengths)
     w_packed = <floating*>malloc(<size_t>(panels * NR * H) * sizeof(floating))
     # Per-step scratch, each thread's rows apart (THREAD_ROWS_GAP): a thread writes and reads

@@ -39,9 +39,11 @@ class CpuOps:
         _kernels.project_inputs(x, w_ih, b_ih, gates, threads.get_num_threads())
 
     @staticmethod
-    def forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y):
+    def forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y,
+                     table_rows=None):
+        table_gates, table_index = (None, None) if table_rows is None else table_rows
         _kernels.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist,
-                              y, threads.get_num_threads())
+                              y, threads.get_num_threads(), table_gates, table_index)
 
     @staticmethod
     def backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
@@ -62,10 +64,11 @@ class CpuOps:
 
     @staticmethod
     def forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist,
-                            y):
+                            y, table_rows=None):
+        table_gates, table_index = (None, None) if table_rows is None else table_rows
         _kernels.forward_loop_packed(kind, T, B, lengths, packing.counts, packing.src, w_hh,
                                      b_hh, h, c, gates, hn, chist, y,
-                                     threads.get_num_threads())
+                                     threads.get_num_threads(), table_gates, table_index)
 
     @staticmethod
     def backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc):

@@ -9,7 +9,9 @@ workspace handling and state logic:
     ops.release(arrays)            ... handed back in a list once consumed (CPU: kept for
                                    the next call, see buffers.py)
     ops.project_inputs(x, w_ih, b_ih, gates)             gates = x W_ih^T + b_ih, all steps
-    ops.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y)
+    ops.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y,
+                     table_rows=None)      (table_gates, index): row r's projected input is
+                                           table_gates[index[r]] instead of gates' row r
     ops.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
                       dh, dc, dgh_first)
     ops.weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx)
@@ -20,7 +22,8 @@ workspace handling and state logic:
 An Ops whose ``packed_min_batch`` is an int also runs batches of at least that many
 sequences with lengths packed (:mod:`.packing`), so that their cost follows the real tokens:
 
-    ops.forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist, y)
+    ops.forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist, y,
+                            table_rows=None)
     ops.backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc)
     ops.weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx)
 
@@ -239,9 +242,11 @@ def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=
     packing = _packing_for(ops, lens, B, ws.reverse)
     if packing is None:
         with ops.compute():
-            _project_inputs(ws, b_ih, ws.gates, None)
+            projected = []
+            index = _project_inputs(ws, b_ih, ws.gates, None, projected)
             ops.forward_loop(spec.kind, ws.reverse, T, B, w_hh, b_hh, h, c, lens, ws.gates,
-                             ws.hn, ws.chist, ws.y)
+                             ws.hn, ws.chist, ws.y, (projected[0], index) if projected else None)
+            ops.release(projected)
     else:
         _forward_packed(ws, packing, spec, b_ih, b_hh, h, c)
     if copy_back:
@@ -273,23 +278,28 @@ def _forward_packed(ws, packing, spec, b_ih, b_hh, h, c):
     h_sorted = h[order]
     c_sorted = c[order] if c is not None else None
     with ops.compute():
-        _project_inputs(ws, b_ih, ws.gates[:rows], packing.src)
+        projected = []
+        index = _project_inputs(ws, b_ih, ws.gates[:rows], packing.src, projected)
         ops.forward_loop_packed(spec.kind, ws.T, ws.B, ws.lengths, packing, ws.w_hh, b_hh,
-                                h_sorted, c_sorted, ws.gates, ws.hn, ws.chist, ws.y)
+                                h_sorted, c_sorted, ws.gates, ws.hn, ws.chist, ws.y,
+                                (projected[0], index) if projected else None)
+        ops.release(projected)
     h[order] = h_sorted
     if c is not None:
         c[order] = c_sorted
 
 
-def _project_inputs(ws, b_ih, gates, src):
+def _project_inputs(ws, b_ih, gates, src, projected):
     """gates = x W_ih^T + b_ih for the input rows ``src`` (time-space row numbers, in the
-    order of gates' rows; None: all T*B in time order)."""
+    order of gates' rows; None: all T*B in time order); returns None. With a projected
+    table, gates is left alone: the table's projection is appended to the list
+    ``projected`` (the caller's to hand back with ops.release after the loop) and each
+    gates row's table row returned, for the forward loop's ``table_rows``."""
     if ws.project_table:
-        index = ws.index if src is None else ws.index[src]
-        lookup.project_table_rows(ws.ops, ws.x, ws.w_ih, b_ih, index, gates)
-        return
-    x_rows = _input_rows(ws, src)
-    ws.ops.project_inputs(x_rows, ws.w_ih, b_ih, gates)
+        projected.append(lookup.project_table(ws.ops, ws.x, ws.w_ih, b_ih))
+        return ws.index if src is None else ws.index[src]
+    ws.ops.project_inputs(_input_rows(ws, src), ws.w_ih, b_ih, gates)
+    return None
 
 
 def _input_rows(ws, src):

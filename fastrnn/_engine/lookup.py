@@ -32,13 +32,12 @@ def projects_table(table_rows, tokens):
     return table_rows < tokens
 
 
-def project_table_rows(ops, table, w_ih, b_ih, index, gates):
-    """gates[r] = W_ih table[index[r]] + b_ih for every row r of ``gates``: the table's
-    projection (V, G*H), then a gather of its rows."""
+def project_table(ops, table, w_ih, b_ih):
+    """W_ih table[v] + b_ih for every table row v, (V, G*H): an internal buffer of ``ops``
+    (the forward loop copies each token's row in as its step starts; release it after)."""
     projected = ops.empty((table.shape[0], w_ih.shape[0]), table.dtype)
     ops.project_inputs(table, w_ih, b_ih, projected)
-    ops.gather_rows(projected, index, gates)
-    ops.release([projected])
+    return projected
 
 
 def add_table_grads(ops, table, w_ih, index, gates, hn, grads, dtable):

@@ -51,8 +51,11 @@ class StepOps:
         """Run ``loop()``, the launches of one sequence (CudaOps may replay a CUDA graph)."""
         loop()
 
-    def forward_loop(self, kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y):
+    def forward_loop(self, kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y,
+                     table_rows=None):
         xp = self.xp
+        if table_rows is not None:   # (table_gates, index): row r's input is table_gates[index[r]]
+            self.gather_rows(table_rows[0], table_rows[1], gates)
         lens, steps = self._lengths(lengths, T, B)
         gh = xp.empty((B, w_hh.shape[0]), dtype=h.dtype)
         if steps < T:   # times no sequence reaches: zero output
