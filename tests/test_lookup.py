@@ -174,7 +174,7 @@ def test_language_model_looks_the_rows_up_in_the_rnn(T_, B_, monkeypatch, rng):
     loss and gradients as through the Embedding layer, whose forward is not called."""
     x, y = rng.integers(0, 11, size=(2, T_, B_))
     through_layers = _lm()
-    monkeypatch.setattr(through_layers, "_lookup_in_rnn", lambda: False)
+    monkeypatch.setattr(through_layers, "_lookup_in_rnn", lambda tokens: False)
     fused = _lm()
     calls = []
     monkeypatch.setattr(fused.embedding, "forward", lambda ids: calls.append(ids))
@@ -190,6 +190,31 @@ def test_language_model_looks_the_rows_up_in_the_rnn(T_, B_, monkeypatch, rng):
         assert_close(grads2[name], grads[name], RTOL, name)
 
 
+@pytest.mark.parametrize("T_, B_, looks_up", [(9, 4, True), (2, 3, False)])
+def test_one_hot_model_looks_up_the_identity(T_, B_, looks_up, monkeypatch, rng):
+    """One-hot inputs are rows of the (V, V) identity: looked up in the rnn while that table
+    is no larger than the batch's one-hot vectors (V 11 <= 36 tokens, not 6), with the loss
+    and gradients of the OneHot layer's path."""
+    x, y = rng.integers(0, 11, size=(2, T_, B_))
+    through_layers = LanguageModel(11, None, 8, 2, one_hot=True, seed=1, dtype=np.float64)
+    monkeypatch.setattr(through_layers, "_lookup_in_rnn", lambda tokens: False)
+    model = LanguageModel(11, None, 8, 2, one_hot=True, seed=1, dtype=np.float64)
+    calls = []
+    original = model.embedding.forward
+    monkeypatch.setattr(model.embedding, "forward", lambda ids: calls.append(1) or original(ids))
+    results = []
+    for m in (through_layers, model):
+        loss, _ = m.forward(x, y)
+        m.backward()
+        results.append((loss, m.grads))
+    assert bool(calls) != looks_up
+    (loss, grads), (loss2, grads2) = results
+    assert abs(loss2 - loss) <= 1e-12 * abs(loss)
+    assert set(grads2) == set(grads) and "embedding.weight" not in grads
+    for name in grads:
+        assert_close(grads2[name], grads[name], RTOL, name)
+
+
 def test_language_model_with_dropout_looks_up_in_eval_only(rng):
     """Training with dropout on the embeddings goes through the Embedding and Dropout layers
     (each token's row is masked differently); evaluation, without dropout, looks the rows up
@@ -201,9 +226,9 @@ def test_language_model_with_dropout_looks_up_in_eval_only(rng):
     model.backward()
     assert np.abs(model.grads["embedding.weight"]).sum() > 0
     model.eval()
-    assert model._lookup_in_rnn()
+    assert model._lookup_in_rnn(x.size)
     fused, _ = model.forward(x, y)
-    model._lookup_in_rnn = lambda: False
+    model._lookup_in_rnn = lambda tokens: False
     plain, _ = model.forward(x, y)
     assert abs(fused - plain) <= 1e-12 * abs(plain)
 

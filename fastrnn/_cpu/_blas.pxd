@@ -22,6 +22,7 @@ cdef extern from "gemm.h" nogil:
                   Py_ssize_t lda, const double* b, Py_ssize_t ldb, int beta, double* c,
                   Py_ssize_t ldc, const double* bias, int claim_c)
     void fr_set_blas_gemm(int forced)
+    void fr_claim_rows(void* c, int rows, size_t row_bytes, Py_ssize_t ld_bytes)
     int fr_own_gemm()
     enum:
         GEMM_KC "FR_GEMM_KC"   # rows of k summed per block: fr_gemm adds the blocks to C in order

@@ -164,6 +164,7 @@ class LanguageModel(Module):
         self.hidden_size = self.rnn.hidden_size
         self.add_layer("loss", SoftmaxCrossEntropy())
         self.frozen = set()   # names of params the optimizers leave unchanged (see freeze)
+        self._identity = (None, None)   # (device, dtype) and its _one_hot_table
         if self.init_std is not None:
             # The recurrent layer drew its own; the embedding and output layer are redrawn
             # here (on the host, so a seed gives the same model on either device).
@@ -257,8 +258,9 @@ class LanguageModel(Module):
         """x: int ids (T, B), NumPy or CuPy (moved to the model's device). Returns
         (logits (T, B, V), final state), on the model's device."""
         x = self._check_ids(x, "x")
-        if self._lookup_in_rnn():
-            h, state = self.rnn.forward(self.embedding.params["weight"], state, lengths, index=x)
+        if self._lookup_in_rnn(x.size):
+            table = self._one_hot_table() if self.one_hot else self.embedding.params["weight"]
+            h, state = self.rnn.forward(table, state, lengths, index=x)
         else:
             h = self.input_dropout.forward(self.embedding.forward(x))
             h, state = self.rnn.forward(h, state, lengths)
@@ -291,13 +293,25 @@ class LanguageModel(Module):
                 weights = mask if weights is None else mask * to_device(weights, self.device)
             return self.loss.forward(logits, y, weights), state
 
-    def _lookup_in_rnn(self):
-        """Whether forward hands the token ids and the embedding table to the recurrent layer,
-        which looks the rows up itself (``index``, see :class:`fastrnn.layers.RecurrentLayer`:
-        for a vocabulary smaller than the batch's tokens its first layer then projects each
-        table row once instead of each token). Not with one-hot inputs (no table) nor with
-        dropout on the embeddings in training (each token's row then differs)."""
-        return not self.one_hot and (not self.training or self.input_dropout.p == 0.0)
+    def _lookup_in_rnn(self, tokens):
+        """Whether a forward on ``tokens`` ids hands them and the embedding table to the
+        recurrent layer, which looks the rows up itself (``index``, see
+        :class:`fastrnn.layers.RecurrentLayer`: for a vocabulary smaller than the batch's
+        tokens its first layer then projects each table row once instead of each token).
+        Not with dropout on the embeddings in training (each token's row then differs). With
+        one-hot inputs the table is the (V, V) identity, used while it is no larger than the
+        batch's one-hot vectors (V <= tokens)."""
+        if self.training and self.input_dropout.p > 0.0:
+            return False
+        return not self.one_hot or self.vocab_size <= tokens
+
+    def _one_hot_table(self):
+        """The (V, V) identity in the model's dtype on its device: the rows one-hot inputs
+        look up (made once per device)."""
+        key = (self.device, self.dtype)
+        if self._identity[0] != key:
+            self._identity = key, to_device(np.eye(self.vocab_size, dtype=self.dtype), self.device)
+        return self._identity[1]
 
     def backward(self, scale=1.0):
         """Backpropagate the most recent pending training-mode ``forward``'s loss (truncated
@@ -310,7 +324,8 @@ class LanguageModel(Module):
             d = self.output_dropout.backward(self.output.backward(d))
             d, _ = self.rnn.backward(d)
             if d.ndim == 2:   # the forward looked the rows up in the rnn: d is the table's
-                self.embedding.grads["weight"] += d
+                if not self.one_hot:   # (the identity of one-hot inputs is no parameter)
+                    self.embedding.grads["weight"] += d
             else:
                 self.embedding.backward(self.input_dropout.backward(d))
 
