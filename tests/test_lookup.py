@@ -280,3 +280,35 @@ def test_forward_loop_checks_its_table_rows(rng):
     loop(table, index)
     # Every gate's input 0 and the state 0: i, f, o = 1/2, g = 0, so c and h stay 0.
     assert np.all(ws.y == 0)
+
+
+@pytest.mark.parametrize("B", [3, 12])   # the small-batch columns and the batch slices
+def test_backward_loop_checks_its_table_grads(B, rng):
+    """The kernel's table_grads / table_index (where each row's x-side gate gradient is
+    summed): both or neither, one index per row, each a row of the table; the sums are the
+    scatter of dGh's rows."""
+    G = GATES["lstm"]
+    x, w = rng.normal(size=(T, B, I)), _weights("lstm", rng)
+    dy = rng.normal(size=(T, B, H))
+    index = rng.integers(0, 4, size=T * B)
+
+    def loop(table_grads, table_index):
+        _, _, ws = F.recurrent_forward("lstm", x, *w)
+        _kernels.backward_loop(3, False, T, B, w[1], ws.h0, ws.c0, None, ws.gates, None,
+                               ws.chist, ws.y, dy.reshape(T * B, H), np.zeros((B, H)),
+                               np.zeros((B, H)), np.zeros((B, G * H)), 2, table_grads,
+                               table_index)
+        return ws.gates
+    table = np.full((4, G * H), np.nan)
+    with pytest.raises(TypeError, match="together"):
+        loop(table, None)
+    with pytest.raises(ValueError, match="table_index"):
+        loop(table, index[:-1])
+    with pytest.raises(ValueError, match=r"table_index must be in \[0, 4\)"):
+        loop(table, index + 4)
+    with pytest.raises(ValueError, match="table_grads must have shape"):
+        loop(np.zeros((4, G * H + 1)), index)
+    dgh = loop(table, index)   # overwritten, NaN and all
+    expected = np.zeros_like(table)
+    np.add.at(expected, index, dgh)
+    assert_close(table, expected, RTOL, "table_grads")

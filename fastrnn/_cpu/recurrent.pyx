@@ -208,6 +208,9 @@ ctypedef struct LoopBuffers:
     const void* table_gates    # forward, or NULL: (V, G*H) projected table rows, and row r's
     const int64_t* table_index #   projected input is table_gates[table_index[r]], copied
                                #   into gates' row r as its step starts (_take_table_row)
+    void* table_grads          # backward, or NULL: (V, G*H) where row r's x-side gate
+                               #   gradient is added, into table row table_index[r]
+                               #   (_add_table_grad; batch slices: a table per thread)
     void* hn                   # (H) GRU: W_hn h_prev + b_hn; backward out: its x-side grad
     void* chist                # (H) LSTM: c_t
     void* y                    # (H) h_t, rows ldy elements apart
@@ -445,7 +448,33 @@ cdef inline floating* _backward_row(const LoopShape* sh, const LoopBuffers* buf,
                       _row_or_null(buf.chist, sh.kind == K_LSTM, row, H, zero),
                       _c_prev(sh, buf, s, t, b, zero), _h_prev(sh, buf, s, t, b, zero),
                       dh_row, <floating*>buf.dc + b * H if sh.kind == K_LSTM else NULL)
+    _add_table_grad(buf, sh.kind, H, row, j0, j1, g, zero)
     return g
+
+
+cdef inline void _add_table_grad(const LoopBuffers* buf, int kind, Py_ssize_t H,
+                                 Py_ssize_t row, Py_ssize_t j0, Py_ssize_t j1,
+                                 const floating* g, floating zero) noexcept nogil:
+    """Add gates row ``row``'s x-side gate gradient, units [j0, j1) of each gate, into its
+    table row of buf.table_grads (when set): dGh ``g`` itself, but for the GRU's n gate,
+    whose x side is in hn. Done here, while the row is in this core's cache: a scatter of
+    all rows after the loop read half of them from the other core (small-model step, 2
+    threads: 0.08 ms)."""
+    cdef Py_ssize_t G = gate_count(kind), k, j
+    cdef floating* dst
+    cdef floating* d
+    cdef const floating* src
+    if buf.table_grads == NULL:
+        return
+    dst = <floating*>buf.table_grads + _row_at(buf.table_index[row], G * H)
+    for k in range(G):
+        if kind == K_GRU and k == 2:
+            src = <const floating*>buf.hn + _row_at(row, H)
+        else:
+            src = g + k * H
+        d = dst + k * H
+        for j in range(j0, j1):
+            d[j] += src[j]
 
 
 cdef void _backward_batch_slice(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t b0,
@@ -667,13 +696,68 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
         free(w_packed)
 
 
+cdef int _bind_table_grads(LoopBuffers* buf, Py_ssize_t rows, Py_ssize_t GH,
+                           floating[:, ::1] table_grads, const int64_t[::1] table_index,
+                           bint per_thread, int nt, void** extra) except -1:
+    """Check the backward loops' table_grads (V, G*H) and table_index (rows,) (both None, or
+    both given with values in [0, V)) and point ``buf`` at them. ``per_thread``: threads
+    add rows into tables of their own, the caller's and (nt - 1) more allocated into
+    ``*extra`` (the caller frees it), summed by _sum_table_grads."""
+    if (table_grads is None) != (table_index is None):
+        raise TypeError("table_grads and table_index go together: give both or neither")
+    if table_grads is None:
+        return 0
+    _check_len("table_index", table_index.shape[0], rows)
+    if table_grads.shape[1] != GH or table_grads.shape[0] < 1:
+        raise ValueError(f"table_grads must have shape (V >= 1, {GH}), got "
+                         f"({table_grads.shape[0]}, {table_grads.shape[1]})")
+    _check_row_index("table_index", "be", table_index, table_grads.shape[0])
+    buf.table_grads, buf.table_index = &table_grads[0, 0], &table_index[0]
+    if per_thread and nt > 1:
+        extra[0] = malloc(<size_t>((nt - 1) * table_grads.shape[0] * GH) * sizeof(floating))
+        if extra[0] == NULL:
+            raise MemoryError()
+    return 0
+
+
+cdef inline void* _thread_table(const LoopBuffers* buf, Py_ssize_t size, void* extra, int tid,
+                                floating zero) noexcept nogil:
+    """Thread tid's table of per_thread table gradients (``size`` elements), zeroed: the
+    caller's for thread 0, else its block of ``extra``."""
+    cdef floating* table = <floating*>buf.table_grads if tid == 0 else \
+        <floating*>extra + (tid - 1) * size
+    memset(table, 0, size * sizeof(floating))
+    return table
+
+
+cdef inline void _sum_table_grads(const LoopBuffers* buf, Py_ssize_t size, const void* extra,
+                                  int tid, int nth, floating zero) noexcept nogil:
+    """After a barrier: the caller's table += the other threads' (elements split between
+    the threads)."""
+    if nth > 1:
+        add_parts(size, _split_at(size, tid, nth), _split_at(size, tid + 1, nth), nth - 1,
+                  <const floating*>extra, <floating*>buf.table_grads)
+
+
+cdef void _zero_table_columns(const LoopBuffers* buf, Py_ssize_t V, int kind, Py_ssize_t H,
+                              Py_ssize_t j0, Py_ssize_t j1, floating zero) noexcept nogil:
+    """Zero units [j0, j1) of each gate in every row of buf.table_grads (small batch: each
+    thread owns its units' columns of the table)."""
+    cdef Py_ssize_t v, k, G = gate_count(kind)
+    for v in range(V):
+        for k in range(G):
+            memset(<floating*>buf.table_grads + _row_at(v, G * H) + k * H + j0, 0,
+                   (j1 - j0) * sizeof(floating))
+
+
 def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                   const floating[:, ::1] w_hh not None, const floating[:, ::1] h0 not None,
                   const floating[:, ::1] c0, const int64_t[::1] lengths,
                   floating[:, ::1] gates not None, floating[:, ::1] hn,
                   const floating[:, ::1] chist, const floating[:, :] y not None,
                   const floating[:, :] dy, floating[:, ::1] dh not None, floating[:, ::1] dc,
-                  floating[:, ::1] dgh not None, int num_threads):
+                  floating[:, ::1] dgh not None, int num_threads,
+                  floating[:, ::1] table_grads=None, const int64_t[::1] table_index=None):
     """Backpropagate through all steps, consuming the forward workspace.
 
     dy     (T*B, H)   gradient at the outputs, rows may be strided; None for no output gradient.
@@ -682,15 +766,20 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     hn     (T*B, H)   GRU: in W_hn h + b_hn, out: x-side gradient of the n gate.
     chist  (T*B, H)   LSTM: the cell states of forward.  c0 (B, H): LSTM initial cell state.
     dgh    (B, G*H)   out: dGh of each row's first step (pairs with h0 in dW_hh).
+    table_grads (V, G*H), table_index (T*B,): or None, None; out: table_grads[v] = the sum
+                      of the x-side gate gradients (dGh; the GRU's n gate: hn) of the rows r
+                      with table_index[r] = v (an input x = table[index]: see lookup.py).
     """
     cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H
     cdef int nt = _threads_for(B, H, num_threads), tid, nth
     cdef Py_ssize_t b0, b1, j0, j1, b, length
+    cdef Py_ssize_t table_size = 0 if table_grads is None else table_grads.shape[0] * GH
     cdef LoopShape sh
     cdef LoopBuffers buf, own
     cdef floating* w_packed = NULL
     cdef void* dh_rows = NULL
     cdef void* dc_rows = NULL
+    cdef void* tables = NULL
     cdef Py_ssize_t NR = panel_width(<floating>0), panels = (H + NR - 1) // NR
     _check_dims(T, B, H, GH)
     buf = _no_buffers()
@@ -698,6 +787,7 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                            chist, y, dy, dh, dc)
     _check_shape("dgh", dgh.shape[0], dgh.shape[1], B, GH)
     _check_lengths(lengths, T, B)
+    _bind_table_grads(&buf, T * B, GH, table_grads, table_index, B > SMALL_BATCH, nt, &tables)
     sh = _loop_shape(kind, T, B, H, reverse, lengths)
     buf.dgh = &dgh[0, 0]
     if B > SMALL_BATCH:
@@ -711,6 +801,7 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
             free(w_packed)
             free(dh_rows)
             free(dc_rows)
+            free(tables)
             raise MemoryError()
     buf.w_packed, buf.nr = w_packed, NR
     with nogil:
@@ -722,6 +813,9 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                 tid, nth = threadid(), fr_omp_team_size()
                 j0 = _split_at(H, tid, nth)
                 j1 = _split_at(H, tid + 1, nth)
+                if buf.table_grads != NULL:   # each thread its units' columns of the table
+                    _zero_table_columns(&buf, table_grads.shape[0], kind, H, j0, j1,
+                                        <floating>0)
                 _backward_columns(&sh, &buf, j0, j1, <floating>0)
         else:
             with parallel(num_threads=nt):
@@ -734,14 +828,20 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                 b1 = _share(B, tid + 1, nth)
                 # The slice's rows of dh and dc (LSTM) in, run, out.
                 own = _with_thread_rows(&buf, tid, NULL, NULL, dh_rows, dc_rows)
+                if buf.table_grads != NULL:
+                    own.table_grads = _thread_table(&buf, table_size, tables, tid, <floating>0)
                 _copy_rows(own.dh, buf.dh, b0, b1, H * sizeof(floating))
                 _copy_rows(own.dc, buf.dc, b0, b1, H * sizeof(floating))
                 _backward_batch_slice(&sh, &own, b0, b1, <floating>0)
                 _copy_rows(buf.dh, own.dh, b0, b1, H * sizeof(floating))
                 _copy_rows(buf.dc, own.dc, b0, b1, H * sizeof(floating))
+                if buf.table_grads != NULL:
+                    fr_omp_barrier()
+                    _sum_table_grads(&buf, table_size, tables, tid, nth, <floating>0)
         free(w_packed)
         free(dh_rows)
         free(dc_rows)
+        free(tables)
         # dGh at each sequence's first step, which pairs with h0 in dW_hh.
         for b in range(B):
             length = _length(&sh, b)
@@ -1142,6 +1242,8 @@ cdef void _backward_packed_share(const PackedShape* ps, const LoopBuffers* buf, 
                               _packed_c_prev(ps, buf, s, b, zero),
                               _packed_h_prev(ps, buf, s, b, zero), dh_row,
                               <floating*>buf.dc + b * H if ps.kind == K_LSTM else NULL)
+            _add_table_grad(buf, ps.kind, H, row, 0, H,
+                            <floating*>buf.gates + _row_at(row, GH), zero)
         gemm_packed(buf.nr, <int>m, H, GH, 0, (H + NR - 1) // NR,
                     <floating*>buf.gates + _row_at(ps.starts[s] + b0, GH), GH,
                     <const floating*>buf.w_packed, <floating*>buf.dh + b0 * H, H, True)
@@ -1356,7 +1458,8 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
                          floating[:, ::1] gates not None, floating[:, ::1] hn,
                          const floating[:, ::1] chist, const floating[:, :] y not None,
                          const floating[:, :] dy, floating[:, ::1] dh not None,
-                         floating[:, ::1] dc, int num_threads):
+                         floating[:, ::1] dc, int num_threads,
+                         floating[:, ::1] table_grads=None, const int64_t[::1] table_index=None):
     """backward_loop on a packed batch (see forward_loop_packed for the layout).
 
     h0, c0, dh, dc (B, H) in the sorted order; dh, dc in: gradient at the final state, out:
@@ -1364,12 +1467,15 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
     rows; hn (GRU) in: W_hn h + b_hn, out: the n gate's x-side gradient. y and dy (T*B, H)
     in time space (dy None for no output gradient). dGh of each sequence's first step is
     packed row b (step 0), so no dgh_first is returned.
+    table_grads, table_index (N,): as in backward_loop, table_index per packed row.
     """
     cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H, N
     cdef int nt = _threads_for(B, H, num_threads), tid, nth
+    cdef Py_ssize_t table_size = 0 if table_grads is None else table_grads.shape[0] * GH
     cdef PackedShape ps
-    cdef LoopBuffers buf
+    cdef LoopBuffers buf, own
     cdef floating* w_packed = NULL
+    cdef void* tables = NULL
     cdef Py_ssize_t NR = panel_width(<floating>0), panels = (H + NR - 1) // NR
     _check_dims(T, B, H, GH)
     starts = _packed_shape(kind, T, B, H, counts, src, &ps)
@@ -1377,8 +1483,10 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
     buf = _no_buffers()
     _bind_backward_buffers(&buf, kind, T, B, H, GH, N, True, w_hh, h0, c0, gates, hn, chist,
                            y, dy, dh, dc)
+    _bind_table_grads(&buf, N, GH, table_grads, table_index, True, nt, &tables)
     w_packed = <floating*>malloc(<size_t>(panels * NR * GH) * sizeof(floating))
     if w_packed == NULL:
+        free(tables)
         raise MemoryError()
     buf.w_packed, buf.nr = w_packed, NR
     with nogil:
@@ -1386,9 +1494,16 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
             tid, nth = threadid(), fr_omp_team_size()
             pack_panels(buf.nr, GH, H, _share(panels, tid, nth), _share(panels, tid + 1, nth),
                         &w_hh[0, 0], H, False, w_packed)
+            own = buf
+            if buf.table_grads != NULL:
+                own.table_grads = _thread_table(&buf, table_size, tables, tid, <floating>0)
             fr_omp_barrier()
-            _backward_packed_share(&ps, &buf, tid, nth, <floating>0)
+            _backward_packed_share(&ps, &own, tid, nth, <floating>0)
+            if buf.table_grads != NULL:
+                fr_omp_barrier()
+                _sum_table_grads(&buf, table_size, tables, tid, nth, <floating>0)
         free(w_packed)
+        free(tables)
 
 
 def weight_grads_packed(int kind, const floating[:, ::1] x, const floating[:, ::1] w_ih,

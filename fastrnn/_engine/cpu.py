@@ -47,9 +47,10 @@ class CpuOps:
 
     @staticmethod
     def backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
-                      dh, dc, dgh_first):
+                      dh, dc, dgh_first, table_grads=None):
+        per_row, index = (None, None) if table_grads is None else table_grads
         _kernels.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y,
-                               dy, dh, dc, dgh_first, threads.get_num_threads())
+                               dy, dh, dc, dgh_first, threads.get_num_threads(), per_row, index)
 
     @staticmethod
     def weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx):
@@ -71,9 +72,12 @@ class CpuOps:
                                      threads.get_num_threads(), table_gates, table_index)
 
     @staticmethod
-    def backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc):
+    def backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc,
+                             table_grads=None):
+        per_row, index = (None, None) if table_grads is None else table_grads
         _kernels.backward_loop_packed(kind, T, B, packing.counts, packing.src, w_hh, h0, c0,
-                                      gates, hn, chist, y, dy, dh, dc, threads.get_num_threads())
+                                      gates, hn, chist, y, dy, dh, dc, threads.get_num_threads(),
+                                      per_row, index)
 
     @staticmethod
     def weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx):

@@ -13,7 +13,9 @@ workspace handling and state logic:
                      table_rows=None)      (table_gates, index): row r's projected input is
                                            table_gates[index[r]] instead of gates' row r
     ops.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
-                      dh, dc, dgh_first)
+                      dh, dc, dgh_first, table_grads=None)
+                                   (per_row, index): per_row[v] = the sum of the x-side
+                                   gate gradients of the rows r with index[r] = v
     ops.weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx)
                                    (x, w_ih, dx None: no input side, dW_ih untouched)
     ops.gather_rows(src, index, out)          out[r] = src[index[r]]
@@ -24,7 +26,8 @@ sequences with lengths packed (:mod:`.packing`), so that their cost follows the 
 
     ops.forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist, y,
                             table_rows=None)
-    ops.backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc)
+    ops.backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc,
+                             table_grads=None)
     ops.weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx)
 
 with the states in the packing's sorted order and gates/hn/chist in its packed rows.
@@ -334,9 +337,11 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
     dc_sorted = dc[order] if dc is not None else None
     gates = ws.gates[:rows]
     hn = ws.hn[:rows] if ws.hn is not None else None
+    per_row = _table_grads_buffer(ws)
     with ops.compute():
         ops.backward_loop_packed(spec.kind, T, B, packing, ws.w_hh, h0, c0, ws.gates, ws.hn,
-                                 ws.chist, ws.y, dy_rows, dh_sorted, dc_sorted)
+                                 ws.chist, ws.y, dy_rows, dh_sorted, dc_sorted,
+                                 None if per_row is None else (per_row, ws.index[packing.src]))
         if grads is None:
             grads = new_weight_grads(ws)
         if dx_out is None:
@@ -348,8 +353,7 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
         ops.gather_rows(ws.y, packing.prev_src, h_prev[B:])
         if ws.project_table:
             ops.weight_grads_packed(spec.kind, None, None, h_prev, gates, hn, grads, None)
-            lookup.add_table_grads(ops, ws.x, ws.w_ih, ws.index[packing.src], gates, hn, grads,
-                                   dx_out)
+            lookup.add_table_grads(per_row, ws.x, ws.w_ih, grads, dx_out)
         else:
             x_packed = _input_rows(ws, packing.src)
             dx_packed = xp.zeros((rows, I), dtype=ws.w_hh.dtype)
@@ -360,6 +364,9 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
             ops.scatter_add_rows(dx_out.reshape(-1, I), _table_rows_of(ws, packing.src),
                                  dx_packed)
         del h_prev
+    released = [per_row]   # the list holds the last reference (buffers.py)
+    del per_row
+    ops.release(released)
     dh[order] = dh_sorted
     if dc is not None:
         dc[order] = dc_sorted
@@ -405,10 +412,12 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
         _release_saved(ws)
         return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
     dgh_first = ops.empty((B, GH), dtype)
+    per_row = _table_grads_buffer(ws)
     with ops.compute():
         ops.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0,
                           _loop_lengths(ws.lengths, T),
-                          gates, hn, chist, ws.y, dy_rows, dh, dc, dgh_first)
+                          gates, hn, chist, ws.y, dy_rows, dh, dc, dgh_first,
+                          None if per_row is None else (per_row, ws.index))
         # Outputs are allocated only now, after the loop has freed its packed copy of W_hh,
         # so that the two never coexist (peak memory).
         if grads is None:
@@ -419,7 +428,8 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
         if ws.project_table:
             ops.weight_grads(spec.kind, ws.reverse, T, B, None, None, ws.h0, ws.y, gates, hn,
                              dgh_first, grads, None)
-            lookup.add_table_grads(ops, ws.x, ws.w_ih, ws.index, gates, hn, grads, dx_out)
+            lookup.add_table_grads(per_row, ws.x, ws.w_ih, grads, dx_out)
+            scratch.append(per_row)
         elif ws.index is None:
             ops.weight_grads(spec.kind, ws.reverse, T, B, ws.x, ws.w_ih, ws.h0, ws.y, gates, hn,
                              dgh_first, grads, dx_out.reshape(T * B, I))
@@ -431,9 +441,17 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
             ops.scatter_add_rows(dx_out, ws.index, dx_rows)
             scratch.append(dx_rows)
             del dx_rows
-    del gates, hn, chist, dgh_first
+    del gates, hn, chist, dgh_first, per_row
     _release_saved(ws, scratch)
     return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
+
+
+def _table_grads_buffer(ws):
+    """With a projected table: the buffer (V, G*H) the backward loop sums each table row's
+    x-side gate gradients into (an internal one, released by the caller); else None."""
+    if not ws.project_table:
+        return None
+    return ws.ops.empty((ws.x.shape[0], ws.w_hh.shape[0]), ws.w_hh.dtype)
 
 
 def _dx_shape(ws):

@@ -40,17 +40,17 @@ def project_table(ops, table, w_ih, b_ih):
     return projected
 
 
-def add_table_grads(ops, table, w_ih, index, gates, hn, grads, dtable):
-    """dW_ih and the table's gradient from the x-side gate gradient of rows ``index`` of the
-    table: ``gates`` (N, G*H) holds dGh of the N tokens (the GRU's n gate: its x side is in
-    ``hn`` (N, H) instead). Sums each token's row into its table row (V, G*H), then
-    ``grads["weight_ih"] += D^T table`` and ``dtable += D W_ih``. (The bias gradient is the
-    column sum of the same rows: the weight-gradient kernel adds it.)"""
-    xp = ops.xp
-    x_side = gates if hn is None else xp.concatenate((gates[:, :2 * hn.shape[1]], hn), axis=1)
-    per_row = ops.empty((table.shape[0], w_ih.shape[0]), table.dtype)
-    per_row.fill(0)
-    ops.scatter_add_rows(per_row, index, x_side)
+def x_side_gate_grads(xp, gates, hn):
+    """The x-side gate gradients of the rows of ``gates`` (N, G*H), dGh from the backward
+    loop: dGh itself, but the GRU's n gate, whose x side is in ``hn`` (N, H) (None for the
+    other cells)."""
+    return gates if hn is None else xp.concatenate((gates[:, :2 * hn.shape[1]], hn), axis=1)
+
+
+def add_table_grads(per_row, table, w_ih, grads, dtable):
+    """``grads["weight_ih"] += D^T table`` and ``dtable += D W_ih``, from ``per_row`` = D
+    (V, G*H): each table row's sum of its tokens' x-side gate gradients, as the backward loop
+    adds them up (its ``table_grads``). (The bias gradient is the column sum of the same
+    rows: the weight-gradient kernel adds it.)"""
     matmul(per_row, table, trans_a=True, out=grads["weight_ih"], beta=1.0)
     matmul(per_row, w_ih, out=dtable, beta=1.0)
-    ops.release([per_row])

@@ -12,6 +12,7 @@ import contextlib
 import numpy as np
 
 from ..cells import get_cell
+from . import lookup
 
 RNN_TANH, RNN_RELU, RNN_IDENTITY, GRU, LSTM = (
     get_cell(n).kind for n in ("rnn_tanh", "rnn_relu", "rnn_identity", "gru", "lstm"))
@@ -70,7 +71,7 @@ class StepOps:
                       (lens, gates, gh, b_hh, w_hh, h, c, hn, chist, y), loop)
 
     def backward_loop(self, kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
-                      dh, dc, dgh_first):
+                      dh, dc, dgh_first, table_grads=None):
         xp = self.xp
         lens, steps = self._lengths(lengths, T, B)
         dh_rec = xp.zeros_like(dh)
@@ -90,6 +91,10 @@ class StepOps:
                       (lens, gates, hn, chist, h0, c0, y, dy, dh, dh_rec, dc, dgh_first, w_hh),
                       loop)
         dh += dh_rec   # the W_hh path out of each sequence's first step
+        if table_grads is not None:   # (per_row, index): each row's x-side dG into its table row
+            per_row, index = table_grads
+            per_row[...] = 0
+            self.scatter_add_rows(per_row, index, lookup.x_side_gate_grads(xp, gates, hn))
 
     def gather_rows(self, src, index, out):
         """out[r] = src[index[r]]."""
