@@ -255,6 +255,19 @@ def test_bad_index_is_refused(rng):
         layer.forward(table, index=index.reshape(-1))
 
 
+def _assert_table_args_checked(loop, name, table, index):
+    """``loop(table, table_index)`` refuses one without the other, an index per row short,
+    an index past the table's 4 rows and a table of the wrong width."""
+    with pytest.raises(TypeError, match="together"):
+        loop(table, None)
+    with pytest.raises(ValueError, match="table_index"):
+        loop(table, index[:-1])
+    with pytest.raises(ValueError, match=r"table_index must be in \[0, 4\)"):
+        loop(table, index + 4)
+    with pytest.raises(ValueError, match=f"{name} must have shape"):
+        loop(np.zeros((4, table.shape[1] + 1)), index)
+
+
 def test_forward_loop_checks_its_table_rows(rng):
     """The kernel's table_gates / table_index (the projected table the loop copies each
     row's input from): both or neither, one index per row, each a row of the table."""
@@ -268,14 +281,7 @@ def test_forward_loop_checks_its_table_rows(rng):
         _kernels.forward_loop(3, False, T, B, w[1], w[3], h, c, None, ws.gates, None, ws.chist,
                               ws.y, 1, table_gates, table_index)
     index = np.zeros(T * B, np.int64)
-    with pytest.raises(TypeError, match="together"):
-        loop(table, None)
-    with pytest.raises(ValueError, match="table_index"):
-        loop(table, index[:-1])
-    with pytest.raises(ValueError, match=r"table_index must be in \[0, 4\)"):
-        loop(table, index + 4)
-    with pytest.raises(ValueError, match="table_gates must have shape"):
-        loop(np.zeros((4, G * H + 1)), index)
+    _assert_table_args_checked(loop, "table_gates", table, index)
     w[3][...] = 0
     loop(table, index)
     # Every gate's input 0 and the state 0: i, f, o = 1/2, g = 0, so c and h stay 0.
@@ -300,14 +306,7 @@ def test_backward_loop_checks_its_table_grads(B, rng):
                                table_index)
         return ws.gates
     table = np.full((4, G * H), np.nan)
-    with pytest.raises(TypeError, match="together"):
-        loop(table, None)
-    with pytest.raises(ValueError, match="table_index"):
-        loop(table, index[:-1])
-    with pytest.raises(ValueError, match=r"table_index must be in \[0, 4\)"):
-        loop(table, index + 4)
-    with pytest.raises(ValueError, match="table_grads must have shape"):
-        loop(np.zeros((4, G * H + 1)), index)
+    _assert_table_args_checked(loop, "table_grads", table, index)
     dgh = loop(table, index)   # overwritten, NaN and all
     expected = np.zeros_like(table)
     np.add.at(expected, index, dgh)

@@ -703,15 +703,8 @@ cdef int _bind_table_grads(LoopBuffers* buf, Py_ssize_t rows, Py_ssize_t GH,
     both given with values in [0, V)) and point ``buf`` at them. ``per_thread``: threads
     add rows into tables of their own, the caller's and (nt - 1) more allocated into
     ``*extra`` (the caller frees it), summed by _sum_table_grads."""
-    if (table_grads is None) != (table_index is None):
-        raise TypeError("table_grads and table_index go together: give both or neither")
-    if table_grads is None:
+    if not _check_table("table_grads", table_grads, table_index, rows, GH):
         return 0
-    _check_len("table_index", table_index.shape[0], rows)
-    if table_grads.shape[1] != GH or table_grads.shape[0] < 1:
-        raise ValueError(f"table_grads must have shape (V >= 1, {GH}), got "
-                         f"({table_grads.shape[0]}, {table_grads.shape[1]})")
-    _check_row_index("table_index", "be", table_index, table_grads.shape[0])
     buf.table_grads, buf.table_index = &table_grads[0, 0], &table_index[0]
     if per_thread and nt > 1:
         extra[0] = malloc(<size_t>((nt - 1) * table_grads.shape[0] * GH) * sizeof(floating))
@@ -1296,6 +1289,22 @@ cdef int _check_step_rows(str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t
     return _check_shape(name, rows, cols, want_rows, want_cols)
 
 
+cdef int _check_table(str name, table, const int64_t[::1] table_index, Py_ssize_t rows,
+                      Py_ssize_t GH) except -1:
+    """A loop's (V, G*H) table of rows ``name`` and its table_index: both None (returns 0),
+    or both given, one index for each of the ``rows`` rows, each in [0, V) (returns 1)."""
+    if (table is None) != (table_index is None):
+        raise TypeError(f"{name} and table_index go together: give both or neither")
+    if table is None:
+        return 0
+    _check_len("table_index", table_index.shape[0], rows)
+    if table.shape[1] != GH or table.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (V >= 1, {GH}), got "
+                         f"({table.shape[0]}, {table.shape[1]})")
+    _check_row_index("table_index", "be", table_index, table.shape[0])
+    return 1
+
+
 cdef int _bind_forward_buffers(LoopBuffers* buf, int kind, Py_ssize_t T, Py_ssize_t B,
                                Py_ssize_t H, Py_ssize_t GH, Py_ssize_t rows, bint packed,
                                const floating[:, ::1] w_hh, const floating[::1] b_hh,
@@ -1325,14 +1334,7 @@ cdef int _bind_forward_buffers(LoopBuffers* buf, int kind, Py_ssize_t T, Py_ssiz
             raise TypeError("the GRU needs hn, got None")
         _check_step_rows("hn", hn.shape[0], hn.shape[1], rows, H, packed)
         buf.hn = &hn[0, 0]
-    if (table_gates is None) != (table_index is None):
-        raise TypeError("table_gates and table_index go together: give both or neither")
-    if table_gates is not None:
-        _check_len("table_index", table_index.shape[0], rows)
-        if table_gates.shape[1] != GH or table_gates.shape[0] < 1:
-            raise ValueError(f"table_gates must have shape (V >= 1, {GH}), got "
-                             f"({table_gates.shape[0]}, {table_gates.shape[1]})")
-        _check_row_index("table_index", "be", table_index, table_gates.shape[0])
+    if _check_table("table_gates", table_gates, table_index, rows, GH):
         buf.table_gates, buf.table_index = &table_gates[0, 0], &table_index[0]
     buf.gates, buf.y, buf.h0 = &gates[0, 0], &y[0, 0], &h[0, 0]
     buf.w_hh, buf.b_hh = <void*>&w_hh[0, 0], <void*>&b_hh[0]

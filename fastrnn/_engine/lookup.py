@@ -4,10 +4,12 @@ into the first recurrent layer.
 The input projection of a token is ``W_ih table[index] + b_ih``: it depends only on the
 token's table row. When the table has fewer rows than the batch has tokens (a character
 vocabulary: 65-86 rows against 512-2048 tokens per batch), the projection is computed once
-per table row, (V, G*H), and each token's row of it gathered; the backward adds each token's
-x-side gate gradient into its table row, (V, G*H), and derives dW_ih and the table's gradient
-from those V rows, so both products run over V rows instead of T*B. Otherwise the driver
-gathers the tokens' rows and runs the layer as on any input, scattering dx into the table.
+per table row, (V, G*H), and the forward loop copies each token's row of it in as the
+token's step starts (``table_rows``); the backward loop adds each token's x-side gate
+gradient into its table row as it goes (``table_grads``, (V, G*H)), and dW_ih and the
+table's gradient come from those V rows, so all three products run over V rows instead of
+T*B. Otherwise the driver gathers the tokens' rows and runs the layer as on any input,
+scattering dx into the table.
 
 The two ways give the same function; the sums in dW_ih and the table's gradient are grouped
 differently (per table row first), so they may differ in the last bits.
