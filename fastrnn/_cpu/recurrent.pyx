@@ -766,6 +766,7 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H
     cdef int nt = _threads_for(B, H, num_threads), tid, nth
     cdef Py_ssize_t b0, b1, j0, j1, b, length
+    cdef floating* first
     cdef Py_ssize_t table_size = 0 if table_grads is None else table_grads.shape[0] * GH
     cdef LoopShape sh
     cdef LoopBuffers buf, own
@@ -835,11 +836,13 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
         free(dh_rows)
         free(dc_rows)
         free(tables)
-        # dGh at each sequence's first step, which pairs with h0 in dW_hh.
+        # dGh at each sequence's first step, which pairs with h0 in dW_hh (unless dgh is
+        # those very rows of gates: CpuOps.first_step_grads without lengths).
         for b in range(B):
             length = _length(&sh, b)
-            memcpy(&dgh[b, 0], &gates[0, 0] + _row_at(_row(_time_of_step(0, length, reverse), B, b), GH),
-                   GH * sizeof(floating))
+            first = &gates[0, 0] + _row_at(_row(_time_of_step(0, length, reverse), B, b), GH)
+            if <floating*>&dgh[b, 0] != first:
+                memcpy(&dgh[b, 0], first, GH * sizeof(floating))
 
 
 ctypedef struct GradBuffers:

@@ -53,6 +53,15 @@ class CpuOps:
                                dy, dh, dc, dgh_first, threads.get_num_threads(), per_row, index)
 
     @staticmethod
+    def first_step_grads(T, B, reverse, lengths, gates):
+        """The (B, G*H) buffer for dGh at each sequence's first step: without lengths, gates'
+        own rows of that step (the backward loop leaves them there), else a new one."""
+        if lengths is None:
+            first = (T - 1) * B if reverse else 0
+            return gates[first:first + B]
+        return _BUFFERS.empty((B, gates.shape[1]), gates.dtype)
+
+    @staticmethod
     def weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx):
         """x None: no input side (w_ih and dx None; dW_ih not touched, db_ih still summed)."""
         _typed(_kernels.weight_grads, gates)(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first,

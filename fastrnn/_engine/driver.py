@@ -12,6 +12,8 @@ workspace handling and state logic:
     ops.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y,
                      table_rows=None)      (table_gates, index): row r's projected input is
                                            table_gates[index[r]] instead of gates' row r
+    ops.first_step_grads(T, B, reverse, lengths, gates)   the (B, G*H) dgh_first of
+                                   backward_loop (CPU without lengths: gates' own rows)
     ops.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
                       dh, dc, dgh_first, table_grads=None)
                                    (per_row, index): per_row[v] = the sum of the x-side
@@ -411,7 +413,7 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
         grads, dx_out = _backward_packed(ws, dy_rows, dh, dc, grads, dx_out)
         _release_saved(ws)
         return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
-    dgh_first = ops.empty((B, GH), dtype)
+    dgh_first = ops.first_step_grads(T, B, ws.reverse, _loop_lengths(ws.lengths, T), gates)
     per_row = _table_grads_buffer(ws)
     with ops.compute():
         ops.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0,

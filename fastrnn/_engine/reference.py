@@ -70,6 +70,11 @@ class StepOps:
         self.run_loop(("fwd", kind, h.dtype.char, reverse, T, B, h.shape[1], steps, y.strides[0]),
                       (lens, gates, gh, b_hh, w_hh, h, c, hn, chist, y), loop)
 
+    def first_step_grads(self, T, B, reverse, lengths, gates):
+        """The (B, G*H) buffer for dGh at each sequence's first step (the loop's per-step
+        scratch here: a new one)."""
+        return self.empty((B, gates.shape[1]), gates.dtype)
+
     def backward_loop(self, kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
                       dh, dc, dgh_first, table_grads=None):
         xp = self.xp
