@@ -148,6 +148,20 @@ def test_trainer_on_device_matches_cpu(cell, tie, optimizer, mode, cupy):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=RTOL)
 
 
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_trainer_on_device_with_the_lookup_in_the_rnn_matches_cpu(one_hot, cupy):
+    """Without dropout the model hands the ids and its table (the embedding, or the identity
+    of one-hot inputs) to the rnn, which looks the rows up on the device too (21 tokens per
+    batch against V 13: the table is projected)."""
+    ids = stream()
+    kwargs = dict(dropout=0.0, one_hot=one_hot, embed_size=None if one_hot else 8)
+    cpu, gpu = make_model(**kwargs), make_model("cuda", **kwargs)
+    assert gpu._lookup_in_rnn(21)
+    for model in (cpu, gpu):
+        make_trainer(model, ids[:600], ids[600:], optimizer="adam", max_steps=6).fit()
+    assert_same_params(gpu, cpu)
+
+
 def test_device_checkpoints_hold_host_arrays_and_resume_exactly(tmp_path, cupy, monkeypatch):
     ids = stream()
     saved_arrays = []
