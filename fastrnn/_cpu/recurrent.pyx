@@ -758,7 +758,8 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     gates  (T*B, G*H) in: activations, out: dGh (recurrent-side pre-activation gradients).
     hn     (T*B, H)   GRU: in W_hn h + b_hn, out: x-side gradient of the n gate.
     chist  (T*B, H)   LSTM: the cell states of forward.  c0 (B, H): LSTM initial cell state.
-    dgh    (B, G*H)   out: dGh of each row's first step (pairs with h0 in dW_hh).
+    dgh    (B, G*H)   out: dGh of each row's first step (pairs with h0 in dW_hh); without
+                      lengths it may be gates' own rows of that step (then left as they are).
     table_grads (V, G*H), table_index (T*B,): or None, None; out: table_grads[v] = the sum
                       of the x-side gate gradients (dGh; the GRU's n gate: hn) of the rows r
                       with table_index[r] = v (an input x = table[index]: see lookup.py).
