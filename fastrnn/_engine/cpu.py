@@ -64,10 +64,10 @@ class CpuOps:
     @staticmethod
     def weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx):
         """x None: no input side (w_ih and dx None; dW_ih not touched, db_ih still summed)."""
-        _typed(_kernels.weight_grads, gates)(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first,
-                              None if x is None else grads["weight_ih"], grads["weight_hh"],
-                              grads.get("bias_ih"), grads.get("bias_hh"), dx,
-                              threads.get_num_threads())
+        kernel = _typed(_kernels.weight_grads, gates)
+        kernel(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first,
+               None if x is None else grads["weight_ih"], grads["weight_hh"],
+               grads.get("bias_ih"), grads.get("bias_hh"), dx, threads.get_num_threads())
 
     # Batches of at least this many sequences with lengths run packed (driver.py).
     packed_min_batch = _kernels.PACKED_MIN_BATCH
@@ -91,10 +91,10 @@ class CpuOps:
     @staticmethod
     def weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx):
         """x None: no input side, as weight_grads."""
-        _typed(_kernels.weight_grads_packed, gates)(kind, x, w_ih, h_prev, gates, hn,
-                                     None if x is None else grads["weight_ih"],
-                                     grads["weight_hh"], grads.get("bias_ih"),
-                                     grads.get("bias_hh"), dx, threads.get_num_threads())
+        kernel = _typed(_kernels.weight_grads_packed, gates)
+        kernel(kind, x, w_ih, h_prev, gates, hn, None if x is None else grads["weight_ih"],
+               grads["weight_hh"], grads.get("bias_ih"), grads.get("bias_hh"), dx,
+               threads.get_num_threads())
 
     @staticmethod
     def gather_rows(src, index, out):

@@ -55,9 +55,10 @@ class RecurrentLayer(Layer):
         PyTorch modules), e.g. ``([h0, h1], [c0, c1])`` for an LSTM. :meth:`zero_state`
         builds either form.
     backward(dy, dstate=None) -> (dx, dstate0)
-        dx like x (with ``index``: the (V, I) table's gradient). Backpropagates through the most recent pending training-mode forward (LIFO, see
-        :class:`fastrnn.layers.Layer`: a layer applied to several steps or segments before
-        backward gets each one's exact gradient) and accumulates into ``grads``.
+        dx like x (with ``index``: the (V, I) table's gradient). Backpropagates through the
+        most recent pending training-mode forward (LIFO, see :class:`fastrnn.layers.Layer`: a
+        layer applied to several steps or segments before backward gets each one's exact
+        gradient) and accumulates into ``grads``.
 
     ``device="cuda"`` (or ``.to("cuda")``) runs on the GPU with CuPy arrays (inputs given as
     numpy arrays are copied over); parameters are initialised on the host first, so a seed
