@@ -460,9 +460,8 @@ cdef inline void _add_table_grad(const LoopBuffers* buf, int kind, Py_ssize_t H,
     whose x side is in hn. Done here, while the row is in this core's cache: a scatter of
     all rows after the loop read half of them from the other core (small-model step, 2
     threads: 0.08 ms)."""
-    cdef Py_ssize_t G = gate_count(kind), k, j
+    cdef Py_ssize_t G = gate_count(kind), k
     cdef floating* dst
-    cdef floating* d
     cdef const floating* src
     if buf.table_grads == NULL:
         return
@@ -472,9 +471,7 @@ cdef inline void _add_table_grad(const LoopBuffers* buf, int kind, Py_ssize_t H,
             src = <const floating*>buf.hn + _row_at(row, H)
         else:
             src = g + k * H
-        d = dst + k * H
-        for j in range(j0, j1):
-            d[j] += src[j]
+        add_parts(0, j0, j1, 1, src, dst + k * H)   # the compiled, vectorised row add
 
 
 cdef void _backward_batch_slice(const LoopShape* sh, const LoopBuffers* buf, Py_ssize_t b0,
