@@ -41,14 +41,14 @@ class CpuOps:
     @staticmethod
     def forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist, y,
                      table_rows=None):
-        table_gates, table_index = (None, None) if table_rows is None else table_rows
+        table_gates, table_index = _pair(table_rows)
         _kernels.forward_loop(kind, reverse, T, B, w_hh, b_hh, h, c, lengths, gates, hn, chist,
                               y, threads.get_num_threads(), table_gates, table_index)
 
     @staticmethod
     def backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
                       dh, dc, dgh_first, table_grads=None):
-        per_row, index = (None, None) if table_grads is None else table_grads
+        per_row, index = _pair(table_grads)
         _kernels.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y,
                                dy, dh, dc, dgh_first, threads.get_num_threads(), per_row, index)
 
@@ -75,7 +75,7 @@ class CpuOps:
     @staticmethod
     def forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist,
                             y, table_rows=None):
-        table_gates, table_index = (None, None) if table_rows is None else table_rows
+        table_gates, table_index = _pair(table_rows)
         _kernels.forward_loop_packed(kind, T, B, lengths, packing.counts, packing.src, w_hh,
                                      b_hh, h, c, gates, hn, chist, y,
                                      threads.get_num_threads(), table_gates, table_index)
@@ -83,7 +83,7 @@ class CpuOps:
     @staticmethod
     def backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc,
                              table_grads=None):
-        per_row, index = (None, None) if table_grads is None else table_grads
+        per_row, index = _pair(table_grads)
         _kernels.backward_loop_packed(kind, T, B, packing.counts, packing.src, w_hh, h0, c0,
                                       gates, hn, chist, y, dy, dh, dc, threads.get_num_threads(),
                                       per_row, index)
@@ -109,6 +109,12 @@ class CpuOps:
 
     def __repr__(self):
         return "CpuOps()"
+
+
+def _pair(table_and_index):
+    """The loops' optional (table, index) argument as the kernels take it: two arrays, or
+    None twice."""
+    return (None, None) if table_and_index is None else table_and_index
 
 
 def _typed(kernel, like):

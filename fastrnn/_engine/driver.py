@@ -248,9 +248,10 @@ def forward(ops, cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, lengths=
     if packing is None:
         with ops.compute():
             projected = []
-            index = _project_inputs(ws, b_ih, ws.gates, None, projected)
+            table_index = _project_inputs(ws, b_ih, ws.gates, None, projected)
             ops.forward_loop(spec.kind, ws.reverse, T, B, w_hh, b_hh, h, c, lens, ws.gates,
-                             ws.hn, ws.chist, ws.y, (projected[0], index) if projected else None)
+                             ws.hn, ws.chist, ws.y,
+                             (projected[0], table_index) if projected else None)
             ops.release(projected)
     else:
         _forward_packed(ws, packing, spec, b_ih, b_hh, h, c)
@@ -284,10 +285,10 @@ def _forward_packed(ws, packing, spec, b_ih, b_hh, h, c):
     c_sorted = c[order] if c is not None else None
     with ops.compute():
         projected = []
-        index = _project_inputs(ws, b_ih, ws.gates[:rows], packing.src, projected)
+        table_index = _project_inputs(ws, b_ih, ws.gates[:rows], packing.src, projected)
         ops.forward_loop_packed(spec.kind, ws.T, ws.B, ws.lengths, packing, ws.w_hh, b_hh,
                                 h_sorted, c_sorted, ws.gates, ws.hn, ws.chist, ws.y,
-                                (projected[0], index) if projected else None)
+                                (projected[0], table_index) if projected else None)
         ops.release(projected)
     h[order] = h_sorted
     if c is not None:
@@ -302,26 +303,30 @@ def _project_inputs(ws, b_ih, gates, src, projected):
     gates row's table row returned, for the forward loop's ``table_rows``."""
     if ws.project_table:
         projected.append(lookup.project_table(ws.ops, ws.x, ws.w_ih, b_ih))
-        return ws.index if src is None else ws.index[src]
+        return _x_rows(ws, src)
     ws.ops.project_inputs(_input_rows(ws, src), ws.w_ih, b_ih, gates)
     return None
+
+
+def _x_rows(ws, src):
+    """The rows of ws.x that hold the input of time-space rows ``src`` (None: all T*B in
+    time order), in that order: through the index when x is a table. None when they are x's
+    own rows in order (no index, src None)."""
+    if ws.index is None:
+        return src
+    return ws.index if src is None else ws.index[src]
 
 
 def _input_rows(ws, src):
     """The layer's input rows ``src`` (time-space row numbers; None: all T*B in time order):
     forward projects them, backward pairs them with dGh. Gathered into a new array unless
     they are x itself."""
-    if ws.index is None and src is None:
+    x_rows = _x_rows(ws, src)
+    if x_rows is None:
         return ws.x
-    table_rows = ws.index if src is None else _table_rows_of(ws, src)
-    rows = ws.ops.xp.empty((table_rows.shape[0], ws.x.shape[1]), ws.x.dtype)
-    ws.ops.gather_rows(ws.x, table_rows, rows)
+    rows = ws.ops.xp.empty((x_rows.shape[0], ws.x.shape[1]), ws.x.dtype)
+    ws.ops.gather_rows(ws.x, x_rows, rows)
     return rows
-
-
-def _table_rows_of(ws, src):
-    """Rows of ws.x holding the input of time-space rows ``src``."""
-    return src if ws.index is None else ws.index[src]
 
 
 def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
@@ -339,11 +344,12 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
     dc_sorted = dc[order] if dc is not None else None
     gates = ws.gates[:rows]
     hn = ws.hn[:rows] if ws.hn is not None else None
+    x_rows = _x_rows(ws, packing.src)   # each packed row's row of x
     per_row = _table_grads_buffer(ws)
     with ops.compute():
         ops.backward_loop_packed(spec.kind, T, B, packing, ws.w_hh, h0, c0, ws.gates, ws.hn,
                                  ws.chist, ws.y, dy_rows, dh_sorted, dc_sorted,
-                                 None if per_row is None else (per_row, ws.index[packing.src]))
+                                 None if per_row is None else (per_row, x_rows))
         if grads is None:
             grads = new_weight_grads(ws)
         if dx_out is None:
@@ -363,8 +369,7 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
                                     dx_packed)
             del x_packed
             # src holds each time-space row once (an index may repeat table rows: summed)
-            ops.scatter_add_rows(dx_out.reshape(-1, I), _table_rows_of(ws, packing.src),
-                                 dx_packed)
+            ops.scatter_add_rows(dx_out.reshape(-1, I), x_rows, dx_packed)
         del h_prev
     released = [per_row]   # the list holds the last reference (buffers.py)
     del per_row

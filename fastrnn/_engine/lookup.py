@@ -21,11 +21,11 @@ from .._validation import check_token_ids
 def check_index(xp, index, table_rows):
     """``index`` as a (T, B) int64 array of ``xp`` with values in [0, table_rows); TypeError
     or ValueError naming it otherwise."""
-    index = check_token_ids(index, "index", table_rows)
+    index = check_token_ids(index, "index", table_rows)   # contiguous int64, where it was
     if index.ndim != 2 or index.shape[0] < 1 or index.shape[1] < 1:
         raise ValueError(f"index must be (T, B) row numbers of x with T, B >= 1, got shape "
                          f"{index.shape}")
-    return xp.ascontiguousarray(xp.asarray(index))
+    return xp.asarray(index)
 
 
 def projects_table(table_rows, tokens):
