@@ -311,3 +311,28 @@ def test_backward_loop_checks_its_table_grads(B, rng):
     expected = np.zeros_like(table)
     np.add.at(expected, index, dgh)
     assert_close(table, expected, RTOL, "table_grads")
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_language_model_forwards_taking_both_ways_backpropagate_in_order(one_hot, rng):
+    """Two forwards, one through the layers (V 11 > 6 tokens with one-hot inputs; for an
+    embedding the RNN gathers the rows), one looked up in the RNN (36 tokens), then two
+    backwards (last in, first out): each backward takes the way its own forward took, and
+    the gradients are those of each forward and backward in turn."""
+    xa, ya = rng.integers(0, 11, size=(2, 2, 3))
+    xb, yb = rng.integers(0, 11, size=(2, 9, 4))
+
+    def make():
+        return LanguageModel(11, None if one_hot else 6, 8, 2, one_hot=one_hot, seed=1,
+                             dtype=np.float64)
+    reference, model = make(), make()
+    for x, y in ((xa, ya), (xb, yb)):
+        reference.forward(x, y)
+        reference.backward()
+    model.forward(xa, ya)
+    model.forward(xb, yb)
+    model.backward()
+    model.backward()
+    assert model.num_pending == 0
+    for name in reference.grads:
+        assert_close(model.grads[name], reference.grads[name], RTOL, name)
