@@ -282,6 +282,8 @@ def test_forward_loop_checks_its_table_rows(rng):
                               ws.y, 1, table_gates, table_index)
     index = np.zeros(T * B, np.int64)
     _assert_table_args_checked(loop, "table_gates", table, index)
+    with pytest.raises(ValueError, match="table_gates must not share memory with gates"):
+        loop(ws.gates[:4], index)   # rows the loop writes while it reads the table
     w[3][...] = 0
     loop(table, index)
     # Every gate's input 0 and the state 0: i, f, o = 1/2, g = 0, so c and h stay 0.
@@ -298,8 +300,10 @@ def test_backward_loop_checks_its_table_grads(B, rng):
     dy = rng.normal(size=(T, B, H))
     index = rng.integers(0, 4, size=T * B)
 
-    def loop(table_grads, table_index):
+    def loop(table_grads, table_index, inside_gates=False):
         _, _, ws = F.recurrent_forward("lstm", x, *w)
+        if inside_gates:   # rows the loop reads while it writes the table
+            table_grads = ws.gates[:4]
         _kernels.backward_loop(3, False, T, B, w[1], ws.h0, ws.c0, None, ws.gates, None,
                                ws.chist, ws.y, dy.reshape(T * B, H), np.zeros((B, H)),
                                np.zeros((B, H)), np.zeros((B, G * H)), 2, table_grads,
@@ -307,6 +311,8 @@ def test_backward_loop_checks_its_table_grads(B, rng):
         return ws.gates
     table = np.full((4, G * H), np.nan)
     _assert_table_args_checked(loop, "table_grads", table, index)
+    with pytest.raises(ValueError, match="table_grads must not share memory with gates"):
+        loop(None, index, inside_gates=True)
     dgh = loop(table, index)   # overwritten, NaN and all
     expected = np.zeros_like(table)
     np.add.at(expected, index, dgh)

@@ -695,12 +695,12 @@ def forward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
 
 cdef int _bind_table_grads(LoopBuffers* buf, Py_ssize_t rows, Py_ssize_t GH,
                            floating[:, ::1] table_grads, const int64_t[::1] table_index,
-                           bint per_thread, int nt, void** extra) except -1:
+                           gates, hn, bint per_thread, int nt, void** extra) except -1:
     """Check the backward loops' table_grads (V, G*H) and table_index (rows,) (both None, or
     both given with values in [0, V)) and point ``buf`` at them. ``per_thread``: threads
     add rows into tables of their own, the caller's and (nt - 1) more allocated into
     ``*extra`` (the caller frees it), summed by _sum_table_grads."""
-    if not _check_table("table_grads", table_grads, table_index, rows, GH):
+    if not _check_table("table_grads", table_grads, table_index, rows, GH, gates, hn):
         return 0
     buf.table_grads, buf.table_index = &table_grads[0, 0], &table_index[0]
     if per_thread and nt > 1:
@@ -779,7 +779,8 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                            chist, y, dy, dh, dc)
     _check_shape("dgh", dgh.shape[0], dgh.shape[1], B, GH)
     _check_lengths(lengths, T, B)
-    _bind_table_grads(&buf, T * B, GH, table_grads, table_index, B > SMALL_BATCH, nt, &tables)
+    _bind_table_grads(&buf, T * B, GH, table_grads, table_index, gates, hn, B > SMALL_BATCH,
+                      nt, &tables)
     sh = _loop_shape(kind, T, B, H, reverse, lengths)
     buf.dgh = &dgh[0, 0]
     if B > SMALL_BATCH:
@@ -1291,13 +1292,17 @@ cdef int _check_step_rows(str name, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t
 
 
 cdef int _check_table(str name, table, const int64_t[::1] table_index, Py_ssize_t rows,
-                      Py_ssize_t GH) except -1:
+                      Py_ssize_t GH, gates, hn) except -1:
     """A loop's (V, G*H) table of rows ``name`` and its table_index: both None (returns 0),
-    or both given, one index for each of the ``rows`` rows, each in [0, V) (returns 1)."""
+    or both given, one index for each of the ``rows`` rows, each in [0, V), the table
+    sharing no memory with the gates or hn the loop writes and reads with it (returns 1)."""
     if (table is None) != (table_index is None):
         raise TypeError(f"{name} and table_index go together: give both or neither")
     if table is None:
         return 0
+    for other_name, other in (("gates", gates), ("hn", hn)):
+        if other is not None and np.may_share_memory(np.asarray(table), np.asarray(other)):
+            raise ValueError(f"{name} must not share memory with {other_name}")
     _check_len("table_index", table_index.shape[0], rows)
     if table.shape[1] != GH or table.shape[0] < 1:
         raise ValueError(f"{name} must have shape (V >= 1, {GH}), got "
@@ -1335,7 +1340,7 @@ cdef int _bind_forward_buffers(LoopBuffers* buf, int kind, Py_ssize_t T, Py_ssiz
             raise TypeError("the GRU needs hn, got None")
         _check_step_rows("hn", hn.shape[0], hn.shape[1], rows, H, packed)
         buf.hn = &hn[0, 0]
-    if _check_table("table_gates", table_gates, table_index, rows, GH):
+    if _check_table("table_gates", table_gates, table_index, rows, GH, gates, hn):
         buf.table_gates, buf.table_index = &table_gates[0, 0], &table_index[0]
     buf.gates, buf.y, buf.h0 = &gates[0, 0], &y[0, 0], &h[0, 0]
     buf.w_hh, buf.b_hh = <void*>&w_hh[0, 0], <void*>&b_hh[0]
@@ -1486,7 +1491,7 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
     buf = _no_buffers()
     _bind_backward_buffers(&buf, kind, T, B, H, GH, N, True, w_hh, h0, c0, gates, hn, chist,
                            y, dy, dh, dc)
-    _bind_table_grads(&buf, N, GH, table_grads, table_index, True, nt, &tables)
+    _bind_table_grads(&buf, N, GH, table_grads, table_index, gates, hn, True, nt, &tables)
     w_packed = <floating*>malloc(<size_t>(panels * NR * GH) * sizeof(floating))
     if w_packed == NULL:
         free(tables)
