@@ -1,7 +1,8 @@
 /* The recurrent product of one step, h_prev W_hh^T (forward) or dGh W_hh (backward), for a
  * few rows of batch:
  *
- *   fr_matvec_rows / fr_matvec_cols_acc   small batch: read W_hh once per step for all rows;
+ *   fr_matvec_rows / fr_matvec_cols_acc   small batch: read W_hh once per step for all rows
+ *                                         (hand-written twins: the _best entry points);
  *   fr_pack_panels / fr_gemm_packed       larger batch: W_hh packed once per call into
  *                                         panels, then a register-tiled micro-kernel
  *                                         (AVX-512 or 256-bit: fr_panel_width).
@@ -17,19 +18,6 @@
 #include <string.h>
 #include "compiler.h"
 
-/* Set by tests (recurrent.pyx's _force_narrow_panels) to run the 256-bit micro-kernel on an
- * AVX-512 CPU, so that it stays tested there; read once per call through fr_panel_width. */
-static int fr_narrow_panels_forced = 0;
-
-static inline void fr_set_narrow_panels(int forced) {
-    FR_FLAG_STORE(fr_narrow_panels_forced, forced != 0);
-}
-
-/* Whether the packed GEMM uses its AVX-512 micro-kernel (gemm_packed_impl.h). */
-static inline int fr_wide_panels(void) {
-    return fr_cpu_has_wide() && !FR_FLAG_LOAD(fr_narrow_panels_forced);
-}
-
 #define FR_BODY "gemm_packed_impl.h"
 #include "instantiate.h"
 
@@ -41,7 +29,7 @@ static inline int fr_wide_panels(void) {
  * sums in registers. Its arithmetic is fr_dot's, term for term: lanes 0-15 and 16-31 of the
  * partial sums in two 512-bit vectors, one FMA per term in k order, the tail's terms FMA'd
  * one by one into lane 0, then the same tree (lane l += lane l + w, w = 16, 8, 4, 2, 1). So
- * it gives the generic code's bits (tested against it with _force_narrow_panels). */
+ * it gives the generic code's bits (tested against it with _force_kernels). */
 #if FR_HAVE_WIDE
 #include <immintrin.h>
 
@@ -121,10 +109,13 @@ FR_WIDE static void fr_matvec_rows_wide_f(int r0, int r1, int K, const float *W,
 }
 #endif
 
-/* fr_matvec_rows_wide_f where the CPU has AVX-512 (returns 0); returns 1, having done
- * nothing, where it has not (or a test asked for the 256-bit kernels): the caller then uses
- * BLAS. For generation, whose products need not match the training kernels' bits. */
-static inline int fr_matvec_rows_acc_wide_f(int r0, int r1, int K, const float *W,
+#include "matvec_narrow.h"
+
+/* fr_matvec_rows_wide_f where the CPU has AVX-512, else fr_matvec_rows_narrow_f where it has
+ * AVX2 (returns 0); returns 1, having done nothing, where neither runs (or a test asked for
+ * the generic code): the caller then uses BLAS. For generation, whose products need not
+ * match the training kernels' bits. */
+static inline int fr_matvec_rows_acc_simd_f(int r0, int r1, int K, const float *W,
                                             ptrdiff_t ldw, int nb, const float *const *x,
                                             float *const *y, int accumulate) {
 #if FR_HAVE_WIDE
@@ -133,14 +124,20 @@ static inline int fr_matvec_rows_acc_wide_f(int r0, int r1, int K, const float *
         return 0;
     }
 #endif
+#if FR_HAVE_NARROW
+    if (fr_narrow_twins()) {
+        fr_matvec_rows_narrow_f(r0, r1, K, W, ldw, nb, x, y, accumulate);
+        return 0;
+    }
+#endif
     return 1;
 }
 
-/* y[b][r] = W[r, :K] . x[b][:K] in float: the AVX-512 twin where the CPU has it (and no test
- * asked for the 256-bit kernels: fr_set_narrow_panels), else the generic code. */
+/* y[b][r] = W[r, :K] . x[b][:K] in float: the AVX-512 or AVX2 twin where the CPU has one (and
+ * no test asked for the generic code: fr_set_kernel_cap), else the generic code. */
 static inline void fr_matvec_rows_best_f(int r0, int r1, int K, const float *W, ptrdiff_t ldw,
                                          int nb, const float *const *x, float *const *y) {
-    if (fr_matvec_rows_acc_wide_f(r0, r1, K, W, ldw, nb, x, y, 0) != 0)
+    if (fr_matvec_rows_acc_simd_f(r0, r1, K, W, ldw, nb, x, y, 0) != 0)
         fr_matvec_rows_f(r0, r1, K, W, ldw, nb, x, y);
 }
 

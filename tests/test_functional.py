@@ -303,34 +303,41 @@ def test_batch_slices_give_the_same_bits_on_any_thread_count(cell, B, with_lengt
                 np.testing.assert_array_equal(got, want)
 
 
-def _assert_wide_and_narrow_kernels_agree(cell, H, batches, dtype, rng):
-    """Forward+backward of ``cell`` with the 256-bit / generic per-step kernels (forced) and
-    with the CPU's AVX-512 ones, for each batch size, with and without lengths, both
-    directions: the same bits. The large products run on BLAS in both runs (the own GEMM goes
-    with the AVX-512 kernels)."""
+def _assert_kernels_agree(kinds, cell, H, batches, dtype, rng):
+    """Forward+backward of ``cell`` with the per-step kernels ``kinds`` allows (forced: see
+    recurrent._force_kernels) and with the CPU's best ones ("best"), or for kinds ==
+    "generic", against the AVX2 twins ("narrow"), for each batch size, with and without
+    lengths, both directions: the same bits. The large products run on BLAS in both runs
+    (the own GEMM goes with the AVX-512 kernels). Skips where the two would be the same code."""
     from fastrnn._cpu import recurrent
-    wide = recurrent._panel_width(dtype)
-    recurrent._force_narrow_panels(True)
+    other = "narrow" if kinds == "generic" else "best"
+    if kinds == "generic" and not recurrent._has_narrow_twins():
+        pytest.skip("no AVX2 on this CPU: only the generic kernels run")
+    if kinds == "narrow":
+        wide = recurrent._panel_width(dtype)
+        recurrent._force_kernels("narrow")
+        same = recurrent._panel_width(dtype) == wide
+        recurrent._force_kernels("best")
+        if same:
+            pytest.skip("no AVX-512 on this CPU: only the 256-bit / generic kernels run")
     recurrent._force_blas_gemm(True)
     try:
-        if recurrent._panel_width(dtype) == wide:
-            pytest.skip("no AVX-512 on this CPU: only the 256-bit / generic kernels run")
         Is, Ts = 5, 6
         w = weights(cell, rng, dtype, H=H, I=Is, scale=0.3)
         for B in batches:
             x = rng.normal(size=(Ts, B, Is)).astype(dtype)
             dy = rng.normal(size=(Ts, B, H)).astype(dtype)
             for lengths, reverse in ((None, False), (rng.integers(1, Ts + 1, size=B), True)):
-                recurrent._force_narrow_panels(True)
+                recurrent._force_kernels(kinds)
                 y1, dx1, g1 = _forward_backward(cell, x, w, dy, lengths, reverse, dtype)
-                recurrent._force_narrow_panels(False)
+                recurrent._force_kernels(other)
                 y2, dx2, g2 = _forward_backward(cell, x, w, dy, lengths, reverse, dtype)
                 np.testing.assert_array_equal(y1, y2)
                 np.testing.assert_array_equal(dx1, dx2)
                 for name in g1:
                     np.testing.assert_array_equal(g1[name], g2[name])
     finally:
-        recurrent._force_narrow_panels(False)
+        recurrent._force_kernels("best")
         recurrent._force_blas_gemm(False)
 
 
@@ -341,7 +348,7 @@ def test_avx512_and_256_bit_packed_gemms_agree_bitwise(cell, dtype, rng):
     (panels of 32 floats, tiles of up to 8 rows), elsewhere a 256-bit one (16 floats, up to 6
     rows). Both sum each element over k in order with one FMA per term, so they must agree to
     the bit. H = 37 leaves partial panels; B = 9, 23 give tiles of every height from 4 to 8."""
-    _assert_wide_and_narrow_kernels_agree(cell, 37, (9, 23), dtype, rng)
+    _assert_kernels_agree("narrow", cell, 37, (9, 23), dtype, rng)
 
 
 @pytest.mark.parametrize("cell", list(GATES))
@@ -354,7 +361,18 @@ def test_avx512_and_generic_small_batch_products_agree_bitwise(cell, H, rng):
     70 gives two threads; 300 gives each thread 150 columns, so that the backward twin runs
     its blocks of several vectors (3 to 8, by batch) and then a masked tail. Batches 1, 3
     and 8 cover the rows the kernels take."""
-    _assert_wide_and_narrow_kernels_agree(cell, H, (1, 3, 8), np.float32, rng)
+    _assert_kernels_agree("narrow", cell, H, (1, 3, 8), np.float32, rng)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("H", [37, 64, 70, 300])
+def test_avx2_and_generic_small_batch_products_agree_bitwise(cell, H, rng):
+    """On a CPU with AVX2 and without AVX-512 (or with the AVX-512 kernels turned off), the
+    small-batch forward product h_prev W_hh^T runs, in float32, an intrinsics twin of the
+    generic matrix-vector code (csrc/matvec_narrow.h) that must sum in the same order: the
+    same bits. H = 37 leaves a tail of 5 terms per dot product and a row count that is not a
+    multiple of 3; 64 has no tail; 70 and 300 give two threads. Batches 1, 3 and 8."""
+    _assert_kernels_agree("generic", cell, H, (1, 3, 8), np.float32, rng)
 
 
 @pytest.mark.parametrize("cell", list(GATES))

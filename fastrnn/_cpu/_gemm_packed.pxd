@@ -10,7 +10,7 @@ cdef extern from "gemm_packed.h" nogil:
                           const float* const* x, float* const* y)
     void fr_matvec_rows_best_f(int r0, int r1, int K, const float* W, Py_ssize_t ldw, int nb,
                                const float* const* x, float* const* y)
-    int fr_matvec_rows_acc_wide_f(int r0, int r1, int K, const float* W, Py_ssize_t ldw,
+    int fr_matvec_rows_acc_simd_f(int r0, int r1, int K, const float* W, Py_ssize_t ldw,
                                   int nb, const float* const* x, float* const* y,
                                   int accumulate)
     void fr_matvec_rows_d(int r0, int r1, int K, const double* W, Py_ssize_t ldw, int nb,
@@ -29,7 +29,8 @@ cdef extern from "gemm_packed.h" nogil:
                           const double* Bp, double* C, Py_ssize_t ldc, int accumulate)
     int fr_panel_width_f()
     int fr_panel_width_d()
-    void fr_set_narrow_panels(int forced)
+    void fr_set_kernel_cap(int cap)
+    int fr_cpu_has_narrow()
 
 
 cdef inline void matvec_rows(int r0, int r1, int K, const floating* W, Py_ssize_t ldw, int nb,

@@ -46,7 +46,7 @@ cdef extern from "bf16.h" nogil:
     void fr_bf16_pack(int rows, int K, const float* W, Py_ssize_t ldw, uint16_t* dst)
     void fr_matvec_bf16(int rows, int K, const uint16_t* P, const float* x, float* y,
                         int accumulate)
-from ._gemm_packed cimport fr_matvec_rows_acc_wide_f
+from ._gemm_packed cimport fr_matvec_rows_acc_simd_f, fr_set_kernel_cap
 from ._cells cimport K_LSTM, cell_forward_row, gate_count
 from ._checks cimport _blas_int, _check_len, _check_shape
 from ._openmp cimport (fr_omp_barrier, fr_omp_team_size, fr_openmp_enabled, fr_team_threads,
@@ -235,7 +235,7 @@ cdef inline void _rows_times_wt(Py_ssize_t nb, Py_ssize_t n_out, Py_ssize_t k,
         for b in range(nb):
             xs[b] = x + b * ldx
             ys[b] = out + b * ldo
-        if fr_matvec_rows_acc_wide_f(0, <int>n_out, <int>k, w, ldw, <int>nb, xs, ys,
+        if fr_matvec_rows_acc_simd_f(0, <int>n_out, <int>k, w, ldw, <int>nb, xs, ys,
                                      beta != 0) == 0:
             return
     if nb == 1:
@@ -523,6 +523,13 @@ cdef void _team_worker(Ctx* ctx, const floating* out_w, int tid, int* team_ok) n
 # ---------------------------------------------------------------------------------------------
 
 # The size helpers take and return Python ints (untyped on purpose): exact at any size.
+
+def _force_kernels(str kinds):
+    """Private, for tests: which hand-written kernels this module's products may use (see
+    recurrent._force_kernels: "best", "narrow" or "generic"; "generic" also sends float32
+    products to BLAS). Takes effect from the next call; not for use while calls run."""
+    fr_set_kernel_cap({"best": 0, "narrow": 1, "generic": 2}[kinds])
+
 
 def _thread_layout(G, B, hidden_sizes, nt, split_rows):
     """(rows, units): the most batch rows and hidden units (in any one layer of

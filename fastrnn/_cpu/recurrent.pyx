@@ -60,7 +60,7 @@ from ._blas cimport GEMM_KC, fr_claim_rows, fr_set_blas_gemm, gemm, gemm_bias
 from ._cells cimport (K_GRU, K_LSTM, K_RNN_IDENTITY, K_RNN_RELU, K_RNN_TANH, cell_backward_row,
                       cell_forward_row, gate_count)
 from ._checks cimport _blas_int, _check_len, _check_shape, _row_stride
-from ._gemm_packed cimport (fr_set_narrow_panels, gemm_packed, matvec_cols_acc, matvec_rows,
+from ._gemm_packed cimport (fr_cpu_has_narrow, fr_set_kernel_cap, gemm_packed, matvec_cols_acc, matvec_rows,
                             pack_panels, panel_width)
 from ._openmp cimport fr_omp_barrier, fr_omp_team_size, fr_team_threads, join_fork_guard
 from ._parts cimport (COL_ALIGN, GEMM_COLUMN_SPLIT_ROWS, _gemm_parts, _row, _row_at, _share,
@@ -114,11 +114,21 @@ cdef int _check_row_index(str name, str verb, const int64_t[::1] index,
     return 0
 
 
-def _force_narrow_panels(bint forced):
-    """Private, for tests: run the packed GEMM's 256-bit micro-kernel even where the CPU has
-    AVX-512 (forced=True), or go back to the CPU's best (False), so that both stay tested on
-    an AVX-512 machine. Takes effect from the next call; not for use while calls run."""
-    fr_set_narrow_panels(forced)
+_KERNEL_CAPS = {"best": 0, "narrow": 1, "generic": 2}
+
+
+def _force_kernels(str kinds):
+    """Private, for tests: which hand-written per-step kernels this module's calls may use,
+    so that each stays tested on a CPU that would pick another. "best": the CPU's; "narrow":
+    none of the AVX-512 ones (the packed GEMM's 256-bit micro-kernel, the AVX2 twins of the
+    batch-1 products); "generic": not the AVX2 twins either (the compiler-vectorised code).
+    Takes effect from the next call; not for use while calls run."""
+    fr_set_kernel_cap(_KERNEL_CAPS[kinds])
+
+
+def _has_narrow_twins():
+    """Private, for tests: whether this CPU runs the AVX2 twins (csrc/matvec_narrow.h)."""
+    return bool(fr_cpu_has_narrow())
 
 
 def _force_blas_gemm(bint forced):

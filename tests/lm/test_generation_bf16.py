@@ -68,6 +68,33 @@ def test_bf16_sampling_is_reproducible_and_thread_independent():
     np.testing.assert_array_equal(runs[0], runs[2])
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_bf16_avx2_twin_gives_the_generic_kernels_bits(cell):
+    """fr_matvec_bf16 runs an AVX2 twin (csrc/bf16.h) on CPUs without AVX-512, or with the
+    AVX-512 kernels turned off: it must do the generic code's FMAs in the same order, so
+    tokens and states equal the generic code's to the bit. H = 37, E = 7: partial groups of
+    16 rows, odd column counts; two threads."""
+    from fastrnn._cpu import generate, recurrent
+    if not recurrent._has_narrow_twins():
+        pytest.skip("no AVX2 on this CPU: only the generic kernel runs")
+    fastrnn.set_num_threads(2)
+    layers, emb, out_w, out_b = make_model(cell, V=11, E=7, H=37, L=2, dtype=np.float32,
+                                           seed=5, scale=0.3)
+    prime = np.random.default_rng(6).integers(0, 11, (3, 3))
+    runs = []
+    try:
+        for kinds in ("narrow", "generic"):
+            generate._force_kernels(kinds)
+            tokens, _, state = _generate_tokens(cell, layers, emb, out_w, out_b, prime, 12,
+                                                greedy=True, layer0_table=False,
+                                                weights="bfloat16")
+            runs.append((tokens, *(state if cell == "lstm" else (state,))))
+    finally:
+        generate._force_kernels("best")
+    for got, want in zip(*runs):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_bf16_weights_are_refused_where_they_do_not_apply():
     layers, emb, out_w, out_b = make_model("lstm", dtype=np.float64)
     prime = np.zeros((1, 1), np.int64)
