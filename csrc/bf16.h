@@ -101,8 +101,9 @@ FR_HOT static void fr_matvec_bf16_generic(int rows, int K, const uint16_t *restr
 
 /* fr_matvec_bf16_generic's AVX2 twin: the same FMAs in the same order (the generic code's
  * 512-bit vectors in halves), two groups (32 rows, eight accumulators) at a time, where
- * gcc's own splitting of the generic code kept its accumulators on the stack (2.8 GB/s of
- * weights on a Zen 3 core, against 6.0 for float32 through the same loop). */
+ * gcc's own splitting of the generic code kept its accumulators on the stack. A 1024 x 256
+ * block on a Zen 3 core (/tmp harness): 188 us for the generic code (2.8 GB/s of weights),
+ * 14 us for this twin. */
 FR_NARROW static void fr_matvec_bf16_narrow(int rows, int K, const uint16_t *restrict P,
                                             const float *restrict x, float *restrict y,
                                             int accumulate) {

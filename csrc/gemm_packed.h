@@ -21,6 +21,8 @@
 #define FR_BODY "gemm_packed_impl.h"
 #include "instantiate.h"
 
+#include "matvec_narrow.h"
+
 /* ---- fr_matvec_rows_f on AVX-512 ----------------------------------------------------------
  * The generic fr_matvec_rows_f, as gcc vectorises it, keeps its 32 partial sums per row in
  * registers through the k loop but spills them to the stack for the final sum, and that
@@ -36,12 +38,8 @@
 /* fr_dot's final tree over the 32 partial sums lo (lanes 0-15) and hi (lanes 16-31). */
 FR_WIDE static inline float fr_dot_tree_wide(__m512 lo, __m512 hi) {
     __m512 s16 = _mm512_add_ps(lo, hi);                                       /* w = 16 */
-    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(s16),
-                              _mm512_extractf32x8_ps(s16, 1));                /* w = 8 */
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                        /* w = 2 */
-    __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));                    /* w = 1 */
-    return _mm_cvtss_f32(s1);
+    return fr_dot_tree8(_mm256_add_ps(_mm512_castps512_ps256(s16),
+                                      _mm512_extractf32x8_ps(s16, 1)));       /* w = 8 */
 }
 
 /* Lane 0 of lo followed by the tail terms w[k] x[k], k in [k0, K), one FMA each. */
@@ -108,8 +106,6 @@ FR_WIDE static void fr_matvec_rows_wide_f(int r0, int r1, int K, const float *W,
     }
 }
 #endif
-
-#include "matvec_narrow.h"
 
 /* fr_matvec_rows_wide_f where the CPU has AVX-512, else fr_matvec_rows_narrow_f where it has
  * AVX2 (returns 0); returns 1, having done nothing, where neither runs (or a test asked for

@@ -12,7 +12,9 @@
  * The twin does the generic code's arithmetic, term for term (fr_dot's 32 lanes, its tail
  * FMA'd one by one into lane 0, its tree), so it gives the bits of the generic code's
  * x86-64-v3 clone, which is what such a CPU ran before (tested against it with
- * _force_kernels). Included by gemm_packed.h.
+ * _force_kernels). Included by gemm_packed.h, before its AVX-512 twins (which share
+ * fr_dot_tree8: every CPU with AVX-512 has AVX2, and gcc inlines the x86-64-v3 helper into
+ * their x86-64-v4 code).
  */
 #ifndef FASTRNN_MATVEC_NARROW_H
 #define FASTRNN_MATVEC_NARROW_H
@@ -20,13 +22,18 @@
 #include <immintrin.h>
 #include <stddef.h>
 
-/* fr_dot's tree over its 32 partial sums, lanes 0-7, 8-15, 16-23 and 24-31. */
-FR_NARROW static inline float fr_dot_tree_narrow(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-    __m256 s8 = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));   /* w = 16, 8 */
+/* The last steps of fr_dot's tree (w = 4, 2, 1) over lanes 0-7 of its partial sums; the
+ * AVX-512 twin's tree ends with it too (gemm_packed.h). */
+FR_NARROW static inline __attribute__((always_inline)) float fr_dot_tree8(__m256 s8) {
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                          /* w = 2 */
     __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));                      /* w = 1 */
     return _mm_cvtss_f32(s1);
+}
+
+/* fr_dot's tree over its 32 partial sums, lanes 0-7, 8-15, 16-23 and 24-31. */
+FR_NARROW static inline float fr_dot_tree_narrow(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    return fr_dot_tree8(_mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3)));
 }
 
 /* Lanes 0-7 with the tail terms w[k] x[k], k in [k0, K), FMA'd one by one into lane 0. */
