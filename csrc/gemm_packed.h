@@ -47,9 +47,7 @@ FR_WIDE static inline __m512 fr_dot_tail_wide(__m512 lo, int k0, int K, const fl
                                               const float *x) {
     if (k0 == K)
         return lo;
-    float t = _mm512_cvtss_f32(lo);
-    for (int k = k0; k < K; k++)
-        t = __builtin_fmaf(w[k], x[k], t);
+    float t = fr_dot_tail_terms(_mm512_cvtss_f32(lo), k0, K, w, x);
     return _mm512_mask_mov_ps(lo, 1, _mm512_set1_ps(t));
 }
 

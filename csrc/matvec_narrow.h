@@ -36,14 +36,20 @@ FR_NARROW static inline float fr_dot_tree_narrow(__m256 a0, __m256 a1, __m256 a2
     return fr_dot_tree8(_mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3)));
 }
 
-/* Lanes 0-7 with the tail terms w[k] x[k], k in [k0, K), FMA'd one by one into lane 0. */
+/* fr_dot's tail: lane 0 of its partial sums plus the terms w[k] x[k], k in [k0, K), one FMA
+ * each in k order (shared with the AVX-512 twin, like fr_dot_tree8). */
+FR_INLINE float fr_dot_tail_terms(float lane0, int k0, int K, const float *w, const float *x) {
+    for (int k = k0; k < K; k++)
+        lane0 = __builtin_fmaf(w[k], x[k], lane0);
+    return lane0;
+}
+
+/* Lanes 0-7 with the tail terms FMA'd into lane 0. */
 FR_NARROW static inline __m256 fr_dot_tail_narrow(__m256 a0, int k0, int K, const float *w,
                                                   const float *x) {
     if (k0 == K)
         return a0;
-    float t = _mm256_cvtss_f32(a0);
-    for (int k = k0; k < K; k++)
-        t = __builtin_fmaf(w[k], x[k], t);
+    float t = fr_dot_tail_terms(_mm256_cvtss_f32(a0), k0, K, w, x);
     return _mm256_blend_ps(a0, _mm256_set1_ps(t), 1);
 }
 
