@@ -50,7 +50,7 @@ def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, len
                            lengths, reverse, out, index)
 
 
-def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
+def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True):
     """Backpropagate through the forward pass recorded in ``ws`` (on the forward's device).
 
     dy: (T, B, H) gradient at the outputs, or None. dstate: gradient at the final state,
@@ -66,10 +66,17 @@ def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
     A workspace is consumed by its first backward; another backward on it (also one running
     at the same time in another thread) raises ValueError.
 
+    ``state0_grad=False`` says the gradient at the initial state is not wanted (a state
+    carried over from the previous batch and detached, as in truncated BPTT): the product
+    dGh W_hh of each sequence's first step, which only feeds it, is skipped (1/T of the
+    backward's recurrent products), and dstate0 is returned as None. Everything else is
+    the same, to the bit.
+
     Returns ``(dx, dstate0, grads)``: dx (T, B, I) (with an ``index``: the table's, (V, I)),
-    the gradient at the initial state (shaped like it), and the parameter gradients.
+    the gradient at the initial state (shaped like it; None with ``state0_grad=False``), and
+    the parameter gradients.
     """
-    return _engine.backward(ws, dy, dstate, grads, dx_out)
+    return _engine.backward(ws, dy, dstate, grads, dx_out, state0_grad)
 
 
 def _scratch_zeros(shape, dtype, like):
@@ -94,10 +101,10 @@ def _bind(cell):
         return recurrent_forward(cell, x, w_ih, w_hh, b_ih, b_hh, state, lengths, reverse, out,
                                  index)
 
-    def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
+    def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True):
         if ws.cell.name != cell:
             raise ValueError(f"ws comes from a {ws.cell.name} forward, not {cell}")
-        return recurrent_backward(ws, dy, dstate, grads, dx_out)
+        return recurrent_backward(ws, dy, dstate, grads, dx_out, state0_grad)
 
     forward.__name__, backward.__name__ = f"{cell}_forward", f"{cell}_backward"
     forward.__doc__ = f"recurrent_forward with cell={cell!r}; see its docstring."

@@ -90,6 +90,50 @@ def test_every_ops_matches_the_cpu_kernels(device, cell, reverse, lengths, bias,
         assert_close(device.host(g[name]), g_ref[name], RTOL, name)
 
 
+@pytest.mark.parametrize("cell,reverse,lengths", [
+    (c, r, n) for c, r, n in itertools.product(GATES, (False, True), (None, LENGTHS))])
+def test_every_ops_skips_the_initial_state_gradient_when_asked(device, cell, reverse, lengths,
+                                                               rng, monkeypatch):
+    """state0_grad=False on every Ops: dstate0 None, dx and the weight gradients equal to the
+    full backward's on the same Ops, and the loop skips the first steps' product dGh W_hh
+    (the dh it leaves plus that product is the full dh0)."""
+    x, w = rng.normal(size=(T, B, I)), weights(cell, rng)
+    state, dstate = state_like(cell, rng), state_like(cell, rng)
+    dy = rng.normal(size=(T, B, H))
+    left = []
+    loop = device.ops.backward_loop
+
+    def spied(*args, **kwargs):
+        loop(*args, **kwargs)
+        left.append((device.host(args[13]).copy(), device.host(args[15]).copy()))
+    monkeypatch.setattr(device.ops, "backward_loop", spied)
+    products = {True: 0, False: 0}
+    if device.name != "cpu":
+        matmul = device.xp.matmul
+
+        def counting(a, b, out=None):
+            if out is not None and out.shape == (B, H):
+                products[wanted] += 1
+            return matmul(a, b, out=out)
+        monkeypatch.setattr(device.xp, "matmul", counting)
+    results = []
+    for wanted in (True, False):
+        _, _, ws = device.forward(cell, x, w, state=device.put(state), lengths=lengths,
+                                  reverse=reverse)
+        dx, ds, g = F.recurrent_backward(ws, device.put(dy), device.put(dstate),
+                                         state0_grad=wanted)
+        results.append((device.host(dx), ds, {k: device.host(v) for k, v in g.items()}))
+    (dx1, ds1, g1), (dx2, ds2, g2) = results
+    assert ds2 is None and ds1 is not None
+    np.testing.assert_array_equal(dx2, dx1)
+    for name in g1:
+        np.testing.assert_array_equal(g2[name], g1[name])
+    (dh_full, _), (dh_partial, dgh_first) = left
+    assert_close(dh_partial + dgh_first @ w[1], dh_full, RTOL, "dh0")
+    if device.name != "cpu":   # the step loop: one product dGh W_hh (out (B, H)) fewer
+        assert products[False] == products[True] - 1, products
+
+
 @pytest.mark.parametrize("layout", ["half of a bidirectional output", "reversed time",
                                     "every other feature"])
 def test_out_views_are_written_exactly_on_every_ops(device, layout, rng):

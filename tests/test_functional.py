@@ -434,3 +434,59 @@ def test_long_sequences_split_weight_gradients_along_time(cell, rng):
     for name, p in (("weight_ih", module.weight_ih_l0), ("weight_hh", module.weight_hh_l0),
                     ("bias_ih", module.bias_ih_l0), ("bias_hh", module.bias_hh_l0)):
         np.testing.assert_allclose(g1[name], p.grad.numpy(), rtol=1e-10, atol=1e-11)
+
+
+def _initial_state(cell, B, H, rng, dtype):
+    h = rng.normal(size=(B, H)).astype(dtype)
+    return (h, rng.normal(size=(B, H)).astype(dtype)) if cell == "lstm" else h
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("B", [3, 11])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_without_the_initial_state_gradient(cell, B, dtype, rng, monkeypatch):
+    """state0_grad=False: dstate0 is None, dx and every weight gradient are the full
+    backward's bits, and the loops really skip the first steps' product dGh W_hh: the dh they
+    leave, plus that product, is the full backward's dh0. B = 3 takes the small-batch path,
+    11 the batch slices (packed with lengths); both directions, with and without lengths, a
+    given initial state and final-state gradient, 2 threads."""
+    from fastrnn._engine.cpu import CpuOps
+    Hs, Is, Ts = 70, 5, 6
+    w = weights(cell, rng, dtype, H=Hs, I=Is, scale=0.3)
+    x = rng.normal(size=(Ts, B, Is)).astype(dtype)
+    dy = rng.normal(size=(Ts, B, Hs)).astype(dtype)
+    state0 = _initial_state(cell, B, Hs, rng, dtype)
+    dstate = _initial_state(cell, B, Hs, rng, dtype)
+    left = []   # per backward: (dh the loop leaves, dGh of each sequence's first step)
+
+    def spy(name, first_step_rows):
+        loop = getattr(CpuOps, name)
+
+        def spied(*args, **kwargs):
+            loop(*args, **kwargs)
+            left.append((args[13 if name == "backward_loop" else 12].copy(),
+                         first_step_rows(args).copy()))
+        monkeypatch.setattr(CpuOps, name, staticmethod(spied))
+    spy("backward_loop", lambda args: args[15])             # dgh_first
+    spy("backward_loop_packed", lambda args: args[7][:B])   # packed rows 0..B-1: step 0
+    fastrnn.set_num_threads(2)
+    try:
+        for lengths, reverse in ((None, False), (None, True),
+                                 (rng.integers(1, Ts + 1, size=B), False),
+                                 (rng.integers(1, Ts + 1, size=B), True)):
+            results = []
+            for wanted in (True, False):
+                _, _, ws = F.recurrent_forward(cell, x, *w, state=state0, lengths=lengths,
+                                               reverse=reverse)
+                results.append(F.recurrent_backward(ws, dy, dstate, state0_grad=wanted))
+            (dx1, ds1, g1), (dx2, ds2, g2) = results
+            assert ds2 is None and ds1 is not None
+            np.testing.assert_array_equal(dx2, dx1)
+            for name in g1:
+                np.testing.assert_array_equal(g2[name], g1[name])
+            (dh_full, _), (dh_partial, dgh_first) = left[-2:]
+            tol = 1e-4 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(dh_partial + dgh_first @ w[1], dh_full, rtol=tol,
+                                       atol=tol)
+    finally:
+        fastrnn.set_num_threads(None)

@@ -69,3 +69,29 @@ def test_dropout_gradients_match_finite_differences(cell):
     loss()
     layer.backward(dy)
     assert gradient_check_error(loss, layer.params[name], layer.grads[name], rng) < 1e-6
+
+
+@pytest.mark.parametrize("cell", list(LAYERS))
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_layer_backward_without_the_initial_state_gradient(cell, with_lengths):
+    """RecurrentLayer.backward(..., state0_grad=False), stacked and bidirectional: dstate0 is
+    None, dx and every parameter gradient the bits of the full backward."""
+    rng = np.random.default_rng(8)
+    layer = LAYERS[cell](input_size=I, hidden_size=H, num_layers=2, bidirectional=True,
+                         dtype=np.float64, seed=3)
+    x = rng.normal(size=(T, B, I))
+    lengths = LENGTHS if with_lengths else None
+    state, dstate = _random_state(layer, rng), _random_state(layer, rng)
+    dy = rng.normal(size=(T, B, 2 * H))
+    runs = []
+    for wanted in (True, False):
+        layer.zero_grad()
+        layer.forward(x, state, lengths=lengths)
+        dx, dstate0 = layer.backward(dy, dstate, state0_grad=wanted)
+        runs.append((dx, dstate0, {k: v.copy() for k, v in layer.grads.items()}))
+    (dx1, ds1, g1), (dx2, ds2, g2) = runs
+    assert ds1 is not None and ds2 is None
+    np.testing.assert_array_equal(dx2, dx1)
+    assert set(g1) == set(g2)
+    for name in g1:
+        np.testing.assert_array_equal(g2[name], g1[name])

@@ -230,7 +230,9 @@ ctypedef struct LoopBuffers:
     # Per sequence (B rows):
     void* h0                   # (H) initial h; forward: the final h on return
     void* c0                   # (H) LSTM initial c; forward: the final c on return
-    void* dh                   # backward: (H) in dL/dh_T, out dL/dh0
+    void* dh                   # backward: (H) in dL/dh_T, out dL/dh0 (with initial_dh)
+    bint initial_dh            # backward: dL/dh0 wanted; else the product of each sequence's
+                               #   first step, dGh W_hh, is skipped and dh is left partial
     void* dc                   # backward: (H) LSTM, in dL/dc_T, out dL/dc0
     void* dgh                  # backward: (G*H) dGh at each sequence's first step
     void* gh                   # forward: (G*H) scratch for h_prev W_hh^T
@@ -507,6 +509,8 @@ cdef void _backward_batch_slice(const LoopShape* sh, const LoopBuffers* buf, Py_
             g = _backward_row(sh, buf, s, b, 0, H, zero)
             if sh.lengths != NULL:
                 memcpy(dgh + b * GH, g, GH * sizeof(floating))
+        if s == 0 and not buf.initial_dh:
+            break
         if sh.lengths == NULL:
             d = gates + _row_at(_row(_time_of_step(s, sh.T, sh.reverse), sh.B, b0), GH)
         else:
@@ -535,7 +539,8 @@ cdef void _backward_columns(const LoopShape* sh, const LoopBuffers* buf, Py_ssiz
             ys[n] = <floating*>buf.dh + b * sh.H
             n += 1
         fr_omp_barrier()
-        matvec_cols_acc(j0, j1, sh.GH, <const floating*>buf.w_hh, sh.H, n, ds, ys)
+        if s > 0 or buf.initial_dh:
+            matvec_cols_acc(j0, j1, sh.GH, <const floating*>buf.w_hh, sh.H, n, ds, ys)
 
 
 cdef inline int _threads_for(Py_ssize_t B, Py_ssize_t H, int num_threads) noexcept nogil:
@@ -757,7 +762,8 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                   const floating[:, ::1] chist, const floating[:, :] y not None,
                   const floating[:, :] dy, floating[:, ::1] dh not None, floating[:, ::1] dc,
                   floating[:, ::1] dgh not None, int num_threads,
-                  floating[:, ::1] table_grads=None, const int64_t[::1] table_index=None):
+                  floating[:, ::1] table_grads=None, const int64_t[::1] table_index=None,
+                  bint initial_dh=True):
     """Backpropagate through all steps, consuming the forward workspace.
 
     dy     (T*B, H)   gradient at the outputs, rows may be strided; None for no output gradient.
@@ -770,6 +776,9 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
     table_grads (V, G*H), table_index (T*B,): or None, None; out: table_grads[v] = the sum
                       of the x-side gate gradients (dGh; the GRU's n gate: hn) of the rows r
                       with table_index[r] = v (an input x = table[index]: see lookup.py).
+    initial_dh        False when dL/dh0 is not wanted: the product dGh W_hh of each
+                      sequence's first step is skipped, and dh's out value is partial
+                      (not a gradient); dc's out value is still dL/dc0.
     """
     cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H
     cdef int nt = _threads_for(B, H, num_threads), tid, nth
@@ -793,6 +802,7 @@ def backward_loop(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B,
                       nt, &tables)
     sh = _loop_shape(kind, T, B, H, reverse, lengths)
     buf.dgh = &dgh[0, 0]
+    buf.initial_dh = initial_dh
     if B > SMALL_BATCH:
         # The batch slices run on copies of dh and dc with each thread's rows apart
         # (THREAD_ROWS_GAP); c0 is None except for the LSTM.
@@ -1249,6 +1259,8 @@ cdef void _backward_packed_share(const PackedShape* ps, const LoopBuffers* buf, 
                               <floating*>buf.dc + b * H if ps.kind == K_LSTM else NULL)
             _add_table_grad(buf, ps.kind, H, row, 0, H,
                             <floating*>buf.gates + _row_at(row, GH), zero)
+        if s == 0 and not buf.initial_dh:
+            break
         gemm_packed(buf.nr, <int>m, H, GH, 0, (H + NR - 1) // NR,
                     <floating*>buf.gates + _row_at(ps.starts[s] + b0, GH), GH,
                     <const floating*>buf.w_packed, <floating*>buf.dh + b0 * H, H, True)
@@ -1477,7 +1489,8 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
                          const floating[:, ::1] chist, const floating[:, :] y not None,
                          const floating[:, :] dy, floating[:, ::1] dh not None,
                          floating[:, ::1] dc, int num_threads,
-                         floating[:, ::1] table_grads=None, const int64_t[::1] table_index=None):
+                         floating[:, ::1] table_grads=None, const int64_t[::1] table_index=None,
+                         bint initial_dh=True):
     """backward_loop on a packed batch (see forward_loop_packed for the layout).
 
     h0, c0, dh, dc (B, H) in the sorted order; dh, dc in: gradient at the final state, out:
@@ -1486,6 +1499,7 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
     in time space (dy None for no output gradient). dGh of each sequence's first step is
     packed row b (step 0), so no dgh_first is returned.
     table_grads, table_index (N,): as in backward_loop, table_index per packed row.
+    initial_dh: as in backward_loop.
     """
     cdef Py_ssize_t H = h0.shape[1], GH = gate_count(kind) * H, N
     cdef int nt = _threads_for(B, H, num_threads), tid, nth
@@ -1502,6 +1516,7 @@ def backward_loop_packed(int kind, Py_ssize_t T, Py_ssize_t B, const int64_t[::1
     _bind_backward_buffers(&buf, kind, T, B, H, GH, N, True, w_hh, h0, c0, gates, hn, chist,
                            y, dy, dh, dc)
     _bind_table_grads(&buf, N, GH, table_grads, table_index, gates, hn, True, nt, &tables)
+    buf.initial_dh = initial_dh
     w_packed = <floating*>malloc(<size_t>(panels * NR * GH) * sizeof(floating))
     if w_packed == NULL:
         free(tables)

@@ -47,10 +47,11 @@ class CpuOps:
 
     @staticmethod
     def backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
-                      dh, dc, dgh_first, table_grads=None):
+                      dh, dc, dgh_first, table_grads=None, initial_dh=True):
         per_row, index = _pair(table_grads)
         _kernels.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y,
-                               dy, dh, dc, dgh_first, threads.get_num_threads(), per_row, index)
+                               dy, dh, dc, dgh_first, threads.get_num_threads(), per_row, index,
+                               initial_dh)
 
     @staticmethod
     def first_step_grads(T, B, reverse, lengths, gates):
@@ -82,11 +83,11 @@ class CpuOps:
 
     @staticmethod
     def backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc,
-                             table_grads=None):
+                             table_grads=None, initial_dh=True):
         per_row, index = _pair(table_grads)
         _kernels.backward_loop_packed(kind, T, B, packing.counts, packing.src, w_hh, h0, c0,
                                       gates, hn, chist, y, dy, dh, dc, threads.get_num_threads(),
-                                      per_row, index)
+                                      per_row, index, initial_dh)
 
     @staticmethod
     def weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx):

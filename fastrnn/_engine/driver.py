@@ -15,9 +15,10 @@ workspace handling and state logic:
     ops.first_step_grads(T, B, reverse, lengths, gates)   the (B, G*H) dgh_first of
                                    backward_loop (CPU without lengths: gates' own rows)
     ops.backward_loop(kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
-                      dh, dc, dgh_first, table_grads=None)
+                      dh, dc, dgh_first, table_grads=None, initial_dh=True)
                                    (per_row, index): per_row[v] = the sum of the x-side
-                                   gate gradients of the rows r with index[r] = v
+                                   gate gradients of the rows r with index[r] = v;
+                                   initial_dh False: dL/dh0 not wanted (dh left partial)
     ops.weight_grads(kind, reverse, T, B, x, w_ih, h0, y, gates, hn, dgh_first, grads, dx)
                                    (x, w_ih, dx None: no input side, dW_ih untouched)
     ops.gather_rows(src, index, out)          out[r] = src[index[r]]
@@ -29,7 +30,7 @@ sequences with lengths packed (:mod:`.packing`), so that their cost follows the 
     ops.forward_loop_packed(kind, T, B, lengths, packing, w_hh, b_hh, h, c, gates, hn, chist, y,
                             table_rows=None)
     ops.backward_loop_packed(kind, T, B, packing, w_hh, h0, c0, gates, hn, chist, y, dy, dh, dc,
-                             table_grads=None)
+                             table_grads=None, initial_dh=True)
     ops.weight_grads_packed(kind, x, w_ih, h_prev, gates, hn, grads, dx)
 
 with the states in the packing's sorted order and gates/hn/chist in its packed rows.
@@ -329,7 +330,7 @@ def _input_rows(ws, src):
     return rows
 
 
-def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
+def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad):
     """backward's kernels on a packed batch (see _forward_packed). The packing is made again
     from ws.lengths, which _check_saved has validated. Returns (grads, dx_out)."""
     ops, spec, T, B = ws.ops, ws.cell, ws.T, ws.B
@@ -349,7 +350,7 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
     with ops.compute():
         ops.backward_loop_packed(spec.kind, T, B, packing, ws.w_hh, h0, c0, ws.gates, ws.hn,
                                  ws.chist, ws.y, dy_rows, dh_sorted, dc_sorted,
-                                 None if per_row is None else (per_row, x_rows))
+                                 None if per_row is None else (per_row, x_rows), state0_grad)
         if grads is None:
             grads = new_weight_grads(ws)
         if dx_out is None:
@@ -380,7 +381,7 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out):
     return grads, dx_out
 
 
-def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
+def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True):
     """:func:`fastrnn.functional.recurrent_backward` on the device of the forward."""
     if not isinstance(ws, RecurrentWorkspace):
         raise TypeError(f"ws must be the workspace returned by recurrent_forward, got {type(ws).__name__}")
@@ -415,16 +416,16 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
     packing = _packing_for(ops, _loop_lengths(ws.lengths, T), B, ws.reverse)
     if packing is not None:
         del gates, hn, chist
-        grads, dx_out = _backward_packed(ws, dy_rows, dh, dc, grads, dx_out)
+        grads, dx_out = _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad)
         _release_saved(ws)
-        return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
+        return dx_out, _initial_state_grad(spec, dh, dc, state0_grad), grads
     dgh_first = ops.first_step_grads(T, B, ws.reverse, _loop_lengths(ws.lengths, T), gates)
     per_row = _table_grads_buffer(ws)
     with ops.compute():
         ops.backward_loop(spec.kind, ws.reverse, T, B, ws.w_hh, ws.h0, ws.c0,
                           _loop_lengths(ws.lengths, T),
                           gates, hn, chist, ws.y, dy_rows, dh, dc, dgh_first,
-                          None if per_row is None else (per_row, ws.index))
+                          None if per_row is None else (per_row, ws.index), state0_grad)
         # Outputs are allocated only now, after the loop has freed its packed copy of W_hh,
         # so that the two never coexist (peak memory).
         if grads is None:
@@ -450,7 +451,15 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
             del dx_rows
     del gates, hn, chist, dgh_first, per_row
     _release_saved(ws, scratch)
-    return dx_out, ((dh, dc) if spec.has_cell_state else dh), grads
+    return dx_out, _initial_state_grad(spec, dh, dc, state0_grad), grads
+
+
+def _initial_state_grad(spec, dh, dc, wanted):
+    """backward's dstate0: (dh, dc) or dh; None when not wanted (the loops then skip the
+    product that completes dh, so it is not the gradient)."""
+    if not wanted:
+        return None
+    return (dh, dc) if spec.has_cell_state else dh
 
 
 def _table_grads_buffer(ws):

@@ -76,7 +76,7 @@ class StepOps:
         return self.empty((B, gates.shape[1]), gates.dtype)
 
     def backward_loop(self, kind, reverse, T, B, w_hh, h0, c0, lengths, gates, hn, chist, y, dy,
-                      dh, dc, dgh_first, table_grads=None):
+                      dh, dc, dgh_first, table_grads=None, initial_dh=True):
         xp = self.xp
         lens, steps = self._lengths(lengths, T, B)
         dh_rec = xp.zeros_like(dh)
@@ -89,13 +89,15 @@ class StepOps:
             for s in range(steps - 1, -1, -1):
                 self.backward_step(kind, s, reverse, lens, gates, hn, chist, h0, c0, y, dy, dh,
                                    dh_rec, dc, dgh_first)
-                xp.matmul(dgh_first, w_hh, out=dh_rec)
+                if s > 0 or initial_dh:
+                    xp.matmul(dgh_first, w_hh, out=dh_rec)
 
         self.run_loop(("bwd", kind, dh.dtype.char, reverse, T, B, dh.shape[1], steps,
                        y.strides[0], None if dy is None else dy.strides[0]),
                       (lens, gates, hn, chist, h0, c0, y, dy, dh, dh_rec, dc, dgh_first, w_hh),
                       loop)
-        dh += dh_rec   # the W_hh path out of each sequence's first step
+        if initial_dh:
+            dh += dh_rec   # the W_hh path out of each sequence's first step
         if table_grads is not None:   # (per_row, index): each row's x-side dG into its table row
             per_row, index = table_grads
             per_row[...] = 0

@@ -322,7 +322,7 @@ class LanguageModel(Module):
         with blas_single_threaded():
             d = self.loss.backward(scale)
             d = self.output_dropout.backward(self.output.backward(d))
-            d, _ = self.rnn.backward(d)
+            d, _ = self.rnn.backward(d, state0_grad=False)   # truncated: no use for it
             if d.ndim == 2:   # the forward looked the rows up in the rnn: d is the table's
                 if not self.one_hot:   # (the identity of one-hot inputs is no parameter)
                     self.embedding.grads["weight"] += d
