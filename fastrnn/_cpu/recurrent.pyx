@@ -60,8 +60,8 @@ from ._blas cimport GEMM_KC, fr_claim_rows, fr_set_blas_gemm, gemm, gemm_bias
 from ._cells cimport (K_GRU, K_LSTM, K_RNN_IDENTITY, K_RNN_RELU, K_RNN_TANH, cell_backward_row,
                       cell_forward_row, gate_count)
 from ._checks cimport _blas_int, _check_len, _check_shape, _row_stride
-from ._gemm_packed cimport (fr_cpu_has_narrow, fr_set_kernel_cap, gemm_packed, matvec_cols_acc, matvec_rows,
-                            pack_panels, panel_width)
+from ._gemm_packed cimport (fr_cpu_has_narrow, fr_set_kernel_cap, gemm_packed, matvec_cols_acc,
+                            matvec_rows, pack_panels, panel_width)
 from ._openmp cimport fr_omp_barrier, fr_omp_team_size, fr_team_threads, join_fork_guard
 from ._parts cimport (COL_ALIGN, GEMM_COLUMN_SPLIT_ROWS, _gemm_parts, _row, _row_at, _share,
                      _split_at)
