@@ -224,10 +224,10 @@ cdef inline void _rows_times_wt(Py_ssize_t nb, Py_ssize_t n_out, Py_ssize_t k,
                                 Py_ssize_t ldo) noexcept nogil:
     """out[nb, n_out] = x[nb, k] @ w[n_out, k]^T + beta * out, beta 0 or 1.
 
-    float32 with up to MATVEC_ROWS rows, on an AVX-512 CPU: fastrnn's matrix-vector kernel,
-    which reads w once for all rows at the cache's streaming rate (BLAS sgemm re-packs w on
-    every call: 2 samples took 161 against 29 µs per token; at one row BLAS sgemv was as fast).
-    Else BLAS (gemv for one row)."""
+    float32 with up to MATVEC_ROWS rows, on a CPU with AVX-512 or AVX2: fastrnn's
+    matrix-vector kernel (its AVX-512 or AVX2 twin), which reads w once for all rows at the
+    cache's streaming rate (BLAS sgemm re-packs w on every call: 2 samples took 161 against
+    29 µs per token; at one row BLAS sgemv was as fast). Else BLAS (gemv for one row)."""
     cdef const float* xs[MATVEC_ROWS]
     cdef float* ys[MATVEC_ROWS]
     cdef Py_ssize_t b
