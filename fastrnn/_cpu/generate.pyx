@@ -528,7 +528,8 @@ def _force_kernels(str kinds):
     """Private, for tests: which hand-written kernels this module's products may use (see
     recurrent._force_kernels: "best", "narrow" or "generic"; "generic" also sends float32
     products to BLAS). Takes effect from the next call; not for use while calls run."""
-    fr_set_kernel_cap({"best": 0, "narrow": 1, "generic": 2}[kinds])
+    from .recurrent import _KERNEL_CAPS   # the one table of the kinds
+    fr_set_kernel_cap(_KERNEL_CAPS[kinds])
 
 
 def _thread_layout(G, B, hidden_sizes, nt, split_rows):

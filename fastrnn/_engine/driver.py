@@ -375,9 +375,10 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad):
     released = [per_row]   # the list holds the last reference (buffers.py)
     del per_row
     ops.release(released)
-    dh[order] = dh_sorted
-    if dc is not None:
-        dc[order] = dc_sorted
+    if state0_grad:   # else dh is partial and backward returns no dstate0
+        dh[order] = dh_sorted
+        if dc is not None:
+            dc[order] = dc_sorted
     return grads, dx_out
 
 
