@@ -50,7 +50,8 @@ def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, len
                            lengths, reverse, out, index)
 
 
-def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True):
+def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True,
+                       input_grad=True):
     """Backpropagate through the forward pass recorded in ``ws`` (on the forward's device).
 
     dy: (T, B, H) gradient at the outputs, or None. dstate: gradient at the final state,
@@ -72,11 +73,17 @@ def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0
     backward's recurrent products), and dstate0 is returned as None. Everything else is
     the same, to the bit.
 
-    Returns ``(dx, dstate0, grads)``: dx (T, B, I) (with an ``index``: the table's, (V, I)),
-    the gradient at the initial state (shaped like it; None with ``state0_grad=False``), and
-    the parameter gradients.
+    ``input_grad=False`` says the gradient at x is not wanted (the first layer of a model
+    fed raw features, or a frozen embedding table): the product dG W_ih that only feeds it
+    is skipped (for I = H, a sixth of the layer's forward + backward GEMM work), dx is
+    returned as None, and ``dx_out`` must not be given. The parameter gradients are the
+    same, to the bit.
+
+    Returns ``(dx, dstate0, grads)``: dx (T, B, I) (with an ``index``: the table's, (V, I);
+    None with ``input_grad=False``), the gradient at the initial state (shaped like it; None
+    with ``state0_grad=False``), and the parameter gradients.
     """
-    return _engine.backward(ws, dy, dstate, grads, dx_out, state0_grad)
+    return _engine.backward(ws, dy, dstate, grads, dx_out, state0_grad, input_grad)
 
 
 def _scratch_zeros(shape, dtype, like):
@@ -101,10 +108,11 @@ def _bind(cell):
         return recurrent_forward(cell, x, w_ih, w_hh, b_ih, b_hh, state, lengths, reverse, out,
                                  index)
 
-    def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True):
+    def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True,
+                 input_grad=True):
         if ws.cell.name != cell:
             raise ValueError(f"ws comes from a {ws.cell.name} forward, not {cell}")
-        return recurrent_backward(ws, dy, dstate, grads, dx_out, state0_grad)
+        return recurrent_backward(ws, dy, dstate, grads, dx_out, state0_grad, input_grad)
 
     forward.__name__, backward.__name__ = f"{cell}_forward", f"{cell}_backward"
     forward.__doc__ = f"recurrent_forward with cell={cell!r}; see its docstring."

@@ -118,7 +118,7 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, cell, reverse):
 
 
 def _recurrent_backward(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist, dy, dh,
-                        dc, cell, reverse, overwrite_saved):
+                        dc, cell, reverse, input_grad, state0_grad, overwrite_saved):
     """The engine's backward of one layer and direction from the forward op's inputs and
     outputs; see :func:`recurrent_backward_op`. ``overwrite_saved``: the engine's backward
     turns the activation buffers gates/hn/chist into gradients in place; False runs it on
@@ -146,11 +146,12 @@ def _recurrent_backward(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, 
         dstate = None if dh is None and dc is None else (dh_np, _optional_numpy(dc))
     else:
         dstate = dh_np
-    dx, dstate0, grads = _engine.backward(ws, dy_np, dstate)
-    dh0, dc0 = dstate0 if spec.has_cell_state else (dstate0, None)
-    return (torch.from_numpy(dx), torch.from_numpy(grads["weight_ih"]),
+    dx, dstate0, grads = _engine.backward(ws, dy_np, dstate, state0_grad=state0_grad,
+                                          input_grad=input_grad)
+    dh0, dc0 = dstate0 if spec.has_cell_state and state0_grad else (dstate0, None)
+    return (_as_tensor(dx, x), torch.from_numpy(grads["weight_ih"]),
             torch.from_numpy(grads["weight_hh"]), _as_tensor(grads.get("bias_ih"), x),
-            _as_tensor(grads.get("bias_hh"), x), torch.from_numpy(dh0), _as_tensor(dc0, x))
+            _as_tensor(grads.get("bias_hh"), x), _as_tensor(dh0, x), _as_tensor(dc0, x))
 
 
 _BACKWARD_OUTPUTS = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
@@ -163,25 +164,31 @@ def recurrent_backward_op(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tenso
                           lengths: Optional[torch.Tensor], y: torch.Tensor, gates: torch.Tensor,
                           hn: torch.Tensor, chist: torch.Tensor, dy: Optional[torch.Tensor],
                           dh: Optional[torch.Tensor], dc: Optional[torch.Tensor], cell: str,
-                          reverse: bool) -> _BACKWARD_OUTPUTS:
+                          reverse: bool, input_grad: bool, state0_grad: bool
+                          ) -> _BACKWARD_OUTPUTS:
     """Backward of :func:`recurrent_forward_op` from its inputs and saved outputs; dy (T, B,
-    H), dh, dc (B, H) the gradients at y, h_T, c_T (None: zero).
+    H), dh, dc (B, H) the gradients at y, h_T, c_T (None: zero). ``input_grad`` /
+    ``state0_grad`` False: dx / dh0 and dc0 are not wanted (the engine skips the products
+    that only feed them).
 
     Returns ``(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)``; the bias gradients are empty (0,)
-    without biases, dc0 unless the cell is an LSTM. Leaves its inputs unchanged: the engine
-    runs on copies of gates/hn/chist.
+    without biases, dc0 unless the cell is an LSTM, and dx, dh0, dc0 when not wanted. Leaves
+    its inputs unchanged: the engine runs on copies of gates/hn/chist.
     """
     return _recurrent_backward(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist,
-                               dy, dh, dc, cell, reverse, overwrite_saved=False)
+                               dy, dh, dc, cell, reverse, input_grad, state0_grad,
+                               overwrite_saved=False)
 
 
 def _backward_fake(x, w_ih, w_hh, has_bias, h0, c0, lengths, y, gates, hn, chist, dy, dh, dc,
-                   cell, reverse):
+                   cell, reverse, input_grad, state0_grad):
     GH = w_hh.shape[0]
-    bias = (lambda: x.new_empty((GH,))) if has_bias else (lambda: x.new_empty(_EMPTY_SHAPE))
-    dc0 = x.new_empty(h0.shape) if get_cell(cell).has_cell_state else x.new_empty(_EMPTY_SHAPE)
-    return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
-            bias(), bias(), h0.new_empty(h0.shape), dc0)
+
+    def maybe(wanted, shape):
+        return x.new_empty(shape if wanted else _EMPTY_SHAPE)
+    return (maybe(input_grad, x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+            maybe(has_bias, (GH,)), maybe(has_bias, (GH,)), maybe(state0_grad, h0.shape),
+            maybe(state0_grad and get_cell(cell).has_cell_state, h0.shape))
 
 
 recurrent_backward_op.register_fake(_backward_fake)
@@ -221,8 +228,13 @@ def _may_overwrite_saved(ctx, gates):
 
 def _backward(ctx, dy, dh_T, dc_T, *_saved_grads):
     x, w_ih, w_hh, h0, c0, lengths, y, gates, hn, chist = ctx.saved_tensors
+    # Only the gradients autograd will use: the input's (not for raw features) and the
+    # initial state's (not for a default zero or detached state); the engine skips the
+    # products that only feed the others.
+    needs = ctx.needs_input_grad   # x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, ...
+    input_grad, state0_grad = needs[0], needs[5] or needs[6]
     args = (x, w_ih, w_hh, any(ctx.has_bias), h0, c0, lengths, y, gates, hn, chist, dy, dh_T,
-            dc_T if c0 is not None else None, ctx.cell, ctx.reverse)
+            dc_T if c0 is not None else None, ctx.cell, ctx.reverse, input_grad, state0_grad)
     if _may_overwrite_saved(ctx, gates):
         # Eager and the graph's last use of these tensors: the engine overwrites them in
         # place, a plain call (the dispatcher's handling of a mutating op costs more than
@@ -232,9 +244,9 @@ def _backward(ctx, dy, dh_T, dc_T, *_saved_grads):
     else:
         grads = recurrent_backward_op(*args)
     dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0 = grads
-    return (dx, dw_ih, dw_hh, db_ih if ctx.has_bias[0] else None,
-            db_hh if ctx.has_bias[1] else None, dh0, dc0 if c0 is not None else None,
-            None, None, None)
+    return (dx if input_grad else None, dw_ih, dw_hh, db_ih if ctx.has_bias[0] else None,
+            db_hh if ctx.has_bias[1] else None, dh0 if state0_grad else None,
+            dc0 if c0 is not None and state0_grad else None, None, None, None)
 
 
 recurrent_forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,4 +1,6 @@
 """The functional kernels: API, thread-count independence, argument errors."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -490,3 +492,70 @@ def test_backward_without_the_initial_state_gradient(cell, B, dtype, rng, monkey
                                        atol=tol)
     finally:
         fastrnn.set_num_threads(None)
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("stand_in", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_without_the_input_gradient(cell, stand_in, dtype, rng, monkeypatch):
+    """input_grad=False: dx is None, dstate0 and every weight gradient are the full
+    backward's bits, and no dx product runs (the weight-gradient step gets no dx, the table
+    lookup no table gradient). Every path: small batch (B 3), batch slices and packed with
+    lengths (B 11), both directions, an index that projects the table (V 7 < T*B) or gathers
+    the tokens' rows (V 80); the compiled kernels and the step-loop Ops (ReferenceOps)."""
+    from fastrnn import _engine
+    from fastrnn._engine import lookup
+    from fastrnn._engine.cpu import CpuOps
+    from fastrnn._engine.reference import ReferenceOps
+    ops = ReferenceOps(np) if stand_in else CpuOps()   # own instances: the spies stay on them
+    Hs, Is, Ts = 9, 5, 6
+    w = weights(cell, rng, dtype, H=Hs, I=Is, scale=0.3)
+    dx_args = []   # the dx of each weight-gradient call with an input side, or table lookup's
+
+    def spy(owner, name, x_at, dx_at):
+        original = getattr(owner, name)
+
+        def spied(*args):
+            if args[x_at] is not None:   # (a projected table's loop call has no input side)
+                dx_args.append(args[dx_at])
+            return original(*args)
+        monkeypatch.setattr(owner, name, spied)
+    spy(ops, "weight_grads", 4, 12)
+    if hasattr(ops, "weight_grads_packed"):
+        spy(ops, "weight_grads_packed", 1, 7)
+    spy(lookup, "add_table_grads", 1, 4)
+    fastrnn.set_num_threads(2)
+    try:
+        for B, V, lengths, reverse in itertools.product((3, 11), (None, 7, 80), (False, True),
+                                                        (False, True)):
+            index = None if V is None else rng.integers(0, V, size=(Ts, B))
+            x = rng.normal(size=(Ts, B, Is) if V is None else (V, Is)).astype(dtype)
+            lens = rng.integers(1, Ts + 1, size=B) if lengths else None
+            dy = rng.normal(size=(Ts, B, Hs)).astype(dtype)
+            state0 = _initial_state(cell, B, Hs, rng, dtype)
+            dstate = _initial_state(cell, B, Hs, rng, dtype)
+            results = []
+            for wanted in (True, False):
+                del dx_args[:]
+                _, _, ws = _engine.forward(ops, cell, x, *w, state=state0, lengths=lens,
+                                           reverse=reverse, index=index)
+                results.append(F.recurrent_backward(ws, dy, dstate, input_grad=wanted))
+                assert dx_args and all((a is not None) == wanted for a in dx_args), dx_args
+            (dx1, ds1, g1), (dx2, ds2, g2) = results
+            assert dx2 is None and dx1 is not None
+            for a, b in zip(_state_arrays(ds2), _state_arrays(ds1)):
+                np.testing.assert_array_equal(a, b)
+            for name in g1:
+                np.testing.assert_array_equal(g2[name], g1[name])
+    finally:
+        fastrnn.set_num_threads(None)
+
+
+def test_dx_out_without_the_input_gradient_is_refused(rng):
+    w = weights("gru", rng)
+    _, _, ws = F.recurrent_forward("gru", rng.normal(size=(T, B, I)), *w)
+    with pytest.raises(ValueError, match="dx_out was given with input_grad=False"):
+        F.recurrent_backward(ws, np.ones((T, B, H)), dx_out=np.zeros((T, B, I)),
+                             input_grad=False)
+    dx, _, _ = F.recurrent_backward(ws, np.ones((T, B, H)))   # not consumed by the refusal
+    assert dx.shape == (T, B, I)

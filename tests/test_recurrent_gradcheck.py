@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from helpers import gradient_check_error, recurrent_layer_gradient_errors
+from helpers import _state_arrays, gradient_check_error, recurrent_layer_gradient_errors
 
 LAYERS = {"rnn_tanh": lambda **k: fastrnn.RNN(nonlinearity="tanh", **k),
           "rnn_relu": lambda **k: fastrnn.RNN(nonlinearity="relu", **k),
@@ -95,3 +95,40 @@ def test_layer_backward_without_the_initial_state_gradient(cell, with_lengths):
     assert set(g1) == set(g2)
     for name in g1:
         np.testing.assert_array_equal(g2[name], g1[name])
+
+
+@pytest.mark.parametrize("cell", list(LAYERS))
+@pytest.mark.parametrize("with_lengths, batch_first", [(False, False), (True, True)])
+def test_layer_backward_without_the_input_gradient(cell, with_lengths, batch_first, monkeypatch):
+    """RecurrentLayer.backward(..., input_grad=False), stacked and bidirectional: dx is None,
+    dstate0 and every parameter gradient the bits of the full backward, and only the first
+    layer is told to skip its dx (the second's is the first's output gradient)."""
+    from fastrnn import functional as F
+    rng = np.random.default_rng(9)
+    layer = LAYERS[cell](input_size=I, hidden_size=H, num_layers=2, bidirectional=True,
+                         batch_first=batch_first, dtype=np.float64, seed=3)
+    x = rng.normal(size=(B, T, I) if batch_first else (T, B, I))
+    lengths = LENGTHS if with_lengths else None
+    state, dstate = _random_state(layer, rng), _random_state(layer, rng)
+    dy = rng.normal(size=x.shape[:2] + (2 * H,))
+    told = []
+    backward = F.recurrent_backward
+
+    def spy(*args, input_grad=True, **kwargs):
+        told.append(input_grad)
+        return backward(*args, input_grad=input_grad, **kwargs)
+    monkeypatch.setattr(F, "recurrent_backward", spy)
+    runs = []
+    for wanted in (True, False):
+        layer.zero_grad()
+        layer.forward(x, state, lengths=lengths)
+        dx, dstate0 = layer.backward(dy, dstate, input_grad=wanted)
+        runs.append((dx, dstate0, {k: v.copy() for k, v in layer.grads.items()}))
+    (dx1, ds1, g1), (dx2, ds2, g2) = runs
+    assert dx1.shape == x.shape and dx2 is None
+    for a, b in zip(_state_arrays(ds2), _state_arrays(ds1)):
+        np.testing.assert_array_equal(a, b)
+    assert set(g1) == set(g2)
+    for name in g1:
+        np.testing.assert_array_equal(g2[name], g1[name])
+    assert told == [True] * 4 + [True] * 2 + [False] * 2   # top layer first, 2 directions

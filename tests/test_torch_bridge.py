@@ -262,9 +262,12 @@ def test_opcheck(kind):
         torch.library.opcheck(ft.recurrent_forward_op, args)
 
 
-def test_torch_compile_gives_the_eager_result():
+def test_torch_compile_gives_the_eager_result(tmp_path, monkeypatch):
     """Dynamo does not trace into recurrent modules (a graph break: the module runs
-    eagerly inside the compiled model); the result and gradients must still be exact."""
+    eagerly inside the compiled model); the result and gradients must still be exact.
+    Compiled afresh: PyTorch's compile caches do not see a custom op's schema change
+    (pytorch/pytorch#144344), so an older fastrnn's cached graphs must not answer here."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     torch.manual_seed(0)
     model = ft.convert(Model("gru", torch.float64))
     tokens = torch.randint(0, VOCAB, (B, T))
@@ -356,6 +359,55 @@ def test_gather_rows_gradcheck_and_opcheck():
     assert torch.autograd.gradcheck(lambda p: ft.gather_rows_op(p, rows), (padded,))
     assert torch.autograd.gradgradcheck(lambda p: ft.gather_rows_op(p, rows), (padded,))
     torch.library.opcheck(ft.gather_rows_op, (padded, rows))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("x_grad, hx_grad", [(False, False), (False, True), (True, False)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_only_the_gradients_autograd_wants_are_computed(kind, x_grad, hx_grad, packed,
+                                                       monkeypatch):
+    """Raw features (x needs no gradient) and a detached initial state: the engine is told
+    (input_grad / state0_grad False) and skips their products; the parameter gradients and
+    the wanted input gradients still match PyTorch's, and the unwanted ones stay None."""
+    from fastrnn import _engine
+    torch.manual_seed(0)
+    ref = make_rnn(kind, torch.float64, batch_first=False)
+    ours = ft.convert(copy.deepcopy(ref))
+    x = torch.randn(T, B, EMB, dtype=torch.float64)
+    hx = torch.randn(4, B, H, dtype=torch.float64)
+    hx = (hx, torch.randn(4, B, H, dtype=torch.float64)) if kind == "lstm" else hx
+    calls = []
+    engine_backward = _engine.backward
+
+    def spy(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True,
+            input_grad=True):
+        calls.append((input_grad, state0_grad))
+        return engine_backward(ws, dy, dstate, grads, dx_out, state0_grad, input_grad)
+
+    monkeypatch.setattr(_engine, "backward", spy)   # the PyTorch model never calls it
+    results = []
+    for model in (ref, ours):
+        leaves = [t.clone().requires_grad_(hx_grad) for t in finals_of(hx)]
+        xin = x.clone().requires_grad_(x_grad)
+        inp = pack_padded_sequence(xin, LENGTHS, enforce_sorted=False) if packed else xin
+        out, _ = model(inp, tuple(leaves) if kind == "lstm" else leaves[0])
+        y = out.data if packed else out   # a PackedSequence's rows, or the tensor
+        (y * torch.sin(y)).sum().backward()
+        results.append(({k: p.grad.clone() for k, p in model.named_parameters()},
+                        xin.grad, [leaf.grad for leaf in leaves]))
+        model.zero_grad()
+    (ref_grads, ref_dx, ref_dh), (grads, dx, dh) = results
+    for k in ref_grads:
+        assert_close(grads[k], ref_grads[k], 1e-10, f"grad of {k}")
+    assert (dx is None) == (not x_grad) == (ref_dx is None)
+    if x_grad:
+        assert_close(dx, ref_dx, 1e-10, "dx")
+    for got, expected in zip(dh, ref_dh):
+        assert (got is None) == (not hx_grad) == (expected is None)
+        if hx_grad:
+            assert_close(got, expected, 1e-10, "dh0")
+    # 2 layers x 2 directions, top layer first: only layer 0 may skip dx.
+    assert calls == [(True, hx_grad)] * 2 + [(x_grad, hx_grad)] * 2
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -459,11 +511,12 @@ def test_backward_op_opcheck_and_the_overwriting_path_agree(kind):
     dh = torch.randn(h_T.shape, generator=gen, dtype=y.dtype)
     dc = torch.randn(h_T.shape, generator=gen, dtype=y.dtype) if kind == "lstm" else None
 
-    def backward_args(dy, dh, dc):
+    def backward_args(dy, dh, dc, input_grad=True, state0_grad=True):
         return (x, w_ih, w_hh, True, h0, c0, lengths, y, gates.clone(), hn.clone(),
-                chist.clone(), dy, dh, dc, cell, reverse)
+                chist.clone(), dy, dh, dc, cell, reverse, input_grad, state0_grad)
 
-    torch.library.opcheck(ft.recurrent_backward_op, backward_args(dy, dh, dc))
+    for wanted in ((True, True), (False, True), (True, False), (False, False)):
+        torch.library.opcheck(ft.recurrent_backward_op, backward_args(dy, dh, dc, *wanted))
     zero_h = torch.zeros_like(h_T)
     zero_c = zero_h if kind == "lstm" else None
     for grads, as_zeros in (((dy, dh, dc), (dy, dh, dc)),
@@ -473,6 +526,14 @@ def test_backward_op_opcheck_and_the_overwriting_path_agree(kind):
         got = ft._recurrent_backward(*backward_args(*grads), overwrite_saved=True)
         for g, e in zip(got, expected):
             assert torch.equal(g, e)
+    # Not wanted: dx / dh0, dc0 come back empty, the weight gradients to the bit.
+    full = ft.recurrent_backward_op(*backward_args(dy, dh, dc))
+    for input_grad, state0_grad in ((False, True), (True, False), (False, False)):
+        got = ft.recurrent_backward_op(*backward_args(dy, dh, dc, input_grad, state0_grad))
+        wanted = (input_grad, True, True, True, True, state0_grad,
+                  state0_grad and kind == "lstm")
+        for g, e, w in zip(got, full, wanted):
+            assert torch.equal(g, e) if w else g.shape == (0,)
 
 
 def test_bridge_overhead_benchmark_sees_the_engine_ops(monkeypatch):
@@ -511,3 +572,16 @@ def test_interleaved_ab_benchmark_times_both_models(monkeypatch, capsys):
     assert len(native["native"]) == len(native["torch"]) == 2
     with pytest.raises(ValueError, match="fastrnn must be 'converted' or 'native'"):
         ab.interleaved_step_times(rounds=1, steps=1, fastrnn="jax")
+
+
+def test_wanted_grads_benchmark_times_both_kinds(monkeypatch, capsys):
+    """benchmarks/torch_bridge_wanted_grads.py times the LSTM with and without an input
+    gradient, alternately, and prints both medians."""
+    import importlib
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("torch_bridge_wanted_grads")
+    times = bench.alternating_step_times(2, 3, 4, 5, rounds=2, threads=1)
+    assert len(times[True]) == len(times[False]) == 2
+    bench.main(["--size", "2", "3", "4", "5", "--rounds", "1", "--threads", "1"])
+    assert "raw features" in capsys.readouterr().out

@@ -330,9 +330,10 @@ def _input_rows(ws, src):
     return rows
 
 
-def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad):
+def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad, input_grad):
     """backward's kernels on a packed batch (see _forward_packed). The packing is made again
-    from ws.lengths, which _check_saved has validated. Returns (grads, dx_out)."""
+    from ws.lengths, which _check_saved has validated. Returns (grads, dx_out); dx_out is
+    None without ``input_grad``."""
     ops, spec, T, B = ws.ops, ws.cell, ws.T, ws.B
     xp = ops.xp
     packing = _packing.plan(ws.lengths, B, ws.reverse)
@@ -353,7 +354,7 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad):
                                  None if per_row is None else (per_row, x_rows), state0_grad)
         if grads is None:
             grads = new_weight_grads(ws)
-        if dx_out is None:
+        if dx_out is None and input_grad:
             dx_out = xp.zeros(_dx_shape(ws), dtype=ws.w_hh.dtype)
         # Each real token's previous hidden state: h0 at the first steps (packed rows 0..B-1),
         # else the same sequence's output one step earlier.
@@ -365,12 +366,13 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad):
             lookup.add_table_grads(per_row, ws.x, ws.w_ih, grads, dx_out)
         else:
             x_packed = _input_rows(ws, packing.src)
-            dx_packed = xp.zeros((rows, I), dtype=ws.w_hh.dtype)
+            dx_packed = xp.zeros((rows, I), dtype=ws.w_hh.dtype) if input_grad else None
             ops.weight_grads_packed(spec.kind, x_packed, ws.w_ih, h_prev, gates, hn, grads,
                                     dx_packed)
             del x_packed
-            # src holds each time-space row once (an index may repeat table rows: summed)
-            ops.scatter_add_rows(dx_out.reshape(-1, I), x_rows, dx_packed)
+            if input_grad:   # src holds each time-space row once (an index may repeat
+                # table rows: summed)
+                ops.scatter_add_rows(dx_out.reshape(-1, I), x_rows, dx_packed)
         del h_prev
     released = [per_row]   # the list holds the last reference (buffers.py)
     del per_row
@@ -382,7 +384,8 @@ def _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad):
     return grads, dx_out
 
 
-def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True):
+def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True,
+             input_grad=True):
     """:func:`fastrnn.functional.recurrent_backward` on the device of the forward."""
     if not isinstance(ws, RecurrentWorkspace):
         raise TypeError(f"ws must be the workspace returned by recurrent_forward, got {type(ws).__name__}")
@@ -405,6 +408,9 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True
     if grads is not None:
         _check_grads(grads, ws.has_bias, GH, H, I, dtype, xp)
     if dx_out is not None:
+        if not input_grad:
+            raise ValueError("dx_out was given with input_grad=False: no dx is computed to "
+                             "accumulate into it")
         check_output_buffer(dx_out, "dx_out", _dx_shape(ws), dtype, xp=xp)
     outputs = {"dx_out": dx_out}
     outputs.update((f"grads[{k!r}]", v) for k, v in (grads or {}).items())
@@ -417,7 +423,8 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True
     packing = _packing_for(ops, _loop_lengths(ws.lengths, T), B, ws.reverse)
     if packing is not None:
         del gates, hn, chist
-        grads, dx_out = _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad)
+        grads, dx_out = _backward_packed(ws, dy_rows, dh, dc, grads, dx_out, state0_grad,
+                                         input_grad)
         _release_saved(ws)
         return dx_out, _initial_state_grad(spec, dh, dc, state0_grad), grads
     dgh_first = ops.first_step_grads(T, B, ws.reverse, _loop_lengths(ws.lengths, T), gates)
@@ -431,7 +438,7 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True
         # so that the two never coexist (peak memory).
         if grads is None:
             grads = new_weight_grads(ws)
-        if dx_out is None:
+        if dx_out is None and input_grad:
             dx_out = xp.zeros(_dx_shape(ws), dtype=dtype)
         scratch = [dgh_first]
         if ws.project_table:
@@ -439,9 +446,10 @@ def backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True
                              dgh_first, grads, None)
             lookup.add_table_grads(per_row, ws.x, ws.w_ih, grads, dx_out)
             scratch.append(per_row)
-        elif ws.index is None:
-            ops.weight_grads(spec.kind, ws.reverse, T, B, ws.x, ws.w_ih, ws.h0, ws.y, gates, hn,
-                             dgh_first, grads, dx_out.reshape(T * B, I))
+        elif ws.index is None or not input_grad:
+            ops.weight_grads(spec.kind, ws.reverse, T, B, _input_rows(ws, None), ws.w_ih,
+                             ws.h0, ws.y, gates, hn, dgh_first, grads,
+                             None if dx_out is None else dx_out.reshape(T * B, I))
         else:   # the tokens' rows gathered again, their dx scattered into the table's rows
             dx_rows = ops.empty((T * B, I), dtype)
             dx_rows.fill(0)

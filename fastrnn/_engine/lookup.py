@@ -53,6 +53,8 @@ def add_table_grads(per_row, table, w_ih, grads, dtable):
     """``grads["weight_ih"] += D^T table`` and ``dtable += D W_ih``, from ``per_row`` = D
     (V, G*H): each table row's sum of its tokens' x-side gate gradients, as the backward loop
     adds them up (its ``table_grads``). (The bias gradient is the column sum of the same
-    rows: the weight-gradient kernel adds it.)"""
+    rows: the weight-gradient kernel adds it.) dtable None: the table's gradient is not
+    wanted."""
     matmul(per_row, table, trans_a=True, out=grads["weight_ih"], beta=1.0)
-    matmul(per_row, w_ih, out=dtable, beta=1.0)
+    if dtable is not None:
+        matmul(per_row, w_ih, out=dtable, beta=1.0)

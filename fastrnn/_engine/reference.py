@@ -115,7 +115,8 @@ class StepOps:
         """GEMMs over all steps, as recurrent.pyx's weight_grads: ``gates`` holds dGh, ``hn``
         the GRU's x-side n-gate gradient; the previous hidden state of row (t, b) is y at t-1
         (t+1 in reverse), or h0 at each sequence's first step, where dGh is ``dgh_first``.
-        x None (w_ih, dx None too): no input side, dW_ih and dx are left alone."""
+        x None (w_ih, dx None too): no input side, dW_ih and dx are left alone; dx None
+        alone: dx is not wanted."""
         H = h0.shape[1]
         x_cols = 2 * H if kind == GRU else gates.shape[1]
         dw_ih, dw_hh = grads["weight_ih"], grads["weight_hh"]
@@ -136,7 +137,7 @@ class StepOps:
             db_ih[:x_cols] += gates[:, :x_cols].sum(axis=0)
             if hn is not None:
                 db_ih[2 * H:] += hn.sum(axis=0)
-        if x is not None:
+        if dx is not None:
             dx += gates[:, :x_cols] @ w_ih[:x_cols]
             if hn is not None:
                 dx += hn @ w_ih[2 * H:]

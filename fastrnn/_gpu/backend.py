@@ -58,7 +58,8 @@ def recurrent_forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, state=None, len
                            lengths, reverse, out)
 
 
-def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None):
+def recurrent_backward(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True,
+                       input_grad=True):
     """:func:`fastrnn.functional.recurrent_backward` (the workspace knows its device)."""
     from .. import _engine
-    return _engine.backward(ws, dy, dstate, grads, dx_out)
+    return _engine.backward(ws, dy, dstate, grads, dx_out, state0_grad, input_grad)

@@ -54,13 +54,15 @@ class RecurrentLayer(Layer):
         c) is then a list over layers of (D, B, H_l) arrays (the states of L one-layer
         PyTorch modules), e.g. ``([h0, h1], [c0, c1])`` for an LSTM. :meth:`zero_state`
         builds either form.
-    backward(dy, dstate=None, state0_grad=True) -> (dx, dstate0)
+    backward(dy, dstate=None, state0_grad=True, input_grad=True) -> (dx, dstate0)
         dx like x (with ``index``: the (V, I) table's gradient). Backpropagates through the
         most recent pending training-mode forward (LIFO, see :class:`fastrnn.layers.Layer`: a
         layer applied to several steps or segments before backward gets each one's exact
         gradient) and accumulates into ``grads``. ``state0_grad=False``: the gradient at the
         initial state is not wanted (a detached carried-over state): each layer skips the
-        products that only feed it, and dstate0 is None.
+        products that only feed it, and dstate0 is None. ``input_grad=False``: the gradient
+        at x is not wanted (raw input features, a frozen table): the first layer skips the
+        product dG W_ih, and dx is None.
 
     ``device="cuda"`` (or ``.to("cuda")``) runs on the GPU with CuPy arrays (inputs given as
     numpy arrays are copied over); parameters are initialised on the host first, so a seed
@@ -293,7 +295,7 @@ class RecurrentLayer(Layer):
         return y, self._stack_states(final)
 
     @backward_method
-    def backward(self, dy, dstate=None, state0_grad=True):
+    def backward(self, dy, dstate=None, state0_grad=True, input_grad=True):
         workspaces, masks, T, B, table_shape = self._saved_for_backward()
         D, out_size = self.num_directions, self.output_size
         xp = self.xp
@@ -317,13 +319,13 @@ class RecurrentLayer(Layer):
             if layer > 0:
                 dx = F._scratch_zeros(shape, self.dtype, like=self.params["weight_hh_l0"])
             else:
-                dx = xp.zeros(shape, self.dtype)
+                dx = xp.zeros(shape, self.dtype) if input_grad else None
             for d in range(D):
                 idx = layer * D + d
                 _, dstate0[idx], _ = F.recurrent_backward(
                     workspaces[idx], None if dy is None else dy[:, :, d * H:(d + 1) * H],
                     dstates[idx], grads=self._grads_of(layer, d), dx_out=dx,
-                    state0_grad=state0_grad)
+                    state0_grad=state0_grad, input_grad=layer > 0 or input_grad)
             if layer > 0 and masks[layer - 1] is not None:
                 dx *= masks[layer - 1]
             if layer < self.num_layers - 1:
@@ -332,7 +334,9 @@ class RecurrentLayer(Layer):
                 F._release_scratch(consumed)
             dy = dx
             del dx
-        dx = dy.transpose(1, 0, 2) if self.batch_first and table_shape is None else dy
+        dx = dy   # None with input_grad=False
+        if dx is not None and self.batch_first and table_shape is None:
+            dx = dx.transpose(1, 0, 2)
         return dx, self._stack_states(dstate0) if state0_grad else None
 
     def __repr__(self):
