@@ -21,7 +21,9 @@ One layer in one direction is one :func:`jax.custom_vjp` whose forward and backw
 fastrnn's compiled CPU kernels (the engine behind :mod:`fastrnn.functional`) through
 :func:`jax.pure_callback`. The forward returns the activations the backward needs (the
 engine's workspace arrays) as residuals, so ``jax.jit``, ``jax.grad`` (repeatedly, also of
-the same forward) and ``jax.vjp`` work. Under ``jax.vmap`` each kernel call runs once per
+the same forward) and ``jax.vjp`` work. The rule sees symbolic zeros: the backward computes
+no dx for an x that is not differentiated, no dh0/dc0 for an initial state that is not, and
+takes an unused output's zero cotangent as "zero" without an array of zeros. Under ``jax.vmap`` each kernel call runs once per
 mapped element (``vmap_method="sequential"``): correct, but put the mapped axis into the
 batch instead where speed matters. Forward-mode differentiation (``jax.jvp``, ``jacfwd``)
 is not available (a custom_vjp has no JVP rule). CPU only; float32, or float64 with
@@ -34,6 +36,7 @@ name the argument or parameter key. The one thing a trace cannot see is the valu
 
 This module imports jax; ``import fastrnn`` never imports it.
 """
+import dataclasses
 import functools
 import re
 from collections.abc import Mapping
@@ -41,6 +44,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from . import _engine
 from ._engine import RecurrentWorkspace
@@ -74,10 +78,11 @@ def _forward_on_host(cell, reverse, x, w_ih, w_hh, biases, h0, c0, lengths):
     return y, h_T, c_T, ws.gates, ws.hn, ws.chist
 
 
-def _backward_on_host(cell, reverse, has_bias, x, w_ih, w_hh, h0, c0, lengths, y, gates, hn,
-                      chist, dy, dh, dc):
-    """The engine's backward from the forward's inputs and saved activations. Returns
-    ``(dx, dw_ih, dw_hh, (db_ih, db_hh) or (), dh0, dc0 or None)``."""
+def _backward_on_host(cell, reverse, has_bias, wanted, x, w_ih, w_hh, h0, c0, lengths, y,
+                      gates, hn, chist, dy, dh, dc):
+    """The engine's backward from the forward's inputs and saved activations; dy, dh, dc None
+    for zero. Returns ``(dx, dw_ih, dw_hh, (db_ih, db_hh) or (), dh0, dc0 or None)``, with
+    None for dx / dh0 and dc0 where ``wanted`` (a :class:`_Wanted`) says so."""
     spec = get_cell(cell)
     x = np.asarray(x)
     T, B, I = x.shape
@@ -95,8 +100,9 @@ def _backward_on_host(cell, reverse, has_bias, x, w_ih, w_hh, h0, c0, lengths, y
     ws.chist = np.array(chist) if spec.has_cell_state else None
     ws.y = np.asarray(y).reshape(T * B, -1)
     dstate = _host(dh) if dc is None else (_host(dh), _host(dc))
-    dx, dstate0, grads = _engine.backward(ws, _host(dy), dstate)
-    dh0, dc0 = dstate0 if spec.has_cell_state else (dstate0, None)
+    dx, dstate0, grads = _engine.backward(ws, _host(dy), dstate, state0_grad=wanted.state0,
+                                          input_grad=wanted.input)
+    dh0, dc0 = dstate0 if spec.has_cell_state and wanted.state0 else (dstate0, None)
     bias_grads = (grads["bias_ih"], grads["bias_hh"]) if has_bias else ()
     return dx, grads["weight_ih"], grads["weight_hh"], bias_grads, dh0, dc0
 
@@ -114,37 +120,63 @@ def _forward_shapes(cell, x, w_hh):
             _shape_dtype((rows, H), dtype) if spec.has_cell_state else None)
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Wanted:
+    """Which input gradients a layer's backward computes: dx (``input``) and dh0, dc0
+    (``state0``), known when the forward is traced (a static part of its residuals)."""
+    input: bool
+    state0: bool
+
+
+def _forward(cell, reverse, x, w_ih, w_hh, biases, h0, c0, lengths):
+    """The forward's callback: ``((y, h_T, c_T), saved activations (gates, hn, chist))``."""
+    y, h_T, c_T, gates, hn, chist = jax.pure_callback(
+        functools.partial(_forward_on_host, cell, reverse), _forward_shapes(cell, x, w_hh),
+        x, w_ih, w_hh, biases, h0, c0, lengths, vmap_method="sequential")
+    return (y, h_T, c_T), (gates, hn, chist)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _layer(cell, reverse, x, w_ih, w_hh, biases, h0, c0, lengths):
     """One layer in one direction. x (T, B, I) time-major; biases () or (b_ih, b_hh); h0, c0
     (B, H) (c0 None unless LSTM); lengths (B,) ints or None. Returns (y, h_T, c_T or None)."""
-    return _layer_fwd(cell, reverse, x, w_ih, w_hh, biases, h0, c0, lengths)[0]
+    return _forward(cell, reverse, x, w_ih, w_hh, biases, h0, c0, lengths)[0]
 
 
 def _layer_fwd(cell, reverse, x, w_ih, w_hh, biases, h0, c0, lengths):
-    y, h_T, c_T, gates, hn, chist = jax.pure_callback(
-        functools.partial(_forward_on_host, cell, reverse), _forward_shapes(cell, x, w_hh),
-        x, w_ih, w_hh, biases, h0, c0, lengths, vmap_method="sequential")
-    residuals = (x, w_ih, w_hh, biases, h0, c0, lengths, y, gates, hn, chist)
-    return (y, h_T, c_T), residuals
+    # symbolic_zeros (defvjp below): each array argument comes as a CustomVJPPrimal, whose
+    # ``perturbed`` says whether it is differentiated. Raw features (x not a function of
+    # what is differentiated) and a default or constant initial state are not: the backward
+    # then skips the products that only feed their gradients.
+    wanted = _Wanted(input=x.perturbed,
+                     state0=h0.perturbed or (c0 is not None and c0.perturbed))
+    x, w_ih, w_hh, biases, h0, c0, lengths = jax.tree_util.tree_map(
+        lambda primal: primal.value, (x, w_ih, w_hh, biases, h0, c0, lengths))
+    outputs, (gates, hn, chist) = _forward(cell, reverse, x, w_ih, w_hh, biases, h0, c0, lengths)
+    y = outputs[0]
+    return outputs, (x, w_ih, w_hh, biases, h0, c0, lengths, y, gates, hn, chist, wanted)
 
 
 def _layer_bwd(cell, reverse, residuals, cotangents):
-    x, w_ih, w_hh, biases, h0, c0, lengths, y, gates, hn, chist = residuals
-    dy, dh, dc = cotangents
-    shapes = (_shape_dtype(x.shape, x.dtype), _shape_dtype(w_ih.shape, x.dtype),
-              _shape_dtype(w_hh.shape, x.dtype),
+    x, w_ih, w_hh, biases, h0, c0, lengths, y, gates, hn, chist, wanted = residuals
+    # An output no loss depends on has a symbolic zero cotangent: None, which the engine
+    # takes as zero without reading an array of zeros.
+    dy, dh, dc = (None if isinstance(ct, SymbolicZero) else ct for ct in cotangents)
+    shapes = (_shape_dtype(x.shape, x.dtype) if wanted.input else None,
+              _shape_dtype(w_ih.shape, x.dtype), _shape_dtype(w_hh.shape, x.dtype),
               tuple(_shape_dtype(b.shape, x.dtype) for b in biases),
-              _shape_dtype(h0.shape, x.dtype),
-              None if c0 is None else _shape_dtype(c0.shape, x.dtype))
+              _shape_dtype(h0.shape, x.dtype) if wanted.state0 else None,
+              None if c0 is None or not wanted.state0 else _shape_dtype(c0.shape, x.dtype))
     dx, dw_ih, dw_hh, dbiases, dh0, dc0 = jax.pure_callback(
-        functools.partial(_backward_on_host, cell, reverse, bool(biases)), shapes,
+        functools.partial(_backward_on_host, cell, reverse, bool(biases), wanted), shapes,
         x, w_ih, w_hh, h0, c0, lengths, y, gates, hn, chist, dy, dh, dc,
         vmap_method="sequential")
-    return dx, dw_ih, dw_hh, dbiases, dh0, dc0, None   # lengths: integers, no cotangent
+    # None: a zero cotangent (x, h0, c0 not differentiated; lengths are integers)
+    return dx, dw_ih, dw_hh, dbiases, dh0, dc0, None
 
 
-_layer.defvjp(_layer_fwd, _layer_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
 # ---- parameters -----------------------------------------------------------------------------

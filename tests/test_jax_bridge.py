@@ -213,6 +213,55 @@ def test_backward_runs_twice_on_one_forward():
         np.testing.assert_array_equal(first[name], second[name])
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("loss_on", [("out",), ("state",)])
+def test_only_the_differentiated_inputs_get_gradients(kind, jit, loss_on, monkeypatch):
+    """jax.grad with respect to the parameters only (x a constant, h0 given but not
+    differentiated): the engine is told (input_grad / state0_grad False) and skips their
+    products, and an output no loss uses reaches it as None (a symbolic zero), not as an
+    array of zeros. The parameter gradients are the bits of the gradient with respect to
+    params, x and h0."""
+    from fastrnn import _engine
+    params = make_params(kind)
+    x, h0, out_weight, state_weights = make_inputs(kind)
+    loss = make_loss(kind, LENGTHS, loss_on, out_weight, state_weights, batch_first=True)
+    told = []
+    engine_backward = _engine.backward
+
+    def spy(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True,
+            input_grad=True):
+        told.append((input_grad, state0_grad, dy is None, dstate is None))
+        return engine_backward(ws, dy, dstate, grads, dx_out, state0_grad, input_grad)
+    monkeypatch.setattr(_engine, "backward", spy)
+    runs = []
+    for argnums in ((0, 1, 2), 0):
+        del told[:]
+        fn = jax.grad(lambda *a: loss(*a)[0], argnums=argnums)
+        fn = jax.jit(fn) if jit else fn
+        grads = fn(params, x, h0)
+        runs.append((grads[0] if isinstance(argnums, tuple) else grads, list(told)))
+    (all_grads, all_told), (param_grads, param_told) = runs
+    for name in params:
+        np.testing.assert_array_equal(param_grads[name], all_grads[name])
+    # Top layer first, two directions each: only the first layer may skip dx.
+    no_dy, no_dstate = "out" not in loss_on, "state" not in loss_on
+    assert all_told == [(True, True, no_dy, no_dstate)] * 2 + [(True, True, False, no_dstate)] * 2
+    assert param_told == ([(True, False, no_dy, no_dstate)] * 2
+                          + [(False, False, False, no_dstate)] * 2)
+
+
+def test_wanted_grads_benchmark_runs_the_jax_bridge(monkeypatch, capsys):
+    import importlib
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("bridge_wanted_grads")
+    times = bench.alternating_step_times(2, 3, 4, 5, rounds=2, threads=1, bridge="jax")
+    assert len(times[True]) == len(times[False]) == 2
+    bench.main(["--bridge", "jax", "--size", "2", "3", "4", "5", "--rounds", "1"])
+    assert "jax: LSTM" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_vmap_equals_a_loop(kind):
     params = make_params(kind)

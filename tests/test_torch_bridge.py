@@ -575,13 +575,15 @@ def test_interleaved_ab_benchmark_times_both_models(monkeypatch, capsys):
 
 
 def test_wanted_grads_benchmark_times_both_kinds(monkeypatch, capsys):
-    """benchmarks/torch_bridge_wanted_grads.py times the LSTM with and without an input
-    gradient, alternately, and prints both medians."""
+    """benchmarks/bridge_wanted_grads.py times the LSTM with and without an input gradient,
+    alternately, and prints both medians (the JAX bridge's run: test_jax_bridge.py)."""
     import importlib
     from pathlib import Path
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    bench = importlib.import_module("torch_bridge_wanted_grads")
+    bench = importlib.import_module("bridge_wanted_grads")
     times = bench.alternating_step_times(2, 3, 4, 5, rounds=2, threads=1)
     assert len(times[True]) == len(times[False]) == 2
     bench.main(["--size", "2", "3", "4", "5", "--rounds", "1", "--threads", "1"])
     assert "raw features" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="bridge must be 'torch' or 'jax'"):
+        bench.alternating_step_times(2, 3, 4, 5, bridge="mxnet")
