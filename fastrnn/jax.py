@@ -23,11 +23,11 @@ fastrnn's compiled CPU kernels (the engine behind :mod:`fastrnn.functional`) thr
 engine's workspace arrays) as residuals, so ``jax.jit``, ``jax.grad`` (repeatedly, also of
 the same forward) and ``jax.vjp`` work. The rule sees symbolic zeros: the backward computes
 no dx for an x that is not differentiated, no dh0/dc0 for an initial state that is not, and
-takes an unused output's zero cotangent as "zero" without an array of zeros. Under ``jax.vmap`` each kernel call runs once per
-mapped element (``vmap_method="sequential"``): correct, but put the mapped axis into the
-batch instead where speed matters. Forward-mode differentiation (``jax.jvp``, ``jacfwd``)
-is not available (a custom_vjp has no JVP rule). CPU only; float32, or float64 with
-``jax_enable_x64``.
+takes an unused output's zero cotangent as "zero" without an array of zeros. Under
+``jax.vmap`` each kernel call runs once per mapped element (``vmap_method="sequential"``):
+correct, but put the mapped axis into the batch instead where speed matters. Forward-mode
+differentiation (``jax.jvp``, ``jacfwd``) is not available (a custom_vjp has no JVP rule).
+CPU only; float32, or float64 with ``jax_enable_x64``.
 
 Every argument is checked when the function is traced, before any kernel runs, and errors
 name the argument or parameter key. The one thing a trace cannot see is the values of
