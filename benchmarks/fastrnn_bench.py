@@ -745,32 +745,38 @@ def run_kernel_benchmarks(cases=None, threads=2, repeat=5, quick=False, memory=T
     Each row has: case, group, the case's params, device, flops, fastrnn_s / torch_s (best
     of ``repeat``; torch_s None with torch_note saying why), ratio (torch_s / fastrnn_s: > 1
     means fastrnn is faster), gflops (achieved GEMM GFLOP/s of fastrnn), gemm_gflops (the
-    large-GEMM rate of the case's device, measured in the same run, named by gemm_label),
-    gemm_share (gflops over it), gemm_floor_s (the GEMM floor: flops at that rate, so
-    gemm_share = gemm_floor_s / fastrnn_s), torch_gemm_share (gemm_floor_s / torch_s, or
-    None), threads, and fastrnn_peak_bytes / torch_peak_bytes (None
-    where not measured). ``quick`` times each case twice and measures the GEMM rate once,
-    for smoke tests.
+    large-GEMM rate of the case's device, named by gemm_label: the best measured in the run,
+    before its first case and again, once, before each later one, so that a busy minute
+    cannot lower the floor), gemm_share (gflops over it), gemm_floor_s (the GEMM floor:
+    flops at that rate, so gemm_share = gemm_floor_s / fastrnn_s), torch_gemm_share
+    (gemm_floor_s / torch_s, or None), threads, and fastrnn_peak_bytes / torch_peak_bytes
+    (None where not measured). ``quick`` times each case twice and measures the GEMM rate
+    once, for smoke tests.
     """
     if cases is None:
         cases = kernel_cases()
     if quick:
         repeat = min(repeat, 2)
     rows = []
-    rates = {}
+    rates = {}   # device: the best (GFLOP/s, label) measured so far
     with thread_settings(threads):
         for i, case in enumerate(cases):
             if case.device not in rates:
                 rates[case.device] = device_gemm_rate(case.device, quick, threads)
-            rate, label = rates[case.device]
+            elif not quick:
+                rates[case.device] = max(rates[case.device],
+                                         device_gemm_rate(case.device, True, threads))
             if progress:
                 progress(f"[{i + 1}/{len(cases)}] {case.name}")
             row = run_case(case, repeat=repeat, memory=memory, with_torch=with_torch)
-            floor = case.flops / (rate * 1e9)
-            row.update(threads=threads, gemm_gflops=rate, gemm_label=label,
-                       gemm_share=row["gflops"] / rate, gemm_floor_s=floor,
-                       torch_gemm_share=floor / row["torch_s"] if row["torch_s"] else None)
+            row.update(threads=threads)
             rows.append(row)
+    for row in rows:   # every case against its device's best rate of the whole run
+        rate, label = rates[row["device"]]
+        floor = row["flops"] / (rate * 1e9)
+        row.update(gemm_gflops=rate, gemm_label=label, gemm_share=row["gflops"] / rate,
+                   gemm_floor_s=floor,
+                   torch_gemm_share=floor / row["torch_s"] if row["torch_s"] else None)
     return rows
 
 
@@ -807,7 +813,8 @@ def format_table(rows):
         lines.append(f"threads {rows[0]['threads']}; {rate_text}; "
                      f"ratio = torch / fastrnn (> 1: fastrnn faster); "
                      f"times are the best of the repeats; floor = the case's GEMM flops at "
-                     f"that rate, GEMM share / torch share = floor / each library's time")
+                     f"that rate (the best measured in the run, before each case), GEMM "
+                     f"share / torch share = floor / each library's time")
         for reference in dict.fromkeys(r.get("reference", "torch") for r in rows):
             if reference != "torch":
                 names = ", ".join(r["case"] for r in rows if r.get("reference") == reference)

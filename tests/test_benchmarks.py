@@ -27,6 +27,28 @@ def test_kernel_cases_cover_cells_sizes_and_modes():
     assert sorted(c.flops for c in lstm) == [fwd, 3 * fwd]
 
 
+def test_every_case_is_compared_with_the_runs_best_gemm_rate(monkeypatch):
+    """The rate is measured before the first case (in full) and again before each later one
+    (quickly); every row's floor and shares use the best of them, so a rate measured in a
+    busy minute cannot lower the floor of any case."""
+    cases = benchmarks.kernel_cases(cells=["gru", "lstm", "rnn_tanh"], sizes=[(2, 3, 4, 5)],
+                                    modes=["forward"])
+    measured = iter([(100.0, "numpy"), (300.0, "numpy"), (200.0, "numpy")])
+    calls = []
+
+    def fake_rate(device, quick=False, threads=1):
+        calls.append(quick)
+        return next(measured)
+    monkeypatch.setattr(benchmarks, "device_gemm_rate", fake_rate)
+    rows = benchmarks.run_kernel_benchmarks(cases, threads=1, memory=False, with_torch=False,
+                                            repeat=1)
+    assert calls == [False, True, True]
+    for row in rows:
+        assert row["gemm_gflops"] == 300.0
+        assert row["gemm_floor_s"] == pytest.approx(row["flops"] / 300e9)
+        assert row["gemm_share"] == pytest.approx(row["gflops"] / 300.0)
+
+
 def test_run_kernel_benchmarks_rows_and_table(tiny_case):
     rows = benchmarks.run_kernel_benchmarks(tiny_case, threads=1, quick=True)
     assert len(rows) == 1
