@@ -11,7 +11,6 @@ argnums=(0, 1)))`` (parameters and x) against ``jax.grad(loss)`` (parameters onl
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -50,16 +49,9 @@ def alternating_step_times(B, T, I, H, rounds=12, threads=2, bridge="torch"):
     """{True: [...], False: [...]}: seconds of each timed step with x differentiated or not."""
     if bridge not in ("torch", "jax"):
         raise ValueError(f"bridge must be 'torch' or 'jax', got {bridge!r}")
-    times = {True: [], False: []}
     with fastrnn_bench.thread_settings(threads):
         steps = (_torch_steps if bridge == "torch" else _jax_steps)(B, T, I, H)
-        for r in range(rounds):
-            for input_grad in ((True, False) if r % 2 == 0 else (False, True)):
-                steps[input_grad]()   # untimed: the other kind ran last (and jit compiles)
-                started = time.perf_counter()
-                steps[input_grad]()
-                times[input_grad].append(time.perf_counter() - started)
-    return times
+        return fastrnn_bench.alternating_times(steps, rounds)   # (the untimed calls compile jit)
 
 
 def main(argv=None):

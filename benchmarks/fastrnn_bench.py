@@ -654,6 +654,21 @@ def _torch_peak_bytes(fn):
     return peak
 
 
+def alternating_times(runs, rounds, steps=1):
+    """{name: [seconds, ...]}: ``rounds`` rounds over the callables ``runs`` ({name: fn}),
+    in their order and reversed in every other round; in each, one untimed call (the other
+    ran last) and then ``steps`` timed calls of each. Medians of such interleaved times
+    compare two runs of one process on a machine whose load wanders."""
+    times = {name: [] for name in runs}
+    order = list(runs)
+    for r in range(rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            runs[name]()
+            for _ in range(steps):
+                times[name].append(_timed(runs[name]))
+    return times
+
+
 def run_case(case, repeat=5, memory=True, with_torch=True):
     """Time one case: fastrnn and torch alternately, ``repeat`` times each after
     ``case.warmup`` untimed calls, keeping the best (the least disturbed by other load) and

@@ -14,7 +14,6 @@ fastrnn's own LanguageModel and Trainer step (the train-step cases).
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -32,18 +31,9 @@ def interleaved_step_times(rounds=8, steps=5, threads=2, fastrnn="converted", mo
         ours = fastrnn_bench._fastrnn_train_step(V, E, H, L, B, T)
     else:
         raise ValueError(f"fastrnn must be 'converted' or 'native', got {fastrnn!r}")
-    times = {fastrnn: [], "torch": []}
     with fastrnn_bench.thread_settings(threads):
         runs = {fastrnn: ours(), "torch": fastrnn_bench._torch_train_step(V, E, H, L, B, T)()}
-        order = list(runs)
-        for r in range(rounds):
-            for name in (order if r % 2 == 0 else order[::-1]):
-                runs[name]()   # untimed: the other model ran last
-                for _ in range(steps):
-                    started = time.perf_counter()
-                    runs[name]()
-                    times[name].append(time.perf_counter() - started)
-    return times
+        return fastrnn_bench.alternating_times(runs, rounds, steps)
 
 
 def main(argv=None):

@@ -27,6 +27,14 @@ def test_kernel_cases_cover_cells_sizes_and_modes():
     assert sorted(c.flops for c in lstm) == [fwd, 3 * fwd]
 
 
+def test_alternating_times_reverse_the_order_every_other_round():
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    times = benchmarks.alternating_times(runs, rounds=2, steps=2)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3   # untimed + 2 timed each
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4}
+
+
 def test_every_case_is_compared_with_the_runs_best_gemm_rate(monkeypatch):
     """The rate is measured before the first case (in full) and again before each later one
     (quickly); every row's floor and shares use the best of them, so a rate measured in a

@@ -71,6 +71,23 @@ def test_dropout_gradients_match_finite_differences(cell):
     assert gradient_check_error(loss, layer.params[name], layer.grads[name], rng) < 1e-6
 
 
+def _backward_wanted_and_not(layer, x, state, lengths, dy, dstate, flag):
+    """Forward + backward of ``layer`` with the backward keyword ``flag`` True, then False:
+    [(dx, dstate0, grads)] * 2, after checking that every parameter gradient has the same
+    bits both ways."""
+    runs = []
+    for wanted in (True, False):
+        layer.zero_grad()
+        layer.forward(x, state, lengths=lengths)
+        dx, dstate0 = layer.backward(dy, dstate, **{flag: wanted})
+        runs.append((dx, dstate0, {k: v.copy() for k, v in layer.grads.items()}))
+    (_, _, g1), (_, _, g2) = runs
+    assert set(g1) == set(g2)
+    for name in g1:
+        np.testing.assert_array_equal(g2[name], g1[name])
+    return runs
+
+
 @pytest.mark.parametrize("cell", list(LAYERS))
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_layer_backward_without_the_initial_state_gradient(cell, with_lengths):
@@ -83,18 +100,10 @@ def test_layer_backward_without_the_initial_state_gradient(cell, with_lengths):
     lengths = LENGTHS if with_lengths else None
     state, dstate = _random_state(layer, rng), _random_state(layer, rng)
     dy = rng.normal(size=(T, B, 2 * H))
-    runs = []
-    for wanted in (True, False):
-        layer.zero_grad()
-        layer.forward(x, state, lengths=lengths)
-        dx, dstate0 = layer.backward(dy, dstate, state0_grad=wanted)
-        runs.append((dx, dstate0, {k: v.copy() for k, v in layer.grads.items()}))
-    (dx1, ds1, g1), (dx2, ds2, g2) = runs
+    (dx1, ds1, g1), (dx2, ds2, g2) = _backward_wanted_and_not(
+        layer, x, state, lengths, dy, dstate, "state0_grad")
     assert ds1 is not None and ds2 is None
     np.testing.assert_array_equal(dx2, dx1)
-    assert set(g1) == set(g2)
-    for name in g1:
-        np.testing.assert_array_equal(g2[name], g1[name])
 
 
 @pytest.mark.parametrize("cell", list(LAYERS))
@@ -118,17 +127,9 @@ def test_layer_backward_without_the_input_gradient(cell, with_lengths, batch_fir
         told.append(input_grad)
         return backward(*args, input_grad=input_grad, **kwargs)
     monkeypatch.setattr(F, "recurrent_backward", spy)
-    runs = []
-    for wanted in (True, False):
-        layer.zero_grad()
-        layer.forward(x, state, lengths=lengths)
-        dx, dstate0 = layer.backward(dy, dstate, input_grad=wanted)
-        runs.append((dx, dstate0, {k: v.copy() for k, v in layer.grads.items()}))
-    (dx1, ds1, g1), (dx2, ds2, g2) = runs
+    (dx1, ds1, _), (dx2, ds2, _) = _backward_wanted_and_not(
+        layer, x, state, lengths, dy, dstate, "input_grad")
     assert dx1.shape == x.shape and dx2 is None
     for a, b in zip(_state_arrays(ds2), _state_arrays(ds1)):
         np.testing.assert_array_equal(a, b)
-    assert set(g1) == set(g2)
-    for name in g1:
-        np.testing.assert_array_equal(g2[name], g1[name])
     assert told == [True] * 4 + [True] * 2 + [False] * 2   # top layer first, 2 directions
