@@ -160,6 +160,24 @@ def test_step_phases_times_every_phase_of_a_training_step(capsys):
     assert "small model, 1 thread(s), 1 steps" in out and "optimizer" in out
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_blas_floor_times_the_cases_own_products(cell, capsys):
+    """benchmarks/blas_floor.py: its products are the case's GEMMs (their flops are
+    kernel_flops, the floor's) and each is timed; the printed line compares their sum with
+    the floor."""
+    import importlib
+    floor = importlib.import_module("blas_floor")   # benchmarks/ is on sys.path (above)
+    size = (3, 4, 5, 6)
+    products = floor.case_products(cell, *size)
+    assert floor.product_flops(products) == benchmarks.kernel_flops(cell, "forward+backward",
+                                                                    *size)
+    times, rate, flops = floor.blas_floor(cell, size, threads=1, repeat=1)
+    assert set(times) == set(products) and min(times.values()) > 0 and rate > 0
+    assert flops == floor.product_flops(products)
+    floor.main(["--cell", cell, "--size", "3,4,5,6", "--threads", "1", "--repeat", "1"])
+    assert "BLAS reaches" in capsys.readouterr().out
+
+
 def test_varlen_cases_and_summary(capsys, monkeypatch):
     """The varlen set: lengths and padded rows of each cell, and a summary line putting the
     time with lengths over the padded time next to the share of real tokens."""

@@ -1,0 +1,96 @@
+"""What the machine's BLAS does on a kernel case's own products: each GEMM of a recurrent
+layer's forward + backward (input projection, the T per-step products forward and backward,
+dW_ih, dW_hh, dx) timed alone through NumPy at its own shape, best of ``--repeat``, next to
+the 2048³ sgemm rate that `fastrnn bench`'s GEMM floor uses. The large products run on the
+given threads; a per-step product as the kernels split it, each thread's rows on one
+thread (timed alone: the threads' shares run side by side).
+
+    python benchmarks/blas_floor.py --cell lstm --size 32,64,128,256 --threads 2
+
+The sum is the time these products take through this BLAS with nothing else (no gate math,
+no buffers): where it is above the 2048³ floor, the BLAS itself runs the case's shapes below
+its large-GEMM rate, and a library that calls it cannot reach the floor.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fastrnn_bench  # noqa: E402  (next to this file)
+from fastrnn.cells import get_cell  # noqa: E402
+
+
+PER_STEP = ("forward steps h W_hh^T", "backward steps dG_t W_hh")
+
+
+def case_products(cell, B, T, I, H, seed=0):
+    """{name: (a, b, count)}: the products ``a @ b`` (float32 NumPy operands, transposes as
+    views) of one layer's forward + backward, each run ``count`` times per call. The
+    per-step products (PER_STEP) are (B, .) x (., .): the kernels split their rows among
+    the threads."""
+    GH = get_cell(cell).gates * H
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+    x, y, w_ih, w_hh = rand(T * B, I), rand(T * B, H), rand(GH, I), rand(GH, H)
+    h, dg = rand(B, H), rand(T * B, GH)
+    return {"input projection x W_ih^T": (x, w_ih.T, 1),
+            PER_STEP[0]: (h, w_hh.T, T),
+            PER_STEP[1]: (dg[:B], w_hh, T),
+            "dW_ih = dG^T x": (dg.T, x, 1),
+            "dW_hh = dG^T y": (dg.T, y, 1),
+            "dx = dG W_ih": (dg, w_ih, 1)}
+
+
+def product_flops(products):
+    """The GEMM flops of one call of ``products`` (case_products)."""
+    return sum(2.0 * a.shape[0] * a.shape[1] * b.shape[1] * count
+               for a, b, count in products.values())
+
+
+def blas_floor(cell, size, threads=2, repeat=20):
+    """({name: seconds per call}, the 2048³ rate in GFLOP/s, the case's GEMM flops)."""
+    from threadpoolctl import threadpool_limits
+    products = case_products(cell, *size)
+    times = {}
+    with fastrnn_bench.thread_settings(threads):
+        for name, (a, b, count) in products.items():
+            if name in PER_STEP:   # as the kernels run them: each thread its share of the
+                # rows, on one thread (timed alone, as if the shares ran side by side)
+                a = a[:-(-a.shape[0] // threads)]
+                limit = threadpool_limits(limits=1, user_api="blas")
+            else:
+                limit = threadpool_limits(limits=threads, user_api="blas")
+            with limit:
+                a @ b
+                times[name] = count * min(fastrnn_bench._timed(lambda: a @ b)
+                                          for _ in range(repeat))
+        rate = fastrnn_bench.gemm_rate(repeat=3)
+    return times, rate, product_flops(products)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", default="lstm", choices=("rnn_tanh", "rnn_relu", "gru", "lstm"))
+    parser.add_argument("--size", default="32,64,128,256", help="B,T,I,H")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args(argv)
+    size = tuple(int(v) for v in args.size.split(","))
+    if len(size) != 4:
+        parser.error(f"--size must be B,T,I,H, got {args.size!r}")
+    times, rate, flops = blas_floor(args.cell, size, args.threads, args.repeat)
+    for name, seconds in times.items():
+        print(f"{name:28s} {seconds * 1e3:8.2f} ms")
+    total = sum(times.values())
+    floor = flops / (rate * 1e9)
+    print(f"{args.cell} {size}, {args.threads} threads: the products through BLAS "
+          f"{total * 1e3:.2f} ms ({flops / total / 1e9:.0f} GFLOP/s), the 2048³ floor "
+          f"{floor * 1e3:.2f} ms ({rate:.0f} GFLOP/s): BLAS reaches {floor / total:.0%} of it")
+
+
+if __name__ == "__main__":
+    main()
