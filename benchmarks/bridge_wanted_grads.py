@@ -9,6 +9,7 @@ torch: a fastrnn.torch LSTM, x.requires_grad True or False. jax: ``jax.jit(jax.g
 argnums=(0, 1)))`` (parameters and x) against ``jax.grad(loss)`` (parameters only).
 """
 import argparse
+import functools
 import os
 import sys
 
@@ -29,7 +30,7 @@ def _torch_steps(B, T, I, H):
     def step(input_grad):
         y, _ = rnn(x.clone().requires_grad_(input_grad))
         y.sum().backward()
-    return {wanted: (lambda wanted=wanted: step(wanted)) for wanted in (True, False)}
+    return {wanted: functools.partial(step, wanted) for wanted in (True, False)}
 
 
 def _jax_steps(B, T, I, H):

@@ -121,3 +121,19 @@ def cli_error_line(capsys, argv):
     assert len(lines) == 1, captured.err
     assert "Traceback" not in captured.err
     return lines[0]
+
+
+def spy_engine_backward(monkeypatch):
+    """Record what each call of the engine's backward (fastrnn._engine.backward, which the
+    bridges call) is told: a list that gets ``(input_grad, state0_grad, dy is None, dstate is
+    None)`` per call, the call itself unchanged."""
+    from fastrnn import _engine
+    told = []
+    engine_backward = _engine.backward
+
+    def spy(ws, dy=None, dstate=None, grads=None, dx_out=None, state0_grad=True,
+            input_grad=True):
+        told.append((input_grad, state0_grad, dy is None, dstate is None))
+        return engine_backward(ws, dy, dstate, grads, dx_out, state0_grad, input_grad)
+    monkeypatch.setattr(_engine, "backward", spy)
+    return told
