@@ -6,6 +6,12 @@ given threads; a per-step product as the kernels split it, each thread's rows on
 thread (timed alone: the threads' shares run side by side).
 
     python benchmarks/blas_floor.py --cell lstm --size 32,64,128,256 --threads 2
+    python benchmarks/blas_floor.py --model small --threads 2
+
+--model takes a training step of one of `fastrnn bench`'s language models instead: every
+LSTM layer's products as above (the first layer's input is the embedding) and the output
+layer's three (logits, its weight gradient, the gradient into the LSTM), the GEMMs that
+`fastrnn bench`'s floor for that case counts.
 
 The sum is the time these products take through this BLAS with nothing else (no gate math,
 no buffers): where it is above the 2048³ floor, the BLAS itself runs the case's shapes below
@@ -46,20 +52,46 @@ def case_products(cell, B, T, I, H, seed=0):
             "dx = dG W_ih": (dg, w_ih, 1)}
 
 
+def model_products(model, seed=0):
+    """{name: (a, b, count)}: the products of one training step of
+    fastrnn_bench.LM_MODELS[model] (see case_products), layer by layer, then the output
+    layer's."""
+    V, E, H, L, B, T = fastrnn_bench.LM_MODELS[model]
+    products = {}
+    for layer in range(L):
+        for name, product in case_products("lstm", B, T, E if layer == 0 else H, H,
+                                           seed + layer).items():
+            products[f"layer {layer}: {name}"] = product
+    rng = np.random.default_rng(seed + L)
+    y = rng.standard_normal((T * B, H)).astype(np.float32)
+    w = rng.standard_normal((V, H)).astype(np.float32)
+    dlogits = rng.standard_normal((T * B, V)).astype(np.float32)
+    products.update({"output: logits y W^T": (y, w.T, 1),
+                     "output: dW = dlogits^T y": (dlogits.T, y, 1),
+                     "output: dy = dlogits W": (dlogits, w, 1)})
+    return products
+
+
+def is_per_step(name):
+    """Whether product ``name`` (of case_products or model_products) is a per-step one."""
+    return name.split(": ")[-1] in PER_STEP
+
+
 def product_flops(products):
     """The GEMM flops of one call of ``products`` (case_products)."""
     return sum(2.0 * a.shape[0] * a.shape[1] * b.shape[1] * count
                for a, b, count in products.values())
 
 
-def blas_floor(cell, size, threads=2, repeat=20):
-    """({name: seconds per call}, the 2048³ rate in GFLOP/s, the case's GEMM flops)."""
+def blas_floor(cell, size, threads=2, repeat=20, model=None):
+    """({name: seconds per call}, the 2048³ rate in GFLOP/s, the case's GEMM flops); with
+    ``model``, of that language model's training step instead of the kernel case."""
     from threadpoolctl import threadpool_limits
-    products = case_products(cell, *size)
+    products = model_products(model) if model else case_products(cell, *size)
     times = {}
     with fastrnn_bench.thread_settings(threads):
         for name, (a, b, count) in products.items():
-            if name in PER_STEP:   # as the kernels run them: each thread its share of the
+            if is_per_step(name):   # as the kernels run them: each thread its share of the
                 # rows, on one thread (timed alone, as if the shares ran side by side)
                 a = a[:-(-a.shape[0] // threads)]
                 limit = threadpool_limits(limits=1, user_api="blas")
@@ -77,18 +109,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell", default="lstm", choices=("rnn_tanh", "rnn_relu", "gru", "lstm"))
     parser.add_argument("--size", default="32,64,128,256", help="B,T,I,H")
+    parser.add_argument("--model", choices=sorted(fastrnn_bench.LM_MODELS),
+                        help="a training step of this language model instead")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split(","))
     if len(size) != 4:
         parser.error(f"--size must be B,T,I,H, got {args.size!r}")
-    times, rate, flops = blas_floor(args.cell, size, args.threads, args.repeat)
+    times, rate, flops = blas_floor(args.cell, size, args.threads, args.repeat, args.model)
     for name, seconds in times.items():
-        print(f"{name:28s} {seconds * 1e3:8.2f} ms")
+        print(f"{name:40s} {seconds * 1e3:8.2f} ms")
     total = sum(times.values())
     floor = flops / (rate * 1e9)
-    print(f"{args.cell} {size}, {args.threads} threads: the products through BLAS "
+    what = f"{args.model} model step" if args.model else f"{args.cell} {size}"
+    print(f"{what}, {args.threads} threads: the products through BLAS "
           f"{total * 1e3:.2f} ms ({flops / total / 1e9:.0f} GFLOP/s), the 2048³ floor "
           f"{floor * 1e3:.2f} ms ({rate:.0f} GFLOP/s): BLAS reaches {floor / total:.0%} of it")
 

@@ -178,6 +178,25 @@ def test_blas_floor_times_the_cases_own_products(cell, capsys):
     assert "BLAS reaches" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("model", sorted(benchmarks.LM_MODELS))
+def test_blas_floor_times_a_model_steps_own_products(model, capsys, monkeypatch):
+    """blas_floor.py --model: the products of a language model's training step are the GEMMs
+    `fastrnn bench`'s floor counts for it (_lm_flops), every layer's and the output layer's,
+    the per-step ones split as the kernels split them."""
+    import importlib
+    floor = importlib.import_module("blas_floor")
+    V, E, H, L, B, T = benchmarks.LM_MODELS[model]
+    products = floor.model_products(model)
+    assert floor.product_flops(products) == benchmarks._lm_flops(V, E, H, L, B * T)
+    assert sum(floor.is_per_step(name) for name in products) == 2 * L
+    monkeypatch.setitem(benchmarks.LM_MODELS, "small", (7, 3, 4, 2, 5, 3))   # quick to time
+    times, rate, flops = floor.blas_floor(None, None, threads=1, repeat=1, model="small")
+    assert len(times) == 6 * 2 + 3 and min(times.values()) > 0 and rate > 0
+    floor.main(["--model", "small", "--threads", "1", "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "layer 1: dW_hh = dG^T y" in out and "small model step, 1 threads" in out
+
+
 def test_varlen_cases_and_summary(capsys, monkeypatch):
     """The varlen set: lengths and padded rows of each cell, and a summary line putting the
     time with lengths over the padded time next to the share of real tokens."""
