@@ -3,7 +3,10 @@ layer's forward + backward (input projection, the T per-step products forward an
 dW_ih, dW_hh, dx) timed alone through NumPy at its own shape, best of ``--repeat``, next to
 the 2048³ sgemm rate that `fastrnn bench`'s GEMM floor uses. The large products run on the
 given threads; a per-step product as the kernels split it, each thread's rows on one
-thread (timed alone: the threads' shares run side by side).
+thread of BLAS, all threads at once (fastrnn's dense.parallel_gemm, the dense layers' GEMM:
+BLAS on fastrnn's OpenMP threads). Timed alone instead, one share as if the others ran
+beside it for free, the small model's forward steps took 1.9-2.5 ms against 2.7-3.4 ms at
+once (session 14): the threads' shares slow each other down.
 
     python benchmarks/blas_floor.py --cell lstm --size 32,64,128,256 --threads 2
     python benchmarks/blas_floor.py --model small --threads 2
@@ -83,6 +86,27 @@ def product_flops(products):
                for a, b, count in products.values())
 
 
+def rows_on_threads(a, b, threads):
+    """A callable computing ``a @ b`` (2-D float32, b possibly a transposed view) with a's rows
+    split among ``threads`` of fastrnn's OpenMP threads, each calling BLAS on its rows (the
+    caller keeps BLAS on one thread): fastrnn._cpu.dense.parallel_gemm. It cuts the rows in
+    whole 16-row blocks, as the time loops cut their batch when it is a multiple of 16 rows
+    per thread (the kernel cases of B >= 32, the char and small models); the word model's
+    20 rows go 16 + 4 here, 10 + 10 in the loops."""
+    from fastrnn._cpu import dense
+    a = np.ascontiguousarray(a)
+    trans_b = not b.flags.c_contiguous
+    b = b.T if trans_b else b
+    if not b.flags.c_contiguous:
+        raise ValueError("b must be C-contiguous or the transpose of a C-contiguous array")
+    out = np.empty((a.shape[0], b.shape[0] if trans_b else b.shape[1]), a.dtype)
+
+    def product():
+        dense.parallel_gemm(False, trans_b, a, b, out, 0.0, threads)
+        return out
+    return product
+
+
 def blas_floor(cell, size, threads=2, repeat=20, model=None):
     """({name: seconds per call}, the 2048³ rate in GFLOP/s, the case's GEMM flops); with
     ``model``, of that language model's training step instead of the kernel case."""
@@ -90,19 +114,23 @@ def blas_floor(cell, size, threads=2, repeat=20, model=None):
     products = model_products(model) if model else case_products(cell, *size)
     times = {}
     with fastrnn_bench.thread_settings(threads):
-        for name, (a, b, count) in products.items():
+        # The per-step products first: NumPy's BLAS workers keep spinning for a while after
+        # a threaded product, and on the cores of fastrnn's threads they made the per-step
+        # products that followed 25x slower (see fastrnn/_matmul.py).
+        for name in sorted(products, key=lambda name: not is_per_step(name)):
+            a, b, count = products[name]
             if is_per_step(name):   # as the kernels run them: each thread its share of the
-                # rows, on one thread (timed alone, as if the shares ran side by side)
-                a = a[:-(-a.shape[0] // threads)]
+                # rows, BLAS on one thread each, all at once
+                product = rows_on_threads(a, b, threads)
                 limit = threadpool_limits(limits=1, user_api="blas")
             else:
+                product = functools.partial(np.matmul, a, b)
                 limit = threadpool_limits(limits=threads, user_api="blas")
-            product = functools.partial(np.matmul, a, b)
             with limit:
                 product()
                 times[name] = count * min(fastrnn_bench._timed(product) for _ in range(repeat))
         rate = fastrnn_bench.gemm_rate(repeat=3)
-    return times, rate, product_flops(products)
+    return {name: times[name] for name in products}, rate, product_flops(products)
 
 
 def main(argv=None):

@@ -197,6 +197,20 @@ def test_blas_floor_times_a_model_steps_own_products(model, capsys, monkeypatch)
     assert "layer 1: dW_hh = dG^T y" in out and "small model step, 1 threads" in out
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blas_floor_runs_a_per_step_product_on_the_threads_rows(threads, rng):
+    """blas_floor.rows_on_threads: the per-step products (b a weight or its transpose) as
+    a @ b, each thread's rows on its own BLAS call."""
+    import importlib
+    floor = importlib.import_module("blas_floor")
+    a = rng.standard_normal((40, 24)).astype(np.float32)
+    w = rng.standard_normal((56, 24)).astype(np.float32)
+    for b in (w.T, np.ascontiguousarray(w.T)):
+        with benchmarks.thread_settings(threads):
+            got = floor.rows_on_threads(a, b, threads)()
+        np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-5)
+
+
 def test_varlen_cases_and_summary(capsys, monkeypatch):
     """The varlen set: lengths and padded rows of each cell, and a summary line putting the
     time with lengths over the padded time next to the share of real tokens."""
