@@ -1,10 +1,10 @@
 """What the machine's BLAS does on a kernel case's own products: each GEMM of a recurrent
 layer's forward + backward (input projection, the T per-step products forward and backward,
-dW_ih, dW_hh, dx) timed alone through NumPy at its own shape, best of ``--repeat``, next to
-the 2048³ sgemm rate that `fastrnn bench`'s GEMM floor uses. The large products run on the
-given threads; a per-step product as the kernels split it, each thread's rows on one
+dW_ih, dW_hh, dx) timed on its own at its own shape, best of ``--repeat``, next to the 2048³
+sgemm rate that `fastrnn bench`'s GEMM floor uses. The large products run through NumPy on
+the given threads; a per-step product as the kernels split it, each thread's rows on one
 thread of BLAS, all threads at once (fastrnn's dense.parallel_gemm, the dense layers' GEMM:
-BLAS on fastrnn's OpenMP threads). Timed alone instead, one share as if the others ran
+SciPy's BLAS, the one fastrnn calls, on fastrnn's OpenMP threads). Timed alone instead, one share as if the others ran
 beside it for free, the small model's forward steps took 1.9-2.5 ms against 2.7-3.4 ms at
 once (session 14): the threads' shares slow each other down.
 
