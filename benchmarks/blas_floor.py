@@ -35,6 +35,11 @@ from fastrnn.cells import get_cell  # noqa: E402
 PER_STEP = ("forward steps h W_hh^T", "backward steps dG_t W_hh")
 
 
+def _random(rng, *shape):
+    """A float32 operand of ``shape`` drawn from ``rng``."""
+    return rng.standard_normal(shape).astype(np.float32)
+
+
 def case_products(cell, B, T, I, H, seed=0):
     """{name: (a, b, count)}: the products ``a @ b`` (float32 NumPy operands, transposes as
     views) of one layer's forward + backward, each run ``count`` times per call. The
@@ -42,11 +47,9 @@ def case_products(cell, B, T, I, H, seed=0):
     the threads."""
     GH = get_cell(cell).gates * H
     rng = np.random.default_rng(seed)
-
-    def rand(*shape):
-        return rng.standard_normal(shape).astype(np.float32)
-    x, y, w_ih, w_hh = rand(T * B, I), rand(T * B, H), rand(GH, I), rand(GH, H)
-    h, dg = rand(B, H), rand(T * B, GH)
+    x, y = _random(rng, T * B, I), _random(rng, T * B, H)
+    w_ih, w_hh = _random(rng, GH, I), _random(rng, GH, H)
+    h, dg = _random(rng, B, H), _random(rng, T * B, GH)
     return {"input projection x W_ih^T": (x, w_ih.T, 1),
             PER_STEP[0]: (h, w_hh.T, T),
             PER_STEP[1]: (dg[:B], w_hh, T),
@@ -66,9 +69,7 @@ def model_products(model, seed=0):
                                            seed + layer).items():
             products[f"layer {layer}: {name}"] = product
     rng = np.random.default_rng(seed + L)
-    y = rng.standard_normal((T * B, H)).astype(np.float32)
-    w = rng.standard_normal((V, H)).astype(np.float32)
-    dlogits = rng.standard_normal((T * B, V)).astype(np.float32)
+    y, w, dlogits = _random(rng, T * B, H), _random(rng, V, H), _random(rng, T * B, V)
     products.update({"output: logits y W^T": (y, w.T, 1),
                      "output: dW = dlogits^T y": (dlogits.T, y, 1),
                      "output: dy = dlogits W": (dlogits, w, 1)})

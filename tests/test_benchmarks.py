@@ -160,13 +160,18 @@ def test_step_phases_times_every_phase_of_a_training_step(capsys):
     assert "small model, 1 thread(s), 1 steps" in out and "optimizer" in out
 
 
+@pytest.fixture
+def floor():
+    """benchmarks/blas_floor.py (benchmarks/ is on sys.path: see load_benchmarks above)."""
+    import importlib
+    return importlib.import_module("blas_floor")
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-def test_blas_floor_times_the_cases_own_products(cell, capsys):
+def test_blas_floor_times_the_cases_own_products(cell, capsys, floor):
     """benchmarks/blas_floor.py: its products are the case's GEMMs (their flops are
     kernel_flops, the floor's) and each is timed; the printed line compares their sum with
     the floor."""
-    import importlib
-    floor = importlib.import_module("blas_floor")   # benchmarks/ is on sys.path (above)
     size = (3, 4, 5, 6)
     products = floor.case_products(cell, *size)
     assert floor.product_flops(products) == benchmarks.kernel_flops(cell, "forward+backward",
@@ -179,12 +184,10 @@ def test_blas_floor_times_the_cases_own_products(cell, capsys):
 
 
 @pytest.mark.parametrize("model", sorted(benchmarks.LM_MODELS))
-def test_blas_floor_times_a_model_steps_own_products(model, capsys, monkeypatch):
+def test_blas_floor_times_a_model_steps_own_products(model, capsys, monkeypatch, floor):
     """blas_floor.py --model: the products of a language model's training step are the GEMMs
     `fastrnn bench`'s floor counts for it (_lm_flops), every layer's and the output layer's,
     the per-step ones split as the kernels split them."""
-    import importlib
-    floor = importlib.import_module("blas_floor")
     V, E, H, L, B, T = benchmarks.LM_MODELS[model]
     products = floor.model_products(model)
     assert floor.product_flops(products) == benchmarks._lm_flops(V, E, H, L, B * T)
@@ -198,11 +201,9 @@ def test_blas_floor_times_a_model_steps_own_products(model, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_blas_floor_runs_a_per_step_product_on_the_threads_rows(threads, rng):
+def test_blas_floor_runs_a_per_step_product_on_the_threads_rows(threads, rng, floor):
     """blas_floor.rows_on_threads: the per-step products (b a weight or its transpose) as
     a @ b, each thread's rows on its own BLAS call."""
-    import importlib
-    floor = importlib.import_module("blas_floor")
     a = rng.standard_normal((40, 24)).astype(np.float32)
     w = rng.standard_normal((56, 24)).astype(np.float32)
     for b in (w.T, np.ascontiguousarray(w.T)):
