@@ -30,15 +30,16 @@ def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
                   const floating[:, ::1] b not None, floating[:, ::1] c not None,
                   floating beta, int num_threads=1, const floating[::1] bias=None):
     """c (m, n) = op(a) @ op(b) + beta * c, or op(a) @ op(b) + bias with bias (n,) (a not
-    transposed, beta 0), the rows of c split into max(2, num_threads) parts shared among the
-    OpenMP threads, each running csrc/gemm.h's GEMM or BLAS on its parts (the caller keeps
-    BLAS single-threaded)."""
+    transposed, beta 0), the rows of c (its columns when it has more columns than rows)
+    split into max(2, num_threads) parts shared among the OpenMP threads, each running
+    csrc/gemm.h's GEMM or BLAS on its parts (the caller keeps BLAS single-threaded)."""
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[0] if trans_a else a.shape[1]
     cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1], r0, r1, p
     cdef int tid, nth
     cdef int nt = fr_team_threads(num_threads)
     cdef Py_ssize_t parts = _gemm_parts(num_threads)
     cdef const floating* a_rows
+    cdef const floating* b_cols
     if (a.shape[1] if trans_a else a.shape[0]) != m:
         raise ValueError(f"a has {a.shape[1] if trans_a else a.shape[0]} rows of op(a), "
                          f"c has {m}")
@@ -59,9 +60,26 @@ def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
             bias_ptr = &bias[0]
     if m == 0 or n == 0:
         return
+    # Split the longer side of c: each thread then reads all of the operand on the other
+    # side, the smaller one. A wide c (the output layer's dW, V x H) split by rows had every
+    # thread read all of y: 2 threads, dW = dlogits^T y of the small model (86 x 256,
+    # k 512) 0.21 -> 0.17 ms, the char model's (65 x 256, k 2048) 0.74 -> 0.57 ms.
+    cdef bint by_columns = n > m
     with nogil, parallel(num_threads=nt):
         tid, nth = threadid(), fr_omp_team_size()
         for p in range(_share(parts, tid, nth), _share(parts, tid + 1, nth)):
+            if by_columns:
+                r0 = _split_at(n, p, parts)
+                r1 = _split_at(n, p + 1, parts)
+                if r1 > r0:
+                    b_cols = &b[r0, 0] if trans_b else &b[0, r0]
+                    if bias_ptr != NULL:
+                        gemm_bias(trans_b, m, r1 - r0, k, &a[0, 0], lda, b_cols, ldb,
+                                  bias_ptr + r0, &c[0, r0], n, False)
+                    else:
+                        gemm(trans_a, trans_b, m, r1 - r0, k, <floating>1, &a[0, 0], lda,
+                             b_cols, ldb, beta, &c[0, r0], n)
+                continue
             r0 = _split_at(m, p, parts)
             r1 = _split_at(m, p + 1, parts)
             if r1 > r0:
