@@ -19,9 +19,12 @@
 
 #define FR_SOFTMAX_LANES 32
 
-/* probs[j] = softmax(x)[j] for j < V (V >= 1); returns -log softmax(x)[target], in double. */
+/* probs[j] = softmax(x)[j] for j < V (V >= 1); returns -log softmax(x)[target], in double.
+ * With grad_scale (not NULL), probs gets the loss gradient instead, in the same pass:
+ * (softmax(x) - onehot(target)) * grad_scale, each element as the NumPy code rounds it
+ * (p * c, and (p - 1) * c at the target, p the softmax value). */
 FR_HOT static double fr_softmax_xent_row_f(int V, const float *restrict x, int target,
-                                           float *restrict probs) {
+                                           float *restrict probs, const float *grad_scale) {
     int blocks = V / FR_SOFTMAX_LANES, tail = blocks * FR_SOFTMAX_LANES;
     float lanes[FR_SOFTMAX_LANES];
     for (int l = 0; l < FR_SOFTMAX_LANES; l++)
@@ -59,8 +62,15 @@ FR_HOT static double fr_softmax_xent_row_f(int V, const float *restrict x, int t
             lanes[l] += lanes[l + w];
     float sum = lanes[0];   /* >= 1: the maximum contributes e^0 */
     float inv = 1.0f / sum;
-    for (int j = 0; j < V; j++)
-        probs[j] *= inv;
+    if (grad_scale == NULL) {
+        for (int j = 0; j < V; j++)
+            probs[j] *= inv;
+    } else {
+        float c = *grad_scale, p_target = probs[target] * inv;
+        for (int j = 0; j < V; j++)
+            probs[j] = (probs[j] * inv) * c;
+        probs[target] = (p_target - 1.0f) * c;
+    }
     return log((double)sum) - ((double)x[target] - (double)max);
 }
 

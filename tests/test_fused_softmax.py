@@ -49,6 +49,34 @@ def test_compiled_softmax_gives_the_same_bits_on_any_thread_count(rng):
         np.testing.assert_array_equal(token_loss, outs[0][1])
 
 
+@pytest.mark.parametrize("V", [1, 5, 33, 500])
+def test_gradient_written_with_the_softmax_has_the_bits_of_numpys(V, rng):
+    """grad_scale: the kernel writes (softmax - onehot) * scale per row in its last pass;
+    the bits must be those of NumPy's ``p[r, t] -= 1; p *= scale[:, None]`` on its softmax,
+    whatever the thread count (the float64 array-module path is that NumPy code)."""
+    N = 41
+    logits = (rng.standard_normal((N, V)) * 4).astype(np.float32)
+    targets = rng.integers(0, V, size=N)
+    scale = rng.uniform(-2.0, 2.0, N).astype(np.float32)
+    scale[3] = 0.0
+    probs, token_loss = softmax_cross_entropy_rows(logits, targets)
+    want = probs.copy()
+    want[np.arange(N), targets] -= 1
+    want *= scale[:, None]
+    for threads in (1, 2):
+        grad, loss = np.empty_like(logits), np.empty(N)
+        loss_kernels.softmax_cross_entropy(logits, targets, grad, loss, threads, scale)
+        np.testing.assert_array_equal(grad, want)
+        np.testing.assert_array_equal(loss, token_loss)
+    probs64, _ = softmax_cross_entropy_rows(logits.astype(np.float64), targets)
+    want64 = probs64.copy()
+    want64[np.arange(N), targets] -= 1
+    want64 *= scale.astype(np.float64)[:, None]
+    grad64, _ = softmax_cross_entropy_rows(logits.astype(np.float64), targets,
+                                           grad_scale=scale.astype(np.float64))
+    np.testing.assert_array_equal(grad64, want64)
+
+
 def test_compiled_softmax_propagates_nan_and_zeroes_minus_inf():
     logits = np.array([[0.0, np.nan, 1.0], [0.0, -np.inf, 1.0]], np.float32)
     probs, token_loss = softmax_cross_entropy_rows(logits, np.array([0, 0]))
@@ -68,6 +96,13 @@ def test_compiled_softmax_refuses_bad_buffers_and_ids(rng):
                                            np.empty(3), 1)
     with pytest.raises(ValueError, match="probs must not share memory with logits"):
         loss_kernels.softmax_cross_entropy(logits, targets, logits, np.empty(4), 1)
+    with pytest.raises(ValueError, match="grad_scale must have 4 entries"):
+        loss_kernels.softmax_cross_entropy(logits, targets, np.empty((4, 6), np.float32),
+                                           np.empty(4), 1, np.ones(3, np.float32))
+    probs = np.empty((4, 6), np.float32)
+    with pytest.raises(ValueError, match="probs must not share memory with grad_scale"):
+        loss_kernels.softmax_cross_entropy(logits, targets, probs, np.empty(4), 1,
+                                           probs[0, :4])
     with pytest.raises(ValueError, match=r"targets\[2\] = 6"):
         loss_kernels.softmax_cross_entropy(logits, np.array([0, 1, 6, 3]),
                                            np.empty((4, 6), np.float32), np.empty(4), 1)
@@ -86,3 +121,35 @@ def test_loss_layer_float32_equals_its_float64_result(masked, rng):
         results.append((value, layer.backward(2.0)))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_loss_layer_gradient_is_the_exact_one_at_any_scale(masked, scale, rng):
+    """The forward writes the gradient at scale 1; backward(scale) must give scale times
+    (softmax - onehot) * weight / sum(weights), as computed here in float64."""
+    N, V = 23, 31
+    logits = rng.standard_normal((N, V)).astype(np.float32)
+    targets = rng.integers(0, V, size=N)
+    weights = rng.uniform(0.0, 2.0, N) * (rng.random(N) < 0.7) if masked else np.ones(N)
+    layer = SoftmaxCrossEntropy()
+    value = layer.forward(logits, targets, weights if masked else None)
+    p, token_loss = _exact(logits, targets)
+    p[np.arange(N), targets] -= 1
+    want = p * (weights / weights.sum())[:, None] * scale
+    assert value == pytest.approx(token_loss @ weights / weights.sum(), rel=1e-6)
+    with pytest.raises(TypeError):
+        layer.backward("2")           # refused before the saved gradient is touched
+    np.testing.assert_allclose(layer.backward(scale), want, rtol=1e-5, atol=1e-8)
+
+
+def test_loss_layer_in_eval_mode_gives_the_same_loss_and_keeps_nothing(rng):
+    logits = rng.standard_normal((6, 9)).astype(np.float32)
+    targets = rng.integers(0, 9, size=6)
+    layer = SoftmaxCrossEntropy()
+    training = layer.forward(logits, targets)
+    layer.backward()
+    layer.eval()
+    assert layer.forward(logits, targets) == training
+    with pytest.raises(RuntimeError):
+        layer.backward()

@@ -11,14 +11,16 @@ from ._openmp cimport fr_team_threads, join_fork_guard
 join_fork_guard()
 
 cdef extern from "softmax.h" nogil:
-    double fr_softmax_xent_row_f(int V, const float* x, int target, float* probs)
+    double fr_softmax_xent_row_f(int V, const float* x, int target, float* probs,
+                                 const float* grad_scale)
 
 
 def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1] targets not None,
                           float[:, ::1] probs not None, double[::1] token_loss not None,
-                          int num_threads=1):
+                          int num_threads=1, const float[::1] grad_scale=None):
     """probs (N, V) = softmax(logits (N, V)) along V; token_loss (N,) = -log probs[r,
-    targets[r]] (float64). targets must be valid ids (the caller checks them: an id outside
+    targets[r]] (float64). With grad_scale (N,), probs gets the loss gradient instead:
+    row r is (softmax - onehot(targets[r])) * grad_scale[r]. targets must be valid ids (the caller checks them: an id outside
     [0, V) raises ValueError here before anything is written). probs and token_loss must not
     share memory with logits or each other (refused: a row reads its target logit after
     writing its probabilities)."""
@@ -29,17 +31,23 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
     if targets.shape[0] != N or token_loss.shape[0] != N:
         raise ValueError(f"targets and token_loss must have {N} entries, got "
                          f"{targets.shape[0]} and {token_loss.shape[0]}")
+    if grad_scale is not None and grad_scale.shape[0] != N:
+        raise ValueError(f"grad_scale must have {N} entries, got {grad_scale.shape[0]}")
     if V < 1 or V > 2147483647:
         raise ValueError(f"the vocabulary size V must be in [1, 2^31), got {V}")
     logits_a, probs_a, loss_a = np.asarray(logits), np.asarray(probs), np.asarray(token_loss)
-    for name, a, b in (("probs", probs_a, logits_a), ("token_loss", loss_a, logits_a),
-                       ("token_loss", loss_a, probs_a)):
+    pairs = [("probs", probs_a, "logits", logits_a), ("token_loss", loss_a, "logits", logits_a),
+             ("token_loss", loss_a, "probs", probs_a)]
+    if grad_scale is not None:
+        pairs.append(("probs", probs_a, "grad_scale", np.asarray(grad_scale)))
+    for name, a, other, b in pairs:
         if np.may_share_memory(a, b):
-            raise ValueError(f"{name} must not share memory with "
-                             f"{'logits' if b is logits_a else 'probs'}")
+            raise ValueError(f"{name} must not share memory with {other}")
     for r in range(N):
         if targets[r] < 0 or targets[r] >= V:
             raise ValueError(f"targets[{r}] = {targets[r]} is not in [0, {V})")
     cdef int nt = fr_team_threads(num_threads) if N * V >= (1 << 16) else 1
+    cdef const float* scales = NULL if grad_scale is None or N == 0 else &grad_scale[0]
     for r in prange(N, nogil=True, num_threads=nt, schedule="static"):
-        token_loss[r] = fr_softmax_xent_row_f(<int>V, &logits[r, 0], <int>targets[r], &probs[r, 0])
+        token_loss[r] = fr_softmax_xent_row_f(<int>V, &logits[r, 0], <int>targets[r], &probs[r, 0],
+                                              NULL if scales == NULL else scales + r)

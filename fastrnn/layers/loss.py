@@ -24,8 +24,9 @@ class SoftmaxCrossEntropy(Layer):
     ``backward(scale) -> dlogits (..., V)``. Typical shapes: (N, V) or (T, B, V).
 
     Numerically stable (max subtraction, log-sum-exp) and fused: no one-hot matrix and no
-    log-softmax matrix are built; the only (N, V) buffer is the softmax itself, which
-    ``backward`` turns into the gradient in place. The mask is boolean or real weights >= 0
+    log-softmax matrix are built; the only (N, V) buffer is the softmax itself, which a
+    training-mode forward writes as the gradient already (``backward`` returns it, scaled
+    when asked). The mask is boolean or real weights >= 0
     (each position's loss is multiplied by its weight); masked positions (weight 0/False)
     contribute nothing to the loss or to ``n_tokens`` and get exactly zero gradient; with
     every position masked the loss is 0 and the gradient is zero (no 0/0). Every target must
@@ -36,7 +37,7 @@ class SoftmaxCrossEntropy(Layer):
 
     Works on CuPy (GPU) logits too; targets and mask are then moved to the GPU.
 
-    A layer without parameters: in training mode each forward keeps its softmax for its own
+    A layer without parameters: in training mode each forward keeps that gradient for its own
     backward (LIFO, see :class:`fastrnn.layers.Layer`); in eval mode nothing is kept, so
     scoring many batches holds no (N, V) buffers.
     """
@@ -66,19 +67,24 @@ class SoftmaxCrossEntropy(Layer):
         weights = None if mask is None else self._mask_weights(to_device(mask, device), leading_shape,
                                                                logits.dtype)
 
-        probs, token_loss = softmax_cross_entropy_rows(logits.reshape(-1, vocab_size),
-                                                       targets, xp)
-
         if weights is None:
             n_tokens = weight_sum = targets.size
-            total = token_loss.sum()
         else:
             n_tokens = int(xp.count_nonzero(weights))
             weight_sum = float(weights.sum(dtype=np.float64))
-            total = token_loss @ weights
-        self.n_tokens = n_tokens
         denominator = self._denominator(weight_sum)
-        self._save_for_backward((probs, targets, weights, denominator, logits.shape))
+        # In training the kernel writes the gradient of this loss (scale 1) in the pass that
+        # computes the softmax: backward then has nothing left to do at scale 1 (a
+        # word-level step's 700 x 10000 logits: one pass of about 1 ms saved).
+        grad_scale = None
+        if self.training:
+            grad_scale = xp.full(targets.size, 1.0 / denominator, dtype=logits.dtype) \
+                if weights is None else weights * (1.0 / denominator)
+        probs, token_loss = softmax_cross_entropy_rows(logits.reshape(-1, vocab_size),
+                                                       targets, xp, grad_scale)
+        total = token_loss.sum() if weights is None else token_loss @ weights
+        self.n_tokens = n_tokens
+        self._save_for_backward((probs, logits.shape))
         return float(total) / denominator
 
     @backward_method
@@ -86,17 +92,13 @@ class SoftmaxCrossEntropy(Layer):
         """d(scale * loss)/d logits for the most recent pending forward, shape of its logits:
         (softmax - onehot(targets)) * mask / sum(mask) * scale (without the division for "sum").
 
-        Consumes that forward's softmax buffer (it becomes the returned gradient), so each
-        forward is backpropagated once.
+        That forward wrote the gradient at scale 1 into its softmax buffer, which this
+        returns (multiplied by ``scale`` in place when it is not 1): each forward is
+        backpropagated once.
         """
-        grad, targets, weights, denominator, logits_shape = self._saved_for_backward()
-        # Computed before the buffer is touched: a bad ``scale`` raises with the record intact.
-        coefficient = scale / denominator
-        grad[array_module_of(grad).arange(targets.size), targets] -= 1
-        if weights is None:
-            grad *= coefficient
-        else:
-            grad *= (weights * coefficient)[:, None]
+        grad, logits_shape = self._saved_for_backward()
+        if scale * 1.0 != 1.0:   # a bad scale raises here, with the record intact
+            grad *= scale
         return grad.reshape(logits_shape)
 
     def _denominator(self, weight_sum):
