@@ -20,11 +20,14 @@
 #define FR_SOFTMAX_LANES 32
 
 /* probs[j] = softmax(x)[j] for j < V (V >= 1); returns -log softmax(x)[target], in double.
+ * probs may be x itself (the row is then overwritten in place: every element is read before
+ * its own index is written, and x[target] is kept first), or must not overlap it; the
+ * loops that write probs are marked ivdep, which says just that to the vectoriser.
  * With grad_scale (not NULL), probs gets the loss gradient instead, in the same pass:
  * (softmax(x) - onehot(target)) * grad_scale, each element as the NumPy code rounds it
  * (p * c, and (p - 1) * c at the target, p the softmax value). */
-FR_HOT static double fr_softmax_xent_row_f(int V, const float *restrict x, int target,
-                                           float *restrict probs, const float *grad_scale) {
+FR_HOT static double fr_softmax_xent_row_f(int V, const float *x, int target, float *probs,
+                                           const float *grad_scale) {
     int blocks = V / FR_SOFTMAX_LANES, tail = blocks * FR_SOFTMAX_LANES;
     float lanes[FR_SOFTMAX_LANES];
     for (int l = 0; l < FR_SOFTMAX_LANES; l++)
@@ -39,11 +42,13 @@ FR_HOT static double fr_softmax_xent_row_f(int V, const float *restrict x, int t
         max = lanes[l] > max ? lanes[l] : max;
     for (int j = tail; j < V; j++)
         max = x[j] > max ? x[j] : max;
+    const float x_target = x[target];
     for (int l = 0; l < FR_SOFTMAX_LANES; l++)
         lanes[l] = 0.0f;
     for (int i = 0; i < blocks; i++) {
         const float *xi = x + i * FR_SOFTMAX_LANES;
         float *pi = probs + i * FR_SOFTMAX_LANES;
+#pragma GCC ivdep
         for (int l = 0; l < FR_SOFTMAX_LANES; l++) {
             float s = xi[l] - max;
             float e = s < -87.0f ? 0.0f : fr_expf_poly(s);
@@ -71,7 +76,7 @@ FR_HOT static double fr_softmax_xent_row_f(int V, const float *restrict x, int t
             probs[j] = (probs[j] * inv) * c;
         probs[target] = (p_target - 1.0f) * c;
     }
-    return log((double)sum) - ((double)x[target] - (double)max);
+    return log((double)sum) - ((double)x_target - (double)max);
 }
 
 #endif

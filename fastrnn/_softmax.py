@@ -11,19 +11,22 @@ from . import threads
 from ._cpu import loss as _loss
 
 
-def softmax_cross_entropy_rows(logits, targets, xp=np, grad_scale=None):
+def softmax_cross_entropy_rows(logits, targets, xp=np, grad_scale=None, overwrite_logits=False):
     """``(probs (N, V), token_loss (N,))`` of logits (N, V) and valid integer targets (N,):
-    probs = softmax(logits) along V (a new array), token_loss[r] = -log probs[r, targets[r]].
-    token_loss is float64 on the compiled path, else the logits' dtype.
+    probs = softmax(logits) along V, token_loss[r] = -log probs[r, targets[r]]. token_loss
+    is float64 on the compiled path, else the logits' dtype.
 
     With ``grad_scale`` (N,), of the logits' dtype and module, the first array is the
     gradient instead: row r is (softmax - onehot(targets[r])) * grad_scale[r], written in the
-    same pass on the compiled path (and to the same bits as the array-module code)."""
+    same pass on the compiled path (and to the same bits as the array-module code).
+    ``overwrite_logits``: the first array may be ``logits`` itself, overwritten (the compiled
+    path does so when ``logits`` is a writeable C-contiguous array), else it is new."""
     if type(logits) is np.ndarray and logits.dtype == np.float32:
-        probs = np.empty(logits.shape, np.float32)
+        in_place = overwrite_logits and logits.flags.c_contiguous and logits.flags.writeable
+        logits = logits if in_place else np.ascontiguousarray(logits)
+        probs = logits if in_place else np.empty(logits.shape, np.float32)
         token_loss = np.empty(logits.shape[0], np.float64)
-        _loss.softmax_cross_entropy(np.ascontiguousarray(logits),
-                                    np.ascontiguousarray(targets, dtype=np.int64), probs,
+        _loss.softmax_cross_entropy(logits, np.ascontiguousarray(targets, dtype=np.int64), probs,
                                     token_loss, threads.get_num_threads(),
                                     None if grad_scale is None
                                     else np.ascontiguousarray(grad_scale, dtype=np.float32))

@@ -77,6 +77,22 @@ def test_gradient_written_with_the_softmax_has_the_bits_of_numpys(V, rng):
     np.testing.assert_array_equal(grad64, want64)
 
 
+@pytest.mark.parametrize("gradient", [False, True])
+def test_compiled_softmax_in_place_gives_the_bits_of_a_separate_buffer(gradient, rng):
+    """probs may be logits itself (the language model's logits are dead once the loss has
+    them): each row is read before it is overwritten, and its target logit kept first."""
+    N, V = 29, 77   # two 32-lane blocks and a tail
+    logits = (rng.standard_normal((N, V)) * 4).astype(np.float32)
+    targets = rng.integers(0, V, size=N)
+    scale = rng.uniform(0.5, 2.0, N).astype(np.float32) if gradient else None
+    want, want_loss = np.empty_like(logits), np.empty(N)
+    loss_kernels.softmax_cross_entropy(logits, targets, want, want_loss, 2, scale)
+    got_loss = np.empty(N)
+    loss_kernels.softmax_cross_entropy(logits, targets, logits, got_loss, 2, scale)
+    np.testing.assert_array_equal(logits, want)
+    np.testing.assert_array_equal(got_loss, want_loss)
+
+
 def test_compiled_softmax_propagates_nan_and_zeroes_minus_inf():
     logits = np.array([[0.0, np.nan, 1.0], [0.0, -np.inf, 1.0]], np.float32)
     probs, token_loss = softmax_cross_entropy_rows(logits, np.array([0, 0]))
@@ -94,8 +110,10 @@ def test_compiled_softmax_refuses_bad_buffers_and_ids(rng):
     with pytest.raises(ValueError, match="token_loss"):
         loss_kernels.softmax_cross_entropy(logits, targets, np.empty((4, 6), np.float32),
                                            np.empty(3), 1)
+    wider = np.zeros((5, 6), np.float32)
+    wider[:4] = logits
     with pytest.raises(ValueError, match="probs must not share memory with logits"):
-        loss_kernels.softmax_cross_entropy(logits, targets, logits, np.empty(4), 1)
+        loss_kernels.softmax_cross_entropy(wider[:4], targets, wider[1:], np.empty(4), 1)
     with pytest.raises(ValueError, match="grad_scale must have 4 entries"):
         loss_kernels.softmax_cross_entropy(logits, targets, np.empty((4, 6), np.float32),
                                            np.empty(4), 1, np.ones(3, np.float32))
@@ -153,3 +171,24 @@ def test_loss_layer_in_eval_mode_gives_the_same_loss_and_keeps_nothing(rng):
     assert layer.forward(logits, targets) == training
     with pytest.raises(RuntimeError):
         layer.backward()
+
+
+def test_loss_layer_overwrites_logits_only_when_asked(rng):
+    """overwrite_logits=True: C-contiguous float32 logits hold the gradient (one (N, V) buffer
+    less), with the values the default gives; the default, and logits the kernel cannot
+    write in place, leave the caller's array alone."""
+    logits = rng.standard_normal((4, 5, 70)).astype(np.float32)
+    targets = rng.integers(0, 70, size=(4, 5))
+    original = logits.copy()
+    layer = SoftmaxCrossEntropy()
+    value = layer.forward(logits, targets)
+    grad = layer.backward(1.5)
+    np.testing.assert_array_equal(logits, original)
+    strided = np.repeat(original, 2, axis=2)[:, :, ::2]   # not C-contiguous
+    assert layer.forward(strided, targets, overwrite_logits=True) == value
+    np.testing.assert_array_equal(layer.backward(1.5), grad)
+    np.testing.assert_array_equal(strided, original)
+    assert layer.forward(logits, targets, overwrite_logits=True) == value
+    in_place = layer.backward(1.5)
+    assert np.shares_memory(in_place, logits)
+    np.testing.assert_array_equal(in_place, grad)

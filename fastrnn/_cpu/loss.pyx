@@ -20,10 +20,10 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
                           int num_threads=1, const float[::1] grad_scale=None):
     """probs (N, V) = softmax(logits (N, V)) along V; token_loss (N,) = -log probs[r,
     targets[r]] (float64). With grad_scale (N,), probs gets the loss gradient instead:
-    row r is (softmax - onehot(targets[r])) * grad_scale[r]. targets must be valid ids (the caller checks them: an id outside
-    [0, V) raises ValueError here before anything is written). probs and token_loss must not
-    share memory with logits or each other (refused: a row reads its target logit after
-    writing its probabilities)."""
+    row r is (softmax - onehot(targets[r])) * grad_scale[r]. targets must be valid ids (the
+    caller checks them: an id outside [0, V) raises ValueError here before anything is
+    written). probs may be logits itself (overwritten in place, row by row); otherwise
+    probs, token_loss and grad_scale must not share memory with logits or each other."""
     cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], r
     if probs.shape[0] != N or probs.shape[1] != V:
         raise ValueError(f"probs must have shape ({N}, {V}), got ({probs.shape[0]}, "
@@ -36,13 +36,19 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
     if V < 1 or V > 2147483647:
         raise ValueError(f"the vocabulary size V must be in [1, 2^31), got {V}")
     logits_a, probs_a, loss_a = np.asarray(logits), np.asarray(probs), np.asarray(token_loss)
-    pairs = [("probs", probs_a, "logits", logits_a), ("token_loss", loss_a, "logits", logits_a),
-             ("token_loss", loss_a, "probs", probs_a)]
+    # Both C-contiguous with the same shape: sharing the first element means the same rows.
+    in_place = N > 0 and &probs[0, 0] == &logits[0, 0]
+    pairs = [("token_loss", loss_a, "logits", logits_a), ("token_loss", loss_a, "probs", probs_a)]
+    if not in_place:
+        pairs.append(("probs", probs_a, "logits", logits_a))
     if grad_scale is not None:
-        pairs.append(("probs", probs_a, "grad_scale", np.asarray(grad_scale)))
+        scale_a = np.asarray(grad_scale)
+        pairs += [("probs", probs_a, "grad_scale", scale_a), ("logits", logits_a, "grad_scale", scale_a)]
     for name, a, other, b in pairs:
         if np.may_share_memory(a, b):
-            raise ValueError(f"{name} must not share memory with {other}")
+            raise ValueError(f"{name} must not share memory with {other}"
+                             + (" (unless it is logits itself)" if name == "probs"
+                                and other == "logits" else ""))
     for r in range(N):
         if targets[r] < 0 or targets[r] >= V:
             raise ValueError(f"targets[{r}] = {targets[r]} is not in [0, {V})")

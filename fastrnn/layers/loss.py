@@ -26,7 +26,7 @@ class SoftmaxCrossEntropy(Layer):
     Numerically stable (max subtraction, log-sum-exp) and fused: no one-hot matrix and no
     log-softmax matrix are built; the only (N, V) buffer is the softmax itself, which a
     training-mode forward writes as the gradient already (``backward`` returns it, scaled
-    when asked). The mask is boolean or real weights >= 0
+    when asked), into the logits' own memory with ``overwrite_logits=True``. The mask is boolean or real weights >= 0
     (each position's loss is multiplied by its weight); masked positions (weight 0/False)
     contribute nothing to the loss or to ``n_tokens`` and get exactly zero gradient; with
     every position masked the loss is 0 and the gradient is zero (no 0/0). Every target must
@@ -50,9 +50,11 @@ class SoftmaxCrossEntropy(Layer):
         self.n_tokens = 0
 
     @forward_method
-    def forward(self, logits, targets, mask=None):
+    def forward(self, logits, targets, mask=None, overwrite_logits=False):
         """Return the loss as a Python float; ``self.n_tokens`` is the number of unmasked tokens
-        (of this call)."""
+        (of this call). ``overwrite_logits=True``: the caller has no further use for
+        ``logits``, whose memory may then hold the softmax (float32 NumPy logits, C-contiguous:
+        one (N, V) buffer less at the step's peak)."""
         xp, device = array_module_of(logits), device_of(logits)
         logits = xp.asarray(logits)
         as_float_dtype(logits.dtype, "logits' dtype")
@@ -81,7 +83,8 @@ class SoftmaxCrossEntropy(Layer):
             grad_scale = xp.full(targets.size, 1.0 / denominator, dtype=logits.dtype) \
                 if weights is None else weights * (1.0 / denominator)
         probs, token_loss = softmax_cross_entropy_rows(logits.reshape(-1, vocab_size),
-                                                       targets, xp, grad_scale)
+                                                       targets, xp, grad_scale,
+                                                       overwrite_logits)
         total = token_loss.sum() if weights is None else token_loss @ weights
         self.n_tokens = n_tokens
         self._save_for_backward((probs, logits.shape))

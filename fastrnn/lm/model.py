@@ -291,7 +291,8 @@ class LanguageModel(Module):
                 if mask.shape != y.shape:
                     raise ValueError(f"mask must have the shape of x {y.shape}, got {mask.shape}")
                 weights = mask if weights is None else mask * to_device(weights, self.device)
-            return self.loss.forward(logits, y, weights), state
+            # Nothing else reads the logits: the loss turns them into its softmax in place.
+            return self.loss.forward(logits, y, weights, overwrite_logits=True), state
 
     def _lookup_in_rnn(self, tokens):
         """Whether a forward on ``tokens`` ids hands them and the embedding table to the
