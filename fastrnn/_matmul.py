@@ -65,3 +65,17 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0, bias=None):
         _dense.parallel_gemm(trans_a, trans_b, a, b, out, beta, threads.get_num_threads(),
                              None if bias is None else np.ascontiguousarray(bias))
     return out
+
+
+def add_column_sums(a, out):
+    """``out += a.sum(axis=0)`` for a (m, n), out (n,) (a bias gradient): NumPy float32/float64
+    arrays of one dtype, a C-contiguous and out a writeable contiguous array, on fastrnn's
+    threads (a's rows added into out in order); anything else through its own module. The
+    word model's (700, 10000) output gradient: 1.7 ms through NumPy's one thread."""
+    if (type(a) is np.ndarray and type(out) is np.ndarray and a.dtype == out.dtype
+            and a.dtype in (np.float32, np.float64) and a.flags.c_contiguous
+            and out.flags.c_contiguous and out.flags.writeable and a.ndim == 2):
+        _dense.add_column_sums_to(a, out, threads.get_num_threads())
+    else:
+        out += a.sum(axis=0)
+    return out

@@ -51,3 +51,36 @@ def test_matmul_does_not_depend_on_the_thread_count(rng):
     finally:
         fastrnn.set_num_threads(previous)
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(0, 5), (3, 1), (700, 300)])
+def test_add_column_sums_adds_the_rows_in_order_on_any_thread_count(dtype, shape, rng):
+    """Compiled: out[j] += a[0, j], then a[1, j], ...: the bits of that loop in NumPy, with
+    1 or 2 threads; a non-contiguous a takes NumPy's own sum (to rounding)."""
+    from fastrnn._matmul import add_column_sums
+    a = rng.standard_normal(shape).astype(dtype)
+    start = rng.standard_normal(shape[1]).astype(dtype)
+    want = start.copy()
+    for row in a:
+        want += row
+    previous = fastrnn.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastrnn.set_num_threads(threads)
+            out = start.copy()
+            assert add_column_sums(a, out) is out
+            np.testing.assert_array_equal(out, want)
+    finally:
+        fastrnn.set_num_threads(previous)
+    strided = np.repeat(a, 2, axis=1)[:, ::2]
+    np.testing.assert_allclose(add_column_sums(strided, start.copy()), want, rtol=1e-5)
+
+
+def test_add_column_sums_refuses_a_wrong_or_overlapping_out(rng):
+    from fastrnn._cpu import dense
+    a = rng.standard_normal((4, 6))
+    with pytest.raises(ValueError, match="out must have 6 entries"):
+        dense.add_column_sums_to(a, np.zeros(5), 1)
+    with pytest.raises(ValueError, match="out must not share memory with a"):
+        dense.add_column_sums_to(a, a[1], 1)

@@ -1,14 +1,18 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""A GEMM for the dense layers (embedding projections, the output layer), run on fastrnn's
-OpenMP threads like the large GEMMs of the recurrent layers (recurrent.project_inputs), so
-that a training step never wakes BLAS's own thread pool."""
+"""A GEMM for the dense layers (embedding projections, the output layer), and the column
+sums of their bias gradients, run on fastrnn's OpenMP threads like the large GEMMs of the
+recurrent layers (recurrent.project_inputs), so that a training step never wakes BLAS's own
+thread pool."""
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
+
+import numpy as np
 
 from ._blas cimport fr_own_gemm, fr_set_blas_gemm, gemm, gemm_bias
 from ._checks cimport _blas_int
 from ._openmp cimport fr_omp_team_size, fr_team_threads, join_fork_guard
 from ._parts cimport _gemm_parts, _share, _split_at
+from ._reduce cimport add_column_sums
 
 join_fork_guard()
 
@@ -91,3 +95,26 @@ def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
                 else:
                     gemm(trans_a, trans_b, r1 - r0, n, k, <floating>1, a_rows, lda, &b[0, 0],
                          ldb, beta, &c[r0, 0], n)
+
+
+def add_column_sums_to(const floating[:, ::1] a not None, floating[::1] out not None,
+                       int num_threads=1):
+    """out (n,) += the sum of a's (m, n) rows, added row after row into out (as the recurrent
+    layers sum their bias gradients), the columns split among the OpenMP threads. out must
+    not share memory with a."""
+    cdef Py_ssize_t m = a.shape[0], n = a.shape[1]
+    cdef Py_ssize_t c0, c1
+    cdef int tid, nth
+    cdef int nt = fr_team_threads(num_threads) if m * n >= (1 << 16) else 1
+    if out.shape[0] != n:
+        raise ValueError(f"out must have {n} entries (the columns of a), got {out.shape[0]}")
+    if np.may_share_memory(np.asarray(out), np.asarray(a)):
+        raise ValueError("out must not share memory with a")
+    if m == 0 or n == 0:
+        return
+    with nogil, parallel(num_threads=nt):
+        tid, nth = threadid(), fr_omp_team_size()
+        c0 = _split_at(n, tid, nth)
+        c1 = _split_at(n, tid + 1, nth)
+        if c1 > c0:
+            add_column_sums(m, c0, c1, &a[0, 0], n, &out[0], NULL)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from .._device import to_device
-from .._matmul import matmul
+from .._matmul import add_column_sums, matmul
 from .._validation import as_float_dtype, check_array, check_int
 from .base import Layer, backward_method, forward_method
 
@@ -117,6 +117,6 @@ class Linear(Layer):
         dy2d = dy.reshape(-1, self.out_features)
         matmul(dy2d, x2d, trans_a=True, out=self.weight_grad, beta=1.0)
         if self.bias is not None:
-            self.grads["bias"] += dy2d.sum(axis=0)
+            add_column_sums(dy2d, self.grads["bias"])
         dx = matmul(dy2d, self.weight)
         return dx.reshape(leading_shape + (self.in_features,))
