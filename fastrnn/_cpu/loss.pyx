@@ -43,7 +43,8 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
         pairs.append(("probs", probs_a, "logits", logits_a))
     if grad_scale is not None:
         scale_a = np.asarray(grad_scale)
-        pairs += [("probs", probs_a, "grad_scale", scale_a), ("logits", logits_a, "grad_scale", scale_a)]
+        pairs += [("probs", probs_a, "grad_scale", scale_a),
+                  ("logits", logits_a, "grad_scale", scale_a)]
     for name, a, other, b in pairs:
         if np.may_share_memory(a, b):
             raise ValueError(f"{name} must not share memory with {other}"
