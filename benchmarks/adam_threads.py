@@ -1,5 +1,5 @@
 """The compiled Adam update (fastrnn/_cpu/update.pyx) on one thread and on two, over array
-sizes: where a second thread starts to pay (update.pyx's MIN_PER_THREAD).
+sizes: where a second thread starts to pay (_parts.pxd's MIN_PER_THREAD).
 
     python benchmarks/adam_threads.py
 

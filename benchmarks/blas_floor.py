@@ -4,9 +4,9 @@ dW_ih, dW_hh, dx) timed on its own at its own shape, best of ``--repeat``, next 
 sgemm rate that `fastrnn bench`'s GEMM floor uses. The large products run through NumPy on
 the given threads; a per-step product as the kernels split it, each thread's rows on one
 thread of BLAS, all threads at once (fastrnn's dense.parallel_gemm, the dense layers' GEMM:
-SciPy's BLAS, the one fastrnn calls, on fastrnn's OpenMP threads). Timed alone instead, one share as if the others ran
-beside it for free, the small model's forward steps took 1.9-2.5 ms against 2.7-3.4 ms at
-once (session 14): the threads' shares slow each other down.
+SciPy's BLAS, the one fastrnn calls, on fastrnn's OpenMP threads). Timed alone instead, one
+share as if the others ran beside it for free, the small model's forward steps took 1.9-2.5
+ms against 2.7-3.4 ms at once (session 14): the threads' shares slow each other down.
 
     python benchmarks/blas_floor.py --cell lstm --size 32,64,128,256 --threads 2
     python benchmarks/blas_floor.py --model small --threads 2
@@ -90,7 +90,8 @@ def product_flops(products):
 def rows_on_threads(a, b, threads):
     """A callable computing ``a @ b`` (2-D float32, b possibly a transposed view) with a's rows
     split among ``threads`` of fastrnn's OpenMP threads, each calling BLAS on its rows (the
-    caller keeps BLAS on one thread): fastrnn._cpu.dense.parallel_gemm. It cuts the rows in
+    caller keeps BLAS on one thread): fastrnn._cpu.dense.parallel_gemm with
+    ``by_shape=False`` (on its own it splits the columns of so few rows). It cuts the rows in
     whole 16-row blocks, as the time loops cut their batch when it is a multiple of 16 rows
     per thread (the kernel cases of B >= 32, the char and small models); the word model's
     20 rows go 16 + 4 here, 10 + 10 in the loops."""
@@ -103,7 +104,7 @@ def rows_on_threads(a, b, threads):
     out = np.empty((a.shape[0], b.shape[0] if trans_b else b.shape[1]), a.dtype)
 
     def product():
-        dense.parallel_gemm(False, trans_b, a, b, out, 0.0, threads)
+        dense.parallel_gemm(False, trans_b, a, b, out, 0.0, threads, None, False)   # rows
         return out
     return product
 

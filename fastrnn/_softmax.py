@@ -22,9 +22,11 @@ def softmax_cross_entropy_rows(logits, targets, xp=np, grad_scale=None, overwrit
     ``overwrite_logits``: the first array may be ``logits`` itself, overwritten (the compiled
     path does so when ``logits`` is a writeable C-contiguous array), else it is new."""
     if type(logits) is np.ndarray and logits.dtype == np.float32:
-        in_place = overwrite_logits and logits.flags.c_contiguous and logits.flags.writeable
-        logits = logits if in_place else np.ascontiguousarray(logits)
-        probs = logits if in_place else np.empty(logits.shape, np.float32)
+        if overwrite_logits and logits.flags.c_contiguous and logits.flags.writeable:
+            probs = logits
+        else:
+            logits = np.ascontiguousarray(logits)
+            probs = np.empty(logits.shape, np.float32)
         token_loss = np.empty(logits.shape[0], np.float64)
         _loss.softmax_cross_entropy(logits, np.ascontiguousarray(targets, dtype=np.int64), probs,
                                     token_loss, threads.get_num_threads(),

@@ -25,8 +25,9 @@ def test_matmul_matches_numpy_for_every_transpose(dtype, trans_a, trans_b, m, rn
 
 @pytest.mark.parametrize("shape", [(300, 41), (41, 300)])
 def test_matmul_with_bias_splits_either_side_of_c(shape, rng):
-    """c taller than wide is split by rows among the threads, wider than tall by columns:
-    each part must get its own columns of b and of the bias."""
+    """c of 128 rows or more is split by rows among the threads, of fewer by columns
+    (_parts.pxd: GEMM_COLUMN_SPLIT_ROWS): each part must get its own columns of b and of the
+    bias."""
     m, n = shape
     a, b = rng.standard_normal((m, 23)), rng.standard_normal((n, 23))
     bias = rng.standard_normal(n)

@@ -13,7 +13,7 @@ from fastrnn import optim, threads
 from fastrnn.optim import Adam, AdamW
 
 SHAPES = {"small": (3, 7), "bias": (11,), "large": (300, 250)}   # large: split among 2 threads
-# (75,000 elements: at least update.pyx's MIN_PER_THREAD, 32 Ki, per thread)
+# (75,000 elements: at least _parts.pxd's MIN_PER_THREAD, 32 Ki, per thread)
 
 
 def _problem(dtype, seed=0, steps=6):

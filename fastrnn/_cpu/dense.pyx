@@ -11,7 +11,8 @@ import numpy as np
 from ._blas cimport fr_own_gemm, fr_set_blas_gemm, gemm, gemm_bias
 from ._checks cimport _blas_int
 from ._openmp cimport fr_omp_team_size, fr_team_threads, join_fork_guard
-from ._parts cimport _gemm_parts, _share, _split_at
+from ._parts cimport (GEMM_COLUMN_SPLIT_ROWS, _element_threads, _gemm_parts, _share,
+                     _split_at)
 from ._reduce cimport add_column_sums
 
 join_fork_guard()
@@ -32,11 +33,15 @@ def _force_blas_gemm(bint forced):
 
 def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
                   const floating[:, ::1] b not None, floating[:, ::1] c not None,
-                  floating beta, int num_threads=1, const floating[::1] bias=None):
+                  floating beta, int num_threads=1, const floating[::1] bias=None,
+                  bint by_shape=True):
     """c (m, n) = op(a) @ op(b) + beta * c, or op(a) @ op(b) + bias with bias (n,) (a not
-    transposed, beta 0), the rows of c (its columns when it has more columns than rows)
-    split into max(2, num_threads) parts shared among the OpenMP threads, each running
-    csrc/gemm.h's GEMM or BLAS on its parts (the caller keeps BLAS single-threaded)."""
+    transposed, beta 0), the rows of c split into max(2, num_threads) parts shared among the
+    OpenMP threads, each running csrc/gemm.h's GEMM or BLAS on its parts (the caller keeps
+    BLAS single-threaded). c with fewer than GEMM_COLUMN_SPLIT_ROWS rows (_parts.pxd) is split
+    by its columns instead, as the input projection is; ``by_shape=False`` keeps the row
+    split for any shape (the time loops' split of their batch, which
+    benchmarks/blas_floor.py reproduces)."""
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[0] if trans_a else a.shape[1]
     cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1], r0, r1, p
     cdef int tid, nth
@@ -64,11 +69,10 @@ def parallel_gemm(bint trans_a, bint trans_b, const floating[:, ::1] a not None,
             bias_ptr = &bias[0]
     if m == 0 or n == 0:
         return
-    # Split the longer side of c: each thread then reads all of the operand on the other
-    # side, the smaller one. A wide c (the output layer's dW, V x H) split by rows had every
-    # thread read all of y: 2 threads, dW = dlogits^T y of the small model (86 x 256,
-    # k 512) 0.21 -> 0.17 ms, the char model's (65 x 256, k 2048) 0.74 -> 0.57 ms.
-    cdef bint by_columns = n > m
+    # A few rows split by rows had every part read all of op(b): the output layer's
+    # dW = dlogits^T y (V x H) read all of y. By columns, 2 threads: the small model's
+    # (86 x 256, k 512) 0.21 -> 0.17 ms, the char model's (65 x 256, k 2048) 0.74 -> 0.57 ms.
+    cdef bint by_columns = by_shape and m < GEMM_COLUMN_SPLIT_ROWS
     with nogil, parallel(num_threads=nt):
         tid, nth = threadid(), fr_omp_team_size()
         for p in range(_share(parts, tid, nth), _share(parts, tid + 1, nth)):
@@ -105,7 +109,7 @@ def add_column_sums_to(const floating[:, ::1] a not None, floating[::1] out not 
     cdef Py_ssize_t m = a.shape[0], n = a.shape[1]
     cdef Py_ssize_t c0, c1
     cdef int tid, nth
-    cdef int nt = fr_team_threads(num_threads) if m * n >= (1 << 16) else 1
+    cdef int nt = _element_threads(m * n, num_threads)
     if out.shape[0] != n:
         raise ValueError(f"out must have {n} entries (the columns of a), got {out.shape[0]}")
     if np.may_share_memory(np.asarray(out), np.asarray(a)):

@@ -6,7 +6,8 @@ from libc.stdint cimport int64_t
 
 import numpy as np
 
-from ._openmp cimport fr_team_threads, join_fork_guard
+from ._openmp cimport join_fork_guard
+from ._parts cimport _element_threads
 
 join_fork_guard()
 
@@ -53,7 +54,7 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
     for r in range(N):
         if targets[r] < 0 or targets[r] >= V:
             raise ValueError(f"targets[{r}] = {targets[r]} is not in [0, {V})")
-    cdef int nt = fr_team_threads(num_threads) if N * V >= (1 << 16) else 1
+    cdef int nt = _element_threads(N * V, num_threads)
     cdef const float* scales = NULL if grad_scale is None or N == 0 else &grad_scale[0]
     for r in prange(N, nogil=True, num_threads=nt, schedule="static"):
         token_loss[r] = fr_softmax_xent_row_f(<int>V, &logits[r, 0], <int>targets[r], &probs[r, 0],

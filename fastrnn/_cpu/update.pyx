@@ -14,8 +14,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memset
 
-from ._openmp cimport fr_team_threads, join_fork_guard
-from ._parts cimport _share
+from ._openmp cimport join_fork_guard
+from ._parts cimport _element_threads, _share
 
 cdef extern from "update.h" nogil:
     void fr_adam_update_f(Py_ssize_t i0, Py_ssize_t i1, float* param, const float* grad,
@@ -29,20 +29,6 @@ cdef extern from "update.h" nogil:
                           double l2_decay, double param_scale)
 
 join_fork_guard()
-
-# Below this many elements per thread, another thread costs more than it saves (a parallel
-# region costs a few microseconds). Measured on float32 arrays that stay in cache between
-# steps, as a model's parameters do (2 threads against 1; benchmarks/adam_threads.py):
-# 16 Ki elements 0.75x, 64 Ki 1.3x, 256 Ki (the char model's W_hh) 1.8x, 1 Mi 2.6x.
-cdef Py_ssize_t MIN_PER_THREAD = 1 << 15
-
-
-cdef int _element_threads(Py_ssize_t n, int num_threads) noexcept nogil:
-    """Threads for a pass over n elements: at most num_threads, each with at least
-    MIN_PER_THREAD of them (at least one thread). Every pass over a gradient asks this, so
-    that each thread's _share of it is the same in all of them."""
-    return fr_team_threads(min(num_threads, max(1, n // MIN_PER_THREAD)))
-
 
 def adam_update(floating[::1] param not None, const floating[::1] grad not None,
                 floating[::1] exp_avg not None, floating[::1] exp_avg_sq not None,
