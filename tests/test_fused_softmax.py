@@ -121,6 +121,14 @@ def test_compiled_softmax_refuses_bad_buffers_and_ids(rng):
     with pytest.raises(ValueError, match="probs must not share memory with grad_scale"):
         loss_kernels.softmax_cross_entropy(logits, targets, probs, np.empty(4), 1,
                                            probs[0, :4])
+    ids = np.array([0, 1, 2, 3, 0, 0])
+    with pytest.raises(ValueError, match="token_loss must not share memory with targets"):
+        loss_kernels.softmax_cross_entropy(logits, ids[:4], np.empty((4, 6), np.float32),
+                                           ids[2:].view(np.float64), 1)
+    shared = np.zeros(8)   # token_loss (4 float64) over the memory of grad_scale
+    with pytest.raises(ValueError, match="token_loss must not share memory with grad_scale"):
+        loss_kernels.softmax_cross_entropy(logits, targets, np.empty((4, 6), np.float32),
+                                           shared[:4], 1, shared[2:].view(np.float32)[:4])
     with pytest.raises(ValueError, match=r"targets\[2\] = 6"):
         loss_kernels.softmax_cross_entropy(logits, np.array([0, 1, 6, 3]),
                                            np.empty((4, 6), np.float32), np.empty(4), 1)

@@ -24,7 +24,7 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
     row r is (softmax - onehot(targets[r])) * grad_scale[r]. targets must be valid ids (the
     caller checks them: an id outside [0, V) raises ValueError here before anything is
     written). probs may be logits itself (overwritten in place, row by row); otherwise
-    probs, token_loss and grad_scale must not share memory with logits or each other."""
+    probs and token_loss must share memory with no other argument."""
     cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], r
     if probs.shape[0] != N or probs.shape[1] != V:
         raise ValueError(f"probs must have shape ({N}, {V}), got ({probs.shape[0]}, "
@@ -39,13 +39,15 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
     logits_a, probs_a, loss_a = np.asarray(logits), np.asarray(probs), np.asarray(token_loss)
     # Both C-contiguous with the same shape: sharing the first element means the same rows.
     in_place = N > 0 and &probs[0, 0] == &logits[0, 0]
-    pairs = [("token_loss", loss_a, "logits", logits_a), ("token_loss", loss_a, "probs", probs_a)]
+    targets_a = np.asarray(targets)
+    pairs = [("token_loss", loss_a, "logits", logits_a), ("token_loss", loss_a, "probs", probs_a),
+             ("token_loss", loss_a, "targets", targets_a), ("probs", probs_a, "targets", targets_a)]
     if not in_place:
         pairs.append(("probs", probs_a, "logits", logits_a))
-    if grad_scale is not None:
+    if grad_scale is not None:   # read like logits: only the outputs must stay apart from it
         scale_a = np.asarray(grad_scale)
         pairs += [("probs", probs_a, "grad_scale", scale_a),
-                  ("logits", logits_a, "grad_scale", scale_a)]
+                  ("token_loss", loss_a, "grad_scale", scale_a)]
     for name, a, other, b in pairs:
         if np.may_share_memory(a, b):
             raise ValueError(f"{name} must not share memory with {other}"
