@@ -89,6 +89,47 @@ def test_loss_and_gradients_match_pytorch(cell, tie, rng):
         assert_close(model.grads["output.weight"], fc.weight.grad.numpy(), 1e-10, "fc")
 
 
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_float32_step_matches_pytorch_with_the_loss_written_into_the_logits(use_lengths, rng):
+    """float32 runs the compiled loss, which writes its gradient into the model's own logits
+    (overwrite_logits): two steps in a row (the second reusing the first's freed memory)
+    must each give PyTorch's loss, and the gradients must add up to twice PyTorch's."""
+    torch = pytest.importorskip("torch")
+    model = small_model(dtype=np.float32)
+    emb = torch.nn.Embedding(11, model.embed_size)
+    rnn = torch.nn.LSTM(model.embed_size, 6, 2)
+    fc = torch.nn.Linear(6, 11)
+    with torch.no_grad():
+        emb.weight.copy_(torch.from_numpy(model.params["embedding.weight"]))
+        for k, v in rnn.named_parameters():
+            v.copy_(torch.from_numpy(model.params[f"rnn.{k}"]))
+        fc.weight.copy_(torch.from_numpy(model.params["output.weight"]))
+        fc.bias.copy_(torch.from_numpy(model.params["output.bias"]))
+    x = rng.integers(0, 11, (8, 4))
+    y = rng.integers(0, 11, (8, 4))
+    lengths = np.array([8, 3, 6, 1]) if use_lengths else None
+    model.zero_grad()
+    losses = []
+    for _ in range(2):
+        losses.append(model.forward(x, y, None, lengths)[0])
+        model.backward()
+    out, _ = rnn(emb(torch.from_numpy(x)))
+    token_loss = torch.nn.functional.cross_entropy(fc(out).reshape(-1, 11),
+                                                   torch.from_numpy(y).reshape(-1),
+                                                   reduction="none")
+    real = np.arange(8)[:, None] < (lengths if use_lengths else np.full(4, 8))   # (T, B)
+    weights = torch.from_numpy(real).reshape(-1)
+    ref = (token_loss * weights).sum() / weights.sum()
+    (2 * ref).backward()
+    for loss in losses:
+        assert loss == pytest.approx(ref.item(), rel=1e-5)
+    assert_close(model.grads["embedding.weight"], emb.weight.grad.numpy(), 1e-4, "embedding")
+    for k, v in rnn.named_parameters():
+        assert_close(model.grads[f"rnn.{k}"], v.grad.numpy(), 1e-4, k)
+    assert_close(model.grads["output.weight"], fc.weight.grad.numpy(), 1e-4, "fc")
+    assert_close(model.grads["output.bias"], fc.bias.grad.numpy(), 1e-4, "bias")
+
+
 def test_tied_model_has_one_shared_matrix():
     model = small_model(tie=True)
     assert "output.weight" not in model.params
