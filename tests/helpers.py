@@ -137,3 +137,20 @@ def spy_engine_backward(monkeypatch):
         return engine_backward(ws, dy, dstate, grads, dx_out, state0_grad, input_grad)
     monkeypatch.setattr(_engine, "backward", spy)
     return told
+
+
+def torch_copy_of_model(model, torch_dtype):
+    """PyTorch's (Embedding, LSTM or GRU, Linear) with a LanguageModel's weights (untied),
+    in ``torch_dtype``."""
+    import torch
+    rnn_class = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[model.cell.name]
+    emb = torch.nn.Embedding(model.vocab_size, model.embed_size).to(torch_dtype)
+    rnn = rnn_class(model.embed_size, model.hidden_size, model.num_layers).to(torch_dtype)
+    fc = torch.nn.Linear(model.hidden_size, model.vocab_size).to(torch_dtype)
+    with torch.no_grad():
+        emb.weight.copy_(torch.from_numpy(model.params["embedding.weight"]))
+        for k, v in rnn.named_parameters():
+            v.copy_(torch.from_numpy(model.params[f"rnn.{k}"]))
+        fc.weight.copy_(torch.from_numpy(model.params["output.weight"]))
+        fc.bias.copy_(torch.from_numpy(model.params["output.bias"]))
+    return emb, rnn, fc

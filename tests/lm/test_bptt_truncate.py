@@ -5,7 +5,7 @@ import pytest
 
 from fastrnn import LanguageModel, Trainer
 
-from helpers import assert_close
+from helpers import assert_close, torch_copy_of_model
 
 V = 11
 # Steps per sentence 7, 3, 5, 1, 6: with K = 3 the windows are [0, 3), [3, 6), [6, 7); the
@@ -40,16 +40,7 @@ def _torch_truncated(model, sentences, window, reduction):
     window's masked token losses summed, divided by the token count for "mean"; one backward.
     Returns (mean loss, {name: gradient})."""
     torch = pytest.importorskip("torch")
-    rnn_class = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[model.cell.name]
-    emb = torch.nn.Embedding(V, model.embed_size).double()
-    rnn = rnn_class(model.embed_size, model.hidden_size, model.num_layers).double()
-    fc = torch.nn.Linear(model.hidden_size, V).double()
-    with torch.no_grad():
-        emb.weight.copy_(torch.from_numpy(model.params["embedding.weight"]))
-        for k, v in rnn.named_parameters():
-            v.copy_(torch.from_numpy(model.params[f"rnn.{k}"]))
-        fc.weight.copy_(torch.from_numpy(model.params["output.weight"]))
-        fc.bias.copy_(torch.from_numpy(model.params["output.bias"]))
+    emb, rnn, fc = torch_copy_of_model(model, torch.float64)
     T = max(len(s) - 1 for s in sentences)
     x = np.zeros((T, len(sentences)), np.int64)
     y = np.zeros_like(x)

@@ -8,7 +8,7 @@ import pytest
 from fastrnn import CharVocab, CheckpointError, LanguageModel, WordVocab
 from fastrnn.lm import checkpoint
 
-from helpers import assert_close, assert_model_gradients_match
+from helpers import assert_close, assert_model_gradients_match, torch_copy_of_model
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_identity"]
 
@@ -96,15 +96,7 @@ def test_float32_step_matches_pytorch_with_the_loss_written_into_the_logits(use_
     must each give PyTorch's loss, and the gradients must add up to twice PyTorch's."""
     torch = pytest.importorskip("torch")
     model = small_model(dtype=np.float32)
-    emb = torch.nn.Embedding(11, model.embed_size)
-    rnn = torch.nn.LSTM(model.embed_size, 6, 2)
-    fc = torch.nn.Linear(6, 11)
-    with torch.no_grad():
-        emb.weight.copy_(torch.from_numpy(model.params["embedding.weight"]))
-        for k, v in rnn.named_parameters():
-            v.copy_(torch.from_numpy(model.params[f"rnn.{k}"]))
-        fc.weight.copy_(torch.from_numpy(model.params["output.weight"]))
-        fc.bias.copy_(torch.from_numpy(model.params["output.bias"]))
+    emb, rnn, fc = torch_copy_of_model(model, torch.float32)
     x = rng.integers(0, 11, (8, 4))
     y = rng.integers(0, 11, (8, 4))
     lengths = np.array([8, 3, 6, 1]) if use_lengths else None
