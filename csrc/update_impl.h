@@ -30,5 +30,30 @@ FR_HOT static void FN(fr_adam_update)(ptrdiff_t i0, ptrdiff_t i1, REAL *restrict
     }
 }
 
+/* The sum of x[i]^2 over [0, n) in double, in a fixed order: element i goes to partial sum
+ * i % 8 (its square is exact in double), the tail to partial 0, and the eight partials are
+ * added as a tree at the end. The order depends on n only, so a gradient's sum of squares
+ * is the same whatever thread computes it (clip_grad_norm; update.pyx's sum_of_squares). */
+FR_HOT static double FN(fr_sum_squares)(ptrdiff_t n, const REAL *restrict x) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            const double v = (double)x[i + j];
+            acc[j] += v * v;
+        }
+    for (; i < n; i++) {
+        const double v = (double)x[i];
+        acc[0] += v * v;
+    }
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+/* x[i] = x[i] * scale over [i0, i1): NumPy's ``x *= scale`` with scale in x's precision. */
+FR_HOT static void FN(fr_scale)(ptrdiff_t i0, ptrdiff_t i1, REAL *restrict x, REAL scale) {
+    for (ptrdiff_t i = i0; i < i1; i++)
+        x[i] = x[i] * scale;
+}
+
 #undef REAL
 #undef FN

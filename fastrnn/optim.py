@@ -149,10 +149,12 @@ class Optimizer:
 
     def step(self):
         self.step_count += 1
-        for name, param in self.params.items():
-            if name in self.frozen:
-                continue
-            self._update(param, self.grads[name], self.state[name], self._work[name])
+        names = [name for name in self.params if name not in self.frozen]
+        if self._update_all(names):
+            return
+        for name in names:
+            self._update(self.params[name], self.grads[name], self.state[name],
+                         self._work[name])
 
     def zero_grad(self):
         zero_arrays(self.grads.values())
@@ -162,6 +164,12 @@ class Optimizer:
 
     def _update(self, param, grad, state, work):
         raise NotImplementedError
+
+    def _update_all(self, names):
+        """Step the parameters ``names`` in one compiled pass, returning True; False, having
+        done nothing, where the optimizer has no such pass or the arrays cannot take it
+        (then ``step`` calls ``_update`` for each)."""
+        return False
 
     def _with_l2_penalty(self, param, grad):
         """``grad + weight_decay * param`` (torch's coupled weight decay), as a new array so the
@@ -261,9 +269,11 @@ class Adam(Optimizer):
     """Adam with bias correction; ``weight_decay`` is an L2 term added to the gradient, like
     ``torch.optim.Adam`` (see :class:`AdamW` for decoupled decay).
 
-    Host (NumPy) parameters take one compiled pass per parameter (fastrnn/_cpu/update.pyx)
-    on fastrnn's threads: the same operations in the same order as the NumPy code below,
-    so the same bits; CuPy parameters and unusual layouts take the NumPy code.
+    Host (NumPy) parameters take one compiled pass over all of them (fastrnn/_cpu/update.pyx,
+    adam_update_arrays) on fastrnn's threads: the same operations in the same order as the
+    NumPy code below, so the same bits. Where that pass cannot take the arrays (one
+    overlaps another, mixed dtypes) each parameter takes its own compiled pass, and CuPy
+    parameters and unusual layouts the NumPy code.
     """
 
     def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
@@ -283,20 +293,37 @@ class Adam(Optimizer):
         if not self._fused_step(param, grad, state, l2_decay=self.weight_decay):
             self._adam_step(param, self._with_l2_penalty(param, grad), state, work)
 
+    def _update_all(self, names):
+        return self._fused_step_all(names, l2_decay=self.weight_decay)
+
+    def _scalars(self, l2_decay, param_scale):
+        """The compiled steps' scalar arguments: those NumPy's path uses (rounded to the
+        arrays' precision by the call)."""
+        beta1, beta2 = self.betas
+        return (beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+                math.sqrt(1.0 - beta2 ** self.step_count), self.eps,
+                self.lr / (1.0 - beta1 ** self.step_count), l2_decay != 0.0, l2_decay,
+                param_scale, threads.get_num_threads())
+
+    def _fused_step_all(self, names, l2_decay=0.0, param_scale=1.0):
+        """The compiled step of every parameter of ``names`` in one pass (with ``param *=
+        param_scale`` first, for AdamW); False, doing nothing, when the arrays cannot take
+        it (update.pyx checks them as :func:`_fusable` does, and that no array it writes
+        overlaps another)."""
+        states = [self.state[name] for name in names]
+        return _compiled.adam_update_arrays(
+            [self.params[name] for name in names], [self.grads[name] for name in names],
+            [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states],
+            *self._scalars(l2_decay, param_scale))
+
     def _fused_step(self, param, grad, state, l2_decay=0.0, param_scale=1.0):
-        """The compiled step (with ``param *= param_scale`` first, for AdamW); False, doing
-        nothing, when the arrays cannot take it (see :func:`_fusable`)."""
+        """The compiled step of one parameter (with ``param *= param_scale`` first, for
+        AdamW); False, doing nothing, when the arrays cannot take it (see :func:`_fusable`)."""
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         if not _fusable(param, grad, exp_avg, exp_avg_sq):
             return False
-        beta1, beta2 = self.betas
-        # The scalars NumPy's path uses, rounded to the arrays' precision by the call.
-        _compiled.adam_update(
-            param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1),
-            beta1, 1.0 - beta1, beta2, 1.0 - beta2,
-            math.sqrt(1.0 - beta2 ** self.step_count), self.eps,
-            self.lr / (1.0 - beta1 ** self.step_count), l2_decay != 0.0, l2_decay, param_scale,
-            threads.get_num_threads())
+        _compiled.adam_update(param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1),
+                              exp_avg_sq.reshape(-1), *self._scalars(l2_decay, param_scale))
         return True
 
     def _adam_step(self, param, grad, state, work):
@@ -329,6 +356,9 @@ class AdamW(Adam):
         if not self._fused_step(param, grad, state, param_scale=1.0 - self.lr * self.weight_decay):
             param *= 1.0 - self.lr * self.weight_decay
             self._adam_step(param, grad, state, work)
+
+    def _update_all(self, names):
+        return self._fused_step_all(names, param_scale=1.0 - self.lr * self.weight_decay)
 
 
 class Adagrad(Optimizer):
@@ -465,9 +495,16 @@ def clip_grad_norm(grads, max_norm):
         squares = sum(xp.vdot(grad, grad).astype(np.float64) for grad in distinct)
         total_norm = math.sqrt(float(squares))
     else:
-        total_norm = math.sqrt(sum(float(np.vdot(grad, grad)) for grad in distinct))
+        # One compiled pass on fastrnn's threads, summing in float64 in an order that does
+        # not depend on the thread count (update.pyx); NumPy's dot products for the arrays
+        # it cannot take.
+        squares = _compiled.sum_of_squares(distinct, threads.get_num_threads())
+        if squares is None:
+            squares = sum(float(np.vdot(grad, grad)) for grad in distinct)
+        total_norm = math.sqrt(squares)
     scale = max_norm / (total_norm + 1e-6)
-    if scale < 1.0:
+    if scale < 1.0 and (on_device or not _compiled.scale_arrays(distinct, scale,
+                                                                threads.get_num_threads())):
         for grad in distinct:
             grad *= scale
     return total_norm

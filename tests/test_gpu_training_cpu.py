@@ -59,8 +59,13 @@ def test_optimizers_step_identically_on_device_arrays(cls, kwargs, dtype, cupy, 
             g = rng.normal(size=s).astype(dtype)
             host_grads[k][...] = g
             dev_grads[k][...] = cupy.asarray(g)
+        # The host sums the squares in float64 (one compiled pass), the device per array in
+        # the arrays' precision: the norms agree to that rounding, not bit for bit.
         norms = [optim.clip_grad_norm(grads, 0.5) for grads in (host_grads, dev_grads)]
-        assert isinstance(norms[1], float) and norms[1] == norms[0]
+        assert isinstance(norms[1], float)
+        assert norms[1] == pytest.approx(norms[0], rel=1e-6 if dtype == np.float32 else 1e-14)
+        for k in shapes:   # so that both optimizers step from the same gradients
+            dev_grads[k][...] = cupy.asarray(host_grads[k])
         host_opt.step()
         dev_opt.step()
         for k in shapes:
@@ -82,7 +87,7 @@ def test_clip_grad_norm_reads_the_device_once(cupy, rng):
     before = DeviceArray.syncs
     norm = optim.clip_grad_norm(grads + grads[:2], 1.0)    # repeated arrays count once
     assert DeviceArray.syncs - before == 1
-    assert norm == expected
+    assert norm == pytest.approx(expected, rel=1e-14)   # see the test above
     assert optim.clip_grad_norm(grads, 1.0) == pytest.approx(1.0, rel=1e-5)
 
 

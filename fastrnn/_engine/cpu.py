@@ -127,8 +127,12 @@ def _typed(kernel, like):
 def zero_arrays(arrays):
     """``a[...] = 0`` for each array of the iterable ``arrays`` (gradients, between steps).
     C-contiguous float32/float64 NumPy arrays are zeroed on fastrnn's threads, each taking
-    the share of the elements it updated in the last optimizer step (update.zero_fill);
+    the share of the elements it updated in the last optimizer step: all in one pass
+    (update.zero_arrays) where it takes them all, else one by one (update.zero_fill);
     anything else (CuPy arrays, views with gaps) through its own module."""
+    arrays = list(arrays)
+    if _update.zero_arrays(arrays, threads.get_num_threads()):
+        return
     for a in arrays:
         if (type(a) is np.ndarray and a.flags.c_contiguous and a.flags.writeable
                 and a.dtype in (np.float32, np.float64)):
