@@ -220,14 +220,17 @@ cdef inline int _array_threads(Py_ssize_t n, int nt) noexcept nogil:
     return <int>min(<Py_ssize_t>nt, max(<Py_ssize_t>1, n // MIN_PER_THREAD))
 
 
-cdef inline int _member(Py_ssize_t i, Py_ssize_t n, int t, int nt) noexcept nogil:
-    """Thread t's place among the threads sharing array i (n elements), or -1 if it has no
-    part of it: all nt threads in order for a large array, else _array_threads of them from
-    thread i % nt on."""
+cdef inline (Py_ssize_t, Py_ssize_t) _part_of(const Arrays* arr, Py_ssize_t i, int t,
+                                            int nt) noexcept nogil:
+    """Thread t's elements [i0, i1) of array i (empty when it has none): all nt threads share
+    a large array in order, else _array_threads of them from thread i % nt on."""
+    cdef Py_ssize_t n = arr.size[i]
     cdef int k = _array_threads(n, nt)
     cdef int first = 0 if k == nt else <int>(i % nt)
     cdef int j = (t - first + nt) % nt
-    return j if j < k else -1
+    if j >= k:
+        return 0, 0
+    return _share(n, j, k), _share(n, j + 1, k)
 
 
 cdef void _adam_thread(const Arrays* arr, int t, int nt, double beta1, double one_minus_beta1,
@@ -235,16 +238,12 @@ cdef void _adam_thread(const Arrays* arr, int t, int nt, double beta1, double on
                        double eps, double step_size, bint l2, double l2_decay,
                        double param_scale) noexcept nogil:
     """Thread t's parts of every array of one adam_update_arrays call."""
-    cdef Py_ssize_t i, n, i0, i1
-    cdef int j, k
+    cdef Py_ssize_t i, i0, i1
     cdef void** d
     for i in range(arr.count):
-        n = arr.size[i]
-        j = _member(i, n, t, nt)
-        if j < 0:
+        i0, i1 = _part_of(arr, i, t, nt)
+        if i1 <= i0:
             continue
-        k = _array_threads(n, nt)
-        i0, i1 = _share(n, j, k), _share(n, j + 1, k)
         d = arr.data + i * 4
         if arr.is_double:
             fr_adam_update_d(i0, i1, <double*>d[0], <const double*>d[1], <double*>d[2],
@@ -288,15 +287,11 @@ def adam_update_arrays(list params not None, list grads not None, list exp_avgs 
 cdef void _fill_thread(const Arrays* arr, int t, int nt, bint zero,
                        double scale) noexcept nogil:
     """Thread t's parts of every array: zeroed, or multiplied by scale."""
-    cdef Py_ssize_t i, n, i0, i1
-    cdef int j, k
+    cdef Py_ssize_t i, i0, i1
     for i in range(arr.count):
-        n = arr.size[i]
-        j = _member(i, n, t, nt)
-        if j < 0:
+        i0, i1 = _part_of(arr, i, t, nt)
+        if i1 <= i0:
             continue
-        k = _array_threads(n, nt)
-        i0, i1 = _share(n, j, k), _share(n, j + 1, k)
         if arr.is_double:
             if zero:
                 memset(<double*>arr.data[i] + i0, 0, (i1 - i0) * sizeof(double))
