@@ -160,6 +160,25 @@ def test_step_phases_times_every_phase_of_a_training_step(capsys):
     assert "small model, 1 thread(s), 1 steps" in out and "optimizer" in out
 
 
+def test_one_pass_ab_alternates_the_two_paths_and_restores_the_kernels(capsys, monkeypatch):
+    """benchmarks/one_pass_ab.py: each path timed on its own steps (the per-parameter one
+    really taken), and update.pyx's one-pass kernels back in place afterwards."""
+    import importlib
+    from fastrnn._cpu import update
+    ab = importlib.import_module("one_pass_ab")
+    before = {name: getattr(update, name) for name in ab.ONE_PASS}
+    calls = []
+    per_parameter = update.adam_update
+    monkeypatch.setattr(update, "adam_update",
+                        lambda *args: calls.append(args[0].size) or per_parameter(*args))
+    times = ab.one_pass_ab("small", threads=1, steps=2, warmup=1)
+    assert {k: len(v) for k, v in times.items()} == {"one pass": 2, "per parameter": 2}
+    assert len(calls) == 2 * 7   # two per-parameter steps of the small model's 7 parameters
+    assert {name: getattr(update, name) for name in ab.ONE_PASS} == before
+    ab.main(["--model", "small", "--steps", "1"])
+    assert "one pass" in capsys.readouterr().out
+
+
 @pytest.fixture
 def floor():
     """benchmarks/blas_floor.py (benchmarks/ is on sys.path: see load_benchmarks above)."""
