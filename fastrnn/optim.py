@@ -473,7 +473,9 @@ def clip_grad_norm(grads, max_norm):
     grads: dict of arrays or iterable of arrays (an array listed twice, e.g. a tied weight's
     gradient, counts once). Like ``torch.nn.utils.clip_grad_norm_``, the scale is
     ``max_norm / (norm + 1e-6)`` and applied only when below 1. Returns the norm before
-    clipping, as a float. CuPy gradients are scaled on the device.
+    clipping, as a float. NumPy gradients' squares are summed in float64, in an order that
+    does not depend on the thread count; CuPy gradients are summed and scaled on the device,
+    each array in its own precision.
     """
     max_norm = _check_real(max_norm, "max_norm")
     if max_norm == 0.0:
