@@ -272,6 +272,16 @@ def _torch_generate(V, E, H, L, B):
     return factory
 
 
+def lm_step_parser(description, model="char", steps=30):
+    """The command line of the scripts that time training steps of LM_MODELS (step_phases.py,
+    one_pass_ab.py): --model, --threads and --steps."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", choices=sorted(LM_MODELS), default=model)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=steps)
+    return parser
+
+
 def lm_cases():
     """One training step of each of LM_MODELS (Adam, clipping at 5), and generation
     of GENERATE_TOKENS tokens from the character model at batch 1 and 64."""

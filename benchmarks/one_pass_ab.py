@@ -12,7 +12,6 @@ share its noise, and prints the best, 10th percentile and median step time of ea
 The models are fastrnn_bench.LM_MODELS' (the `fastrnn bench` training-step cases: Adam, lr
 2e-3, clipping at 5).
 """
-import argparse
 import os
 import sys
 import time
@@ -59,11 +58,8 @@ def one_pass_ab(model_name, threads=1, steps=1000, warmup=10):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(fastrnn_bench.LM_MODELS), default="small")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=1000)
-    args = parser.parse_args(argv)
+    args = fastrnn_bench.lm_step_parser(__doc__.split("\n\n")[0], model="small",
+                                        steps=1000).parse_args(argv)
     times = one_pass_ab(args.model, args.threads, args.steps)
     print(f"{args.model} model, {args.threads} thread(s), {args.steps} steps of each (ms)")
     print(f"{'path':16s} {'best':>8s} {'p10':>8s} {'median':>8s}")

@@ -9,7 +9,6 @@ lr 2e-3, clipping at 5). Phases do not add up to the total exactly: the rest is 
 own Python (argument checks, the BLAS thread limit) and timer overhead. On a busy machine
 take the best column; a phase's median far above its best means other work got in the way.
 """
-import argparse
 import collections
 import functools
 import os
@@ -75,11 +74,8 @@ def format_phases(times):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(fastrnn_bench.LM_MODELS), default="char")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args(argv)
+    args = fastrnn_bench.lm_step_parser(__doc__.split("\n\n")[0], model="char",
+                                        steps=30).parse_args(argv)
     times = step_phases(args.model, args.threads, args.steps)
     print(f"{args.model} model, {args.threads} thread(s), {args.steps} steps")
     print(format_phases(times))
