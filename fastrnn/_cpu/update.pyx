@@ -244,7 +244,7 @@ cdef void _adam_thread(const Arrays* arr, int t, int nt, double beta1, double on
         i0, i1 = _part_of(arr, i, t, nt)
         if i1 <= i0:
             continue
-        d = arr.data + i * 4
+        d = arr.data + i * arr.roles
         if arr.is_double:
             fr_adam_update_d(i0, i1, <double*>d[0], <const double*>d[1], <double*>d[2],
                              <double*>d[3], beta1, one_minus_beta1, beta2, one_minus_beta2,
@@ -358,9 +358,9 @@ def sum_of_squares(list arrays not None, int num_threads=1):
     """The sum of the squares of every element of every array of the list, as a float
     (float64 accumulation): each array in chunks of SQUARES_CHUNK elements summed in a fixed
     order (csrc/update.h), the chunks' sums added in order, so the result does not depend
-    on the thread count. None when the arrays are not all ones it can take (float32 or
-    float64 C-contiguous ndarrays of one dtype, none overlapping... read-only ones are
-    fine)."""
+    on the thread count. None when the arrays are not all ones it can take: float32 or
+    float64 C-contiguous ndarrays of one dtype (only read: read-only and overlapping arrays
+    are fine)."""
     cdef Arrays arr
     cdef Py_ssize_t i, c, chunks = 0
     cdef Py_ssize_t* first_chunk = NULL
