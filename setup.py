@@ -73,10 +73,11 @@ def _extension(name, source, extra_compile_args=()):
 
 # One module per job: openmp (build and process facts), recurrent (the RNN layer's stages),
 # dense (the dense layers' GEMM), generate (the token loop), loss (the fused softmax
-# cross-entropy), update (fused optimizer steps).
+# cross-entropy), update (fused optimizer steps), arrays (the argument checks' facts about
+# arrays: overlapping byte ranges, integer ranges).
 extensions = [
     _extension(f"fastrnn._cpu.{name}", f"fastrnn/_cpu/{name}.pyx")
-    for name in ("openmp", "recurrent", "dense", "generate", "loss")
+    for name in ("openmp", "recurrent", "dense", "generate", "loss", "arrays")
 ]
 # The optimizer updates equal NumPy's bit for bit: no fused multiply-adds (one rounding
 # where NumPy has two, e.g. under FASTRNN_NATIVE=1); -fno-math-errno lets sqrt vectorise

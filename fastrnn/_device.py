@@ -11,6 +11,8 @@ DEVICES = ("cpu", "cuda")
 def normalize_device(device):
     """Return "cpu" or "cuda" for ``device`` (a string; "cuda:0" is not supported: CuPy's
     current device is used), raising ValueError otherwise."""
+    if type(device) is str and device in DEVICES:   # the usual case, asked many times a step
+        return device
     name = str(device).lower() if isinstance(device, str) else None
     if name not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -25,6 +27,8 @@ def is_device_array(a):
 
 def array_module_of(a):
     """numpy, or the cupy module when ``a`` is a CuPy array."""
+    if type(a) is np.ndarray:
+        return np
     if is_device_array(a):
         import cupy
         return cupy
@@ -47,6 +51,8 @@ def device_of(a):
 def to_device(a, device):
     """``a`` as an array on ``device``: no copy when it is already there (numpy inputs go
     through ``np.asarray``, exactly as the CPU code always did)."""
+    if type(a) is np.ndarray and device == "cpu":   # the usual case
+        return a
     device = normalize_device(device)
     if device == "cpu":
         return a.get() if is_device_array(a) else np.asarray(a)

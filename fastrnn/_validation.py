@@ -5,6 +5,7 @@ into compiled code to find out what was wrong.
 """
 import numpy as np
 
+from ._cpu import arrays as _arrays
 from ._device import array_module_of
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -30,17 +31,24 @@ def check_array(x, name, ndim=None, dtype=None, shape=None, contiguous=True):
     """
     if x is None:
         raise ValueError(f"{name} is required, got None")
-    xp = array_module_of(x)
-    arr = xp.asarray(x)
+    if type(x) is np.ndarray:   # the usual case (a few dozen calls a training step)
+        xp, arr = np, x
+    else:
+        xp = array_module_of(x)
+        arr = xp.asarray(x)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D{_shape_hint(shape)}, got shape {arr.shape}")
     if shape is not None:
-        if len(shape) != arr.ndim or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+        if len(shape) != arr.ndim:
             raise ValueError(f"{name} must have shape {_fmt_shape(shape)}, got {arr.shape}")
-    if dtype is not None and arr.dtype != np.dtype(dtype):
+        for want, got in zip(shape, arr.shape):
+            if want is not None and want != got:
+                raise ValueError(f"{name} must have shape {_fmt_shape(shape)}, got {arr.shape}")
+    if dtype is not None and arr.dtype != dtype:
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {arr.dtype}")
     if contiguous:
-        arr = xp.ascontiguousarray(arr)
+        if arr.ndim == 0 or not arr.flags.c_contiguous:   # (0-d: made 1-d, as NumPy does)
+            arr = xp.ascontiguousarray(arr)
         if xp is np and not arr.flags.aligned:   # e.g. a field of a packed structured array
             arr = arr.copy()
     return arr
@@ -76,8 +84,8 @@ def check_output_buffer(out, name, shape, dtype, contiguous=True, xp=np):
 def has_internal_overlap(a):
     """True when two elements of the array ``a`` (numpy or cupy: only its shape and strides
     are read) share a byte of memory."""
-    if a.size <= 1:
-        return False
+    if a.size <= 1 or a.flags.c_contiguous or a.flags.f_contiguous:
+        return False   # (the usual case: in C or Fortran order every element has its bytes)
     # Cheap sufficient test: each axis (by increasing stride) steps past everything the
     # smaller axes span. Holds for every C/F-ordered view, slice and transpose.
     extent = a.itemsize
@@ -104,11 +112,14 @@ def check_no_shared_memory(outputs, inputs):
     named = [(k, v) for k, v in outputs.items() if v is not None]
     n_outputs = len(named)
     named += [(k, v) for k, v in inputs.items() if v is not None]
-    for i in range(n_outputs):
-        out = named[i][1]
-        for j in range(i + 1, len(named)):
-            if _shares_memory(out, named[j][1]):
-                raise ValueError(f"{named[i][0]} must not share memory with {named[j][0]}")
+    # NumPy arrays: only the pairs whose byte ranges meet can share memory, found in one
+    # compiled call; other arrays (CuPy, subclasses): every pair.
+    pairs = _arrays.meeting_pairs([v for _, v in named], n_outputs)
+    if pairs is None:
+        pairs = ((i, j) for i in range(n_outputs) for j in range(i + 1, len(named)))
+    for i, j in pairs:
+        if _shares_memory(named[i][1], named[j][1]):
+            raise ValueError(f"{named[i][0]} must not share memory with {named[j][0]}")
 
 
 def _shares_memory(a, b):
@@ -158,10 +169,13 @@ def check_token_ids(ids, name, vocab_size):
     arr = xp.asarray(ids)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-        raise ValueError(
-            f"{name} must hold token ids in [0, {vocab_size}), got values in "
-            f"[{arr.min()}, {arr.max()}]")
+    if arr.size:
+        # One compiled pass for a contiguous int64/int32 NumPy array, else two reductions.
+        low_high = _arrays.int_range(arr)
+        low, high = (arr.min(), arr.max()) if low_high is None else low_high
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} must hold token ids in [0, {vocab_size}), got values in "
+                             f"[{low}, {high}]")
     return xp.ascontiguousarray(arr, dtype=np.int64)
 
 

@@ -13,12 +13,12 @@ prange gave, on a 1 MiB float32 parameter).
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdint cimport uintptr_t
-from libc.stdlib cimport free, malloc, qsort
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from ._openmp cimport join_fork_guard
 from ._parts cimport MIN_PER_THREAD, _element_threads, _share
+from ._spans cimport Span, span_of, spans_apart
 
 cdef extern from "update.h" nogil:
     void fr_adam_update_f(Py_ssize_t i0, Py_ssize_t i1, float* param, const float* grad,
@@ -123,31 +123,6 @@ ctypedef struct Arrays:
     void** data           # (count * roles,) first element of role r of array i at i * roles + r
 
 
-ctypedef struct Span:
-    uintptr_t lo, hi      # [lo, hi): an array's bytes
-    int written
-
-
-cdef int _by_start(const void* a, const void* b) noexcept nogil:
-    cdef uintptr_t x = (<const Span*>a).lo, y = (<const Span*>b).lo
-    return (x > y) - (x < y)
-
-
-cdef bint _spans_apart(Span* spans, Py_ssize_t n) noexcept nogil:
-    """No span that is written overlaps another span (sorts ``spans``)."""
-    cdef uintptr_t end_any = 0, end_written = 0
-    cdef Py_ssize_t i
-    qsort(spans, n, sizeof(Span), _by_start)
-    for i in range(n):
-        # Any earlier span that overlaps span i starts at or before it and ends after its start.
-        if spans[i].lo < (end_any if spans[i].written else end_written):
-            return False
-        end_any = max(end_any, spans[i].hi)
-        if spans[i].written:
-            end_written = max(end_written, spans[i].hi)
-    return True
-
-
 cdef void _free_arrays(Arrays* arr) noexcept:
     free(arr.size)
     free(arr.data)
@@ -198,15 +173,13 @@ cdef bint _take_arrays(Arrays* arr, tuple lists, tuple written) except -1:
                     break
                 arr.data[i * roles + r] = cnp.PyArray_DATA(array)
                 if size > 0:
-                    spans[n_spans].lo = <uintptr_t>cnp.PyArray_DATA(array)
-                    spans[n_spans].hi = spans[n_spans].lo + <uintptr_t>cnp.PyArray_NBYTES(array)
-                    spans[n_spans].written = written[r]
+                    spans[n_spans] = span_of(array, written[r])
                     n_spans += 1
             if not ok:
                 break
         # (No arrays at all: nothing to do, and nothing refused.)
         ok = (ok and typenum in (-1, cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)
-              and _spans_apart(spans, n_spans))
+              and spans_apart(spans, n_spans))
         arr.is_double = typenum == cnp.NPY_FLOAT64
     finally:
         free(spans)
