@@ -362,6 +362,24 @@ def test_concurrent_kernels_leave_blas_as_it_was(blas_counts, rng):
     assert blas_thread_counts() == blas_counts
 
 
+def test_a_thread_other_than_the_first_to_limit_blas_limits_and_restores_it(blas_counts):
+    # threadpoolctl lets only the first Python thread to set a pthreads OpenBLAS (while it
+    # lives) change it: the limit must still hold in a training thread started later.
+    with threads.blas_single_threaded():   # this thread limits first
+        pass
+    inside = []
+
+    def worker():
+        with threads.blas_single_threaded():
+            inside.append(blas_thread_counts())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert set(inside[0]) == {1}
+    assert blas_thread_counts() == blas_counts
+
+
 def test_nested_limits_and_exceptions_restore_blas(blas_counts):
     with threads.blas_single_threaded():
         with threads.blas_single_threaded():

@@ -11,16 +11,16 @@ def _model():
 
 
 def _count_outermost_limits(monkeypatch):
-    """Patch threadpoolctl's limit so each outermost entry of the BLAS limit is counted."""
-    controller = threads._threadpool_controller()
+    """Patch the call that sets BLAS to one thread so each outermost entry of the BLAS limit
+    is counted."""
     calls = []
-    real_limit = controller.limit
+    real_limit = threads._limit_blas
 
-    def counting_limit(*args, **kwargs):
+    def counting_limit():
         calls.append(1)
-        return real_limit(*args, **kwargs)
+        return real_limit()
 
-    monkeypatch.setattr(controller, "limit", counting_limit)
+    monkeypatch.setattr(threads, "_limit_blas", counting_limit)
     return calls
 
 
