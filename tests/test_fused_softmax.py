@@ -129,6 +129,10 @@ def test_compiled_softmax_refuses_bad_buffers_and_ids(rng):
     with pytest.raises(ValueError, match="token_loss must not share memory with grad_scale"):
         loss_kernels.softmax_cross_entropy(logits, targets, np.empty((4, 6), np.float32),
                                            shared[:4], 1, shared[2:].view(np.float32)[:4])
+    with pytest.raises(ValueError, match="token_loss must not share memory with grad_scale"):
+        # only grad_scale's last 8 bytes (of 16) lie under token_loss's first ones
+        loss_kernels.softmax_cross_entropy(logits, targets, np.empty((4, 6), np.float32),
+                                           shared[3:7], 1, shared.view(np.float32)[4:8])
     with pytest.raises(ValueError, match=r"targets\[2\] = 6"):
         loss_kernels.softmax_cross_entropy(logits, np.array([0, 1, 6, 3]),
                                            np.empty((4, 6), np.float32), np.empty(4), 1)

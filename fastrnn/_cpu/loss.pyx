@@ -6,14 +6,28 @@ from libc.stdint cimport int64_t
 
 import numpy as np
 
-from ._openmp cimport join_fork_guard
-from ._parts cimport _element_threads
+from ._openmp cimport fr_team_threads, join_fork_guard
+from ._spans cimport Span, bytes_span, spans_meet
 
 join_fork_guard()
+
+cdef enum:
+    # Logits per thread below which another thread costs more than it saves. A softmax
+    # element costs ~7 cycles (an exp, two passes), far more than an optimizer pass's
+    # (_parts.MIN_PER_THREAD, 32 Ki): the kernel on 1 / 2 threads, 2 cores, float32:
+    # 128 x 65 logits 22 / 18 us, 256 x 86 44 / 27 us, 512 x 86 (the fast.ai model's step)
+    # 81 / 56 us, 2048 x 65 235 / 125 us.
+    MIN_LOGITS_PER_THREAD = 4096
 
 cdef extern from "softmax.h" nogil:
     double fr_softmax_xent_row_f(int V, const float* x, int target, float* probs,
                                  const float* grad_scale)
+
+
+cdef int _apart(str name, const Span* a, str other, const Span* b) except -1:
+    if spans_meet(a, b):
+        raise ValueError(f"{name} must not share memory with {other}")
+    return 0
 
 
 def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1] targets not None,
@@ -36,27 +50,30 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
         raise ValueError(f"grad_scale must have {N} entries, got {grad_scale.shape[0]}")
     if V < 1 or V > 2147483647:
         raise ValueError(f"the vocabulary size V must be in [1, 2^31), got {V}")
-    logits_a, probs_a, loss_a = np.asarray(logits), np.asarray(probs), np.asarray(token_loss)
     # Both C-contiguous with the same shape: sharing the first element means the same rows.
     in_place = N > 0 and &probs[0, 0] == &logits[0, 0]
-    targets_a = np.asarray(targets)
-    pairs = [("token_loss", loss_a, "logits", logits_a), ("token_loss", loss_a, "probs", probs_a),
-             ("token_loss", loss_a, "targets", targets_a), ("probs", probs_a, "targets", targets_a)]
+    # Byte ranges that meet (NumPy's may_share_memory), compared in C: 4-6 NumPy calls cost
+    # about as much as the fast.ai model's softmax itself.
+    cdef Py_ssize_t n = N if V > 0 else 0   # rows of the spans (N * V logits of 4 bytes)
+    cdef Span s_logits = bytes_span(&logits[0, 0] if n else NULL, n * V * 4, 0)
+    cdef Span s_probs = bytes_span(&probs[0, 0] if n else NULL, n * V * 4, 1)
+    cdef Span s_loss = bytes_span(&token_loss[0] if n else NULL, n * 8, 1)
+    cdef Span s_targets = bytes_span(&targets[0] if n else NULL, n * 8, 0)
+    cdef Span s_scale
+    _apart("token_loss", &s_loss, "logits", &s_logits)
+    _apart("token_loss", &s_loss, "probs", &s_probs)
+    _apart("token_loss", &s_loss, "targets", &s_targets)
+    _apart("probs", &s_probs, "targets", &s_targets)
     if not in_place:
-        pairs.append(("probs", probs_a, "logits", logits_a))
+        _apart("probs", &s_probs, "logits (unless it is logits itself)", &s_logits)
     if grad_scale is not None:   # read like logits: only the outputs must stay apart from it
-        scale_a = np.asarray(grad_scale)
-        pairs += [("probs", probs_a, "grad_scale", scale_a),
-                  ("token_loss", loss_a, "grad_scale", scale_a)]
-    for name, a, other, b in pairs:
-        if np.may_share_memory(a, b):
-            raise ValueError(f"{name} must not share memory with {other}"
-                             + (" (unless it is logits itself)" if name == "probs"
-                                and other == "logits" else ""))
+        s_scale = bytes_span(&grad_scale[0] if n else NULL, n * 4, 0)
+        _apart("probs", &s_probs, "grad_scale", &s_scale)
+        _apart("token_loss", &s_loss, "grad_scale", &s_scale)
     for r in range(N):
         if targets[r] < 0 or targets[r] >= V:
             raise ValueError(f"targets[{r}] = {targets[r]} is not in [0, {V})")
-    cdef int nt = _element_threads(N * V, num_threads)
+    cdef int nt = fr_team_threads(min(num_threads, max(1, N * V // MIN_LOGITS_PER_THREAD)))
     cdef const float* scales = NULL if grad_scale is None or N == 0 else &grad_scale[0]
     for r in prange(N, nogil=True, num_threads=nt, schedule="static"):
         token_loss[r] = fr_softmax_xent_row_f(<int>V, &logits[r, 0], <int>targets[r], &probs[r, 0],
