@@ -221,6 +221,8 @@ class RecurrentLayer(Layer):
         xp, D = self.xp, self.num_directions
 
         def stack(arrays):
+            if len(arrays) == 1:   # one layer, one direction: the array is the caller's alone
+                return arrays[0][None]
             if self.uniform:
                 return xp.stack(arrays)
             return [xp.stack(arrays[layer * D:(layer + 1) * D]) for layer in range(self.num_layers)]
