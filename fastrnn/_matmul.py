@@ -13,6 +13,8 @@ from . import threads
 from ._validation import check_no_shared_memory, has_internal_overlap
 from ._cpu import dense as _dense
 
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
 
 def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0, bias=None):
     """``op(a) @ op(b) + beta * out`` (2-D); op transposes when asked. Returns ``out``.
@@ -29,23 +31,23 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0, bias=None):
     k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if k_b != k:
         raise ValueError(f"matmul: op(a) is ({m}, {k}) but op(b) is ({k_b}, {n})")
+    # Exact type: array subclasses (and device arrays) take the generic path.
+    numpy_ab = type(a) is np.ndarray and type(b) is np.ndarray
     if out is not None:
         if out.shape != (m, n):
             raise ValueError(f"out must have shape ({m}, {n}), got {out.shape}")
         if out.dtype != a.dtype:
             raise TypeError(f"out must have dtype {a.dtype}, got {out.dtype}")
-        if all(type(arr) is np.ndarray for arr in (a, b, out)):   # device arrays: their own rules
+        if numpy_ab and type(out) is np.ndarray:   # device arrays: their own rules
             if has_internal_overlap(out):
                 raise ValueError(f"out must not have elements that share memory, got strides "
                                  f"{out.strides}")
             check_no_shared_memory({"out": out}, {"a": a, "b": b})
-    # Exact type: array subclasses (and device arrays) take the generic path.
-    compiled = (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype
-                and a.dtype in (np.float32, np.float64)
+    compiled = (numpy_ab and a.dtype == b.dtype and a.dtype in _COMPILED_DTYPES
                 and (out is None or (type(out) is np.ndarray and out.flags.c_contiguous
-                                     and out.flags.writeable)))
-    compiled = compiled and (bias is None or (type(bias) is np.ndarray and bias.dtype == a.dtype
-                                              and bias.shape == (n,)))
+                                     and out.flags.writeable))
+                and (bias is None or (type(bias) is np.ndarray and bias.dtype == a.dtype
+                                      and bias.shape == (n,))))
     if not compiled:
         product = (a.T if trans_a else a) @ (b.T if trans_b else b)
         if bias is not None:
@@ -58,12 +60,16 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0, bias=None):
             out *= beta
             out += product
         return out
-    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    if not b.flags.c_contiguous:
+        b = np.ascontiguousarray(b)
+    if bias is not None and not bias.flags.c_contiguous:
+        bias = np.ascontiguousarray(bias)
     if out is None:
         out, beta = np.empty((m, n), a.dtype), 0.0
     with threads.blas_single_threaded():
-        _dense.parallel_gemm(trans_a, trans_b, a, b, out, beta, threads.get_num_threads(),
-                             None if bias is None else np.ascontiguousarray(bias))
+        _dense.parallel_gemm(trans_a, trans_b, a, b, out, beta, threads.get_num_threads(), bias)
     return out
 
 
