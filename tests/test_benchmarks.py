@@ -179,6 +179,27 @@ def test_one_pass_ab_alternates_the_two_paths_and_restores_the_kernels(capsys, m
     assert "one pass" in capsys.readouterr().out
 
 
+def test_python_overhead_times_the_step_outside_and_without_its_kernels(capsys, monkeypatch):
+    """benchmarks/python_overhead.py: the stubbed steps call each kernel once only (the
+    first), the timed ones exclude the kernels' time, and every kernel is put back."""
+    import importlib
+    from fastrnn._cpu import update
+    po = importlib.import_module("python_overhead")
+    calls = []
+    zero_arrays = update.zero_arrays   # called once per step (zero_grad)
+    monkeypatch.setattr(update, "zero_arrays", lambda *a: calls.append(1) or zero_arrays(*a))
+    before = [(m, n, getattr(m, n)) for m in po.KERNEL_MODULES for n in dir(m)]
+    times = po.python_overhead("small", threads=1, steps=3, warmup=1)
+    assert {k: len(v) for k, v in times.items()} == {"outside": 3, "step": 3, "stubbed": 3}
+    assert all(0 < o < s for o, s in zip(times["outside"], times["step"]))
+    # warm-up, 3 timed steps, then only the stubs' first call of their 1 + 3 steps
+    assert len(calls) == 1 + 3 + 1
+    assert np.median(times["stubbed"]) < np.median(times["step"])
+    assert all(getattr(m, n) is f for m, n, f in before)
+    po.main(["--model", "small", "--steps", "2"])
+    assert "stubbed" in capsys.readouterr().out
+
+
 @pytest.fixture
 def floor():
     """benchmarks/blas_floor.py (benchmarks/ is on sys.path: see load_benchmarks above)."""
