@@ -191,17 +191,35 @@ def _lm_batch(V, B, T, seed=0):
     return rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
 
 
+def lm_trainer(V, E, H, L, B, T):
+    """``(model, trainer, batch)`` of a training-step case: ``trainer.train_step(batch)`` is
+    the Trainer's own step (forward, backward, clipping at 5, Adam at lr 2e-3)."""
+    from fastrnn.lm.model import LanguageModel
+    from fastrnn.lm.train import Trainer
+    model = LanguageModel(V, E, H, L, seed=0)
+    x, y = _lm_batch(V, B, T)
+    trainer = Trainer(model, np.resize(x, B * (T + 1)), batch_size=B, seq_len=T,
+                      optimizer="adam", lr=2e-3, clip=5.0, max_steps=1, progress=False)
+    return model, trainer, (x, y)
+
+
 def _fastrnn_train_step(V, E, H, L, B, T):
     def factory():
-        from fastrnn.lm.model import LanguageModel
-        from fastrnn.lm.train import Trainer
-        model = LanguageModel(V, E, H, L, seed=0)
-        x, y = _lm_batch(V, B, T)
-        # The Trainer's own step: forward, backward, clipping at 5, Adam.
-        trainer = Trainer(model, np.resize(x, B * (T + 1)), batch_size=B, seq_len=T,
-                          optimizer="adam", lr=2e-3, clip=5.0, max_steps=1, progress=False)
-        return lambda: trainer.train_step((x, y))
+        _, trainer, batch = lm_trainer(V, E, H, L, B, T)
+        return lambda: trainer.train_step(batch)
     return factory
+
+
+def print_spreads(title, times, unit="ms"):
+    """Print ``title`` and, for each ``{label: [seconds, ...]}`` of ``times``, the best, p10
+    and median in ``unit`` ("ms" or "µs")."""
+    scale = {"ms": 1e3, "µs": 1e6}[unit]
+    print(f"{title} ({unit})")
+    print(f"{'':16s} {'best':>9s} {'p10':>9s} {'median':>9s}")
+    for label, seconds in times.items():
+        values = np.array(seconds) * scale
+        print(f"{label:16s} {values.min():9.3f} {np.percentile(values, 10):9.3f} "
+              f"{np.median(values):9.3f}")
 
 
 def _torch_lm(V, E, H, L):

@@ -16,8 +16,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastrnn_bench  # noqa: E402  (next to this file)
 
@@ -61,11 +59,8 @@ def main(argv=None):
     args = fastrnn_bench.lm_step_parser(__doc__.split("\n\n")[0], model="small",
                                         steps=1000).parse_args(argv)
     times = one_pass_ab(args.model, args.threads, args.steps)
-    print(f"{args.model} model, {args.threads} thread(s), {args.steps} steps of each (ms)")
-    print(f"{'path':16s} {'best':>8s} {'p10':>8s} {'median':>8s}")
-    for label, seconds in times.items():
-        ms = np.array(seconds) * 1e3
-        print(f"{label:16s} {ms.min():8.3f} {np.percentile(ms, 10):8.3f} {np.median(ms):8.3f}")
+    fastrnn_bench.print_spreads(f"{args.model} model, {args.threads} thread(s), {args.steps} "
+                                "steps of each", times)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fastrnn_bench  # noqa: E402  (next to this file)
 
@@ -82,15 +80,9 @@ def _restore(saved):
 def python_overhead(model_name, threads=2, steps=2000, warmup=20):
     """{"outside": seconds per step outside the kernels, "step": the same steps' times,
     "stubbed": stubbed steps' times} (lists)."""
-    from fastrnn.lm.model import LanguageModel
-    from fastrnn.lm.train import Trainer
-    V, E, H, L, B, T = fastrnn_bench.LM_MODELS[model_name]
     times = {"outside": [], "step": [], "stubbed": []}
     with fastrnn_bench.thread_settings(threads):
-        model = LanguageModel(V, E, H, L, seed=0)
-        x, y = fastrnn_bench._lm_batch(V, B, T)
-        trainer = Trainer(model, np.resize(x, B * (T + 1)), batch_size=B, seq_len=T,
-                          optimizer="adam", lr=2e-3, clip=5.0, max_steps=1, progress=False)
+        _, trainer, (x, y) = fastrnn_bench.lm_trainer(*fastrnn_bench.LM_MODELS[model_name])
         for _ in range(warmup):
             trainer.train_step((x, y))
         clock = [0.0]
@@ -123,11 +115,8 @@ def main(argv=None):
     args = fastrnn_bench.lm_step_parser(__doc__.split("\n\n")[0], model="small",
                                         steps=2000).parse_args(argv)
     times = python_overhead(args.model, args.threads, args.steps)
-    print(f"{args.model} model, {args.threads} thread(s), {args.steps} steps (µs)")
-    for label in ("step", "outside", "stubbed"):
-        t = np.array(times[label]) * 1e6
-        print(f"{label:8s} best {t.min():9.1f}  p10 {np.percentile(t, 10):9.1f}  "
-              f"median {np.median(t):9.1f}")
+    fastrnn_bench.print_spreads(f"{args.model} model, {args.threads} thread(s), {args.steps} "
+                                "steps", times, "µs")
 
 
 if __name__ == "__main__":

@@ -38,15 +38,9 @@ def timed(times, label, method):
 def step_phases(model_name, threads=1, steps=30, warmup=3):
     """{phase: list of seconds} over ``steps`` training steps of LM_MODELS[model_name]; the
     key "step" is the whole ``train_step``."""
-    from fastrnn.lm.model import LanguageModel
-    from fastrnn.lm.train import Trainer
-    V, E, H, L, B, T = fastrnn_bench.LM_MODELS[model_name]
     times = collections.defaultdict(list)
     with fastrnn_bench.thread_settings(threads):
-        model = LanguageModel(V, E, H, L, seed=0)
-        x, y = fastrnn_bench._lm_batch(V, B, T)
-        trainer = Trainer(model, np.resize(x, B * (T + 1)), batch_size=B, seq_len=T,
-                          optimizer="adam", lr=2e-3, clip=5.0, max_steps=1, progress=False)
+        model, trainer, (x, y) = fastrnn_bench.lm_trainer(*fastrnn_bench.LM_MODELS[model_name])
         for name in LAYERS:
             layer = getattr(model, name)
             layer.forward = timed(times, f"{name} forward", layer.forward)

@@ -46,15 +46,29 @@ def meeting_pairs(list arrays, Py_ssize_t n_written):
     return pairs
 
 
+ctypedef fused id_int:
+    int32_t
+    int64_t
+
+
+cdef (int64_t, int64_t) _min_max(const id_int* p, Py_ssize_t n) noexcept nogil:
+    """Smallest and largest of p[0..n), n >= 1."""
+    cdef int64_t lo = p[0], hi = p[0], v
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        v = p[i]
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    return lo, hi
+
+
 def int_range(a):
     """``(a.min(), a.max())`` as Python ints, in one pass, for a C-contiguous int64 or
     int32 ``numpy.ndarray`` (exactly that type) with at least one element; None for any
     other array (the caller asks NumPy)."""
     cdef cnp.ndarray arr
-    cdef Py_ssize_t n, i
-    cdef const int64_t* p64
-    cdef const int32_t* p32
-    cdef int64_t lo, hi, v
+    cdef Py_ssize_t n
+    cdef int64_t lo, hi
     if not cnp.PyArray_CheckExact(a):
         return None
     arr = <cnp.ndarray>a
@@ -62,21 +76,11 @@ def int_range(a):
     if n == 0 or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
         return None
     if cnp.PyArray_TYPE(arr) == cnp.NPY_INT64:
-        p64 = <const int64_t*>cnp.PyArray_DATA(arr)
-        lo = hi = p64[0]
         with nogil:
-            for i in range(1, n):
-                v = p64[i]
-                lo = v if v < lo else lo
-                hi = v if v > hi else hi
+            lo, hi = _min_max(<const int64_t*>cnp.PyArray_DATA(arr), n)
     elif cnp.PyArray_TYPE(arr) == cnp.NPY_INT32:
-        p32 = <const int32_t*>cnp.PyArray_DATA(arr)
-        lo = hi = p32[0]
         with nogil:
-            for i in range(1, n):
-                v = p32[i]
-                lo = v if v < lo else lo
-                hi = v if v > hi else hi
+            lo, hi = _min_max(<const int32_t*>cnp.PyArray_DATA(arr), n)
     else:
         return None
     return lo, hi
