@@ -292,12 +292,23 @@ def _torch_generate(V, E, H, L, B):
 
 def lm_step_parser(description, model="char", steps=30):
     """The command line of the scripts that time training steps of LM_MODELS (step_phases.py,
-    one_pass_ab.py): --model, --threads and --steps."""
+    and through spreads_main one_pass_ab.py and python_overhead.py): --model, --threads and
+    --steps."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", choices=sorted(LM_MODELS), default=model)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=steps)
     return parser
+
+
+def spreads_main(description, measure, argv=None, steps=1000, per="steps", unit="ms"):
+    """The main of a script that times training steps into ``{label: [seconds, ...]}``:
+    lm_step_parser's command line (default model small), ``measure(model, threads, steps)``,
+    and its print_spreads table, titled with the settings and ``per``."""
+    args = lm_step_parser(description, model="small", steps=steps).parse_args(argv)
+    times = measure(args.model, args.threads, args.steps)
+    print_spreads(f"{args.model} model, {args.threads} thread(s), {args.steps} {per}", times,
+                  unit)
 
 
 def lm_cases():

@@ -56,11 +56,8 @@ def one_pass_ab(model_name, threads=1, steps=1000, warmup=10):
 
 
 def main(argv=None):
-    args = fastrnn_bench.lm_step_parser(__doc__.split("\n\n")[0], model="small",
-                                        steps=1000).parse_args(argv)
-    times = one_pass_ab(args.model, args.threads, args.steps)
-    fastrnn_bench.print_spreads(f"{args.model} model, {args.threads} thread(s), {args.steps} "
-                                "steps of each", times)
+    fastrnn_bench.spreads_main(__doc__.split("\n\n")[0], one_pass_ab, argv, steps=1000,
+                               per="steps of each")
 
 
 if __name__ == "__main__":

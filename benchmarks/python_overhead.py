@@ -112,11 +112,8 @@ def python_overhead(model_name, threads=2, steps=2000, warmup=20):
 
 
 def main(argv=None):
-    args = fastrnn_bench.lm_step_parser(__doc__.split("\n\n")[0], model="small",
-                                        steps=2000).parse_args(argv)
-    times = python_overhead(args.model, args.threads, args.steps)
-    fastrnn_bench.print_spreads(f"{args.model} model, {args.threads} thread(s), {args.steps} "
-                                "steps", times, "µs")
+    fastrnn_bench.spreads_main(__doc__.split("\n\n")[0], python_overhead, argv, steps=2000,
+                               unit="µs")
 
 
 if __name__ == "__main__":

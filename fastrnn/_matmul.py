@@ -10,10 +10,8 @@ among fastrnn's threads. CuPy arrays and other layouts go to ``@``.
 import numpy as np
 
 from . import threads
-from ._validation import check_no_shared_memory, has_internal_overlap
+from ._validation import FLOAT_DTYPES, check_no_shared_memory, has_internal_overlap
 from ._cpu import dense as _dense
-
-_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0, bias=None):
@@ -43,7 +41,7 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0, bias=None):
                 raise ValueError(f"out must not have elements that share memory, got strides "
                                  f"{out.strides}")
             check_no_shared_memory({"out": out}, {"a": a, "b": b})
-    compiled = (numpy_ab and a.dtype == b.dtype and a.dtype in _COMPILED_DTYPES
+    compiled = (numpy_ab and a.dtype == b.dtype and a.dtype in FLOAT_DTYPES
                 and (out is None or (type(out) is np.ndarray and out.flags.c_contiguous
                                      and out.flags.writeable))
                 and (bias is None or (type(bias) is np.ndarray and bias.dtype == a.dtype

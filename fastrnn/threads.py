@@ -42,23 +42,29 @@ def set_num_threads(n):
 
 
 def _threadpool_controller():
-    global _controller, _blas_controllers
+    global _controller
     if _controller is None:
         from threadpoolctl import ThreadpoolController
         _controller = ThreadpoolController()
-        _blas_controllers = _controller.select(user_api="blas").lib_controllers
     return _controller
 
 
 _blas_controllers = None
 
 
+def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries (of the cached controller)."""
+    global _blas_controllers
+    if _blas_controllers is None:
+        _blas_controllers = _threadpool_controller().select(user_api="blas").lib_controllers
+    return _blas_controllers
+
+
 def _limit_blas():
     """Set every BLAS library to one thread; returns what restores them, ``[(library's
     controller, its thread count before), ...]``. (threadpoolctl's ``limit`` does the same
     and records every library's info first: an enter and exit took 17 µs, here about 8.)"""
-    _threadpool_controller()
-    saved = [(lib, lib.num_threads) for lib in _blas_controllers]
+    saved = [(lib, lib.num_threads) for lib in _blas_libraries()]
     for lib, _ in saved:
         _set_blas_threads(lib, 1)
     return saved

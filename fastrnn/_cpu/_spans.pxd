@@ -43,7 +43,7 @@ cdef inline Span bytes_span(const void* data, Py_ssize_t nbytes, int written) no
 
 
 cdef inline bint spans_meet(const Span* a, const Span* b) noexcept nogil:
-    """Whether two non-empty spans share a byte."""
+    """Whether two spans share a byte (an empty span shares none)."""
     return a.lo < b.hi and b.lo < a.hi and a.lo < a.hi and b.lo < b.hi
 
 

@@ -54,11 +54,10 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
     in_place = N > 0 and &probs[0, 0] == &logits[0, 0]
     # Byte ranges that meet (NumPy's may_share_memory), compared in C: 4-6 NumPy calls cost
     # about as much as the fast.ai model's softmax itself.
-    cdef Py_ssize_t n = N if V > 0 else 0   # rows of the spans (N * V logits of 4 bytes)
-    cdef Span s_logits = bytes_span(&logits[0, 0] if n else NULL, n * V * 4, 0)
-    cdef Span s_probs = bytes_span(&probs[0, 0] if n else NULL, n * V * 4, 1)
-    cdef Span s_loss = bytes_span(&token_loss[0] if n else NULL, n * 8, 1)
-    cdef Span s_targets = bytes_span(&targets[0] if n else NULL, n * 8, 0)
+    cdef Span s_logits = bytes_span(&logits[0, 0] if N else NULL, N * V * sizeof(float), 0)
+    cdef Span s_probs = bytes_span(&probs[0, 0] if N else NULL, N * V * sizeof(float), 1)
+    cdef Span s_loss = bytes_span(&token_loss[0] if N else NULL, N * sizeof(double), 1)
+    cdef Span s_targets = bytes_span(&targets[0] if N else NULL, N * sizeof(int64_t), 0)
     cdef Span s_scale
     _apart("token_loss", &s_loss, "logits", &s_logits)
     _apart("token_loss", &s_loss, "probs", &s_probs)
@@ -67,7 +66,7 @@ def softmax_cross_entropy(const float[:, ::1] logits not None, const int64_t[::1
     if not in_place:
         _apart("probs", &s_probs, "logits (unless it is logits itself)", &s_logits)
     if grad_scale is not None:   # read like logits: only the outputs must stay apart from it
-        s_scale = bytes_span(&grad_scale[0] if n else NULL, n * 4, 0)
+        s_scale = bytes_span(&grad_scale[0] if N else NULL, N * sizeof(float), 0)
         _apart("probs", &s_probs, "grad_scale", &s_scale)
         _apart("token_loss", &s_loss, "grad_scale", &s_scale)
     for r in range(N):
