@@ -486,3 +486,34 @@ def test_loss_backward_needs_a_fresh_forward():
     loss_fn.backward()
     with pytest.raises(RuntimeError, match="forward"):
         loss_fn.backward()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_one_layer_final_state_is_the_callers_own(cell, rng):
+    """A one-layer, one-direction layer returns its final state as a view of the kernel's
+    fresh array (no stacked copy): writing into it, or running the layer again, must change
+    neither the other call's state nor what backward uses."""
+    layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(3, 4, dtype=np.float64, seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    dy = rng.standard_normal((5, 2, 4))
+    _, state = layer.forward(x)
+    kept = [s.copy() for s in (state if cell == "lstm" else (state,))]
+    dx_want, _ = layer.backward(dy)
+    grads_want = {k: g.copy() for k, g in layer.grads.items()}
+    layer.zero_grad()
+
+    _, state = layer.forward(x)
+    for s in (state if cell == "lstm" else (state,)):
+        s[...] = 99.0                                  # the caller reuses its state array
+    _, second = layer.forward(x, state)                # another call in between
+    layer.backward(dy)                                  # ... backpropagated first (LIFO)
+    layer.zero_grad()
+    dx, _ = layer.backward(dy)                          # the first forward's backward
+    np.testing.assert_array_equal(dx, dx_want)
+    for k, g in layer.grads.items():
+        np.testing.assert_array_equal(g, grads_want[k])
+    _, third = layer.forward(x)
+    for s, want in zip(third if cell == "lstm" else (third,), kept):
+        np.testing.assert_array_equal(s, want)
+        assert not any(np.shares_memory(s, o) for o in (second if cell == "lstm" else (second,)))
+    layer.clear_pending()
