@@ -708,10 +708,17 @@ def alternating_times(runs, rounds, steps=1):
     return times
 
 
-def run_case(case, repeat=5, memory=True, with_torch=True):
+MAX_ROUNDS = 1000   # run_case's rounds with min_time, at most
+
+
+def run_case(case, repeat=5, memory=True, with_torch=True, min_time=0.0):
     """Time one case: fastrnn and torch alternately, ``repeat`` times each after
     ``case.warmup`` untimed calls, keeping the best (the least disturbed by other load) and
-    the median.
+    the median. With ``min_time`` (seconds), rounds go on until fastrnn's timed calls add up
+    to that much too (at most MAX_ROUNDS): on a shared machine the best of five calls of a
+    fast case is mostly luck, for either library, and the best of many alternating ones
+    comes near each library's undisturbed time (the small model's 8 ms step, busy machine,
+    400 rounds: 1.56x best, 1.49x at the 10th percentile, where runs of 5 gave 1.43-1.46x).
 
     Each timed call follows an untimed call of the same library, as a training loop runs
     one library's steps back to back. Timed right after the other library's call, each ran
@@ -739,14 +746,15 @@ def run_case(case, repeat=5, memory=True, with_torch=True):
         if tc is not None:
             tc()
     fr_times, tc_times = [], []
-    for _ in range(max(1, repeat)):
+    while len(fr_times) < max(1, repeat) or (sum(fr_times) < min_time
+                                             and len(fr_times) < MAX_ROUNDS):
         fr()
         fr_times.append(_timed(fr))
         if tc is not None:
             tc()
             tc_times.append(_timed(tc))
     row = dict(case=case.name, group=case.group, **case.params, device=case.device,
-               flops=case.flops, reference=case.reference,
+               flops=case.flops, reference=case.reference, rounds=len(fr_times),
                fastrnn_s=min(fr_times), fastrnn_median_s=statistics.median(fr_times),
                torch_s=min(tc_times) if tc_times else None,
                torch_median_s=statistics.median(tc_times) if tc_times else None,
@@ -793,11 +801,12 @@ def device_gemm_rate(device, quick=False, threads=1):
 
 
 def run_kernel_benchmarks(cases=None, threads=2, repeat=5, quick=False, memory=True,
-                          with_torch=True, progress=None):
+                          with_torch=True, progress=None, min_time=0.0):
     """Run benchmark cases (default: all kernel cases) and return one dict per case.
 
-    Each row has: case, group, the case's params, device, flops, fastrnn_s / torch_s (best
-    of ``repeat``; torch_s None with torch_note saying why), ratio (torch_s / fastrnn_s: > 1
+    Each row has: case, group, the case's params, device, flops, rounds (the timed calls of
+    each library: ``repeat``, or more to fill ``min_time`` seconds, see run_case),
+    fastrnn_s / torch_s (best of them; torch_s None with torch_note saying why), ratio (torch_s / fastrnn_s: > 1
     means fastrnn is faster), gflops (achieved GEMM GFLOP/s of fastrnn), gemm_gflops (the
     large-GEMM rate of the case's device, named by gemm_label: the best measured in the run,
     before its first case and again, once, before each later one, so that a busy minute
@@ -805,12 +814,12 @@ def run_kernel_benchmarks(cases=None, threads=2, repeat=5, quick=False, memory=T
     flops at that rate, so gemm_share = gemm_floor_s / fastrnn_s), torch_gemm_share
     (gemm_floor_s / torch_s, or None), threads, and fastrnn_peak_bytes / torch_peak_bytes
     (None where not measured). ``quick`` times each case twice and measures the GEMM rate
-    once, for smoke tests.
+    once, for smoke tests (without min_time).
     """
     if cases is None:
         cases = kernel_cases()
     if quick:
-        repeat = min(repeat, 2)
+        repeat, min_time = min(repeat, 2), 0.0
     rows = []
     rates = {}   # device: the best (GFLOP/s, label) measured so far
     with thread_settings(threads):
@@ -822,7 +831,8 @@ def run_kernel_benchmarks(cases=None, threads=2, repeat=5, quick=False, memory=T
                                          device_gemm_rate(case.device, True, threads))
             if progress:
                 progress(f"[{i + 1}/{len(cases)}] {case.name}")
-            row = run_case(case, repeat=repeat, memory=memory, with_torch=with_torch)
+            row = run_case(case, repeat=repeat, memory=memory, with_torch=with_torch,
+                           min_time=min_time)
             row.update(threads=threads)
             rows.append(row)
     for row in rows:   # every case against its device's best rate of the whole run
@@ -836,7 +846,7 @@ def run_kernel_benchmarks(cases=None, threads=2, repeat=5, quick=False, memory=T
 
 # ---- reporting ------------------------------------------------------------------------------
 
-COLUMNS = ["case", "fastrnn ms", "torch ms", "ratio", "GFLOP/s", "GEMM share",
+COLUMNS = ["case", "fastrnn ms", "torch ms", "ratio", "calls", "GFLOP/s", "GEMM share",
            "floor ms", "torch share", "fastrnn MiB", "torch MiB"]
 
 
@@ -851,7 +861,7 @@ def format_table(rows):
         torch_ms = f"{r['torch_s'] * 1e3:.2f}" if r["torch_s"] is not None else (r["torch_note"] or "n/a")
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "n/a"
         body.append([r["case"], f"{r['fastrnn_s'] * 1e3:.2f}", torch_ms, ratio,
-                     f"{r['gflops']:.1f}", f"{100 * r['gemm_share']:.0f}%",
+                     str(r.get("rounds", "")), f"{r['gflops']:.1f}", f"{100 * r['gemm_share']:.0f}%",
                      f"{r['gemm_floor_s'] * 1e3:.2f}",
                      "n/a" if r["torch_gemm_share"] is None else f"{100 * r['torch_gemm_share']:.0f}%",
                      _mib(r["fastrnn_peak_bytes"]), _mib(r["torch_peak_bytes"])])
@@ -866,7 +876,8 @@ def format_table(rows):
                               for label, rate in rates.items())
         lines.append(f"threads {rows[0]['threads']}; {rate_text}; "
                      f"ratio = torch / fastrnn (> 1: fastrnn faster); "
-                     f"times are the best of the repeats; floor = the case's GEMM flops at "
+                     f"times are the best of each library's calls (alternating, "
+                     f"'calls' of each); floor = the case's GEMM flops at "
                      f"that rate (the best measured in the run, before each case), GEMM "
                      f"share / torch share = floor / each library's time")
         for reference in dict.fromkeys(r.get("reference", "torch") for r in rows):
@@ -877,7 +888,8 @@ def format_table(rows):
 
 
 def main(argv=None):
-    """``fastrnn bench [--quick] [--threads N] [--cases kernels,lm] [--repeat R]``."""
+    """``fastrnn bench [--quick] [--threads N] [--cases kernels,lm] [--repeat R]
+    [--min-time S]``."""
     parser = argparse.ArgumentParser(
         prog="fastrnn bench",
         description="Benchmark fastrnn against PyTorch. Runs from a fastrnn source checkout: "
@@ -894,7 +906,11 @@ def main(argv=None):
                              f"U[T/4, T] against the same batch padded, and PyTorch packed; "
                              f"gpu: the CUDA "
                              f"backend against cuDNN; gpu-graphs: the same with CUDA-graph replay)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed calls per case (best is kept)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="timed calls per case, at least (best is kept)")
+    parser.add_argument("--min-time", type=float, default=1.0,
+                        help="seconds of fastrnn's timed calls per case, at least: fast cases "
+                             f"get more calls, up to {MAX_ROUNDS} (0: exactly --repeat)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     args = parser.parse_args(argv)
     cases = []
@@ -915,9 +931,13 @@ def main(argv=None):
     if os.environ.get("OPENBLAS_CORETYPE"):
         print(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set: OpenBLAS uses "
               f"that core's kernels, whatever this CPU has", flush=True)
+    if args.repeat < 1 or not args.min_time >= 0:
+        parser.error(f"--repeat must be at least 1 and --min-time at least 0, got "
+                     f"{args.repeat} and {args.min_time}")
     rows = run_kernel_benchmarks(cases, threads=args.threads, repeat=args.repeat,
                                  quick=args.quick, memory=not args.no_memory,
-                                 progress=lambda msg: print(msg, flush=True))
+                                 progress=lambda msg: print(msg, flush=True),
+                                 min_time=args.min_time)
     print(format_table(rows))
     for line in varlen_summary(rows):
         print(line)

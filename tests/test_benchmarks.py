@@ -2,6 +2,7 @@
 package): the rows and the table (no timing assertions)."""
 import contextlib
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,11 @@ def test_run_kernel_benchmarks_rows_and_table(tiny_case):
         assert row["torch_s"] is None and row["torch_note"] == benchmarks.TORCH_MISSING
         assert row["torch_gemm_share"] is None
     table = benchmarks.format_table(rows).splitlines()
-    assert table[0].split() == ["case", "fastrnn", "ms", "torch", "ms", "ratio", "GFLOP/s",
-                                "GEMM", "share", "floor", "ms", "torch", "share", "fastrnn",
+    assert table[0].split() == ["case", "fastrnn", "ms", "torch", "ms", "ratio", "calls",
+                                "GFLOP/s", "GEMM", "share", "floor", "ms", "torch", "share", "fastrnn",
                                 "MiB", "torch", "MiB"]
     assert table[2].split()[0] == "lstm-forward+backward-B2T3I4H5"
+    assert row["rounds"] == 2   # quick: each library timed twice
     assert re.search(r"\s\d+%\s", table[2])   # GEMM share (the torch column may say "n/a (...)")
 
 
@@ -106,7 +108,7 @@ def test_main_prints_the_table(capsys, monkeypatch, tiny_case):
     monkeypatch.setitem(benchmarks.CASE_SETS, "kernels", lambda: tiny_case)
     assert benchmarks.main(["--quick", "--threads", "1", "--no-memory"]) == 0
     out = capsys.readouterr().out
-    assert "lstm-forward+backward-B2T3I4H5" in out and "GEMM share" in out
+    assert "lstm-forward+backward-B2T3I4H5" in out and "GEMM share" in out and "calls" in out
     with pytest.raises(SystemExit):
         benchmarks.main(["--cases", "nope"])
 
@@ -306,3 +308,44 @@ def test_each_timed_call_follows_a_call_of_the_same_library():
                            reference="order")
     benchmarks.run_case(case, repeat=3, memory=False)
     assert calls == ["fastrnn", "torch"] + ["fastrnn", "fastrnn", "torch", "torch"] * 3
+
+
+def _sleeping_case(seconds):
+    """A case whose fastrnn call sleeps ``seconds`` and whose torch call does nothing."""
+    return benchmarks.Case(name="sleep", group="sleep",
+                           make_fastrnn=lambda: (lambda: time.sleep(seconds)),
+                           make_torch=lambda: (lambda: None), flops=1.0, host_memory=False,
+                           reference="sleep")
+
+
+def test_min_time_adds_rounds_until_fastrnns_calls_fill_it():
+    """With min_time, a fast case runs more alternating rounds than ``repeat``, until
+    fastrnn's timed calls add up to min_time; both libraries get the same number of calls
+    (reported as rounds). Without it, exactly ``repeat``."""
+    row = benchmarks.run_case(_sleeping_case(0.002), repeat=2, memory=False, min_time=0.05)
+    assert 25 >= row["rounds"] >= 0.05 / 0.0025   # sleep(0.002) takes 2-2.5 ms here
+    assert row["fastrnn_s"] * row["rounds"] >= 0.05 * 0.9
+    row = benchmarks.run_case(_sleeping_case(0.002), repeat=2, memory=False)
+    assert row["rounds"] == 2
+    row = benchmarks.run_case(_sleeping_case(0.02), repeat=4, memory=False, min_time=0.01)
+    assert row["rounds"] == 4   # repeat is the least
+
+
+def test_min_time_stops_at_max_rounds(monkeypatch):
+    monkeypatch.setattr(benchmarks, "MAX_ROUNDS", 7)
+    row = benchmarks.run_case(_sleeping_case(0.0), repeat=2, memory=False, min_time=60.0)
+    assert row["rounds"] == 7
+
+
+def test_quick_ignores_min_time(tiny_case):
+    rows = benchmarks.run_kernel_benchmarks(tiny_case, threads=1, quick=True, memory=False,
+                                            min_time=30.0)
+    assert rows[0]["rounds"] == 2
+
+
+def test_main_checks_repeat_and_min_time(capsys):
+    for argv in (["--repeat", "0"], ["--min-time", "-1"], ["--min-time", "nan"]):
+        with pytest.raises(SystemExit) as exc:
+            benchmarks.main(argv + ["--quick"])
+        assert exc.value.code == 2
+        assert "--min-time" in capsys.readouterr().err
