@@ -805,16 +805,16 @@ def run_kernel_benchmarks(cases=None, threads=2, repeat=5, quick=False, memory=T
     """Run benchmark cases (default: all kernel cases) and return one dict per case.
 
     Each row has: case, group, the case's params, device, flops, rounds (the timed calls of
-    each library: ``repeat``, or more to fill ``min_time`` seconds, see run_case),
-    fastrnn_s / torch_s (best of them; torch_s None with torch_note saying why), ratio (torch_s / fastrnn_s: > 1
-    means fastrnn is faster), gflops (achieved GEMM GFLOP/s of fastrnn), gemm_gflops (the
-    large-GEMM rate of the case's device, named by gemm_label: the best measured in the run,
-    before its first case and again, once, before each later one, so that a busy minute
-    cannot lower the floor), gemm_share (gflops over it), gemm_floor_s (the GEMM floor:
-    flops at that rate, so gemm_share = gemm_floor_s / fastrnn_s), torch_gemm_share
-    (gemm_floor_s / torch_s, or None), threads, and fastrnn_peak_bytes / torch_peak_bytes
-    (None where not measured). ``quick`` times each case twice and measures the GEMM rate
-    once, for smoke tests (without min_time).
+    each library: ``repeat``, or more to fill ``min_time`` seconds, see run_case), fastrnn_s
+    / torch_s (best of them; torch_s None with torch_note saying why), ratio (torch_s /
+    fastrnn_s: > 1 means fastrnn is faster), gflops (achieved GEMM GFLOP/s of fastrnn),
+    gemm_gflops (the large-GEMM rate of the case's device, named by gemm_label: the best
+    measured in the run, before its first case and again, once, before each later one, so
+    that a busy minute cannot lower the floor), gemm_share (gflops over it), gemm_floor_s
+    (the GEMM floor: flops at that rate, so gemm_share = gemm_floor_s / fastrnn_s),
+    torch_gemm_share (gemm_floor_s / torch_s, or None), threads, and fastrnn_peak_bytes /
+    torch_peak_bytes (None where not measured). ``quick`` times each case twice and measures
+    the GEMM rate once, for smoke tests (without min_time).
     """
     if cases is None:
         cases = kernel_cases()
@@ -861,7 +861,7 @@ def format_table(rows):
         torch_ms = f"{r['torch_s'] * 1e3:.2f}" if r["torch_s"] is not None else (r["torch_note"] or "n/a")
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "n/a"
         body.append([r["case"], f"{r['fastrnn_s'] * 1e3:.2f}", torch_ms, ratio,
-                     str(r.get("rounds", "")), f"{r['gflops']:.1f}", f"{100 * r['gemm_share']:.0f}%",
+                     str(r["rounds"]), f"{r['gflops']:.1f}", f"{100 * r['gemm_share']:.0f}%",
                      f"{r['gemm_floor_s'] * 1e3:.2f}",
                      "n/a" if r["torch_gemm_share"] is None else f"{100 * r['torch_gemm_share']:.0f}%",
                      _mib(r["fastrnn_peak_bytes"]), _mib(r["torch_peak_bytes"])])

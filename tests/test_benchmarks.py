@@ -78,8 +78,8 @@ def test_run_kernel_benchmarks_rows_and_table(tiny_case):
         assert row["torch_gemm_share"] is None
     table = benchmarks.format_table(rows).splitlines()
     assert table[0].split() == ["case", "fastrnn", "ms", "torch", "ms", "ratio", "calls",
-                                "GFLOP/s", "GEMM", "share", "floor", "ms", "torch", "share", "fastrnn",
-                                "MiB", "torch", "MiB"]
+                                "GFLOP/s", "GEMM", "share", "floor", "ms", "torch", "share",
+                                "fastrnn", "MiB", "torch", "MiB"]
     assert table[2].split()[0] == "lstm-forward+backward-B2T3I4H5"
     assert row["rounds"] == 2   # quick: each library timed twice
     assert re.search(r"\s\d+%\s", table[2])   # GEMM share (the torch column may say "n/a (...)")
