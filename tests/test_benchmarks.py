@@ -333,7 +333,16 @@ def test_min_time_adds_rounds_until_fastrnns_calls_fill_it():
 
 def test_min_time_stops_at_max_rounds(monkeypatch):
     monkeypatch.setattr(benchmarks, "MAX_ROUNDS", 7)
-    row = benchmarks.run_case(_sleeping_case(0.0), repeat=2, memory=False, min_time=60.0)
+    calls = []
+
+    def fastrnn_call():   # fails at once, instead of running 60 s, if the cap is ignored
+        calls.append(None)
+        if len(calls) > 100:
+            raise RuntimeError("run_case went past MAX_ROUNDS")
+    case = benchmarks.Case(name="cap", group="cap", make_fastrnn=lambda: fastrnn_call,
+                           make_torch=lambda: (lambda: None), flops=1.0, host_memory=False,
+                           reference="cap")
+    row = benchmarks.run_case(case, repeat=2, memory=False, min_time=60.0)
     assert row["rounds"] == 7
 
 
