@@ -2,7 +2,6 @@
 package): the rows and the table (no timing assertions)."""
 import contextlib
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -310,24 +309,30 @@ def test_each_timed_call_follows_a_call_of_the_same_library():
     assert calls == ["fastrnn", "torch"] + ["fastrnn", "fastrnn", "torch", "torch"] * 3
 
 
-def _sleeping_case(seconds):
-    """A case whose fastrnn call sleeps ``seconds`` and whose torch call does nothing."""
-    return benchmarks.Case(name="sleep", group="sleep",
-                           make_fastrnn=lambda: (lambda: time.sleep(seconds)),
-                           make_torch=lambda: (lambda: None), flops=1.0, host_memory=False,
-                           reference="sleep")
+def _case_taking(seconds):
+    """A case whose fastrnn call takes ``seconds`` and whose torch call takes none, on the
+    clock of _fake_clock (no real waiting, so the rounds do not depend on the machine)."""
+    return benchmarks.Case(name="timed", group="timed", make_fastrnn=lambda: (lambda: seconds),
+                           make_torch=lambda: (lambda: 0.0), flops=1.0, host_memory=False,
+                           reference="timed")
 
 
-def test_min_time_adds_rounds_until_fastrnns_calls_fill_it():
+@pytest.fixture
+def _fake_clock(monkeypatch):
+    """run_case's timer returns what the timed call returns (its seconds)."""
+    monkeypatch.setattr(benchmarks, "_timed", lambda fn: fn())
+
+
+def test_min_time_adds_rounds_until_fastrnns_calls_fill_it(_fake_clock):
     """With min_time, a fast case runs more alternating rounds than ``repeat``, until
     fastrnn's timed calls add up to min_time; both libraries get the same number of calls
     (reported as rounds). Without it, exactly ``repeat``."""
-    row = benchmarks.run_case(_sleeping_case(0.002), repeat=2, memory=False, min_time=0.05)
-    assert 25 >= row["rounds"] >= 0.05 / 0.0025   # sleep(0.002) takes 2-2.5 ms here
+    row = benchmarks.run_case(_case_taking(0.002), repeat=2, memory=False, min_time=0.05)
+    assert 25 >= row["rounds"] >= 0.05 / 0.0025
     assert row["fastrnn_s"] * row["rounds"] >= 0.05 * 0.9
-    row = benchmarks.run_case(_sleeping_case(0.002), repeat=2, memory=False)
+    row = benchmarks.run_case(_case_taking(0.002), repeat=2, memory=False)
     assert row["rounds"] == 2
-    row = benchmarks.run_case(_sleeping_case(0.02), repeat=4, memory=False, min_time=0.01)
+    row = benchmarks.run_case(_case_taking(0.02), repeat=4, memory=False, min_time=0.01)
     assert row["rounds"] == 4   # repeat is the least
 
 
